@@ -1,0 +1,19 @@
+"""hetgan: train, evaluate, compress and deploy GANs on heterogeneous hardware."""
+
+__version__ = "0.1.0"
+
+from hetgan.artifact import Generator, load_generator  # noqa: E402
+from hetgan.config import TrainConfig  # noqa: E402
+from hetgan.presets import PRESETS, get_preset  # noqa: E402
+from hetgan.training import Trainer, train  # noqa: E402
+
+__all__ = [
+    "PRESETS",
+    "Generator",
+    "TrainConfig",
+    "Trainer",
+    "__version__",
+    "get_preset",
+    "load_generator",
+    "train",
+]

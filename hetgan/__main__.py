@@ -1,0 +1,3 @@
+from hetgan.cli import main
+
+raise SystemExit(main())

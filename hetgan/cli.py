@@ -1,0 +1,148 @@
+"""The `hetgan` command: train, sample, data check."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from hetgan import __version__
+from hetgan.config import DataConfig, apply_overrides, field_names
+from hetgan.errors import HetganError
+
+log = logging.getLogger("hetgan")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hetgan.data import describe_specs
+    from hetgan.losses import LOSSES
+    from hetgan.models import MODELS
+    from hetgan.presets import DEFAULT_PRESET, PRESETS
+
+    parser = argparse.ArgumentParser(
+        prog="hetgan",
+        description="Train, sample and check data for GANs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            f"presets: {', '.join(PRESETS.names())}\nmodels:  {', '.join(MODELS.names())}\n"
+            f"losses:  {', '.join(LOSSES.names())}\ndata specs:\n{describe_specs()}"
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"hetgan {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser(
+        "train",
+        help="train a GAN (default: dcgan_mnist on the bundled digits)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"settable fields for --set:\n  {', '.join(field_names())}",
+    )
+    t.add_argument(
+        "--preset", default=None, help=f"one of {', '.join(PRESETS.names())} (default {DEFAULT_PRESET})"
+    )
+    t.add_argument("--data", help="data spec, e.g. mnist5k, folder:DIR, npz:FILE (see `hetgan --help`)")
+    t.add_argument("--kimg", type=float, help="training length in thousands of real images")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--out", help="run directory (default runs/NNNNN-<preset>); never overwritten")
+    t.add_argument("--snapshot-kimg", type=float, help="checkpoint interval in kimg")
+    t.add_argument("--device", help="auto, cpu, cuda[:i], mps or xpu")
+    t.add_argument("--on-bad-image", choices=["error", "skip"])
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override any config field, e.g. --set train.batch_size=128 (repeatable)",
+    )
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    t.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume even if the checkpoint was written under a different config",
+    )
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="write samples from a trained generator")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a run directory")
+    src.add_argument("--artifact", help="a generator.safetensors file")
+    s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="FILE.png (grid or 2-D scatter), FILE.npz, or DIR/ (PNGs)")
+    s.add_argument("--device", default="cpu")
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    c = dsub.add_parser("check", help="decode every item of a dataset and report each bad file")
+    c.add_argument("spec", help="data spec, e.g. folder:DIR")
+    c.add_argument("--resolution", type=int, default=32)
+    c.add_argument("--channels", type=int, default=1, choices=[1, 3])
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hetgan.presets import DEFAULT_PRESET, get_preset
+    from hetgan.training import train
+
+    flags = {
+        "data.spec": args.data,
+        "train.kimg": args.kimg,
+        "seed": args.seed,
+        "train.snapshot_kimg": args.snapshot_kimg,
+        "accel.device": args.device,
+        "data.on_bad_image": args.on_bad_image,
+    }
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.set
+    if args.resume:
+        if args.preset:
+            raise HetganError("--preset cannot be combined with --resume: the run's config.yaml is used")
+        train(
+            resume=args.resume,
+            overrides=overrides,
+            allow_config_change=args.allow_config_change,
+            progress=not args.no_progress,
+        )
+        return 0
+    cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), overrides)
+    train(cfg, out=args.out, progress=not args.no_progress)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from hetgan.artifact import load_generator
+    from hetgan.data import Mixture, load_data
+    from hetgan.sampling import write_samples
+
+    if args.n < 1:
+        raise HetganError(f"--n must be at least 1, got {args.n}")
+    G = load_generator(args.run or args.artifact, device=args.device)
+    samples = G.sample(args.n, seed=args.seed)
+    modes = None
+    if len(G.shape) == 1:
+        data = load_data(G.config.data)
+        modes = data.modes if isinstance(data, Mixture) else None
+    out = write_samples(samples, args.out, modes)
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from hetgan.data import check_spec
+
+    cfg = DataConfig(spec=args.spec, resolution=args.resolution, channels=args.channels)
+    bad = check_spec(cfg)
+    for where, reason in bad:
+        print(f"BAD {where}: {reason}")
+    print(f"{args.spec}: {'no problems found' if not bad else f'{len(bad)} bad item(s)'}")
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "sample": cmd_sample, "data": cmd_data}
+    try:
+        return handlers[args.command](args)
+    except HetganError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

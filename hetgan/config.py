@@ -1,0 +1,218 @@
+"""The typed training config: the single source of truth for a run.
+
+A run is fully described by a `TrainConfig`. Presets (hetgan/presets.py) build one, `--set
+section.field=value` overrides fields with type checking, and the resolved config is written into
+the run directory, every checkpoint and the generator artifact, so loading never depends on CLI
+defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from hetgan.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "dcgan"  # registry name: see `hetgan.models.MODELS`
+    z_dim: int = 100
+    width: int = 64  # base channel count (conv nets) or first hidden width (mlp)
+
+
+@dataclass
+class LossConfig:
+    name: str = "bce"  # registry name: see `hetgan.losses.LOSSES`
+    n_critic: int = 1  # D steps per G step
+    gp_lambda: float = 10.0  # WGAN-GP penalty weight (Gulrajani et al. 2017)
+    r1_gamma: float = 0.0  # R1 penalty weight on real data, 0 = off (Mescheder et al. 2018)
+    pack: int = 1  # PacGAN packing: D judges `pack` samples at once (Lin et al. 2018)
+
+
+@dataclass
+class OptimConfig:
+    g_lr: float = 2e-4
+    d_lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+
+@dataclass
+class DataConfig:
+    spec: str = "mnist5k"  # see `hetgan.data.describe_specs()`
+    resolution: int = 32  # images are centre-cropped and resized to this square size
+    channels: int = 1  # 1 = grayscale, 3 = RGB
+    on_bad_image: str = "error"  # error | skip
+
+
+@dataclass
+class LoopConfig:
+    kimg: float = 100.0  # length of training in thousands of real images shown to D
+    batch_size: int = 64
+    ema_kimg: float = 10.0  # half-life of G_ema in kimg (Karras et al. 2020)
+    ema_rampup: float = 0.05  # half-life is at most this fraction of images seen so far
+    snapshot_kimg: float = 25.0  # checkpoint interval
+    grid_kimg: float = 10.0  # sample-grid interval
+    keep_checkpoints: int = 3  # at least 2, so a corrupt newest one can fall back
+    log_interval: int = 20  # steps between metrics.jsonl lines
+    max_nonfinite_steps: int = 8  # consecutive non-finite steps before the run stops
+    grid_size: int = 64  # samples in each grid
+
+
+@dataclass
+class AccelConfig:
+    device: str = "auto"  # auto | cpu | cuda[:i] | mps | xpu
+    channels_last: bool = False
+    threads: int = 0  # CPU threads for torch, 0 = torch's default
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "dcgan_mnist"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    accel: AccelConfig = field(default_factory=AccelConfig)
+
+    def validate(self) -> TrainConfig:
+        """Check value ranges that types alone cannot express; returns self."""
+        checks = [
+            (self.model.z_dim > 0, "model.z_dim must be > 0"),
+            (self.model.width > 0, "model.width must be > 0"),
+            (self.loss.n_critic >= 1, "loss.n_critic must be >= 1"),
+            (self.loss.pack >= 1, "loss.pack must be >= 1"),
+            (self.loss.r1_gamma >= 0, "loss.r1_gamma must be >= 0"),
+            (self.optim.g_lr > 0 and self.optim.d_lr > 0, "optim.g_lr and optim.d_lr must be > 0"),
+            (self.data.channels in (1, 3), "data.channels must be 1 or 3"),
+            (self.data.resolution >= 4, "data.resolution must be >= 4"),
+            (self.data.on_bad_image in ("error", "skip"), "data.on_bad_image must be error or skip"),
+            (self.train.kimg > 0, "train.kimg must be > 0"),
+            (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
+            (self.train.keep_checkpoints >= 2, "train.keep_checkpoints must be >= 2"),
+            (self.train.snapshot_kimg > 0, "train.snapshot_kimg must be > 0"),
+            (self.train.grid_kimg > 0, "train.grid_kimg must be > 0"),
+            (self.train.log_interval >= 1, "train.log_interval must be >= 1"),
+            (self.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be >= 1"),
+            (self.accel.threads >= 0, "accel.threads must be >= 0"),
+        ]
+        bad = [msg for ok, msg in checks if not ok]
+        if self.train.batch_size % self.loss.pack:
+            bad.append(
+                f"train.batch_size ({self.train.batch_size}) must be a multiple of loss.pack "
+                f"({self.loss.pack})"
+            )
+        if bad:
+            raise ConfigError("invalid config: " + "; ".join(bad))
+        return self
+
+
+# Fields that may differ between a checkpoint and the config resuming it: they change how long
+# the run goes on and how it reports, never the state a step computes.
+RESUMABLE_FIELDS = frozenset(
+    {
+        "train.kimg",
+        "train.snapshot_kimg",
+        "train.grid_kimg",
+        "train.keep_checkpoints",
+        "train.log_interval",
+        "train.max_nonfinite_steps",
+        "train.grid_size",
+    }
+)
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(raw: dict[str, Any], where: str = "config") -> TrainConfig:
+    """Build a config from plain data (a YAML/JSON file), rejecting unknown or mistyped fields."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(raw).__name__}")
+    cfg = TrainConfig()
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                set_field(cfg, f"{key}.{sub_key}", sub_value, where)
+        else:
+            set_field(cfg, key, value, where)
+    return cfg.validate()
+
+
+def load_yaml(path) -> TrainConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return from_dict(raw, where=str(path))
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def field_names(cfg: TrainConfig | None = None) -> list[str]:
+    """All settable dotted field names, e.g. `train.batch_size`."""
+    cfg = cfg or TrainConfig()
+    names = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            names += [f"{f.name}.{sub.name}" for sub in dataclasses.fields(value)]
+        else:
+            names.append(f.name)
+    return names
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply `section.field=value` strings; values are parsed as YAML scalars and type-checked."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set train.batch_size=128")
+        name, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        set_field(cfg, name.strip(), value, "--set")
+    return cfg.validate()
+
+
+def set_field(cfg: TrainConfig, name: str, value: Any, where: str) -> None:
+    parts = name.split(".")
+    target: Any = cfg
+    for part in parts[:-1]:
+        target = getattr(target, part, None)
+        if not dataclasses.is_dataclass(target):
+            break
+    leaf = parts[-1]
+    if not dataclasses.is_dataclass(target) or leaf not in {f.name for f in dataclasses.fields(target)}:
+        raise ConfigError(f"{where}: unknown config field {name!r}; valid fields: {', '.join(field_names())}")
+    expected = typing.get_type_hints(type(target))[leaf]
+    if dataclasses.is_dataclass(expected):
+        raise ConfigError(f"{where}: {name!r} is a section; set one of its fields, e.g. {name}.X=V")
+    setattr(target, leaf, _coerce(value, expected, name, where))
+
+
+def _coerce(value: Any, expected: type, name: str, where: str) -> Any:
+    if expected is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{where}: {name} expects {expected.__name__}, got {value!r} ({type(value).__name__})")

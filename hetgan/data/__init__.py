@@ -1,0 +1,25 @@
+"""Data: spec parsing, readers for every supported format, and device-resident samplers."""
+
+from hetgan.data.sampler import ImageSampler, MixtureSampler, make_sampler
+from hetgan.data.sources import (
+    DATASETS,
+    ImageData,
+    Mixture,
+    check_spec,
+    describe_specs,
+    is_mixture_spec,
+    load_data,
+)
+
+__all__ = [
+    "DATASETS",
+    "ImageData",
+    "ImageSampler",
+    "Mixture",
+    "MixtureSampler",
+    "check_spec",
+    "describe_specs",
+    "is_mixture_spec",
+    "load_data",
+    "make_sampler",
+]

@@ -1,0 +1,125 @@
+"""Decoding image files safely and bringing images to the model's resolution and channels."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from hetgan.errors import DataError
+
+log = logging.getLogger("hetgan")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# Refuse images whose header claims more pixels than this before decoding them, so a small
+# file cannot expand into gigabytes (a decompression bomb). 40 MP covers any photo we train on.
+MAX_IMAGE_PIXELS = 40_000_000
+# With --on-bad-image skip, more than this share of bad files stops the run: the data is broken.
+MAX_BAD_FRACTION = 0.10
+
+
+def decode_image(path: Path, resolution: int, channels: int) -> np.ndarray:
+    """Fully decode one file and return uint8 [resolution, resolution, channels].
+
+    Raises DataError naming the file and the reason (not an image, truncated, too large).
+    """
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise DataError(
+                        f"{path}: image claims {w}x{h} = {w * h} pixels, more than the "
+                        f"{MAX_IMAGE_PIXELS} allowed (possible decompression bomb); shrink it first"
+                    )
+                # load() decodes every pixel: Image.verify() does not notice truncated JPEGs.
+                img.load()
+                return to_model_array(img, resolution, channels)
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: refused as a decompression bomb ({e})") from None
+    except Image.UnidentifiedImageError:
+        raise DataError(f"{path}: not a readable image (expected PNG, JPEG, WebP or BMP)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: image is truncated or corrupt ({e})") from None
+
+
+def to_model_array(img: Image.Image, resolution: int, channels: int) -> np.ndarray:
+    """Centre-crop to a square, resize to `resolution` and convert to 1 or 3 channels."""
+    img = img.convert("L" if channels == 1 else "RGB")
+    w, h = img.size
+    side = min(w, h)
+    if w != h:
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    if side != resolution:
+        img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if channels == 1 else arr  # [H, W, C]
+
+
+def arrays_to_model(images: np.ndarray, resolution: int, channels: int, where: str) -> np.ndarray:
+    """Bring a uint8 array [N, H, W] or [N, H, W, C] to [N, C, R, R] at the model's size."""
+    if images.dtype != np.uint8:
+        raise DataError(f"{where}: images must be uint8, got {images.dtype}; scale to 0..255 first")
+    if images.ndim == 3:
+        images = images[:, :, :, None]
+    if images.ndim != 4 or images.shape[3] not in (1, 3, 4):
+        raise DataError(
+            f"{where}: images have shape {images.shape}; expected (N, H, W) or (N, H, W, C) with C in 1, 3, 4"
+        )
+    if len(images) == 0:
+        raise DataError(f"{where}: contains no images")
+    n, h, w, c = images.shape
+    if h == w == resolution and c == channels:
+        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[c]
+    out = np.empty((n, resolution, resolution, channels), dtype=np.uint8)
+    for i in range(n):
+        src = images[i, :, :, 0] if c == 1 else images[i]
+        out[i] = to_model_array(Image.fromarray(src, mode), resolution, channels)
+    return out.transpose(0, 3, 1, 2).copy()  # [N, C, R, R]
+
+
+def list_image_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def decode_files(
+    files: list[Path], resolution: int, channels: int, on_bad_image: str
+) -> tuple[list[np.ndarray], list[int], list[tuple[Path, str]]]:
+    """Decode many files. Returns ([R, R, C] uint8 arrays, indices kept, [(file, reason)] bad).
+
+    With on_bad_image='error' the first bad file raises; with 'skip' every bad file is logged
+    and returned, and the caller decides whether too many are bad (`require_mostly_good`).
+    """
+    arrays, kept, bad = [], [], []
+    for i, path in enumerate(files):
+        try:
+            arrays.append(decode_image(path, resolution, channels))
+            kept.append(i)
+        except DataError as e:
+            if on_bad_image == "error":
+                raise DataError(f"{e}\n  (pass --on-bad-image skip to leave bad files out)") from None
+            log.warning("skipping bad image %s", e)
+            bad.append((path, str(e)))
+    return arrays, kept, bad
+
+
+def require_mostly_good(n_files: int, bad: list[tuple[Path, str]]) -> None:
+    """Stop when more than MAX_BAD_FRACTION of the files were bad: the data itself is broken."""
+    if not bad:
+        return
+    log.warning("skipped %d bad image(s) of %d", len(bad), n_files)
+    if len(bad) > MAX_BAD_FRACTION * n_files:
+        raise DataError(
+            f"{len(bad)} of {n_files} images are bad (more than {MAX_BAD_FRACTION:.0%} allowed "
+            f"with --on-bad-image skip); fix the data. First bad file: {bad[0][1]}"
+        )

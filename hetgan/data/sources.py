@@ -1,0 +1,260 @@
+"""Dataset readers, chosen by a spec string: `NAME` or `NAME:PATH` (see `describe_specs`).
+
+Every reader returns either `ImageData` (uint8 [N, C, R, R] already at the model's size) or a
+`Mixture` (a 2-D Gaussian mixture sampled on the fly). Bad files raise DataError naming the file,
+what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from hetgan.config import DataConfig
+from hetgan.data.images import (
+    arrays_to_model,
+    decode_files,
+    list_image_files,
+    require_mostly_good,
+)
+from hetgan.errors import DataError
+from hetgan.registry import Registry
+
+
+@dataclass
+class ImageData:
+    images: np.ndarray  # uint8 [N, C, R, R]
+    labels: np.ndarray | None  # int64 [N] or None
+    class_names: list[str] | None
+    source: str
+
+
+@dataclass
+class Mixture:
+    """A 2-D Gaussian mixture with equal weights (PacGAN protocol, Lin et al. 2018)."""
+
+    name: str
+    modes: np.ndarray  # float32 [M, 2]
+    sigma: float
+
+
+Data = ImageData | Mixture
+Reader = Callable[[str, DataConfig], Data]
+DATASETS: Registry[Reader] = Registry("dataset")
+SPEC_HELP = {
+    "mnist5k": "the 5000 bundled MNIST digits (default)",
+    "mnist:DIR": "the MNIST IDX files (train + t10k, gzipped or not)",
+    "cifar10:DIR": "CIFAR-10 binary version, data_batch_*.bin",
+    "folder:DIR": "PNG/JPEG/WebP/BMP files under DIR; subfolders name classes",
+    "npz:FILE": "uint8 `images` (N,H,W) or (N,H,W,C), optional `labels`",
+    "ring8": "8 Gaussians on a circle of radius 1, sigma 0.01",
+    "grid25": "25 Gaussians on {-4,-2,0,2,4}^2, sigma 0.05",
+}
+
+
+def describe_specs() -> str:
+    return "\n".join(f"  {spec:<12} {text}" for spec, text in SPEC_HELP.items())
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    name, _, arg = spec.partition(":")
+    reader_needs_arg = {"mnist", "cifar10", "folder", "npz"}
+    if name not in DATASETS:
+        raise DataError(f"unknown data spec {spec!r}; valid specs:\n{describe_specs()}")
+    if name in reader_needs_arg and not arg:
+        raise DataError(f"data spec {spec!r} needs a path, e.g. {name}:/path/to/data")
+    return name, arg
+
+
+def load_data(cfg: DataConfig) -> Data:
+    name, arg = parse_spec(cfg.spec)
+    return DATASETS.get(name)(arg, cfg)
+
+
+def is_mixture_spec(spec: str) -> bool:
+    return parse_spec(spec)[0] in ("ring8", "grid25")
+
+
+@DATASETS.register("mnist5k")
+def read_mnist5k(arg: str, cfg: DataConfig) -> ImageData:
+    with resources.files("hetgan.data").joinpath("mnist_5k.npz").open("rb") as f:
+        return _read_npz_arrays(np.load(f, allow_pickle=False), cfg, "mnist5k")
+
+
+@DATASETS.register("npz")
+def read_npz(arg: str, cfg: DataConfig) -> ImageData:
+    path = _existing(arg, "npz file")
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    return _read_npz_arrays(arrays, cfg, str(path))
+
+
+def _read_npz_arrays(arrays, cfg: DataConfig, where: str) -> ImageData:
+    if "images" not in arrays.files:
+        raise DataError(f"{where}: no 'images' array; found {arrays.files}")
+    images = arrays["images"]
+    labels = arrays["labels"].astype(np.int64) if "labels" in arrays.files else None
+    if labels is not None and len(labels) != len(images):
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels; counts must match")
+    images = arrays_to_model(images, cfg.resolution, cfg.channels, where)
+    return ImageData(images, labels, None, where)
+
+
+# --- MNIST IDX (http format of LeCun et al.) -------------------------------------------------
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "t10k": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@DATASETS.register("mnist")
+def read_mnist(arg: str, cfg: DataConfig) -> ImageData:
+    root = _existing(arg, "MNIST folder")
+    images, labels = [], []
+    for split, (img_name, lbl_name) in IDX_FILES.items():
+        img = read_idx(_find_idx(root, img_name), expected_ndim=3)
+        lbl = read_idx(_find_idx(root, lbl_name), expected_ndim=1)
+        if len(img) != len(lbl):
+            raise DataError(
+                f"{root}: {split} split has {len(img)} images but {len(lbl)} labels; "
+                "counts must match (files from different releases?)"
+            )
+        images.append(img)
+        labels.append(lbl.astype(np.int64))
+    images_np = arrays_to_model(np.concatenate(images), cfg.resolution, cfg.channels, str(root))
+    return ImageData(images_np, np.concatenate(labels), [str(i) for i in range(10)], str(root))
+
+
+def _find_idx(root: Path, name: str) -> Path:
+    for candidate in (root / name, root / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{root}: missing {name} (or {name}.gz); expected the four MNIST IDX files")
+
+
+def read_idx(path: Path, expected_ndim: int) -> np.ndarray:
+    """Read an IDX file of unsigned bytes, checking its size against its header."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: cannot decompress ({e})") from None
+    if len(raw) < 4 or raw[0:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number {raw[:4]!r})")
+    ndim = raw[3]
+    if ndim != expected_ndim:
+        raise DataError(f"{path}: IDX file has {ndim} dimensions, expected {expected_ndim}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated header ({len(raw)} bytes, expected {header})")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + math.prod(shape)
+    if len(raw) != expected:
+        raise DataError(
+            f"{path}: size is {len(raw)} bytes but its header {shape} needs {expected}; "
+            "the file is truncated or corrupt, download it again"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+# --- CIFAR-10 binary version (Krizhevsky 2009) -----------------------------------------------
+CIFAR_RECORD = 1 + 3 * 32 * 32
+CIFAR_PER_FILE = 10_000
+CIFAR_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
+
+
+@DATASETS.register("cifar10")
+def read_cifar10(arg: str, cfg: DataConfig) -> ImageData:
+    root = _existing(arg, "CIFAR-10 folder")
+    files = sorted(root.glob("data_batch_*.bin")) or sorted(root.glob("*/data_batch_*.bin"))
+    if not files:
+        raise DataError(f"{root}: no data_batch_*.bin files; expected CIFAR-10's binary version")
+    records = [read_cifar_file(f) for f in files]
+    data = np.concatenate(records)
+    labels = data[:, 0].astype(np.int64)
+    images = data[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # [N, H, W, C]
+    images = arrays_to_model(images, cfg.resolution, cfg.channels, str(root))
+    return ImageData(images, labels, CIFAR_CLASSES, str(root))
+
+
+def read_cifar_file(path: Path) -> np.ndarray:
+    raw = path.read_bytes()
+    expected = CIFAR_RECORD * CIFAR_PER_FILE
+    if len(raw) != expected:
+        raise DataError(
+            f"{path}: size is {len(raw)} bytes, expected {expected} "
+            f"({CIFAR_PER_FILE} records of {CIFAR_RECORD} bytes); the file is truncated or corrupt"
+        )
+    data = np.frombuffer(raw, dtype=np.uint8).reshape(CIFAR_PER_FILE, CIFAR_RECORD)
+    if data[:, 0].max() > 9:
+        raise DataError(f"{path}: label byte {data[:, 0].max()} out of range 0..9; not CIFAR-10")
+    return data
+
+
+# --- image folders ---------------------------------------------------------------------------
+@DATASETS.register("folder")
+def read_folder(arg: str, cfg: DataConfig) -> ImageData:
+    root = _existing(arg, "image folder")
+    files = list_image_files(root)
+    if not files:
+        raise DataError(f"{root}: no images found (looked recursively for .png, .jpg, .jpeg, .webp, .bmp)")
+    arrays, kept, bad = decode_files(files, cfg.resolution, cfg.channels, cfg.on_bad_image)
+    require_mostly_good(len(files), bad)
+    images = np.stack(arrays).transpose(0, 3, 1, 2).copy()  # [N, C, R, R]
+    class_names, labels = _folder_labels(root, [files[i] for i in kept])
+    return ImageData(images, labels, class_names, str(root))
+
+
+def _folder_labels(root: Path, files: list[Path]) -> tuple[list[str] | None, np.ndarray | None]:
+    """Label each file by its first-level subfolder; no labels when all files sit at the top."""
+    parts = [f.relative_to(root).parts for f in files]
+    if any(len(p) == 1 for p in parts):
+        return None, None
+    class_names = sorted({p[0] for p in parts})
+    index = {name: i for i, name in enumerate(class_names)}
+    return class_names, np.array([index[p[0]] for p in parts], dtype=np.int64)
+
+
+# --- 2-D Gaussian mixtures -------------------------------------------------------------------
+@DATASETS.register("ring8")
+def ring8(arg: str, cfg: DataConfig) -> Mixture:
+    angles = 2 * np.pi * np.arange(8) / 8
+    modes = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    return Mixture("ring8", modes, 0.01)
+
+
+@DATASETS.register("grid25")
+def grid25(arg: str, cfg: DataConfig) -> Mixture:
+    axis = np.array([-4, -2, 0, 2, 4], dtype=np.float32)
+    modes = np.stack(np.meshgrid(axis, axis, indexing="ij"), axis=-1).reshape(-1, 2)
+    return Mixture("grid25", modes, 0.05)
+
+
+def _existing(arg: str, what: str) -> Path:
+    path = Path(arg).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: {what} does not exist")
+    return path
+
+
+def check_spec(cfg: DataConfig) -> list[tuple[str, str]]:
+    """Decode every item of a dataset; return [(file, reason)] for each bad one."""
+    name, arg = parse_spec(cfg.spec)
+    if name == "folder":
+        files = list_image_files(_existing(arg, "image folder"))
+        if not files:
+            return [(arg, "no images found")]
+        _, _, bad = decode_files(files, cfg.resolution, cfg.channels, "skip")
+        return [(str(path), reason) for path, reason in bad]
+    try:
+        load_data(cfg)
+    except DataError as e:
+        return [(arg or name, str(e))]
+    return []

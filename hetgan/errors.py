@@ -1,0 +1,21 @@
+"""User-facing errors. Each message says what was got, what was expected and how to fix it."""
+
+
+class HetganError(Exception):
+    """A problem with the user's input or environment; the CLI prints it without a traceback."""
+
+
+class ConfigError(HetganError):
+    """A bad config field, override or preset name."""
+
+
+class DataError(HetganError):
+    """A dataset that cannot be read: names the file and the reason."""
+
+
+class CheckpointError(HetganError):
+    """A checkpoint or artifact that is missing, corrupt or from another config."""
+
+
+class TrainingDiverged(HetganError):
+    """Too many non-finite losses in a row; the last good checkpoint is kept."""

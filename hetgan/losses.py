@@ -1,0 +1,125 @@
+"""GAN objectives. A loss object owns its objective and regularisers; the loop only schedules
+the D and G phases (as in stylegan2-ada's `accumulate_gradients`).
+
+Every loss works on D's raw logits in a numerically stable form (softplus, not log(sigmoid)).
+`d_loss` returns (scalar, stats) where stats are detached per-batch means for logging.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hetgan.config import LossConfig
+from hetgan.registry import Registry
+
+Stats = dict[str, torch.Tensor]
+
+
+def pack(x: torch.Tensor, m: int) -> torch.Tensor:
+    """PacGAN packing (Lin et al. 2018): [B, F, ...] -> [B/m, m*F, ...], m samples per judgement."""
+    if m == 1:
+        return x
+    return x.reshape(len(x) // m, m * x.shape[1], *x.shape[2:])
+
+
+class GANLoss:
+    """Base class: packing, R1 and the bookkeeping every objective shares."""
+
+    def __init__(self, cfg: LossConfig, generator: torch.Generator) -> None:
+        self.pack = cfg.pack
+        self.n_critic = cfg.n_critic
+        self.r1_gamma = cfg.r1_gamma
+        self.generator = generator  # the run's RNG, checkpointed, for any randomness in a loss
+
+    def logits(self, D: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return D(pack(x, self.pack))
+
+    def d_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+        if self.r1_gamma > 0:
+            real = real.detach().requires_grad_(True)
+        real_logits = self.logits(D, real)
+        fake_logits = self.logits(D, fake.detach())
+        loss = self.d_objective(real_logits, fake_logits)
+        stats = {"d_real": real_logits.detach().mean(), "d_fake": fake_logits.detach().mean()}
+        if self.r1_gamma > 0:
+            penalty = self.r1_penalty(real, real_logits)
+            loss = loss + self.r1_gamma / 2 * penalty
+            stats["r1"] = penalty.detach()
+        return loss, stats
+
+    def g_loss(self, D: nn.Module, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+        return self.g_objective(self.logits(D, fake)), {}
+
+    def d_objective(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def g_objective(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def r1_penalty(real: torch.Tensor, real_logits: torch.Tensor) -> torch.Tensor:
+        """E ||grad_x D(x)||^2 on real data (Mescheder et al. 2018)."""
+        (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+        return grad.square().flatten(1).sum(1).mean()
+
+
+LOSSES: Registry[type[GANLoss]] = Registry("loss")
+
+
+@LOSSES.register("bce")
+class NonSaturatingLoss(GANLoss):
+    """Non-saturating GAN loss (Goodfellow et al. 2014): softplus form of BCE with logits."""
+
+    def d_objective(self, real_logits, fake_logits):
+        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+    def g_objective(self, fake_logits):
+        return F.softplus(-fake_logits).mean()
+
+
+@LOSSES.register("hinge")
+class HingeLoss(GANLoss):
+    """Hinge loss (Lim & Ye 2017; Miyato et al. 2018)."""
+
+    def d_objective(self, real_logits, fake_logits):
+        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+
+    def g_objective(self, fake_logits):
+        return -fake_logits.mean()
+
+
+@LOSSES.register("wgan-gp")
+class WGANGPLoss(GANLoss):
+    """Wasserstein loss with gradient penalty on interpolates (Gulrajani et al. 2017)."""
+
+    def __init__(self, cfg: LossConfig, generator: torch.Generator) -> None:
+        super().__init__(cfg, generator)
+        self.gp_lambda = cfg.gp_lambda
+
+    def d_loss(self, D, real, fake):
+        loss, stats = super().d_loss(D, real, fake)
+        penalty = self.gradient_penalty(D, real.detach(), fake.detach())
+        stats["gp"] = penalty.detach()
+        return loss + self.gp_lambda * penalty, stats
+
+    def d_objective(self, real_logits, fake_logits):
+        return fake_logits.mean() - real_logits.mean()
+
+    def g_objective(self, fake_logits):
+        return -fake_logits.mean()
+
+    def gradient_penalty(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        # One mixing weight per packed judgement, so a pack mixes consistently.
+        n = len(real) // self.pack
+        eps = torch.rand(n, generator=self.generator, device=self.generator.device)
+        eps = eps.repeat_interleave(self.pack).view(-1, *([1] * (real.dim() - 1))).to(real.dtype)
+        mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.logits(D, mixed).sum(), mixed, create_graph=True)
+        grad = pack(grad, self.pack).flatten(1)  # norm over everything D judged at once
+        return (grad.norm(2, dim=1) - 1).square().mean()
+
+
+def build_loss(cfg: LossConfig, generator: torch.Generator) -> GANLoss:
+    return LOSSES.get(cfg.name)(cfg, generator)

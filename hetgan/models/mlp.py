@@ -1,0 +1,58 @@
+"""Fully connected G and D (Goodfellow et al. 2014 layout), for flat images or 2-D points."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from hetgan.config import ModelConfig
+from hetgan.models import MODELS
+
+
+class Generator(nn.Module):
+    """z [B, z_dim] -> sample [B, *shape]: widths w, 2w, 4w with LeakyReLU(0.2).
+
+    Images end in tanh (range [-1, 1]); points are unbounded, so the last layer stays linear.
+    """
+
+    def __init__(self, z_dim: int, width: int, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+        self.shape = shape
+        widths = [z_dim, width, width * 2, width * 4]
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2, True)]
+        layers.append(nn.Linear(widths[-1], math.prod(shape)))
+        if len(shape) == 3:
+            layers.append(nn.Tanh())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(len(z), *self.shape)
+
+
+class Discriminator(nn.Module):
+    """sample [B, pack * prod(shape)] (any trailing shape) -> logits [B]: widths 2w, w."""
+
+    def __init__(self, width: int, in_features: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_features, width * 2),
+            nn.LeakyReLU(0.2, True),
+            nn.Linear(width * 2, width),
+            nn.LeakyReLU(0.2, True),
+            nn.Linear(width, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1)).flatten()
+
+
+@MODELS.register("mlp")
+def build(cfg: ModelConfig, shape: tuple[int, ...], pack: int) -> tuple[nn.Module, nn.Module]:
+    G = Generator(cfg.z_dim, cfg.width, shape)
+    D = Discriminator(cfg.width, math.prod(shape) * pack)
+    return G, D

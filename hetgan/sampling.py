@@ -1,0 +1,103 @@
+"""Writing samples: PNG grids, .npz arrays, folders of PNGs, and scatter plots for 2-D data."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hetgan.errors import HetganError
+from hetgan.fileio import atomic_write_bytes
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C]."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def grid_image(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> Image.Image:
+    """Tile [N, C, H, W] in [-1, 1] into one image, `ncol` columns (default: square-ish)."""
+    arr = to_uint8(images)
+    n, h, w, c = arr.shape
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    canvas = np.zeros((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), dtype=np.uint8)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        y, x = pad + r * (h + pad), pad + q * (w + pad)
+        canvas[y : y + h, x : x + w] = arr[i]
+    return Image.fromarray(canvas[:, :, 0] if c == 1 else canvas)
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def scatter_png(points: torch.Tensor, modes: np.ndarray | None, title: str = "") -> bytes:
+    """A scatter plot of 2-D samples over the real mixture's modes, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = points.detach().float().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5, color="tab:blue", label="generated")
+    if modes is not None:
+        ax.scatter(modes[:, 0], modes[:, 1], s=40, marker="x", color="tab:red", label="real modes")
+        lim = np.abs(modes).max() * 1.5 + 0.5
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_samples(samples: torch.Tensor, out: str | Path, modes: np.ndarray | None = None) -> Path:
+    """Write samples by the form of `out`: `.png` grid or scatter, `.npz`, or a folder `dir/`.
+
+    Pass a folder as a string ending in "/" (a Path drops the trailing slash).
+    """
+    is_points = samples.dim() == 2
+    text = str(out)
+    out = Path(out)
+    if text.endswith("/") or text.endswith("\\"):
+        if is_points:
+            raise HetganError(f"{out}: 2-D samples cannot be written as a folder of PNGs; use .npz or .png")
+        return _write_folder(samples, Path(text.rstrip("/\\")))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npz":
+        buf = io.BytesIO()
+        if is_points:
+            np.savez(buf, points=samples.float().cpu().numpy().astype(np.float32))
+        else:
+            np.savez(buf, images=to_uint8(samples))
+        atomic_write_bytes(out, buf.getvalue())
+    elif out.suffix == ".png":
+        data = scatter_png(samples, modes) if is_points else png_bytes(grid_image(samples))
+        atomic_write_bytes(out, data)
+    else:
+        raise HetganError(
+            f"{out}: unknown output form {out.suffix!r}; use FILE.png (grid), FILE.npz or DIR/ (PNGs)"
+        )
+    return out
+
+
+def _write_folder(samples: torch.Tensor, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    digits = max(5, len(str(len(samples))))
+    for i, arr in enumerate(to_uint8(samples)):
+        img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+        atomic_write_bytes(folder / f"{i:0{digits}d}.png", png_bytes(img))
+    return folder

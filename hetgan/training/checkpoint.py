@@ -1,0 +1,132 @@
+"""Atomic, verifiable checkpoints: tensors in safetensors, everything else in JSON, never pickle.
+
+A checkpoint is a directory `step-NNNNNNNNN/` holding `tensors.safetensors`, `state.json` and
+`manifest.json` (sha256 and size of the other two). It is written into a hidden temp directory,
+each file fsynced, the manifest written last, then renamed into place in one step, so a crash or
+SIGKILL at any moment leaves either the complete new checkpoint or none of it. Old checkpoints
+are deleted only after the new one is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from hetgan.errors import CheckpointError
+from hetgan.fileio import fsync_dir, write_bytes_durable
+
+log = logging.getLogger("hetgan")
+
+TENSORS, STATE, MANIFEST = "tensors.safetensors", "state.json", "manifest.json"
+PREFIX = "step-"
+
+
+def save_checkpoint(
+    root: Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int
+) -> Path:
+    """Commit a checkpoint for `step` under `root` and prune to the newest `keep`."""
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):  # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+    final = root / f"{PREFIX}{step:09d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    tmp.mkdir()
+    blobs = {
+        TENSORS: save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}),
+        STATE: json.dumps(state, indent=1, sort_keys=True).encode(),
+    }
+    for name, data in blobs.items():
+        write_bytes_durable(tmp / name, data)
+    manifest = {name: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for name, d in blobs.items()}
+    write_bytes_durable(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+    fsync_dir(tmp)
+    if final.exists():  # re-saving a step (interrupt right after resume): swap atomically-ish
+        old = root / f".tmp-old-{final.name}-{os.getpid()}"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, final)
+    fsync_dir(root)
+    for old_ckpt in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old_ckpt)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Committed checkpoint directories, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
+    return sorted(found, key=lambda p: p.name)
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and verify one checkpoint against its manifest; raise CheckpointError if it fails."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: manifest missing or unreadable ({e})") from None
+    blobs = {}
+    for name in (TENSORS, STATE):
+        try:
+            data = (path / name).read_bytes()
+            expected = manifest[name]
+        except (OSError, KeyError) as e:
+            raise CheckpointError(f"{path}: {name} missing ({e})") from None
+        if len(data) != expected["bytes"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
+            raise CheckpointError(
+                f"{path / name}: {len(data)} bytes do not match the manifest "
+                f"({expected['bytes']} bytes, sha256 {expected['sha256'][:12]}...); truncated or corrupt"
+            )
+        blobs[name] = data
+    return load_safetensors(blobs[TENSORS]), json.loads(blobs[STATE])
+
+
+def load_latest_checkpoint(root: Path) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
+    """The newest checkpoint that verifies; warns about and skips any newer corrupt ones."""
+    candidates = list_checkpoints(root)
+    if not candidates:
+        raise CheckpointError(f"{root}: no checkpoints to resume from")
+    for path in reversed(candidates):
+        try:
+            tensors, state = read_checkpoint(path)
+        except CheckpointError as e:
+            log.warning("ignoring corrupt checkpoint: %s; trying the previous one", e)
+            continue
+        return path, tensors, state
+    raise CheckpointError(f"{root}: every checkpoint is corrupt ({len(candidates)} tried)")
+
+
+def flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimiser state_dict into tensors (for safetensors) and JSON-able rest."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, param_state in sd["state"].items():
+        for key, value in param_state.items():
+            if torch.is_tensor(value):
+                tensors[f"{prefix}.{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith(prefix + "."):
+            idx, key = name[len(prefix) + 1 :].split(".", 1)
+            state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

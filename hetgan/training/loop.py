@@ -1,0 +1,218 @@
+"""`train()`: set up a run (new or resumed), loop over steps, keep the run directory up to date.
+
+The loop only schedules: it calls `Trainer.step()` and, when an interval is crossed, the named
+maintenance helpers (metrics, sample grid, snapshot). SIGINT/SIGTERM finish the current step,
+save a checkpoint and return cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from hetgan.artifact import ARTIFACT_NAME, recalibrated_copy, save_generator
+from hetgan.config import RESUMABLE_FIELDS, TrainConfig, load_yaml, to_dict
+from hetgan.data import Mixture
+from hetgan.errors import CheckpointError
+from hetgan.sampling import write_samples
+from hetgan.training.checkpoint import load_latest_checkpoint, save_checkpoint
+from hetgan.training.rundir import MetricsWriter, attach_log_file, new_run_dir, write_config
+from hetgan.training.trainer import Trainer
+
+log = logging.getLogger("hetgan")
+
+
+def train(
+    cfg: TrainConfig | None = None,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    overrides: list[str] | None = None,
+    allow_config_change: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train a GAN and return its run directory. With `resume`, continue that run exactly."""
+    if resume is not None:
+        run_dir = Path(resume)
+        cfg = resumed_config(run_dir, overrides or [])
+    else:
+        cfg = (cfg or TrainConfig()).validate()
+        run_dir = new_run_dir(out, cfg.preset)
+    handler = attach_log_file(run_dir)
+    try:
+        return _run(cfg, run_dir, resume is not None, allow_config_change, progress)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
+    from hetgan.config import apply_overrides
+
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{run_dir}: not a hetgan run directory (no config.yaml)")
+    return apply_overrides(load_yaml(run_dir / "config.yaml"), overrides)
+
+
+def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, allow_change: bool, progress: bool) -> Path:
+    trainer = Trainer(cfg)
+    metrics = MetricsWriter(run_dir)
+    if resuming:
+        restore(trainer, run_dir, allow_change)
+        metrics.truncate_after(trainer.step_count)
+    write_config(run_dir, cfg)
+    log.info("run directory %s; %s", run_dir, describe(trainer))
+    total_nimg = int(cfg.train.kimg * 1000)
+    if trainer.step_count == 0:
+        save_grid(trainer, run_dir)
+    stop = StopSignal()
+    bar = tqdm(
+        total=round(total_nimg / 1000, 3),
+        initial=round(trainer.nimg / 1000, 3),
+        unit="kimg",
+        disable=not progress or None,
+        dynamic_ncols=True,
+    )
+    timer = time.perf_counter()
+    with stop, bar:
+        while trainer.nimg < total_nimg and not stop.requested:
+            before = trainer.nimg
+            result = trainer.step()
+            bar.update(round((trainer.nimg - before) / 1000, 3))
+            if trainer.step_count % cfg.train.log_interval == 0:
+                elapsed, timer = time.perf_counter() - timer, time.perf_counter()
+                img_s = cfg.train.log_interval * (trainer.nimg - before) / elapsed
+                log_metrics(trainer, result.losses, img_s, metrics, bar)
+            maintain(trainer, run_dir, before)
+    if stop.requested:
+        snapshot(trainer, run_dir)
+        print(
+            f"stopped by {stop.requested} at step {trainer.step_count}; checkpoint saved. "
+            f"Continue with: hetgan train --resume {run_dir}"
+        )
+        return run_dir
+    finish(trainer, run_dir)
+    return run_dir
+
+
+def describe(trainer: Trainer) -> str:
+    n_g = sum(p.numel() for p in trainer.G.parameters())
+    n_d = sum(p.numel() for p in trainer.D.parameters())
+    return (
+        f"device {trainer.device}; G {n_g / 1e6:.2f}M params, D {n_d / 1e6:.2f}M params; "
+        f"starting at step {trainer.step_count} ({trainer.nimg / 1000:.1f} kimg)"
+    )
+
+
+def restore(trainer: Trainer, run_dir: Path, allow_change: bool) -> None:
+    path, tensors, meta = load_latest_checkpoint(run_dir / "checkpoints")
+    changed = config_differences(meta["config"], to_dict(trainer.cfg))
+    if changed and not allow_change:
+        raise CheckpointError(
+            f"{path} was written with another config ({'; '.join(changed)}); resuming would not "
+            "continue the same run. Restore the run's config.yaml, or pass --allow-config-change"
+        )
+    trainer.load_state(tensors, meta)
+    log.info("resumed from %s (step %d, %.1f kimg)", path, trainer.step_count, trainer.nimg / 1000)
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, name + ".")
+        elif a != b and name not in RESUMABLE_FIELDS:
+            diffs.append(f"{name}: checkpoint {a!r}, now {b!r}")
+    return diffs
+
+
+def log_metrics(trainer: Trainer, losses: dict, img_s: float, metrics: MetricsWriter, bar) -> None:
+    record = {
+        "step": trainer.step_count,
+        "kimg": round(trainer.nimg / 1000, 3),
+        **losses,
+        "img_per_s": round(img_s, 1),
+        "nonfinite_total": trainer.nonfinite_total,
+    }
+    metrics.write(record)
+    bar.set_postfix(img_s=f"{img_s:.0f}", d=f"{losses['loss_d']:.3f}", g=f"{losses['loss_g']:.3f}")
+
+
+def crossed(before: int, after: int, interval_kimg: float) -> bool:
+    interval = max(int(interval_kimg * 1000), 1)
+    return before // interval != after // interval
+
+
+def maintain(trainer: Trainer, run_dir: Path, before: int) -> None:
+    t = trainer.cfg.train
+    if crossed(before, trainer.nimg, t.grid_kimg):
+        save_grid(trainer, run_dir)
+    if crossed(before, trainer.nimg, t.snapshot_kimg):
+        snapshot(trainer, run_dir)
+
+
+def save_grid(trainer: Trainer, run_dir: Path, name: str | None = None) -> Path:
+    """Samples of G_ema on the run's fixed z, so grids over time are comparable."""
+    cfg = trainer.cfg
+    G = recalibrated_copy(trainer.G_ema, cfg.model.z_dim)
+    n = 2500 if isinstance(trainer.data, Mixture) else cfg.train.grid_size
+    z = torch.randn(n, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 2))
+    with torch.no_grad():
+        samples = G(z.to(trainer.device)).float().cpu()
+    modes = trainer.data.modes if isinstance(trainer.data, Mixture) else None
+    path = run_dir / "samples" / (name or f"step-{trainer.step_count:09d}.png")
+    return write_samples(samples, path, modes)
+
+
+def snapshot(trainer: Trainer, run_dir: Path) -> Path:
+    tensors, meta = trainer.state()
+    path = save_checkpoint(
+        run_dir / "checkpoints", trainer.step_count, tensors, meta, keep=trainer.cfg.train.keep_checkpoints
+    )
+    trainer.saved_step = trainer.step_count
+    log.info("step %d (%.1f kimg): checkpoint %s", trainer.step_count, trainer.nimg / 1000, path.name)
+    return path
+
+
+def finish(trainer: Trainer, run_dir: Path) -> None:
+    if trainer.saved_step != trainer.step_count:
+        snapshot(trainer, run_dir)
+    artifact = save_generator(trainer.G_ema, trainer.cfg, run_dir / ARTIFACT_NAME)
+    grid = save_grid(trainer, run_dir, "final.png")
+    skipped = f"; {trainer.nonfinite_total} non-finite steps skipped" if trainer.nonfinite_total else ""
+    log.info("done: %d steps, %.1f kimg%s", trainer.step_count, trainer.nimg / 1000, skipped)
+    print(
+        f"training finished: {trainer.nimg / 1000:.1f} kimg in {trainer.step_count} steps{skipped}\n"
+        f"  run directory: {run_dir}\n  generator:     {artifact}\n  final samples: {grid}\n"
+        f"  metrics:       {run_dir / 'metrics.jsonl'}"
+    )
+
+
+class StopSignal:
+    """Turns the first SIGINT/SIGTERM into a request to stop after the current step."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = signal.Signals(signum).name
+        signal.signal(signum, self._previous[signum])  # a second signal acts as usual
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

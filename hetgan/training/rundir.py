@@ -1,0 +1,82 @@
+"""The run directory: a fixed layout that is never overwritten, and the writers that fill it.
+
+runs/00003-dcgan_mnist/
+  config.yaml          resolved config (what `--resume` reads back)
+  log.txt              human-readable log
+  metrics.jsonl        one JSON object per logged step
+  samples/             fixed-seed grids over time (step-NNNNNNNNN.png, final.png)
+  checkpoints/         resumable training state (see checkpoint.py)
+  generator.safetensors  the deployable artifact (G_ema + config + version)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+from hetgan.config import TrainConfig, dump_yaml
+from hetgan.errors import HetganError
+from hetgan.fileio import atomic_write_bytes
+
+log = logging.getLogger("hetgan")
+
+
+def new_run_dir(out: str | Path | None, preset: str, root: str | Path = "runs") -> Path:
+    """Create a fresh run directory: `out`, or `root/NNNNN-<preset>` with the next free number."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and any(path.iterdir()):
+            raise HetganError(
+                f"{path}: output directory exists and is not empty; a run directory is never "
+                f"overwritten. Continue it with --resume {path}, or choose another --out"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    numbers = [int(m.group(1)) for p in root.iterdir() if (m := re.match(r"(\d{5})-", p.name))]
+    number = max(numbers, default=-1) + 1
+    while True:  # mkdir without exist_ok is the lock against a concurrent run taking the number
+        path = root / f"{number:05d}-{preset}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            number += 1
+
+
+def write_config(run_dir: Path, cfg: TrainConfig) -> None:
+    atomic_write_bytes(run_dir / "config.yaml", dump_yaml(cfg).encode())
+
+
+def attach_log_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return handler
+
+
+class MetricsWriter:
+    """Appends one JSON line per record to metrics.jsonl, flushed so a crash loses at most one."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "metrics.jsonl"
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records newer than the checkpoint, which the resumed run will redo."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except ValueError:  # a line cut short by a kill
+                continue
+        atomic_write_bytes(self.path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")

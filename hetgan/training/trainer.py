@@ -1,0 +1,183 @@
+"""The training state and one training iteration.
+
+`Trainer` holds everything a step reads or writes (G, D, G_ema, optimisers, RNGs, data position,
+counters) and turns it into checkpoint tensors + JSON and back. `Trainer.step()` schedules the
+phases: `n_critic` D steps, then one G step that reuses the last D step's generator forward.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from hetgan import __version__
+from hetgan.config import TrainConfig, to_dict
+from hetgan.data import load_data, make_sampler
+from hetgan.data.sources import Data
+from hetgan.errors import TrainingDiverged
+from hetgan.losses import build_loss
+from hetgan.models import build_models
+from hetgan.training.checkpoint import flatten_optimizer, restore_optimizer
+
+
+def resolve_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass
+class StepResult:
+    losses: dict[str, float] = field(default_factory=dict)  # last D/G loss and D outputs
+    skipped: list[str] = field(default_factory=list)  # phases skipped for a non-finite loss
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, data: Data | None = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.accel.device)
+        if cfg.accel.threads:
+            torch.set_num_threads(cfg.accel.threads)
+        torch.manual_seed(cfg.seed)  # model init
+        self.data = data if data is not None else load_data(cfg.data)
+        self.G, self.D = (m.to(self.device) for m in build_models(cfg))
+        if cfg.accel.channels_last:
+            self.G, self.D = (m.to(memory_format=torch.channels_last) for m in (self.G, self.D))
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        betas = (cfg.optim.beta1, cfg.optim.beta2)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.optim.g_lr, betas=betas)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.optim.d_lr, betas=betas)
+        self.rng = torch.Generator(self.device).manual_seed(cfg.seed + 1)
+        self.loss = build_loss(cfg.loss, self.rng)
+        self.sampler = make_sampler(self.data, cfg.seed, self.device)
+        self.step_count = 0
+        self.nimg = 0
+        self.saved_step = -1  # step of the newest committed checkpoint
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+
+    # --- one iteration ------------------------------------------------------------------------
+    def step(self) -> StepResult:
+        result = StepResult()
+        batch, z_dim = self.cfg.train.batch_size, self.cfg.model.z_dim
+        fake = None
+        for k in range(self.loss.n_critic):
+            real = self._layout(self.sampler.next(batch))
+            z = torch.randn(batch, z_dim, generator=self.rng, device=self.device)
+            # Only the last D step's fake keeps its graph: the G step reuses that forward.
+            with torch.set_grad_enabled(k == self.loss.n_critic - 1):
+                fake = self.G(z)
+            self._d_phase(real, fake, result)
+            self.nimg += batch
+        self._g_phase(fake, result)
+        self.step_count += 1
+        self._count_nonfinite(result)
+        return result
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.accel.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _d_phase(self, real: torch.Tensor, fake: torch.Tensor, result: StepResult) -> None:
+        loss, stats = self.loss.d_loss(self.D, real, fake)
+        result.losses.update({k: float(v) for k, v in stats.items()}, loss_d=float(loss.detach()))
+        if not math.isfinite(result.losses["loss_d"]):
+            result.skipped.append("D")  # no weight or optimiser update
+            return
+        self.opt_D.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_D.step()
+
+    def _g_phase(self, fake: torch.Tensor, result: StepResult) -> None:
+        self.D.requires_grad_(False)  # G's step needs no gradients for D's weights
+        try:
+            loss, stats = self.loss.g_loss(self.D, fake)
+        finally:
+            self.D.requires_grad_(True)
+        result.losses.update({k: float(v) for k, v in stats.items()}, loss_g=float(loss.detach()))
+        if not math.isfinite(result.losses["loss_g"]):
+            result.skipped.append("G")  # no weight, optimiser or EMA update
+            return
+        self.opt_G.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_G.step()
+        self._update_ema()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """G_ema <- lerp toward G with a half-life of ema_kimg, ramped up early (Karras 2020)."""
+        t = self.cfg.train
+        ema_nimg = min(t.ema_kimg * 1000, self.nimg * t.ema_rampup) if t.ema_rampup else t.ema_kimg * 1000
+        beta = 0.5 ** (t.batch_size * self.loss.n_critic / max(ema_nimg, 1e-8))
+        ema_params, params = list(self.G_ema.parameters()), list(self.G.parameters())
+        torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
+            b_ema.copy_(b)
+
+    def _count_nonfinite(self, result: StepResult) -> None:
+        if not result.skipped:
+            self.nonfinite_in_row = 0
+            return
+        self.nonfinite_in_row += 1
+        self.nonfinite_total += 1
+        limit = self.cfg.train.max_nonfinite_steps
+        if self.nonfinite_in_row >= limit:
+            bad = {k: v for k, v in result.losses.items() if not math.isfinite(v)}
+            raise TrainingDiverged(
+                f"training diverged: {limit} steps in a row had non-finite losses, the last at "
+                f"step {self.step_count} ({bad}); lower the learning rates (optim.g_lr, "
+                "optim.d_lr) or try --set loss.name=hinge, and resume from the last good checkpoint"
+            )
+
+    # --- checkpoint state ---------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors: dict[str, torch.Tensor] = {}
+        for name in ("G", "D", "G_ema"):
+            for k, v in getattr(self, name).state_dict().items():
+                tensors[f"{name}.{k}"] = v
+        opt_g_tensors, opt_g_meta = flatten_optimizer("opt_G", self.opt_G)
+        opt_d_tensors, opt_d_meta = flatten_optimizer("opt_D", self.opt_D)
+        tensors.update(opt_g_tensors, **opt_d_tensors)
+        tensors["rng.train"] = self.rng.get_state()
+        tensors["rng.torch_cpu"] = torch.get_rng_state()
+        sampler_json = {}
+        for k, v in self.sampler.state_dict().items():
+            if torch.is_tensor(v):
+                tensors[f"sampler.{k}"] = v
+            else:
+                sampler_json[k] = v
+        meta = {
+            "hetgan_version": __version__,
+            "config": to_dict(self.cfg),
+            "step": self.step_count,
+            "nimg": self.nimg,
+            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_in_row": self.nonfinite_in_row,
+            "opt_G": opt_g_meta,
+            "opt_D": opt_d_meta,
+            "sampler": sampler_json,
+        }
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        for name in ("G", "D", "G_ema"):
+            prefix = name + "."
+            sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            getattr(self, name).load_state_dict(sd)
+        restore_optimizer("opt_G", self.opt_G, tensors, meta["opt_G"])
+        restore_optimizer("opt_D", self.opt_D, tensors, meta["opt_D"])
+        self.rng.set_state(tensors["rng.train"])
+        torch.set_rng_state(tensors["rng.torch_cpu"])
+        sampler_state = dict(meta["sampler"])
+        sampler_state.update({k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")})
+        self.sampler.load_state_dict(sampler_state)
+        self.step_count, self.nimg = meta["step"], meta["nimg"]
+        self.nonfinite_total, self.nonfinite_in_row = meta["nonfinite_total"], meta["nonfinite_in_row"]

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hetgan import load_generator
+from hetgan.artifact import save_generator
+from hetgan.errors import CheckpointError, HetganError
+from hetgan.sampling import write_samples
+from hetgan.training import Trainer, train
+from tests.conftest import tiny_config
+
+
+def test_save_load_gives_identical_samples(tiny, tmp_path):
+    t = Trainer(tiny)
+    for _ in range(2):
+        t.step()
+    path = save_generator(t.G_ema, tiny, tmp_path / "g.safetensors")
+    G1, G2 = load_generator(path), load_generator(path)
+    a, b = G1.sample(10, seed=5), G2.sample(10, seed=5)
+    assert a.shape == (10, 1, 32, 32) and torch.equal(a, b)
+    assert not torch.equal(a, G1.sample(10, seed=6))
+    assert a.min() >= -1 and a.max() <= 1
+    assert G1.config.model.width == tiny.model.width  # config travels with the weights
+
+
+def test_sample_batches_do_not_change_results(tiny, tmp_path):
+    path = save_generator(Trainer(tiny).G_ema, tiny, tmp_path / "g.safetensors")
+    G = load_generator(path)
+    assert torch.allclose(G.sample(9, seed=1, batch_size=4), G.sample(9, seed=1, batch_size=256), atol=1e-6)
+
+
+def test_recalibrated_batchnorm_is_deterministic_and_differs_from_g(tiny, tmp_path):
+    t = Trainer(tiny)
+    for _ in range(3):
+        t.step()
+    G = load_generator(save_generator(t.G_ema, tiny, tmp_path / "g.safetensors"))
+    bn = next(m for m in G.G.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    g_bn = next(m for m in t.G.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not torch.equal(bn.running_mean, g_bn.running_mean)
+
+
+def test_load_generator_rejects_other_files(tmp_path):
+    (tmp_path / "x.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+        load_generator(tmp_path / "x.safetensors")
+    with pytest.raises(CheckpointError, match="cannot read generator artifact"):
+        load_generator(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError, match="not a hetgan generator artifact"):
+        load_generator(tmp_path / "other.safetensors")
+
+
+def test_write_samples_forms(tmp_path):
+    images = torch.rand(5, 3, 8, 8) * 2 - 1
+    grid = Image.open(write_samples(images, tmp_path / "g.png"))
+    assert grid.size == (3 * 10 + 2, 2 * 10 + 2) and grid.mode == "RGB"
+    npz = np.load(write_samples(images, tmp_path / "s.npz"))
+    assert npz["images"].shape == (5, 8, 8, 3) and npz["images"].dtype == np.uint8
+
+
+def test_write_samples_folder_and_points(tmp_path):
+    images = torch.rand(3, 1, 8, 8) * 2 - 1
+    folder = write_samples(images, str(tmp_path / "pngs") + "/")
+    assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    points = torch.randn(50, 2)
+    npz = np.load(write_samples(points, tmp_path / "p.npz"))
+    assert npz["points"].shape == (50, 2) and npz["points"].dtype == np.float32
+    assert Image.open(write_samples(points, tmp_path / "p.png", modes=np.zeros((1, 2)))).size[0] > 100
+    with pytest.raises(HetganError, match="unknown output form"):
+        write_samples(images, tmp_path / "x.gif")
+
+
+def test_2d_run_samples_points(tmp_path):
+    run = train(tiny_config("ring8", arch="mlp"), out=tmp_path / "r", progress=False)
+    G = load_generator(run)
+    pts = G.sample(7, seed=0)
+    assert pts.shape == (7, 2)

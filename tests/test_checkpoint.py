@@ -1,0 +1,92 @@
+import logging
+
+import pytest
+import torch
+
+from hetgan.errors import CheckpointError
+from hetgan.training import checkpoint as ckpt
+from hetgan.training.trainer import Trainer
+
+
+def save(root, step, value=1.0, keep=3):
+    return ckpt.save_checkpoint(root, step, {"w": torch.full((3,), value)}, {"step": step}, keep=keep)
+
+
+def test_round_trip_and_pruning(tmp_path):
+    for step in range(1, 6):
+        save(tmp_path, step, float(step), keep=3)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [
+        "step-000000003",
+        "step-000000004",
+        "step-000000005",
+    ]
+    path, tensors, state = ckpt.load_latest_checkpoint(tmp_path)
+    assert path.name == "step-000000005" and state == {"step": 5}
+    assert tensors["w"].tolist() == [5.0] * 3
+
+
+def test_corrupt_newest_falls_back_with_warning(tmp_path, caplog):
+    save(tmp_path, 1, 1.0)
+    newest = save(tmp_path, 2, 2.0)
+    data = (newest / ckpt.TENSORS).read_bytes()
+    (newest / ckpt.TENSORS).write_bytes(data[: len(data) // 2])  # truncated
+    with caplog.at_level(logging.WARNING, logger="hetgan"):
+        path, tensors, _ = ckpt.load_latest_checkpoint(tmp_path)
+    assert path.name == "step-000000001" and tensors["w"][0] == 1.0
+    assert "step-000000002" in caplog.text and "truncated or corrupt" in caplog.text
+
+
+def test_bit_flip_is_detected(tmp_path):
+    path = save(tmp_path, 1)
+    data = bytearray((path / ckpt.STATE).read_bytes())
+    data[2] ^= 1
+    (path / ckpt.STATE).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="do not match the manifest"):
+        ckpt.read_checkpoint(path)
+
+
+def test_all_corrupt_is_an_error(tmp_path):
+    path = save(tmp_path, 1)
+    (path / ckpt.MANIFEST).unlink()
+    with pytest.raises(CheckpointError, match="every checkpoint is corrupt"):
+        ckpt.load_latest_checkpoint(tmp_path)
+
+
+def test_crash_mid_write_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    save(tmp_path, 1, 1.0)
+    calls = {"n": 0}
+    real_write = ckpt.write_bytes_durable
+
+    def dying_write(path, data):
+        calls["n"] += 1
+        if calls["n"] == 2:  # die after the tensors, before state and manifest
+            raise KeyboardInterrupt("simulated kill")
+        real_write(path, data)
+
+    monkeypatch.setattr(ckpt, "write_bytes_durable", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        save(tmp_path, 2, 2.0)
+    monkeypatch.undo()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000000001"]
+    save(tmp_path, 3, 3.0)  # the next save clears the half-written temp dir
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_trainer_state_round_trip_is_exact(tiny, tmp_path):
+    a = Trainer(tiny)
+    for _ in range(3):
+        a.step()
+    tensors, meta = a.state()
+    ckpt.save_checkpoint(tmp_path, a.step_count, tensors, meta, keep=2)
+    _, tensors2, meta2 = ckpt.load_latest_checkpoint(tmp_path)
+    b = Trainer(tiny)
+    b.load_state(tensors2, meta2)
+    for _ in range(3):
+        a.step()
+        b.step()
+    for name in ("G", "D", "G_ema"):
+        for (k, x), (_, y) in zip(
+            getattr(a, name).state_dict().items(), getattr(b, name).state_dict().items(), strict=True
+        ):
+            assert torch.equal(x, y), f"{name}.{k} differs after restore"
+    assert b.opt_G.state_dict()["state"][0]["step"] == a.opt_G.state_dict()["state"][0]["step"]

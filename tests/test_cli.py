@@ -1,0 +1,179 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hetgan.cli import main
+
+
+def run_cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "hetgan", *args], capture_output=True, text=True, **kw)
+
+
+TINY = [
+    "--set",
+    "model.width=4",
+    "--set",
+    "model.z_dim=8",
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "train.grid_size=4",
+    "--set",
+    "train.log_interval=2",
+    "--set",
+    "accel.device=cpu",
+    "--seed",
+    "3",
+    "--no-progress",
+]
+
+
+def test_help_lists_registries(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name in ("dcgan_mnist", "mlp_grid25", "resnet", "wgan-gp", "folder:DIR"):
+        assert name in out
+
+
+def test_bad_set_is_a_clear_error(capsys):
+    assert main(["train", "--set", "train.batchsize=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config field 'train.batchsize'" in err and "train.batch_size" in err
+
+
+def test_missing_data_is_a_clear_error(capsys, tmp_path):
+    assert main(["train", "--data", f"folder:{tmp_path}/nope", "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_then_sample_all_forms(digits_npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"npz:{digits_npz}", "--kimg", "0.04", "--out", str(run), *TINY]) == 0
+    assert "run directory" in capsys.readouterr().out
+    assert (
+        main(["sample", "--run", str(run), "--n", "6", "--seed", "1", "--out", str(tmp_path / "a.npz")]) == 0
+    )
+    assert (
+        main(
+            [
+                "sample",
+                "--artifact",
+                str(run / "generator.safetensors"),
+                "--n",
+                "6",
+                "--seed",
+                "1",
+                "--out",
+                str(tmp_path / "b.npz"),
+            ]
+        )
+        == 0
+    )
+    a, b = np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "b.npz")["images"]
+    assert a.shape == (6, 32, 32, 1) and np.array_equal(a, b)
+    assert main(["sample", "--run", str(run), "--n", "4", "--out", str(tmp_path / "g.png")]) == 0
+    assert main(["sample", "--run", str(run), "--n", "3", "--out", str(tmp_path / "dir") + "/"]) == 0
+    assert len(list((tmp_path / "dir").glob("*.png"))) == 3
+
+
+def test_data_check_exit_codes(tmp_path, capsys):
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    assert main(["data", "check", f"folder:{tmp_path}"]) == 1
+    assert "BAD" in capsys.readouterr().out
+    assert main(["data", "check", "mnist5k"]) == 0
+
+
+def final_weights(run):
+    return load_file(str(run / "generator.safetensors"))
+
+
+def wait_for(predicate, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted(digits_npz, tmp_path):
+    args = ["train", "--data", f"npz:{digits_npz}", "--kimg", "2", "--snapshot-kimg", "0.2", *TINY]
+    assert run_cli(*args, "--out", str(tmp_path / "full")).returncode == 0
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hetgan", *args, "--out", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpts = run / "checkpoints"
+    assert wait_for(
+        lambda: ckpts.is_dir() and len([p for p in ckpts.iterdir() if p.name.startswith("step")]) >= 2
+    )
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (run / "generator.safetensors").exists(), "run finished before the kill: test proves nothing"
+    resumed = run_cli("train", "--resume", str(run), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    full, again = final_weights(tmp_path / "full"), final_weights(run)
+    assert all(torch.equal(full[k], again[k]) for k in full)
+    samples = [
+        run_cli("sample", "--run", str(r), "--n", "8", "--out", str(r / "s.npz"))
+        for r in (tmp_path / "full", run)
+    ]
+    assert all(s.returncode == 0 for s in samples)
+    assert np.array_equal(np.load(tmp_path / "full" / "s.npz")["images"], np.load(run / "s.npz")["images"])
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)), "metrics.jsonl repeats steps after resume"
+
+
+@pytest.mark.slow
+def test_sigterm_saves_checkpoint_and_exits_zero(digits_npz, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hetgan",
+            "train",
+            "--data",
+            f"npz:{digits_npz}",
+            "--kimg",
+            "50",
+            "--snapshot-kimg",
+            "40",
+            "--out",
+            str(run),
+            *TINY,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert wait_for(lambda: (run / "metrics.jsonl").exists())
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopped by SIGTERM" in out and "--resume" in out
+    ckpts = list((run / "checkpoints").glob("step-*"))
+    assert len(ckpts) == 1 and not (run / "generator.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_default_preset_runs_end_to_end_via_cli(tmp_path):
+    """`hetgan train` with the default preset (bundled digits), shortened to a few steps."""
+    env = dict(os.environ)
+    result = run_cli("train", "--kimg", "0.256", "--out", str(tmp_path / "run"), "--no-progress", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "final samples" in result.stdout
+    assert (tmp_path / "run" / "samples" / "final.png").is_file()
+    cfg = (tmp_path / "run" / "config.yaml").read_text()
+    assert "preset: dcgan_mnist" in cfg and "spec: mnist5k" in cfg

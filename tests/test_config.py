@@ -1,0 +1,71 @@
+import pytest
+
+from hetgan.config import TrainConfig, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
+from hetgan.errors import ConfigError
+from hetgan.presets import PRESETS, get_preset
+
+
+def test_override_parses_and_types_values():
+    cfg = apply_overrides(
+        TrainConfig(), ["train.batch_size=128", "optim.g_lr=1e-3", "accel.channels_last=true"]
+    )
+    assert cfg.train.batch_size == 128
+    assert cfg.optim.g_lr == pytest.approx(1e-3)
+    assert cfg.accel.channels_last is True
+
+
+def test_int_is_accepted_for_float_field():
+    cfg = apply_overrides(TrainConfig(), ["train.kimg=3"])
+    assert cfg.train.kimg == 3.0 and isinstance(cfg.train.kimg, float)
+
+
+def test_unknown_field_lists_valid_fields():
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(TrainConfig(), ["train.batch=128"])
+    assert "train.batch" in str(e.value) and "train.batch_size" in str(e.value)
+
+
+def test_wrong_type_names_field_and_value():
+    with pytest.raises(ConfigError, match=r"train.batch_size expects int, got 'many'"):
+        apply_overrides(TrainConfig(), ["train.batch_size=many"])
+
+
+def test_missing_equals_sign_explains_form():
+    with pytest.raises(ConfigError, match="FIELD=VALUE"):
+        apply_overrides(TrainConfig(), ["train.batch_size"])
+
+
+def test_range_validation():
+    with pytest.raises(ConfigError, match="keep_checkpoints must be >= 2"):
+        apply_overrides(TrainConfig(), ["train.keep_checkpoints=1"])
+    with pytest.raises(ConfigError, match="multiple of loss.pack"):
+        apply_overrides(TrainConfig(), ["loss.pack=3", "train.batch_size=64"])
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = get_preset("mlp_grid25")
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_yaml(cfg))
+    assert to_dict(load_yaml(path)) == to_dict(cfg)
+
+
+def test_yaml_cannot_construct_objects(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml(path)
+
+
+def test_from_dict_rejects_unknown_section():
+    with pytest.raises(ConfigError, match="unknown config field 'nonsense.x'"):
+        from_dict({"nonsense": {"x": 1}})
+
+
+def test_every_preset_builds_and_validates():
+    for name in PRESETS.names():
+        assert get_preset(name).preset == name
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match="dcgan_mnist"):
+        get_preset("stylegan9")

@@ -1,0 +1,237 @@
+import gzip
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hetgan.config import DataConfig
+from hetgan.data import check_spec, load_data, make_sampler
+from hetgan.data.images import MAX_IMAGE_PIXELS
+from hetgan.errors import DataError
+
+
+def cfg(spec, resolution=32, channels=1, on_bad_image="error"):
+    return DataConfig(spec=spec, resolution=resolution, channels=channels, on_bad_image=on_bad_image)
+
+
+def test_bundled_mnist5k():
+    data = load_data(cfg("mnist5k"))
+    assert data.images.shape == (5000, 1, 32, 32) and data.images.dtype == np.uint8
+    assert np.bincount(data.labels).tolist() == [500] * 10
+
+
+def test_npz_hwc_rgb_to_gray_and_resize(tmp_path):
+    images = np.zeros((3, 40, 60, 3), dtype=np.uint8)
+    images[:, :, 10:50] = 255  # exactly the centre square: the crop must keep only white
+    np.savez(tmp_path / "x.npz", images=images)
+    data = load_data(cfg(f"npz:{tmp_path / 'x.npz'}", resolution=16))
+    assert data.images.shape == (3, 1, 16, 16) and data.labels is None
+    assert data.images.min() == 255
+
+
+def test_npz_errors(tmp_path):
+    np.savez(tmp_path / "nolabel.npz", pics=np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(DataError, match="no 'images' array"):
+        load_data(cfg(f"npz:{tmp_path / 'nolabel.npz'}"))
+    np.savez(tmp_path / "count.npz", images=np.zeros((3, 8, 8), np.uint8), labels=np.zeros(2))
+    with pytest.raises(DataError, match="3 images but 2 labels"):
+        load_data(cfg(f"npz:{tmp_path / 'count.npz'}"))
+    np.savez(tmp_path / "float.npz", images=np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(DataError, match="must be uint8"):
+        load_data(cfg(f"npz:{tmp_path / 'float.npz'}"))
+
+
+def write_idx(path, array, gz=False):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    raw = header + array.tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+
+
+def make_mnist(root, n=(6, 4), gz=True):
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if gz else ""
+    for split, count in zip(("train", "t10k"), n, strict=True):
+        write_idx(
+            root / f"{split}-images-idx3-ubyte{suffix}", rng.integers(0, 255, (count, 28, 28), np.uint8), gz
+        )
+        write_idx(
+            root / f"{split}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, count).astype(np.uint8), gz
+        )
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_idx(tmp_path, gz):
+    make_mnist(tmp_path, gz=gz)
+    data = load_data(cfg(f"mnist:{tmp_path}", resolution=28))
+    assert data.images.shape == (10, 1, 28, 28) and len(data.labels) == 10
+
+
+def test_mnist_truncated_says_expected_and_actual(tmp_path):
+    make_mnist(tmp_path, gz=False)
+    f = tmp_path / "train-images-idx3-ubyte"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(
+        DataError, match=r"train-images-idx3-ubyte: size is 4620 bytes but its header .* needs 4720"
+    ):
+        load_data(cfg(f"mnist:{tmp_path}"))
+
+
+def test_mnist_label_count_mismatch(tmp_path):
+    make_mnist(tmp_path, gz=False)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(3, np.uint8))
+    with pytest.raises(DataError, match="t10k split has 4 images but 3 labels"):
+        load_data(cfg(f"mnist:{tmp_path}"))
+
+
+def test_mnist_missing_file(tmp_path):
+    make_mnist(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="missing t10k-labels-idx1-ubyte"):
+        load_data(cfg(f"mnist:{tmp_path}"))
+
+
+def make_cifar(root, n_files=1):
+    rng = np.random.default_rng(0)
+    for i in range(1, n_files + 1):
+        records = rng.integers(0, 256, (10_000, 3073), dtype=np.uint8)
+        records[:, 0] %= 10
+        (root / f"data_batch_{i}.bin").write_bytes(records.tobytes())
+    return records
+
+
+def test_cifar10_binary(tmp_path):
+    records = make_cifar(tmp_path)
+    data = load_data(cfg(f"cifar10:{tmp_path}", channels=3))
+    assert data.images.shape == (10_000, 3, 32, 32)
+    # The reader keeps CIFAR's channel-planar layout: record bytes 1..1024 are the red plane.
+    assert np.array_equal(data.images[0, 0].ravel(), records[0, 1:1025])
+    assert data.labels.tolist()[:5] == records[:5, 0].tolist()
+
+
+def test_cifar10_truncated(tmp_path):
+    make_cifar(tmp_path)
+    f = tmp_path / "data_batch_1.bin"
+    f.write_bytes(f.read_bytes()[:-5])
+    with pytest.raises(DataError, match="data_batch_1.bin: size is 30729995 bytes, expected 30730000"):
+        load_data(cfg(f"cifar10:{tmp_path}", channels=3))
+
+
+def save_img(path, size=(20, 20), color=128, fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (color, color // 2, 0)).save(path, format=fmt)
+
+
+def test_folder_with_classes_and_formats(tmp_path):
+    save_img(tmp_path / "cats" / "a.png")
+    save_img(tmp_path / "cats" / "deep" / "b.jpg")
+    save_img(tmp_path / "dogs" / "c.webp")
+    save_img(tmp_path / "dogs" / "d.bmp")
+    (tmp_path / "notes.txt").write_text("ignored: not an image suffix")
+    data = load_data(cfg(f"folder:{tmp_path}", resolution=8, channels=3))
+    assert data.images.shape == (4, 3, 8, 8)
+    assert data.class_names == ["cats", "dogs"] and data.labels.tolist() == [0, 0, 1, 1]
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(DataError, match="no images found"):
+        load_data(cfg(f"folder:{tmp_path}"))
+
+
+def bad_files(root):
+    """One of each kind of bad file, keyed by the phrase its error must contain."""
+    save_img(root / "good.jpg", size=(64, 64))
+    truncated = (root / "good.jpg").read_bytes()
+    (root / "trunc.jpg").write_bytes(truncated[: len(truncated) // 2])
+    save_img(root / "png_src.png", size=(64, 64))
+    png = (root / "png_src.png").read_bytes()
+    (root / "png_src.png").unlink()
+    (root / "trunc.png").write_bytes(png[: len(png) - 30])
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.png").write_bytes(b"this is not an image at all")
+    (root / "bomb.png").write_bytes(png_header_claiming(100_000, 100_000))
+    return {
+        "trunc.jpg": "truncated",
+        "trunc.png": "truncated",
+        "empty.png": "empty",
+        "text.png": "not a readable image",
+        "bomb.png": "decompression bomb",
+    }
+
+
+def png_header_claiming(width, height):
+    """A tiny PNG whose header claims width x height pixels: a decompression bomb's shape."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_each_bad_image_is_named_with_reason(tmp_path):
+    expected = bad_files(tmp_path)
+    assert 100_000 * 100_000 > MAX_IMAGE_PIXELS
+    for name, phrase in expected.items():
+        folder = tmp_path / f"only_{name}"
+        folder.mkdir()
+        (folder / name).write_bytes((tmp_path / name).read_bytes())
+        with pytest.raises(DataError) as e:
+            load_data(cfg(f"folder:{folder}"))
+        assert name in str(e.value) and phrase in str(e.value), str(e.value)
+
+
+def test_skip_mode_drops_bad_and_stops_above_ten_percent(tmp_path, caplog):
+    for i in range(19):
+        save_img(tmp_path / f"ok{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"garbage")
+    data = load_data(cfg(f"folder:{tmp_path}", on_bad_image="skip"))
+    assert len(data.images) == 19
+    assert "broken.png" in caplog.text and "skipped 1 bad image(s) of 20" in caplog.text
+    for i in range(3):
+        (tmp_path / f"broken{i}.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="4 of 23 images are bad"):
+        load_data(cfg(f"folder:{tmp_path}", on_bad_image="skip"))
+
+
+def test_data_check_reports_every_bad_file(tmp_path):
+    expected = bad_files(tmp_path)
+    reported = {r[0].split("/")[-1] for r in check_spec(cfg(f"folder:{tmp_path}"))}
+    assert reported == set(expected)
+
+
+def test_unknown_spec_lists_valid_ones():
+    with pytest.raises(DataError, match="folder:DIR"):
+        load_data(cfg("imagenet"))
+    with pytest.raises(DataError, match="needs a path"):
+        load_data(cfg("folder"))
+
+
+def test_mixtures_match_pacgan_protocol():
+    ring, grid = load_data(cfg("ring8")), load_data(cfg("grid25"))
+    assert np.allclose(np.linalg.norm(ring.modes, axis=1), 1) and ring.sigma == 0.01
+    assert sorted(set(grid.modes[:, 0].tolist())) == [-4, -2, 0, 2, 4] and grid.sigma == 0.05
+    points = make_sampler(grid, seed=0, device="cpu").next(2000)
+    dist = ((points[:, None] - torch.from_numpy(grid.modes)[None]) ** 2).sum(-1).min(1).values.sqrt()
+    assert dist.max() < 6 * 0.05 * 1.5
+
+
+def test_image_sampler_covers_each_epoch_once_and_resumes(digits_npz):
+    data = load_data(cfg(f"npz:{digits_npz}", resolution=28))
+    s = make_sampler(data, seed=1, device="cpu")
+    first_epoch = s.next(128)
+    assert len({tuple(x.flatten().tolist()[:16]) for x in first_epoch}) == 128  # no repeats
+    s.next(50)
+    state = s.state_dict()
+    expected = s.next(100)  # crosses into the next epoch
+    s2 = make_sampler(data, seed=1, device="cpu")
+    s2.load_state_dict(state)
+    assert state == {"epoch": 1, "offset": 50} and s2.next(100).equal(expected)
+    assert first_epoch.min() >= -1 and first_epoch.max() <= 1

@@ -1,0 +1,25 @@
+"""The README's set-up commands are the ones CI runs, and the install files pin torch."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands():
+    block = re.search(r"## Set-up: two commands.*?```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return [line for line in block.group(1).splitlines() if line and not line.startswith("#")]
+
+
+def test_readme_has_two_setup_commands_and_ci_runs_the_test_one():
+    install_and_train, test = readme_commands()
+    assert "pip install ." in install_and_train and "hetgan train" in install_and_train
+    assert "pytest" in test and "ruff check" in test
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test in ci.splitlines(), "CI must run exactly the README's test command"
+
+
+def test_torch_is_pinned():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"torch==2.13.0"' in pyproject
+    assert "torchvision" not in pyproject

@@ -1,0 +1,123 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hetgan.errors import CheckpointError, HetganError, TrainingDiverged
+from hetgan.training import Trainer, train
+from hetgan.training.checkpoint import list_checkpoints
+from tests.conftest import tiny_config
+
+
+def weights(run_dir):
+    return load_file(str(run_dir / "generator.safetensors"))
+
+
+def test_run_directory_layout(tiny, tmp_path):
+    run = train(tiny, out=tmp_path / "run", progress=False)
+    assert (run / "config.yaml").is_file() and (run / "log.txt").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records and {"step", "kimg", "loss_d", "loss_g", "d_real", "d_fake", "img_per_s"} <= set(
+        records[0]
+    )
+    assert records[-1]["kimg"] <= 0.16
+    grids = sorted(p.name for p in (run / "samples").iterdir())
+    assert grids[0] == "final.png" and "step-000000000.png" in grids and len(grids) >= 3
+    assert len(list_checkpoints(run / "checkpoints")) == 3  # keep_checkpoints
+    assert (run / "generator.safetensors").is_file()
+
+
+def test_run_directory_is_never_overwritten(tiny, tmp_path):
+    train(tiny, out=tmp_path / "run", progress=False)
+    with pytest.raises(HetganError, match="never overwritten"):
+        train(tiny, out=tmp_path / "run", progress=False)
+
+
+def test_numbered_run_dirs(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny.train.kimg = 0.016
+    assert train(tiny, progress=False).name == "00000-tiny"
+    assert train(tiny, progress=False).name == "00001-tiny"
+
+
+def test_same_seed_same_weights_other_seed_differs(tiny, tmp_path):
+    a = weights(train(tiny, out=tmp_path / "a", progress=False))
+    b = weights(train(tiny, out=tmp_path / "b", progress=False))
+    tiny.seed += 1
+    c = weights(train(tiny, out=tmp_path / "c", progress=False))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("arch,spec_kind,loss", [("mlp", "ring8", "wgan-gp"), ("dcgan", "npz", "hinge")])
+def test_resume_in_process_equals_uninterrupted(digits_npz, tmp_path, arch, spec_kind, loss):
+    spec = "ring8" if spec_kind == "ring8" else f"npz:{digits_npz}"
+    cfg = tiny_config(spec, arch=arch)
+    cfg.loss.name = loss
+    cfg.loss.n_critic = 2 if loss == "wgan-gp" else 1
+    full = weights(train(cfg, out=tmp_path / "full", progress=False))
+    cfg.train.kimg = 0.08
+    part = train(cfg, out=tmp_path / "part", progress=False)
+    train(resume=part, overrides=["train.kimg=0.16"], progress=False)
+    resumed = weights(part)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_resume_refuses_other_config_unless_told(tiny, tmp_path):
+    tiny.train.kimg = 0.04
+    run = train(tiny, out=tmp_path / "r", progress=False)
+    with pytest.raises(CheckpointError, match=r"optim.g_lr: checkpoint 0.0002, now 0.001"):
+        train(resume=run, overrides=["optim.g_lr=0.001", "train.kimg=0.08"], progress=False)
+    train(
+        resume=run,
+        overrides=["optim.g_lr=0.001", "train.kimg=0.08"],
+        allow_config_change=True,
+        progress=False,
+    )
+    assert "g_lr: 0.001" in (run / "config.yaml").read_text()
+
+
+def params(*modules):
+    return [p.detach().clone() for m in modules for p in m.parameters()]
+
+
+def test_nonfinite_d_loss_skips_only_the_d_update(tiny):
+    t = Trainer(tiny)
+    t.step()
+    d_before, g_before = params(t.D), params(t.G)
+    opt_before = t.opt_D.state_dict()["state"][0]["exp_avg"].clone()
+    real_next = t.sampler.next
+    t.sampler.next = lambda b: real_next(b) * float("nan")  # poisoned real batch
+    result = t.step()
+    assert result.skipped == ["D"]
+    assert all(torch.equal(p, q) for p, q in zip(d_before, params(t.D), strict=True))
+    assert torch.equal(opt_before, t.opt_D.state_dict()["state"][0]["exp_avg"])
+    assert not all(torch.equal(p, q) for p, q in zip(g_before, params(t.G), strict=True))
+    assert t.nonfinite_in_row == 1 and t.nonfinite_total == 1
+    t.sampler.next = real_next
+    t.step()
+    assert t.nonfinite_in_row == 0 and t.nonfinite_total == 1
+
+
+def test_nonfinite_g_loss_skips_g_optimiser_and_ema(tiny):
+    t = Trainer(tiny)
+    t.step()
+    with torch.no_grad():
+        next(t.D.parameters()).fill_(float("nan"))  # every D output, so both losses, is NaN
+    g_before, ema_before = params(t.G), params(t.G_ema)
+    opt_before = t.opt_G.state_dict()["state"][0]["exp_avg"].clone()
+    assert t.step().skipped == ["D", "G"]
+    assert all(torch.equal(p, q) for p, q in zip(g_before, params(t.G), strict=True))
+    assert all(torch.equal(p, q) for p, q in zip(ema_before, params(t.G_ema), strict=True))
+    assert torch.equal(opt_before, t.opt_G.state_dict()["state"][0]["exp_avg"])
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
+    tiny.optim.g_lr = tiny.optim.d_lr = 1e30
+    tiny.train.max_nonfinite_steps = 3
+    with pytest.raises(
+        TrainingDiverged, match=r"3 steps in a row had non-finite losses, the last at step \d+"
+    ):
+        train(tiny, out=tmp_path / "d", progress=False)
+    assert not (tmp_path / "d" / "generator.safetensors").exists()
