@@ -60,9 +60,7 @@ def weights_init(m: nn.Module) -> None:
 def mnist32(npz_path: str) -> torch.Tensor:
     """The bundled digits resized to 32x32, float in [-1, 1], [N, 1, 32, 32]."""
     images = np.load(npz_path)["images"]
-    resized = np.stack(
-        [np.asarray(Image.fromarray(im).resize((32, 32), Image.Resampling.LANCZOS)) for im in images]
-    )
+    resized = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.Resampling.LANCZOS)) for im in images])
     return torch.from_numpy(resized).float().div(127.5).sub(1).unsqueeze(1)
 
 

@@ -51,9 +51,7 @@ class Generator(nn.Module):
         z is drawn on the CPU from `seed`, so a seed gives the same z on every device.
         """
         z = torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed))
-        chunks = [
-            self.G(z[i : i + batch_size].to(self.device)).float().cpu() for i in range(0, n, batch_size)
-        ]
+        chunks = [self.G(z[i : i + batch_size].to(self.device)).float().cpu() for i in range(0, n, batch_size)]
         return torch.cat(chunks) if chunks else torch.empty(0, *self.shape)
 
 
@@ -93,9 +91,15 @@ def save_generator(G_ema: nn.Module, config: TrainConfig, path: Path) -> Path:
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """Load an artifact file, or a run directory's `generator.safetensors`."""
+    """Load an artifact file, or a run directory's `generator.safetensors`.
+
+    For a run directory that has not finished (no artifact yet), G_ema comes from its newest
+    valid checkpoint.
+    """
     path = Path(path)
     if path.is_dir():
+        if not (path / ARTIFACT_NAME).exists() and (path / "checkpoints").is_dir():
+            return _from_checkpoint(path / "checkpoints", device)
         path = path / ARTIFACT_NAME
     try:
         data = path.read_bytes()
@@ -116,3 +120,13 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
     G, _ = build_models(config)
     G.load_state_dict(tensors)
     return Generator(G, config).to(device)
+
+
+def _from_checkpoint(root: Path, device: str | torch.device) -> Generator:
+    from hetgan.training.checkpoint import load_latest_checkpoint  # late: training imports this module
+
+    path, tensors, meta = load_latest_checkpoint(root)
+    config = from_dict(meta["config"], where=f"{path} config")
+    G, _ = build_models(config)
+    G.load_state_dict({k[len("G_ema.") :]: v for k, v in tensors.items() if k.startswith("G_ema.")})
+    return Generator(recalibrated_copy(G, config.model.z_dim), config).to(device)

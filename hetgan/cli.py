@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from hetgan import __version__
 from hetgan.config import DataConfig, apply_overrides, field_names
@@ -37,15 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"settable fields for --set:\n  {', '.join(field_names())}",
     )
-    t.add_argument(
-        "--preset", default=None, help=f"one of {', '.join(PRESETS.names())} (default {DEFAULT_PRESET})"
-    )
+    t.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS.names())} (default {DEFAULT_PRESET})")
     t.add_argument("--data", help="data spec, e.g. mnist5k, folder:DIR, npz:FILE (see `hetgan --help`)")
     t.add_argument("--kimg", type=float, help="training length in thousands of real images")
     t.add_argument("--seed", type=int)
     t.add_argument("--out", help="run directory (default runs/NNNNN-<preset>); never overwritten")
     t.add_argument("--snapshot-kimg", type=float, help="checkpoint interval in kimg")
     t.add_argument("--device", help="auto, cpu, cuda[:i], mps or xpu")
+    t.add_argument("--eval-every", type=float, metavar="KIMG", help="metrics every KIMG; keeps the best by FID")
     t.add_argument("--on-bad-image", choices=["error", "skip"])
     t.add_argument(
         "--set",
@@ -70,6 +70,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="FILE.png (grid or 2-D scatter), FILE.npz, or DIR/ (PNGs)")
     s.add_argument("--device", default="cpu")
+
+    e = sub.add_parser("eval", help="FID/KID/precision-recall/coverage or 2-D mode metrics")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a run directory")
+    src.add_argument("--artifact", help="a generator.safetensors file")
+    e.add_argument("--n", type=int, default=None, help="samples (default 5000 images, 2500 points)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--metrics", nargs="+", help="subset of: fid kid pr dc classes diversity (images)")
+    e.add_argument("--evalnet", help="feature network from `hetgan evalnet train` (default: digits)")
+    e.add_argument("--json", help="also write the results to this JSON file")
+
+    en = sub.add_parser("evalnet", help="feature networks for evaluation")
+    ensub = en.add_subparsers(dest="evalnet_command", required=True)
+    et = ensub.add_parser("train", help="train a feature network on a labelled dataset")
+    et.add_argument("--data", required=True, help="labelled data spec: mnist:DIR, cifar10:DIR, folder:DIR, npz:FILE")
+    et.add_argument("--out", required=True, help="where to write the .safetensors file")
+    et.add_argument("--resolution", type=int, default=32)
+    et.add_argument("--channels", type=int, default=1, choices=[1, 3])
+    et.add_argument("--epochs", type=int, default=20)
+
+    r = sub.add_parser("report", help="write a self-contained HTML report of a run")
+    r.add_argument("run_dir")
+    r.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
 
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -126,6 +149,52 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from hetgan.artifact import load_generator
+    from hetgan.eval.score import evaluate
+
+    G = load_generator(args.run or args.artifact)
+    n = args.n or (2500 if len(G.shape) == 1 else 5000)
+    result = evaluate(
+        G, n=n, seed=args.seed, metrics=tuple(args.metrics) if args.metrics else None, evalnet=args.evalnet
+    )
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def format_table(result: dict) -> str:
+    lines = [f"feature space: {result['feature_space']}"]
+    for key, value in result.items():
+        if key != "feature_space":
+            lines.append(f"  {key:<18} {value:.4f}" if isinstance(value, float) else f"  {key:<18} {value}")
+    return "\n".join(lines)
+
+
+def cmd_evalnet(args: argparse.Namespace) -> int:
+    from hetgan.data import ImageData, load_data
+    from hetgan.eval.evalnet import save_evalnet, train_evalnet
+
+    data = load_data(DataConfig(spec=args.data, resolution=args.resolution, channels=args.channels))
+    if not isinstance(data, ImageData):
+        raise HetganError(f"{args.data}: feature networks are for images, not 2-D points")
+    net = train_evalnet(data, epochs=args.epochs)
+    out = save_evalnet(net, Path(args.out))
+    print(f"held-out accuracy {net.cfg.held_out_accuracy:.4f} on {net.cfg.held_out_count} items; wrote {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hetgan.report.html import build_report
+
+    out = build_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from hetgan.data import check_spec
 
@@ -140,7 +209,14 @@ def cmd_data(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "sample": cmd_sample, "data": cmd_data}
+    handlers = {
+        "train": cmd_train,
+        "sample": cmd_sample,
+        "eval": cmd_eval,
+        "evalnet": cmd_evalnet,
+        "report": cmd_report,
+        "data": cmd_data,
+    }
     try:
         return handlers[args.command](args)
     except HetganError as e:

@@ -32,6 +32,7 @@ class LossConfig:
     gp_lambda: float = 10.0  # WGAN-GP penalty weight (Gulrajani et al. 2017)
     r1_gamma: float = 0.0  # R1 penalty weight on real data, 0 = off (Mescheder et al. 2018)
     pack: int = 1  # PacGAN packing: D judges `pack` samples at once (Lin et al. 2018)
+    augment: str = ""  # DiffAugment policy for everything D sees: "", "translation", "translation,cutout"
 
 
 @dataclass
@@ -62,12 +63,25 @@ class LoopConfig:
     log_interval: int = 20  # steps between metrics.jsonl lines
     max_nonfinite_steps: int = 8  # consecutive non-finite steps before the run stops
     grid_size: int = 64  # samples in each grid
+    eval_kimg: float = 0.0  # metrics interval during training (--eval-every), 0 = off
+    eval_n: int = 2000  # samples per evaluation during training
+    evalnet: str = ""  # feature network file for FID; "" = the bundled digits net where it applies
 
 
 @dataclass
 class AccelConfig:
     device: str = "auto"  # auto | cpu | cuda[:i] | mps | xpu
+    g_device: str = ""  # G (and G_ema) on another device than `device`; "" = `device`
+    d_device: str = ""  # D on another device than `device`; "" = `device`
+    g_stages: str = ""  # split G's layers over devices, e.g. "0-8@cuda,9-@cpu" (see placement.py)
+    d_stages: str = ""  # split D's layers over devices
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
     channels_last: bool = False
+    compile: bool = False  # torch.compile G and D (D stays eager under R1 / WGAN-GP)
+    cuda_graphs: bool = False  # CUDA graphs via torch.compile(mode="reduce-overhead"); CUDA only
+    tf32: bool = False  # TF32 matmuls and convolutions on Ampere+ GPUs
+    cudnn_benchmark: bool = False
+    optimizer_impl: str = "default"  # default | foreach | fused
     threads: int = 0  # CPU threads for torch, 0 = torch's default
 
 
@@ -102,13 +116,17 @@ class TrainConfig:
             (self.train.log_interval >= 1, "train.log_interval must be >= 1"),
             (self.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be >= 1"),
             (self.accel.threads >= 0, "accel.threads must be >= 0"),
+            (self.accel.precision in ("fp32", "bf16", "fp16"), "accel.precision must be fp32, bf16 or fp16"),
+            (
+                self.accel.optimizer_impl in ("default", "foreach", "fused"),
+                "accel.optimizer_impl must be default, foreach or fused",
+            ),
+            (self.train.eval_kimg >= 0, "train.eval_kimg must be >= 0 (0 = off)"),
+            (self.train.eval_n >= 10, "train.eval_n must be >= 10"),
         ]
         bad = [msg for ok, msg in checks if not ok]
         if self.train.batch_size % self.loss.pack:
-            bad.append(
-                f"train.batch_size ({self.train.batch_size}) must be a multiple of loss.pack "
-                f"({self.loss.pack})"
-            )
+            bad.append(f"train.batch_size ({self.train.batch_size}) must be a multiple of loss.pack ({self.loss.pack})")
         if bad:
             raise ConfigError("invalid config: " + "; ".join(bad))
         return self
@@ -125,6 +143,9 @@ RESUMABLE_FIELDS = frozenset(
         "train.log_interval",
         "train.max_nonfinite_steps",
         "train.grid_size",
+        "train.eval_kimg",
+        "train.eval_n",
+        "train.evalnet",
     }
 )
 

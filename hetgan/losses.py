@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hetgan.augment import augment, parse_policy
 from hetgan.config import LossConfig
 from hetgan.registry import Registry
 
@@ -32,9 +33,12 @@ class GANLoss:
         self.n_critic = cfg.n_critic
         self.r1_gamma = cfg.r1_gamma
         self.generator = generator  # the run's RNG, checkpointed, for any randomness in a loss
+        self.augment = parse_policy(cfg.augment)
 
     def logits(self, D: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return D(pack(x, self.pack))
+        """D's logits for x, seen through the augmentation policy and packed."""
+        # float(): objectives and penalties in fp32 whatever precision D ran in.
+        return D(pack(augment(x, self.augment, self.generator), self.pack)).float()
 
     def d_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         if self.r1_gamma > 0:
@@ -42,7 +46,12 @@ class GANLoss:
         real_logits = self.logits(D, real)
         fake_logits = self.logits(D, fake.detach())
         loss = self.d_objective(real_logits, fake_logits)
-        stats = {"d_real": real_logits.detach().mean(), "d_fake": fake_logits.detach().mean()}
+        stats = {
+            "d_real": real_logits.detach().mean(),
+            "d_fake": fake_logits.detach().mean(),
+            # Share of judgements D gets right (real > 0 > fake): near 1 for long = D has won.
+            "d_acc": ((real_logits.detach() > 0).float().mean() + (fake_logits.detach() < 0).float().mean()) / 2,
+        }
         if self.r1_gamma > 0:
             penalty = self.r1_penalty(real, real_logits)
             loss = loss + self.r1_gamma / 2 * penalty

@@ -88,9 +88,7 @@ def write_samples(samples: torch.Tensor, out: str | Path, modes: np.ndarray | No
         data = scatter_png(samples, modes) if is_points else png_bytes(grid_image(samples))
         atomic_write_bytes(out, data)
     else:
-        raise HetganError(
-            f"{out}: unknown output form {out.suffix!r}; use FILE.png (grid), FILE.npz or DIR/ (PNGs)"
-        )
+        raise HetganError(f"{out}: unknown output form {out.suffix!r}; use FILE.png (grid), FILE.npz or DIR/ (PNGs)")
     return out
 
 

@@ -78,3 +78,12 @@ def test_2d_run_samples_points(tmp_path):
     G = load_generator(run)
     pts = G.sample(7, seed=0)
     assert pts.shape == (7, 2)
+
+
+def test_unfinished_run_samples_from_its_newest_checkpoint(tiny, tmp_path):
+    tiny.train.kimg = 0.08
+    run = train(tiny, out=tmp_path / "r", progress=False)
+    finished = load_generator(run).sample(4, seed=0)
+    (run / "generator.safetensors").unlink()  # as if killed after the last checkpoint
+    from_ckpt = load_generator(run).sample(4, seed=0)
+    assert torch.equal(finished, from_ckpt)

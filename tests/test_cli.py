@@ -59,9 +59,7 @@ def test_train_then_sample_all_forms(digits_npz, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", f"npz:{digits_npz}", "--kimg", "0.04", "--out", str(run), *TINY]) == 0
     assert "run directory" in capsys.readouterr().out
-    assert (
-        main(["sample", "--run", str(run), "--n", "6", "--seed", "1", "--out", str(tmp_path / "a.npz")]) == 0
-    )
+    assert main(["sample", "--run", str(run), "--n", "6", "--seed", "1", "--out", str(tmp_path / "a.npz")]) == 0
     assert (
         main(
             [
@@ -116,9 +114,7 @@ def test_sigkill_then_resume_equals_uninterrupted(digits_npz, tmp_path):
         stderr=subprocess.DEVNULL,
     )
     ckpts = run / "checkpoints"
-    assert wait_for(
-        lambda: ckpts.is_dir() and len([p for p in ckpts.iterdir() if p.name.startswith("step")]) >= 2
-    )
+    assert wait_for(lambda: ckpts.is_dir() and len([p for p in ckpts.iterdir() if p.name.startswith("step")]) >= 2)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (run / "generator.safetensors").exists(), "run finished before the kill: test proves nothing"
@@ -127,8 +123,7 @@ def test_sigkill_then_resume_equals_uninterrupted(digits_npz, tmp_path):
     full, again = final_weights(tmp_path / "full"), final_weights(run)
     assert all(torch.equal(full[k], again[k]) for k in full)
     samples = [
-        run_cli("sample", "--run", str(r), "--n", "8", "--out", str(r / "s.npz"))
-        for r in (tmp_path / "full", run)
+        run_cli("sample", "--run", str(r), "--n", "8", "--out", str(r / "s.npz")) for r in (tmp_path / "full", run)
     ]
     assert all(s.returncode == 0 for s in samples)
     assert np.array_equal(np.load(tmp_path / "full" / "s.npz")["images"], np.load(run / "s.npz")["images"])

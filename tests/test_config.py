@@ -6,9 +6,7 @@ from hetgan.presets import PRESETS, get_preset
 
 
 def test_override_parses_and_types_values():
-    cfg = apply_overrides(
-        TrainConfig(), ["train.batch_size=128", "optim.g_lr=1e-3", "accel.channels_last=true"]
-    )
+    cfg = apply_overrides(TrainConfig(), ["train.batch_size=128", "optim.g_lr=1e-3", "accel.channels_last=true"])
     assert cfg.train.batch_size == 128
     assert cfg.optim.g_lr == pytest.approx(1e-3)
     assert cfg.accel.channels_last is True

@@ -54,12 +54,8 @@ def make_mnist(root, n=(6, 4), gz=True):
     rng = np.random.default_rng(0)
     suffix = ".gz" if gz else ""
     for split, count in zip(("train", "t10k"), n, strict=True):
-        write_idx(
-            root / f"{split}-images-idx3-ubyte{suffix}", rng.integers(0, 255, (count, 28, 28), np.uint8), gz
-        )
-        write_idx(
-            root / f"{split}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, count).astype(np.uint8), gz
-        )
+        write_idx(root / f"{split}-images-idx3-ubyte{suffix}", rng.integers(0, 255, (count, 28, 28), np.uint8), gz)
+        write_idx(root / f"{split}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, count).astype(np.uint8), gz)
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -73,9 +69,7 @@ def test_mnist_truncated_says_expected_and_actual(tmp_path):
     make_mnist(tmp_path, gz=False)
     f = tmp_path / "train-images-idx3-ubyte"
     f.write_bytes(f.read_bytes()[:-100])
-    with pytest.raises(
-        DataError, match=r"train-images-idx3-ubyte: size is 4620 bytes but its header .* needs 4720"
-    ):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: size is 4620 bytes but its header .* needs 4720"):
         load_data(cfg(f"mnist:{tmp_path}"))
 
 
@@ -168,12 +162,7 @@ def png_header_claiming(width, height):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def test_each_bad_image_is_named_with_reason(tmp_path):

@@ -41,14 +41,10 @@ def test_hinge_values():
 def test_wgan_gp_penalty_by_hand():
     # For linear D the gradient is w everywhere: penalty = (||w|| - 1)^2.
     D = Linear1(4)  # ||w|| = 1 -> penalty 0
-    assert loss("wgan-gp").gradient_penalty(D, torch.randn(6, 4), torch.randn(6, 4)).item() == pytest.approx(
-        0
-    )
+    assert loss("wgan-gp").gradient_penalty(D, torch.randn(6, 4), torch.randn(6, 4)).item() == pytest.approx(0)
     with torch.no_grad():
         D.w.fill_(1.0)  # ||w|| = 2 -> penalty 1
-    assert loss("wgan-gp").gradient_penalty(D, torch.randn(6, 4), torch.randn(6, 4)).item() == pytest.approx(
-        1
-    )
+    assert loss("wgan-gp").gradient_penalty(D, torch.randn(6, 4), torch.randn(6, 4)).item() == pytest.approx(1)
 
 
 def test_r1_penalty_by_hand():

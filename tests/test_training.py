@@ -18,9 +18,7 @@ def test_run_directory_layout(tiny, tmp_path):
     run = train(tiny, out=tmp_path / "run", progress=False)
     assert (run / "config.yaml").is_file() and (run / "log.txt").is_file()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert records and {"step", "kimg", "loss_d", "loss_g", "d_real", "d_fake", "img_per_s"} <= set(
-        records[0]
-    )
+    assert records and {"step", "kimg", "loss_d", "loss_g", "d_real", "d_fake", "img_per_s"} <= set(records[0])
     assert records[-1]["kimg"] <= 0.16
     grids = sorted(p.name for p in (run / "samples").iterdir())
     assert grids[0] == "final.png" and "step-000000000.png" in grids and len(grids) >= 3
@@ -116,8 +114,6 @@ def test_nonfinite_g_loss_skips_g_optimiser_and_ema(tiny):
 def test_divergence_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
     tiny.optim.g_lr = tiny.optim.d_lr = 1e30
     tiny.train.max_nonfinite_steps = 3
-    with pytest.raises(
-        TrainingDiverged, match=r"3 steps in a row had non-finite losses, the last at step \d+"
-    ):
+    with pytest.raises(TrainingDiverged, match=r"3 steps in a row had non-finite losses, the last at step \d+"):
         train(tiny, out=tmp_path / "d", progress=False)
     assert not (tmp_path / "d" / "generator.safetensors").exists()

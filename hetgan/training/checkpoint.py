@@ -30,9 +30,7 @@ TENSORS, STATE, MANIFEST = "tensors.safetensors", "state.json", "manifest.json"
 PREFIX = "step-"
 
 
-def save_checkpoint(
-    root: Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int
-) -> Path:
+def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int) -> Path:
     """Commit a checkpoint for `step` under `root` and prune to the newest `keep`."""
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):  # left by a process killed mid-write

@@ -19,9 +19,11 @@ from hetgan.artifact import ARTIFACT_NAME, recalibrated_copy, save_generator
 from hetgan.config import RESUMABLE_FIELDS, TrainConfig, load_yaml, to_dict
 from hetgan.data import Mixture
 from hetgan.errors import CheckpointError
+from hetgan.report.plots import make_plots
 from hetgan.sampling import write_samples
 from hetgan.training.checkpoint import load_latest_checkpoint, save_checkpoint
-from hetgan.training.rundir import MetricsWriter, attach_log_file, new_run_dir, write_config
+from hetgan.training.monitor import Monitor
+from hetgan.training.rundir import MetricsWriter, attach_log_file, new_run_dir, write_config, write_machine
 from hetgan.training.trainer import Trainer
 
 log = logging.getLogger("hetgan")
@@ -65,8 +67,10 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, allow_change: bool, pr
         restore(trainer, run_dir, allow_change)
         metrics.truncate_after(trainer.step_count)
     write_config(run_dir, cfg)
+    write_machine(run_dir, trainer.device)
     log.info("run directory %s; %s", run_dir, describe(trainer))
     total_nimg = int(cfg.train.kimg * 1000)
+    monitor = Monitor(trainer, run_dir)
     if trainer.step_count == 0:
         save_grid(trainer, run_dir)
     stop = StopSignal()
@@ -86,8 +90,10 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, allow_change: bool, pr
             if trainer.step_count % cfg.train.log_interval == 0:
                 elapsed, timer = time.perf_counter() - timer, time.perf_counter()
                 img_s = cfg.train.log_interval * (trainer.nimg - before) / elapsed
-                log_metrics(trainer, result.losses, img_s, metrics, bar)
-            maintain(trainer, run_dir, before)
+                monitor.check_record(log_metrics(trainer, result.losses, img_s, metrics, bar))
+            maintain(trainer, run_dir, before, monitor, metrics)
+            if monitor.alarms:
+                bar.set_description(f"ALARM x{len(monitor.alarms)} (see log)")
     if stop.requested:
         snapshot(trainer, run_dir)
         print(
@@ -132,7 +138,7 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
     return diffs
 
 
-def log_metrics(trainer: Trainer, losses: dict, img_s: float, metrics: MetricsWriter, bar) -> None:
+def log_metrics(trainer: Trainer, losses: dict, img_s: float, metrics: MetricsWriter, bar) -> dict:
     record = {
         "step": trainer.step_count,
         "kimg": round(trainer.nimg / 1000, 3),
@@ -142,6 +148,7 @@ def log_metrics(trainer: Trainer, losses: dict, img_s: float, metrics: MetricsWr
     }
     metrics.write(record)
     bar.set_postfix(img_s=f"{img_s:.0f}", d=f"{losses['loss_d']:.3f}", g=f"{losses['loss_g']:.3f}")
+    return record
 
 
 def crossed(before: int, after: int, interval_kimg: float) -> bool:
@@ -149,15 +156,33 @@ def crossed(before: int, after: int, interval_kimg: float) -> bool:
     return before // interval != after // interval
 
 
-def maintain(trainer: Trainer, run_dir: Path, before: int) -> None:
+def maintain(trainer: Trainer, run_dir: Path, before: int, monitor: Monitor, metrics: MetricsWriter) -> None:
     t = trainer.cfg.train
     if crossed(before, trainer.nimg, t.grid_kimg):
-        save_grid(trainer, run_dir)
+        monitor.check_samples(save_grid(trainer, run_dir))
     if crossed(before, trainer.nimg, t.snapshot_kimg):
         snapshot(trainer, run_dir)
+    if t.eval_kimg and crossed(before, trainer.nimg, t.eval_kimg):
+        record = monitor.evaluate()
+        metrics.write(record)
+        log.info("eval at %.1f kimg: %s", record["kimg"], summary(record))
 
 
-def save_grid(trainer: Trainer, run_dir: Path, name: str | None = None) -> Path:
+def summary(record: dict) -> str:
+    keys = (
+        "fid",
+        "precision",
+        "recall",
+        "coverage",
+        "classes_covered",
+        "modes_captured",
+        "high_quality",
+        "reverse_kl",
+    )
+    return ", ".join(f"{k} {record[k]:.4g}" for k in keys if k in record)
+
+
+def save_grid(trainer: Trainer, run_dir: Path, name: str | None = None) -> torch.Tensor:
     """Samples of G_ema on the run's fixed z, so grids over time are comparable."""
     cfg = trainer.cfg
     G = recalibrated_copy(trainer.G_ema, cfg.model.z_dim)
@@ -167,7 +192,8 @@ def save_grid(trainer: Trainer, run_dir: Path, name: str | None = None) -> Path:
         samples = G(z.to(trainer.device)).float().cpu()
     modes = trainer.data.modes if isinstance(trainer.data, Mixture) else None
     path = run_dir / "samples" / (name or f"step-{trainer.step_count:09d}.png")
-    return write_samples(samples, path, modes)
+    write_samples(samples, path, modes)
+    return samples
 
 
 def snapshot(trainer: Trainer, run_dir: Path) -> Path:
@@ -184,13 +210,16 @@ def finish(trainer: Trainer, run_dir: Path) -> None:
     if trainer.saved_step != trainer.step_count:
         snapshot(trainer, run_dir)
     artifact = save_generator(trainer.G_ema, trainer.cfg, run_dir / ARTIFACT_NAME)
-    grid = save_grid(trainer, run_dir, "final.png")
+    save_grid(trainer, run_dir, "final.png")
+    grid = run_dir / "samples" / "final.png"
+    make_plots(run_dir)
     skipped = f"; {trainer.nonfinite_total} non-finite steps skipped" if trainer.nonfinite_total else ""
     log.info("done: %d steps, %.1f kimg%s", trainer.step_count, trainer.nimg / 1000, skipped)
     print(
         f"training finished: {trainer.nimg / 1000:.1f} kimg in {trainer.step_count} steps{skipped}\n"
         f"  run directory: {run_dir}\n  generator:     {artifact}\n  final samples: {grid}\n"
-        f"  metrics:       {run_dir / 'metrics.jsonl'}"
+        f"  metrics:       {run_dir / 'metrics.jsonl'}\n"
+        f"  report:        hetgan report {run_dir}"
     )
 
 

@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import platform
 import re
 from pathlib import Path
 
+import torch
+
+from hetgan import __version__
 from hetgan.config import TrainConfig, dump_yaml
 from hetgan.errors import HetganError
 from hetgan.fileio import atomic_write_bytes
@@ -80,3 +85,20 @@ class MetricsWriter:
     def write(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def write_machine(run_dir: Path, device: torch.device) -> None:
+    """What the run ran on, for the report: platform, versions, device, threads."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "hetgan": __version__,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    atomic_write_bytes(run_dir / "machine.json", json.dumps(info, indent=1).encode())

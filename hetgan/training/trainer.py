@@ -7,30 +7,32 @@ phases: `n_critic` D steps, then one G step that reuses the last D step's genera
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from hetgan import __version__
+from hetgan.accel import (
+    apply_backend_flags,
+    autocast,
+    compiled,
+    d_precision,
+    grad_scaler,
+    make_optimizer,
+    to_channels_last,
+)
 from hetgan.config import TrainConfig, to_dict
 from hetgan.data import load_data, make_sampler
 from hetgan.data.sources import Data
 from hetgan.errors import TrainingDiverged
 from hetgan.losses import build_loss
 from hetgan.models import build_models
+from hetgan.placement import input_device, resolve_device, split_network
 from hetgan.training.checkpoint import flatten_optimizer, restore_optimizer
-
-
-def resolve_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @dataclass
@@ -42,26 +44,49 @@ class StepResult:
 class Trainer:
     def __init__(self, cfg: TrainConfig, data: Data | None = None) -> None:
         self.cfg = cfg
-        self.device = resolve_device(cfg.accel.device)
-        if cfg.accel.threads:
-            torch.set_num_threads(cfg.accel.threads)
+        accel = cfg.accel
+        apply_backend_flags(accel)
+        self.device = resolve_device(accel.device)
+        self.g_device = resolve_device(accel.g_device) if accel.g_device else self.device
+        self.d_device = resolve_device(accel.d_device) if accel.d_device else self.device
         torch.manual_seed(cfg.seed)  # model init
         self.data = data if data is not None else load_data(cfg.data)
-        self.G, self.D = (m.to(self.device) for m in build_models(cfg))
-        if cfg.accel.channels_last:
-            self.G, self.D = (m.to(memory_format=torch.channels_last) for m in (self.G, self.D))
+        self.G, self.D = self._place(*build_models(cfg))
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         betas = (cfg.optim.beta1, cfg.optim.beta2)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.optim.g_lr, betas=betas)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.optim.d_lr, betas=betas)
-        self.rng = torch.Generator(self.device).manual_seed(cfg.seed + 1)
+        self.opt_G = make_optimizer(self.G.parameters(), cfg.optim.g_lr, betas, accel.optimizer_impl)
+        self.opt_D = make_optimizer(self.D.parameters(), cfg.optim.d_lr, betas, accel.optimizer_impl)
+        self.z_device = input_device(self.G, self.g_device)
+        self.rng = torch.Generator(self.z_device).manual_seed(cfg.seed + 1)
         self.loss = build_loss(cfg.loss, self.rng)
-        self.sampler = make_sampler(self.data, cfg.seed, self.device)
+        self.sampler = make_sampler(self.data, cfg.seed, input_device(self.D, self.d_device))
+        self.G_fwd, self.D_fwd = compiled(self.G, self.D, accel, cfg.loss, self.device)
+        self.g_precision, self.d_precision = accel.precision, d_precision(accel, cfg.loss)
+        self.scaler_G = grad_scaler(self.g_precision, self.g_device)
+        self.scaler_D = grad_scaler(self.d_precision, self.d_device)
+        self.timer = None  # a PhaseTimer while benchmarking (hetgan.bench)
         self.step_count = 0
         self.nimg = 0
         self.saved_step = -1  # step of the newest committed checkpoint
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
+
+    def _place(self, G: nn.Module, D: nn.Module) -> tuple[nn.Module, nn.Module]:
+        accel = self.cfg.accel
+        G, D = G.to(self.g_device), D.to(self.d_device)
+        if accel.g_stages:
+            G = split_network(G, accel.g_stages)
+        if accel.d_stages:
+            D = split_network(D, accel.d_stages)
+        if accel.channels_last:
+            G, D = to_channels_last(G), to_channels_last(D)
+        return G, D
+
+    def _device_types(self, net: nn.Module) -> set[str]:
+        return {p.device.type for p in net.parameters()}
+
+    def phase(self, name: str) -> contextlib.AbstractContextManager:
+        return self.timer.phase(name) if self.timer else contextlib.nullcontext()
 
     # --- one iteration ------------------------------------------------------------------------
     def step(self) -> StepResult:
@@ -69,11 +94,16 @@ class Trainer:
         batch, z_dim = self.cfg.train.batch_size, self.cfg.model.z_dim
         fake = None
         for k in range(self.loss.n_critic):
-            real = self._layout(self.sampler.next(batch))
-            z = torch.randn(batch, z_dim, generator=self.rng, device=self.device)
-            # Only the last D step's fake keeps its graph: the G step reuses that forward.
-            with torch.set_grad_enabled(k == self.loss.n_critic - 1):
-                fake = self.G(z)
+            with self.phase("data"):
+                real = self._layout(self.sampler.next(batch))
+            with self.phase("g_forward"):
+                z = torch.randn(batch, z_dim, generator=self.rng, device=self.z_device)
+                # Only the last D step's fake keeps its graph: the G step reuses that forward.
+                with torch.set_grad_enabled(k == self.loss.n_critic - 1), self._autocast_G():
+                    fake = self.G_fwd(z)
+            if fake.device != real.device:
+                with self.phase("transfer"):
+                    fake = fake.to(real.device)  # differentiable: G's gradient comes back over it
             self._d_phase(real, fake, result)
             self.nimg += batch
         self._g_phase(fake, result)
@@ -86,30 +116,46 @@ class Trainer:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def _autocast_G(self):
+        return autocast(self.g_precision, self._device_types(self.G))
+
+    def _autocast_D(self):
+        return autocast(self.d_precision, self._device_types(self.D))
+
     def _d_phase(self, real: torch.Tensor, fake: torch.Tensor, result: StepResult) -> None:
-        loss, stats = self.loss.d_loss(self.D, real, fake)
+        with self.phase("d_forward"), self._autocast_D():
+            loss, stats = self.loss.d_loss(self.D_fwd, real, fake)
         result.losses.update({k: float(v) for k, v in stats.items()}, loss_d=float(loss.detach()))
         if not math.isfinite(result.losses["loss_d"]):
             result.skipped.append("D")  # no weight or optimiser update
             return
-        self.opt_D.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_D.step()
+        self._backward_and_step(loss, self.opt_D, self.scaler_D, "d")
 
     def _g_phase(self, fake: torch.Tensor, result: StepResult) -> None:
         self.D.requires_grad_(False)  # G's step needs no gradients for D's weights
         try:
-            loss, stats = self.loss.g_loss(self.D, fake)
+            with self.phase("g_loss_forward"), self._autocast_D():
+                loss, stats = self.loss.g_loss(self.D_fwd, fake)
         finally:
             self.D.requires_grad_(True)
         result.losses.update({k: float(v) for k, v in stats.items()}, loss_g=float(loss.detach()))
         if not math.isfinite(result.losses["loss_g"]):
             result.skipped.append("G")  # no weight, optimiser or EMA update
             return
-        self.opt_G.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_G.step()
-        self._update_ema()
+        self._backward_and_step(loss, self.opt_G, self.scaler_G, "g")
+        with self.phase("ema"):
+            self._update_ema()
+
+    def _backward_and_step(self, loss, opt, scaler, name: str) -> None:
+        opt.zero_grad(set_to_none=True)
+        with self.phase(f"{name}_backward"):
+            (scaler.scale(loss) if scaler else loss).backward()
+        with self.phase(f"{name}_optimizer"):
+            if scaler:
+                scaler.step(opt)  # skipped by the scaler itself when fp16 gradients overflowed
+                scaler.update()
+            else:
+                opt.step()
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -138,6 +184,9 @@ class Trainer:
             )
 
     # --- checkpoint state ---------------------------------------------------------------------
+    def _scalers(self) -> dict[str, torch.amp.GradScaler]:
+        return {name: s for name, s in (("scaler_G", self.scaler_G), ("scaler_D", self.scaler_D)) if s}
+
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors: dict[str, torch.Tensor] = {}
         for name in ("G", "D", "G_ema"):
@@ -164,6 +213,7 @@ class Trainer:
             "opt_G": opt_g_meta,
             "opt_D": opt_d_meta,
             "sampler": sampler_json,
+            "scalers": {name: s.state_dict() for name, s in self._scalers().items()},
         }
         return tensors, meta
 
@@ -176,6 +226,8 @@ class Trainer:
         restore_optimizer("opt_D", self.opt_D, tensors, meta["opt_D"])
         self.rng.set_state(tensors["rng.train"])
         torch.set_rng_state(tensors["rng.torch_cpu"])
+        for name, scaler in self._scalers().items():
+            scaler.load_state_dict(meta["scalers"][name])
         sampler_state = dict(meta["sampler"])
         sampler_state.update({k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")})
         self.sampler.load_state_dict(sampler_state)

@@ -1,0 +1,118 @@
+"""Quality per wall-clock second: `hetgan train` (default preset) vs the textbook DCGAN loop.
+
+Runs, in one process and one after the other on an otherwise idle machine:
+  1. the default `hetgan train` (dcgan_mnist on the bundled digits), timed end to end;
+  2. the textbook loop (benchmarks/textbook.py: DCGAN-32 width 64, BCE with sigmoid, Adam 2e-4,
+     batch 64) for --textbook-seconds, snapshotting its G when it has trained as long as hetgan did.
+Each is scored on --n samples with FID (digits) (features of the bundled digit classifier), the
+digit classes covered and the classifier's mean confidence. Grids go to --out for a look.
+
+    python benchmarks/default_vs_textbook.py [--textbook-seconds 720] [--n 5000] [--out bench_out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from textbook import TextbookDCGAN, mnist32  # noqa: E402
+
+import hetgan  # noqa: E402
+from hetgan.config import DataConfig  # noqa: E402
+from hetgan.data import load_data  # noqa: E402
+from hetgan.eval.evalnet import load_evalnet  # noqa: E402
+from hetgan.eval.metrics import class_histogram, fid  # noqa: E402
+from hetgan.eval.score import real_features  # noqa: E402
+from hetgan.sampling import write_samples  # noqa: E402
+
+MNIST = Path(__file__).resolve().parents[1] / "hetgan" / "data" / "mnist_5k.npz"
+
+
+def score(samples: torch.Tensor, net, real_feats: np.ndarray) -> dict:
+    feats, probs = net.embed(samples)
+    hist = class_histogram(probs, 10)
+    return {
+        "fid_digits": round(fid(feats, real_feats), 2),
+        "classes_covered": hist["classes_covered"],
+        "mean_confidence": round(hist["mean_confidence"], 4),
+        "class_counts": hist["class_counts"],
+    }
+
+
+def textbook_samples(G: torch.nn.Module, n: int, seed: int = 0) -> torch.Tensor:
+    """The textbook loop's samples, shown as its tutorial shows them (train-mode BatchNorm)."""
+    G = copy.deepcopy(G).train()
+    z = torch.randn(n, 100, 1, 1, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return torch.cat([G(z[i : i + 500]) for i in range(0, n, 500)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--textbook-seconds", type=float, default=720.0)
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--out", default="bench_out")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    net = load_evalnet()
+    real = load_data(DataConfig(spec="mnist5k")).images
+    real_feats = real_features(net, real)
+    floor = fid(real_feats[::2], real_feats[1::2])  # two halves of the real digits
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = hetgan.train(hetgan.get_preset("dcgan_mnist"), out=Path(tmp) / "run", progress=False)
+        hetgan_wall = time.perf_counter() - start
+        G = hetgan.load_generator(run)
+    rows = {
+        "hetgan default": {
+            "wall_s": round(hetgan_wall, 1),
+            "kimg": G.config.train.kimg,
+            **score(G.sample(args.n, seed=0), net, real_feats),
+        }
+    }
+    write_samples(G.sample(64, seed=0), out / "hetgan_default.png")
+
+    loop = TextbookDCGAN(mnist32(str(MNIST)))
+    snap: dict = {}
+
+    def at_tick(elapsed: float) -> None:
+        if not snap and elapsed >= hetgan_wall:
+            snap.update(G=copy.deepcopy(loop.G), wall_s=elapsed, kimg=loop.nimg / 1000)
+
+    loop.run_for(args.textbook_seconds, at_tick)
+    for name, G_tb, wall, kimg in [
+        ("textbook, same wall time", snap["G"], snap["wall_s"], snap["kimg"]),
+        (f"textbook, {args.textbook_seconds / 60:.0f} min", loop.G, args.textbook_seconds, loop.nimg / 1000),
+    ]:
+        samples = textbook_samples(G_tb, args.n)
+        rows[name] = {"wall_s": round(wall, 1), "kimg": round(kimg, 1), **score(samples, net, real_feats)}
+        write_samples(samples[:64], out / (name.replace(" ", "_").replace(",", "") + ".png"))
+
+    print(
+        f"FID (digits) feature space: bundled digit classifier penultimate layer; n={args.n}; "
+        f"real-vs-real floor (2500 vs 2500) = {floor:.2f}"
+    )
+    print(f"{'setup':<26}{'wall s':>8}{'kimg':>8}{'FID':>10}{'classes':>9}{'conf':>8}")
+    for name, r in rows.items():
+        print(
+            f"{name:<26}{r['wall_s']:>8.1f}{r['kimg']:>8.1f}{r['fid_digits']:>10.2f}"
+            f"{r['classes_covered']:>9}{r['mean_confidence']:>8.3f}"
+        )
+    same = rows["textbook, same wall time"]["fid_digits"] / rows["hetgan default"]["fid_digits"]
+    print(f"textbook FID at equal wall time / hetgan FID = {same:.2f}x")
+    (out / "default_vs_textbook.json").write_text(json.dumps({"floor": floor, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

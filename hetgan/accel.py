@@ -1,0 +1,85 @@
+"""Acceleration knobs, all set from `AccelConfig`: mixed precision (autocast + GradScaler),
+torch.compile and CUDA graphs, channels_last, TF32, cudnn.benchmark, optimiser implementation and
+CPU threads. Knobs that change numerics are off by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from hetgan.config import AccelConfig, LossConfig
+from hetgan.errors import ConfigError
+
+log = logging.getLogger("hetgan")
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def apply_backend_flags(cfg: AccelConfig) -> None:
+    """Process-wide switches (torch keeps these globally)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if cfg.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+
+
+def autocast(precision: str, device_types: Iterable[str]) -> contextlib.AbstractContextManager:
+    """Autocast on every device type a network runs on; a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for device_type in sorted(set(device_types)):
+        stack.enter_context(torch.autocast(device_type=device_type, dtype=DTYPES[precision]))
+    return stack
+
+
+def has_gradient_penalty(loss: LossConfig) -> bool:
+    return loss.name == "wgan-gp" or loss.r1_gamma > 0
+
+
+def d_precision(cfg: AccelConfig, loss: LossConfig) -> str:
+    """fp16 gradient penalties underflow in their double backward: D then stays in fp32."""
+    if cfg.precision == "fp16" and has_gradient_penalty(loss):
+        log.info("fp16 with a gradient penalty: D runs in fp32, G in fp16")
+        return "fp32"
+    return cfg.precision
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 needs loss scaling; bf16 has fp32's range and does not."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def make_optimizer(params, lr: float, betas: tuple[float, float], impl: str) -> torch.optim.Adam:
+    kwargs = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(impl, {})
+    return torch.optim.Adam(params, lr=lr, betas=betas, **kwargs)
+
+
+def compiled(G: nn.Module, D: nn.Module, cfg: AccelConfig, loss: LossConfig, device: torch.device):
+    """Forward callables for G and D: compiled where asked and sound, else the modules themselves.
+
+    The double backward of R1 and WGAN-GP is not supported under torch.compile, so with a
+    gradient penalty D stays eager (G is still compiled).
+    """
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"accel.cuda_graphs needs a CUDA device, the run uses {device}; drop the setting")
+    if not (cfg.compile or cfg.cuda_graphs):
+        return G, D
+    mode = "reduce-overhead" if cfg.cuda_graphs else None
+    G_fwd = torch.compile(G, mode=mode)
+    if has_gradient_penalty(loss):
+        log.info("torch.compile: D stays eager (its gradient penalty needs a double backward)")
+        return G_fwd, D
+    return G_fwd, torch.compile(D, mode=mode)
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    return module.to(memory_format=torch.channels_last)

@@ -1,0 +1,1 @@
+"""Evaluation: feature networks (evalnet.py) and metrics in their feature space (metrics.py)."""

@@ -1,0 +1,184 @@
+"""Feature networks for evaluation: a small CNN classifier whose penultimate features define
+hetgan's FID feature space for a dataset (no downloads possible, so no Inception by default).
+
+`train_evalnet` trains one on any labelled image dataset with a fixed, stratified held-out split
+and records its held-out accuracy beside the weights. The one for the bundled digits ships in the
+package (`digits_evalnet.safetensors`, trained by `scripts/train_digits_evalnet.py`): FID in its
+features is "FID (digits)".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from hetgan.data.sources import ImageData
+from hetgan.errors import CheckpointError, DataError
+from hetgan.fileio import atomic_write_bytes
+
+log = logging.getLogger("hetgan")
+FORMAT = "hetgan.evalnet/1"
+DIGITS_EVALNET = "digits_evalnet.safetensors"
+
+
+@dataclass
+class EvalNetConfig:
+    channels: int = 1
+    resolution: int = 32
+    n_classes: int = 10
+    width: int = 32
+    feature_dim: int = 128
+    dataset: str = ""
+    class_names: list[str] | None = None
+    held_out_accuracy: float | None = None
+    held_out_count: int | None = None
+
+
+class EvalNet(nn.Module):
+    """img [B, C, R, R] in [-1, 1] -> (logits [B, n_classes], features [B, feature_dim])."""
+
+    def __init__(self, cfg: EvalNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+
+        def block(c_in: int, c_out: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(True),
+                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(True),
+                nn.MaxPool2d(2),
+            )
+
+        self.body = nn.Sequential(block(cfg.channels, w), block(w, 2 * w), block(2 * w, 4 * w))
+        self.features = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.LazyLinear(cfg.feature_dim), nn.ReLU(True))
+        self.head = nn.Linear(cfg.feature_dim, cfg.n_classes)
+        self(torch.zeros(1, cfg.channels, cfg.resolution, cfg.resolution))  # materialise LazyLinear
+
+    def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if img.shape[-1] != self.cfg.resolution:
+            img = F.interpolate(img, size=self.cfg.resolution, mode="bilinear", align_corners=False)
+        feats = self.features(self.body(img))
+        return self.head(feats), feats
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+        """Features (float64 [N, feature_dim]) and class probabilities ([N, n_classes])."""
+        self.eval()
+        feats, probs = [], []
+        for i in range(0, len(images), batch_size):
+            logits, f = self(images[i : i + batch_size].float())
+            feats.append(f.double().numpy())
+            probs.append(logits.softmax(1).double().numpy())
+        return np.concatenate(feats), np.concatenate(probs)
+
+
+def held_out_split(labels: np.ndarray, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed stratified split: `per_class` random items of every class are held out."""
+    rng = np.random.default_rng(seed)
+    held = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)])
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[held] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random shifts of up to 2 px (pad and crop): digits move, their shapes do not."""
+    padded = F.pad(x, (2, 2, 2, 2), value=-1.0)
+    dx, dy = torch.randint(0, 5, (2,), generator=gen).tolist()
+    return padded[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]]
+
+
+def train_evalnet(
+    data: ImageData, epochs: int = 20, held_out_per_class: int = 50, seed: int = 0, batch_size: int = 64
+) -> EvalNet:
+    """Train a feature network on labelled images; its held-out accuracy goes into its config."""
+    if data.labels is None:
+        raise DataError(f"{data.source}: evalnet training needs labels (npz labels, class folders, MNIST, CIFAR-10)")
+    n_classes = int(data.labels.max()) + 1
+    train_idx, test_idx = held_out_split(data.labels, held_out_per_class, seed)
+    x = torch.from_numpy(data.images).float().div(127.5).sub(1)  # [N, C, R, R] in [-1, 1]
+    y = torch.from_numpy(data.labels)
+    torch.manual_seed(seed)
+    cfg = EvalNetConfig(
+        channels=x.shape[1],
+        resolution=x.shape[2],
+        n_classes=n_classes,
+        dataset=data.source,
+        class_names=data.class_names,
+    )
+    net = EvalNet(cfg)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps = epochs * (len(train_idx) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        net.train()
+        order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=gen)]
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            idx = order[i : i + batch_size]
+            loss = F.cross_entropy(net(_augment(x[idx], gen))[0], y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        acc = accuracy(net, x[test_idx], y[test_idx])
+        log.info(
+            "evalnet epoch %d/%d: held-out accuracy %.4f (%.0f s)",
+            epoch + 1,
+            epochs,
+            acc,
+            time.perf_counter() - start,
+        )
+    cfg.held_out_accuracy, cfg.held_out_count = acc, len(test_idx)
+    return net.eval()
+
+
+@torch.no_grad()
+def accuracy(net: EvalNet, x: torch.Tensor, y: torch.Tensor) -> float:
+    net.eval()
+    pred = torch.cat([net(x[i : i + 500])[0].argmax(1) for i in range(0, len(x), 500)])
+    return float((pred == y).float().mean())
+
+
+def save_evalnet(net: EvalNet, path: Path) -> Path:
+    tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
+    metadata = {"format": FORMAT, "config": json.dumps(asdict(net.cfg))}
+    atomic_write_bytes(Path(path), save_safetensors(tensors, metadata=metadata))
+    return Path(path)
+
+
+def load_evalnet(path: str | Path | None = None) -> EvalNet:
+    """Load a feature network; with no path, the bundled digits network."""
+    if path is None:
+        ref = resources.files("hetgan.eval").joinpath(DIGITS_EVALNET)
+        with resources.as_file(ref) as p:
+            return load_evalnet(p)
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_safetensors(path.read_bytes())
+    except Exception as e:  # safetensors raises several types for a bad file
+        raise CheckpointError(f"{path}: not a readable evalnet file ({e})") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a hetgan evalnet (format {metadata.get('format')!r})")
+    net = EvalNet(EvalNetConfig(**json.loads(metadata["config"])))
+    net.load_state_dict(tensors)
+    return net.eval()

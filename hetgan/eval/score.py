@@ -1,0 +1,94 @@
+"""`evaluate()`: score a generator against its real data; used by `hetgan eval` and training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hetgan.artifact import Generator
+from hetgan.config import TrainConfig
+from hetgan.data import Mixture, load_data
+from hetgan.data.sources import parse_spec
+from hetgan.errors import HetganError
+from hetgan.eval import metrics as M
+from hetgan.eval.evalnet import EvalNet, load_evalnet
+
+IMAGE_METRICS = ("fid", "kid", "pr", "dc", "classes", "diversity")
+POINT_METRICS = ("modes",)
+DIGIT_SPECS = ("mnist5k", "mnist")
+MAX_REAL = 10_000  # real images embedded for the reference statistics
+
+
+def real_features(net: EvalNet, images_uint8: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(images_uint8).float().div(127.5).sub(1)  # [N, C, R, R] in [-1, 1]
+    return net.embed(x)[0]
+
+
+def feature_net_for(config: TrainConfig, evalnet: str | Path | None) -> tuple[EvalNet, str]:
+    if evalnet is not None:
+        net = load_evalnet(evalnet)
+        name = f"evalnet {evalnet}"
+    elif parse_spec(config.data.spec)[0] in DIGIT_SPECS and config.data.channels == 1:
+        net = load_evalnet()
+        name = "digits (bundled digit classifier)"
+    else:
+        raise HetganError(
+            f"no feature network for data {config.data.spec!r}: train one with "
+            f"`hetgan evalnet train --data {config.data.spec} --out evalnet.safetensors` "
+            "and pass --evalnet evalnet.safetensors"
+        )
+    if net.cfg.channels != config.data.channels:
+        raise HetganError(f"the feature network takes {net.cfg.channels} channels, the data has {config.data.channels}")
+    acc = net.cfg.held_out_accuracy
+    return net, f"{name}; penultimate layer, {net.cfg.feature_dim}-d; held-out accuracy {acc:.4f}"
+
+
+class Evaluator:
+    """Reference statistics of a config's real data, computed once, and scoring against them."""
+
+    def __init__(self, config: TrainConfig, evalnet=None, seed: int = 0, metrics: tuple[str, ...] | None = None):
+        self.data = load_data(config.data)
+        self.seed = seed
+        if isinstance(self.data, Mixture):
+            self.metrics = POINT_METRICS
+            return
+        self.metrics = metrics or IMAGE_METRICS
+        unknown = set(self.metrics) - set(IMAGE_METRICS)
+        if unknown:
+            raise HetganError(f"unknown metric(s) {sorted(unknown)} for images; valid: {', '.join(IMAGE_METRICS)}")
+        self.net, self.space = feature_net_for(config, evalnet)
+        order = np.random.default_rng(seed).permutation(len(self.data.images))[:MAX_REAL]
+        self.real = real_features(self.net, self.data.images[order])
+
+    def __call__(self, G: Generator, n: int) -> dict:
+        if isinstance(self.data, Mixture):
+            points = G.sample(n, seed=self.seed).numpy()
+            return {
+                "feature_space": "raw 2-D coordinates (PacGAN protocol)",
+                "n_generated": n,
+                "seed": self.seed,
+                **M.mode_metrics(points, self.data.modes, self.data.sigma),
+            }
+        fake, probs = self.net.embed(G.sample(n, seed=self.seed))
+        real, wanted = self.real, self.metrics
+        result: dict = {"feature_space": self.space, "n_generated": n, "n_real": len(real), "seed": self.seed}
+        if "fid" in wanted:
+            result["fid"] = M.fid(fake, real)
+        if "kid" in wanted:
+            result["kid"], result["kid_std"] = M.kid(fake, real, subset_size=min(1000, n, len(real)))
+        if "pr" in wanted:
+            result["precision"], result["recall"] = M.precision_recall(real, fake)
+        if "dc" in wanted:
+            result["density"], result["coverage"] = M.density_coverage(real, fake)
+        if "classes" in wanted:
+            result.update(M.class_histogram(probs, self.net.cfg.n_classes))
+        if "diversity" in wanted:
+            result["diversity"] = M.diversity(fake, real)
+        return result
+
+
+def evaluate(G: Generator, n: int = 5000, seed: int = 0, metrics: tuple[str, ...] | None = None, evalnet=None) -> dict:
+    """Metrics of n samples (drawn with `seed`) against the generator's own training data."""
+    return Evaluator(G.config, evalnet, seed, metrics)(G, n)

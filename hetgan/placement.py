@@ -1,0 +1,107 @@
+"""Where work runs: device names, G and D on different devices, and a network split into
+contiguous stages on different devices (e.g. conv layers on the GPU, the dense head on the CPU).
+
+Stage spec, one per network: comma-separated `FIRST-LAST@DEVICE` ranges over the indices of the
+network's layer list (`net` in the dcgan and mlp families), LAST may be left open:
+
+    "0-8@cuda:0,9-@cpu"     layers 0..8 on cuda:0, layers 9..end on the CPU
+
+Tensors move between stages with `.to()`, which autograd differentiates, so gradients flow back
+across devices and the split network computes exactly what the unsplit one does.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from hetgan.errors import ConfigError
+
+STAGE_RE = re.compile(r"^(\d+)-(\d*)@(.+)$")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA, then MPS, then XPU, then the CPU; other names must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        if hasattr(torch, "xpu") and torch.xpu.is_available():
+            return torch.device("xpu")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N, mps or xpu") from None
+    available = {
+        "cpu": lambda: True,
+        "cuda": lambda: torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+        "mps": lambda: getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+    }.get(device.type, lambda: False)
+    if not available():
+        raise ConfigError(f"device {name!r} is not available on this machine; use --device auto or cpu")
+    return device
+
+
+def parse_stages(spec: str, n_layers: int) -> list[tuple[int, int, torch.device]]:
+    """'0-8@cuda,9-@cpu' -> [(0, 9, cuda), (9, n_layers, cpu)]: contiguous, covering every layer."""
+    stages, expected_start = [], 0
+    for part in spec.split(","):
+        m = STAGE_RE.match(part.strip())
+        if not m:
+            raise ConfigError(f"stage {part!r} in {spec!r}: expected FIRST-LAST@DEVICE, e.g. 0-8@cuda,9-@cpu")
+        first, last = int(m.group(1)), int(m.group(2)) if m.group(2) else n_layers - 1
+        if first != expected_start or last < first or last >= n_layers:
+            raise ConfigError(
+                f"stages {spec!r} must cover layers 0..{n_layers - 1} in order without gaps; "
+                f"{part!r} does not follow on from layer {expected_start - 1}"
+            )
+        stages.append((first, last + 1, resolve_device(m.group(3))))
+        expected_start = last + 1
+    if expected_start != n_layers:
+        raise ConfigError(f"stages {spec!r} stop at layer {expected_start - 1}; the network has {n_layers}")
+    return stages
+
+
+class StagedSequential(nn.Sequential):
+    """An nn.Sequential cut into contiguous stages, each on its own device.
+
+    It keeps the layers and their indices, so its state_dict is the unsplit network's and
+    checkpoints move freely between placements.
+    """
+
+    def __init__(self, layers: nn.Sequential, spec: str) -> None:
+        stages = parse_stages(spec, len(layers))
+        super().__init__(*[layers[i].to(device) for start, stop, device in stages for i in range(start, stop)])
+        self.spec = spec
+        self.stages = [(start, stop) for start, stop, _ in stages]
+        self.devices = [device for _, _, device in stages]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for (start, stop), device in zip(self.stages, self.devices, strict=True):
+            x = x.to(device)
+            for i in range(start, stop):
+                x = self[i](x)
+        return x
+
+
+def split_network(model: nn.Module, spec: str) -> nn.Module:
+    """Replace `model.net` with a StagedSequential following `spec`."""
+    layers = getattr(model, "net", None)
+    if not isinstance(layers, nn.Sequential):
+        raise ConfigError(
+            f"{type(model).__module__}.{type(model).__name__} has no `net` layer list to split; "
+            "stage specs work for the dcgan and mlp families"
+        )
+    model.net = StagedSequential(layers, spec)
+    return model
+
+
+def input_device(model: nn.Module, default: torch.device) -> torch.device:
+    """The device a network's input must be on: its first stage's, or `default`."""
+    net = getattr(model, "net", None)
+    return net.devices[0] if isinstance(net, StagedSequential) else default

@@ -1,0 +1,147 @@
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from hetgan.cli import main
+from hetgan.config import DataConfig
+from hetgan.data import load_data
+from hetgan.eval.evalnet import load_evalnet, save_evalnet, train_evalnet
+from hetgan.report.html import build_report
+from hetgan.training import Trainer, train
+from hetgan.training.monitor import Monitor
+from tests.conftest import tiny_config
+
+
+@pytest.fixture
+def digits_run(tmp_path):
+    """A tiny run on the bundled digits with evaluation during training."""
+    cfg = tiny_config("mnist5k")
+    cfg.train.kimg, cfg.train.eval_kimg, cfg.train.eval_n = 0.08, 0.04, 200
+    return train(cfg, out=tmp_path / "run", progress=False)
+
+
+def test_eval_during_training_logs_metrics_and_keeps_best(digits_run):
+    records = [json.loads(x) for x in (digits_run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r.get("eval")]
+    assert [r["kimg"] for r in evals] == [0.04, 0.08]
+    assert all(r["fid"] > 0 and 0 <= r["coverage"] <= 1 and "digits" in r["feature_space"] for r in evals)
+    best = json.loads((digits_run / "best.json").read_text())
+    assert best["fid"] == min(r["fid"] for r in evals)
+    assert (digits_run / "generator-best.safetensors").is_file()
+    assert len(list((digits_run / "best").glob("step-*"))) == 1
+    assert {p.name for p in (digits_run / "plots").iterdir()} >= {"losses.png", "d_outputs.png", "eval.png"}
+
+
+def test_eval_cli_table_and_json(digits_run, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["eval", "--run", str(digits_run), "--n", "300", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "feature space: digits" in table and "fid" in table and "kid_std" in table
+    result = json.loads(out.read_text())
+    assert result["n_generated"] == 300 and result["seed"] == 0 and 0 <= result["precision"] <= 1
+    assert main(["eval", "--run", str(digits_run), "--n", "300", "--metrics", "nope"]) == 2
+
+
+def test_eval_on_2d_run_reports_modes(tmp_path, capsys):
+    run = train(tiny_config("ring8", arch="mlp"), out=tmp_path / "r", progress=False)
+    assert main(["eval", "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "modes_captured" in out and "modes_total        8" in out and "2500" in out
+
+
+def test_eval_without_feature_net_says_how_to_get_one(tiny, tmp_path, capsys):
+    run = train(tiny, out=tmp_path / "r", progress=False)
+    assert main(["eval", "--run", str(run), "--n", "50"]) == 2
+    assert "hetgan evalnet train --data npz:" in capsys.readouterr().err
+
+
+def test_evalnet_train_any_labelled_data(digits_npz, tmp_path, caplog):
+    data = load_data(DataConfig(spec="mnist5k"))
+    data.images, data.labels = data.images[::8], data.labels[::8]  # 625 digits, all classes
+    net = train_evalnet(data, epochs=1, held_out_per_class=5)
+    assert net.cfg.held_out_count == 50 and 0.1 <= net.cfg.held_out_accuracy <= 1.0
+    loaded = load_evalnet(save_evalnet(net, tmp_path / "e.safetensors"))
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    assert torch.equal(net.eval()(x)[1], loaded(x)[1]) and loaded.cfg.held_out_accuracy == net.cfg.held_out_accuracy
+
+
+def test_evalnet_cli_needs_labels(tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("L", (8, 8), i * 50).save(tmp_path / f"{i}.png")
+    assert main(["evalnet", "train", "--data", f"folder:{tmp_path}", "--out", str(tmp_path / "e.st")]) == 2
+    assert "needs labels" in capsys.readouterr().err
+
+
+def test_collapse_alarm_names_step_and_checkpoint(tiny, tmp_path, caplog):
+    t = Trainer(tiny)
+    t.step()
+    t.saved_step = 1
+    monitor = Monitor(t, tmp_path)
+    monitor.check_samples(torch.rand(16, 1, 32, 32) * 2 - 1)  # varied: no alarm
+    assert not monitor.alarms
+    monitor.check_samples(torch.zeros(16, 1, 32, 32))  # every z gives the same image
+    assert len(monitor.alarms) == 1
+    assert "mode collapse" in monitor.alarms[0] and "step 1" in monitor.alarms[0]
+    assert "step-000000001" in monitor.alarms[0] and "ALARM" in caplog.text
+
+
+def test_d_won_and_blowup_alarms(tiny, tmp_path):
+    monitor = Monitor(Trainer(tiny), tmp_path)
+    for _ in range(5):
+        monitor.check_record({"d_acc": 1.0, "loss_d": 0.5, "loss_g": 1.0})
+    assert len(monitor.alarms) == 1 and "discriminator has been right" in monitor.alarms[0]
+    for _ in range(20):
+        monitor.check_record({"d_acc": 0.6, "loss_d": 0.5, "loss_g": 1.0})
+    assert len(monitor.alarms) == 1
+    monitor.check_record({"d_acc": 0.6, "loss_d": 0.5, "loss_g": 5e3})
+    assert len(monitor.alarms) == 2 and "blew up" in monitor.alarms[1]
+
+
+def test_report_is_self_contained(digits_run):
+    page = build_report(digits_run).read_text()
+    assert page.count("data:image/png;base64,") >= 5
+    assert not re.search(r'src="(?!data:)', page)  # nothing loaded from outside the file
+    assert "train:" in page and "evalnet" in page and "torch" in page  # config and machine sections
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_renders_in_headless_chromium(digits_run, tmp_path):
+    report = build_report(digits_run)
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [*flags, "--virtual-time-budget=5000", "--dump-dom", report.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    loaded = re.search(r'data-images-ok="(\d+)/(\d+)"', dom.stdout)
+    assert loaded, dom.stderr[-2000:]
+    ok, total = map(int, loaded.groups())
+    assert total >= 5 and ok == total
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1200,2400", report.as_uri()], capture_output=True, timeout=120
+    )
+    assert shot.stat().st_size > 20_000  # a rendered page with pictures, not a blank one
+    shutil.copy(shot, digits_run.parent / "report_screenshot.png")

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from hetgan.config import DataConfig
+from hetgan.data import load_data
+from hetgan.eval import metrics as M
+from hetgan.eval.evalnet import load_evalnet
+from hetgan.eval.score import real_features
+
+
+def scipy_fid(a, b):
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3, 2.0])
+def test_fid_matches_scipy_reference(shift):
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(2000, 16)) @ rng.normal(size=(16, 16))
+    b = rng.normal(size=(2000, 16)) * 1.3 + shift
+    assert M.fid(a, b) == pytest.approx(scipy_fid(a, b), rel=1e-6)
+
+
+def test_fid_of_identical_sets_is_zero():
+    a = np.random.default_rng(0).normal(size=(500, 8))
+    assert abs(M.fid(a, a)) < 1e-8
+
+
+def test_kid_is_unbiased_and_fid_is_not():
+    rng = np.random.default_rng(0)
+    means = [M.kid(rng.normal(size=(200, 8)), rng.normal(size=(200, 8)), n_subsets=20, subset_size=100)[0]
+             for _ in range(30)]  # fmt: skip
+    spread = np.std(means) / np.sqrt(len(means))
+    assert abs(np.mean(means)) < 3 * spread  # unbiased: zero within its standard error
+    assert M.fid(rng.normal(size=(200, 8)), rng.normal(size=(200, 8))) > 0.01  # FID is biased upward
+    far = M.kid(rng.normal(size=(200, 8)), rng.normal(size=(200, 8)) + 1, n_subsets=5, subset_size=100)[0]
+    assert far > 10 * abs(np.mean(means))
+
+
+def test_precision_recall_density_coverage_extremes():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(300, 4))
+    assert M.precision_recall(real, real.copy()) == (1.0, 1.0)
+    far = real + 100
+    assert M.precision_recall(real, far) == (0.0, 0.0)
+    assert M.density_coverage(real, far) == (0.0, 0.0)
+    density, coverage = M.density_coverage(real, real.copy(), k=5)
+    assert coverage == 1.0 and density == pytest.approx(1.0, abs=0.25)
+    # A generator that covers only half of the real data: precision stays high, recall drops.
+    half = real[real[:, 0] > 0]
+    p, r = M.precision_recall(real, half)
+    assert p == 1.0 and r < 0.75
+
+
+def test_mode_metrics_hand_built():
+    modes = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    sigma = 0.1
+    points = np.array([[0.05, 0.0]] * 6 + [[10.0, 0.1]] * 2 + [[5.0, 5.0]] * 2)  # 2 bad, mode 3/4 missed
+    r = M.mode_metrics(points, modes, sigma)
+    assert r["modes_captured"] == 2 and r["high_quality"] == pytest.approx(0.8)
+    assert r["mode_counts"] == [6, 2, 0, 0]
+    p = np.array([6, 2]) / 8
+    assert r["reverse_kl"] == pytest.approx(float((p * np.log(p / 0.25)).sum()))
+    uniform = M.mode_metrics(np.repeat(modes, 5, axis=0), modes, sigma)
+    assert uniform["modes_captured"] == 4 and uniform["reverse_kl"] == pytest.approx(0.0)
+
+
+def test_class_histogram_and_diversity():
+    probs = np.eye(10)[[0, 0, 3, 9]] * 0.9 + 0.01
+    h = M.class_histogram(probs, 10)
+    assert h["classes_covered"] == 3 and h["class_counts"][0] == 2
+    real = np.random.default_rng(0).normal(size=(100, 4))
+    collapsed = np.repeat(real[:1], 100, axis=0)
+    assert M.diversity(collapsed, real) == 0.0 and M.diversity(real, real) == pytest.approx(1.0)
+
+
+def test_digit_fid_real_halves_near_zero_noise_far():
+    net = load_evalnet()
+    assert net.cfg.held_out_accuracy >= 0.98
+    images = load_data(DataConfig(spec="mnist5k")).images
+    feats = real_features(net, images[::2])
+    held = real_features(net, images[1::2])
+    noise = net.embed(torch.rand(2500, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1)[0]
+    real_vs_real, real_vs_noise = M.fid(feats, held), M.fid(feats, noise)
+    assert real_vs_real < 0.02 * real_vs_noise, (real_vs_real, real_vs_noise)
