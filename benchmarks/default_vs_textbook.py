@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,18 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from textbook import TextbookDCGAN, mnist32  # noqa: E402
-
-import hetgan  # noqa: E402
-from hetgan.config import DataConfig  # noqa: E402
-from hetgan.data import load_data  # noqa: E402
-from hetgan.eval.evalnet import load_evalnet  # noqa: E402
-from hetgan.eval.metrics import class_histogram, fid  # noqa: E402
-from hetgan.eval.score import real_features  # noqa: E402
-from hetgan.sampling import write_samples  # noqa: E402
-
-MNIST = Path(__file__).resolve().parents[1] / "hetgan" / "data" / "mnist_5k.npz"
+import hetgan
+from hetgan.bench.textbook import TextbookLoop
+from hetgan.config import DataConfig, TrainConfig
+from hetgan.data import load_data
+from hetgan.eval.evalnet import load_evalnet
+from hetgan.eval.metrics import class_histogram, fid
+from hetgan.eval.score import real_features
+from hetgan.models import build_models
+from hetgan.sampling import write_samples
 
 
 def score(samples: torch.Tensor, net, real_feats: np.ndarray) -> dict:
@@ -48,12 +44,13 @@ def score(samples: torch.Tensor, net, real_feats: np.ndarray) -> dict:
     }
 
 
-def textbook_samples(G: torch.nn.Module, n: int, seed: int = 0) -> torch.Tensor:
-    """The textbook loop's samples, shown as its tutorial shows them (train-mode BatchNorm)."""
-    G = copy.deepcopy(G).train()
-    z = torch.randn(n, 100, 1, 1, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return torch.cat([G(z[i : i + 500]) for i in range(0, n, 500)])
+def textbook_loop(real_uint8: np.ndarray) -> TextbookLoop:
+    """The textbook DCGAN-32: width 64, z 100, batch 64, BCE, Adam 2e-4, DCGAN init."""
+    cfg = TrainConfig()  # dcgan, width 64, z_dim 100, 32 px: the textbook layout
+    torch.manual_seed(0)
+    G, D = build_models(cfg)
+    images = torch.from_numpy(real_uint8).float().div(127.5).sub(1)
+    return TextbookLoop(G, D, images, cfg.model.z_dim, batch_size=64)
 
 
 def main() -> None:
@@ -83,7 +80,7 @@ def main() -> None:
     }
     write_samples(G.sample(64, seed=0), out / "hetgan_default.png")
 
-    loop = TextbookDCGAN(mnist32(str(MNIST)))
+    loop = textbook_loop(real)
     snap: dict = {}
 
     def at_tick(elapsed: float) -> None:
@@ -95,7 +92,8 @@ def main() -> None:
         ("textbook, same wall time", snap["G"], snap["wall_s"], snap["kimg"]),
         (f"textbook, {args.textbook_seconds / 60:.0f} min", loop.G, args.textbook_seconds, loop.nimg / 1000),
     ]:
-        samples = textbook_samples(G_tb, args.n)
+        loop.G = G_tb
+        samples = loop.sample(args.n)
         rows[name] = {"wall_s": round(wall, 1), "kimg": round(kimg, 1), **score(samples, net, real_feats)}
         write_samples(samples[:64], out / (name.replace(" ", "_").replace(",", "") + ".png"))
 

@@ -1,52 +1,33 @@
-"""Training throughput: hetgan's trainer vs the plain textbook loop, same DCGAN-32, same batch,
-same loss, same CPU, in one process. Prints img/s for each and the ratio.
+"""Training throughput: the textbook loop vs hetgan's trainer, plain and tuned, on the same
+DCGAN-32 (width 64), batch 64, BCE loss, same device, in one process. Prints img/s and ratios.
 
-    python benchmarks/train_throughput.py [--seconds 20] [--batch 64] [--width 64]
+    python benchmarks/train_throughput.py [--seconds 20] [--batch 64] [--width 64] [--device cpu]
 
-hetgan rows: `plain` (fp32, contiguous layout, the trainer's reused G forward and device-resident
-data) and `channels_last` (the layout knob the default preset turns on).
+Rows: `textbook loop` (hetgan.bench.textbook: DataLoader, sigmoid + BCELoss, two G forwards),
+`hetgan plain` (fp32, contiguous, eager: the reused G forward and device-resident data alone) and
+`hetgan tuned` (the knobs `hetgan tune` picks on this machine, measured again here).
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from textbook import TextbookDCGAN, mnist32  # noqa: E402
-
-from hetgan.config import TrainConfig  # noqa: E402
-from hetgan.training import Trainer  # noqa: E402
-
-MNIST = Path(__file__).resolve().parents[1] / "hetgan" / "data" / "mnist_5k.npz"
+from hetgan.bench.bench import steady_img_per_s, textbook_img_per_s
+from hetgan.bench.tune import candidates_for, format_tune, tune
+from hetgan.config import TrainConfig, apply_overrides
+from hetgan.placement import resolve_device
+from hetgan.training import Trainer
 
 
-def time_textbook(data: torch.Tensor, batch: int, width: int, seconds: float) -> float:
-    loop = TextbookDCGAN(data, batch_size=batch, width=width)
-    loop.run_for(min(3.0, seconds / 4))  # warm-up
-    loop.nimg = 0
-    return loop.run_for(seconds)
-
-
-def time_hetgan(batch: int, width: int, seconds: float, channels_last: bool) -> float:
-    cfg = TrainConfig(preset="bench")
+def config(batch: int, width: int, device: str) -> TrainConfig:
+    cfg = TrainConfig(preset="bench_dcgan32")
     cfg.model.width = width
     cfg.train.batch_size = batch
-    cfg.accel.device = "cpu"
-    cfg.accel.channels_last = channels_last
-    trainer = Trainer(cfg.validate())
-    warm_end = time.perf_counter() + min(3.0, seconds / 4)
-    while time.perf_counter() < warm_end:
-        trainer.step()
-    start, nimg0 = time.perf_counter(), trainer.nimg
-    while time.perf_counter() - start < seconds:
-        trainer.step()
-    return (trainer.nimg - nimg0) / (time.perf_counter() - start)
+    cfg.accel.device = device
+    return cfg.validate()
 
 
 def main() -> None:
@@ -54,19 +35,25 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per setup")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--width", type=int, default=64, help="DCGAN width (textbook ngf = ndf = 64)")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    cfg = config(args.batch, args.width, args.device)
+    device = resolve_device(args.device)
     print(
-        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
-        f"DCGAN-32 width {args.width}, batch {args.batch}, {args.seconds:.0f} s each"
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"device {device}; DCGAN-32 width {args.width}, batch {args.batch}, {args.seconds:.0f} s each"
     )
-    textbook = time_textbook(mnist32(str(MNIST)), args.batch, args.width, args.seconds)
-    rows = [("textbook loop", textbook)]
-    for channels_last in (False, True):
-        name = "hetgan channels_last" if channels_last else "hetgan plain"
-        rows.append((name, time_hetgan(args.batch, args.width, args.seconds, channels_last)))
-    print(f"{'setup':<22}{'img/s':>10}{'vs textbook':>14}")
+    best, table = tune(cfg, candidates_for(cfg, device), seconds=min(5.0, args.seconds / 2))
+    print(format_tune(best, table))
+    plain = Trainer(cfg)
+    rows = [("textbook loop", textbook_img_per_s(cfg, plain, args.seconds))]
+    rows.append(("hetgan plain", steady_img_per_s(plain, args.seconds)))
+    tuned_cfg = apply_overrides(config(args.batch, args.width, args.device), best.overrides)
+    rows.append((f"hetgan tuned ({best.name})", steady_img_per_s(Trainer(tuned_cfg), args.seconds)))
+    textbook = rows[0][1]
+    print(f"{'setup':<52}{'img/s':>10}{'vs textbook':>14}")
     for name, img_s in rows:
-        print(f"{name:<22}{img_s:>10.1f}{img_s / textbook:>13.2f}x")
+        print(f"{name:<52}{img_s:>10.1f}{img_s / textbook:>13.2f}x")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,24 @@ def apply_backend_flags(cfg: AccelConfig) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+@contextlib.contextmanager
+def restored_backend_flags():
+    """Undo apply_backend_flags on exit, so one tuning candidate's threads or TF32 setting does
+    not leak into the next."""
+    saved = (
+        torch.get_num_threads(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1], saved[2]
+        torch.backends.cudnn.benchmark = saved[3]
+
+
 def autocast(precision: str, device_types: Iterable[str]) -> contextlib.AbstractContextManager:
     """Autocast on every device type a network runs on; a no-op for fp32."""
     if precision == "fp32":

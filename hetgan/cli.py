@@ -18,11 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     from hetgan.data import describe_specs
     from hetgan.losses import LOSSES
     from hetgan.models import MODELS
-    from hetgan.presets import DEFAULT_PRESET, PRESETS
+    from hetgan.presets import PRESETS
 
     parser = argparse.ArgumentParser(
         prog="hetgan",
-        description="Train, sample and check data for GANs.",
+        description="Train, evaluate, benchmark and sample GANs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             f"presets: {', '.join(PRESETS.names())}\nmodels:  {', '.join(MODELS.names())}\n"
@@ -31,6 +31,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hetgan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_train, add_sample, add_eval, add_evalnet, add_bench, add_tune, add_report, add_data):
+        add(sub)
+    return parser
+
+
+def add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override any config field, e.g. --set train.batch_size=128 (repeatable)",
+    )
+
+
+def add_source(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a run directory")
+    src.add_argument("--artifact", help="a generator.safetensors file")
+
+
+def add_train(sub) -> None:
+    from hetgan.presets import DEFAULT_PRESET, PRESETS
 
     t = sub.add_parser(
         "train",
@@ -38,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"settable fields for --set:\n  {', '.join(field_names())}",
     )
-    t.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS.names())} (default {DEFAULT_PRESET})")
+    t.add_argument("--preset", help=f"one of {', '.join(PRESETS.names())} (default {DEFAULT_PRESET})")
     t.add_argument("--data", help="data spec, e.g. mnist5k, folder:DIR, npz:FILE (see `hetgan --help`)")
     t.add_argument("--kimg", type=float, help="training length in thousands of real images")
     t.add_argument("--seed", type=int)
@@ -47,13 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto, cpu, cuda[:i], mps or xpu")
     t.add_argument("--eval-every", type=float, metavar="KIMG", help="metrics every KIMG; keeps the best by FID")
     t.add_argument("--on-bad-image", choices=["error", "skip"])
-    t.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override any config field, e.g. --set train.batch_size=128 (repeatable)",
-    )
+    add_set(t)
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
     t.add_argument(
         "--allow-config-change",
@@ -61,46 +78,77 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume even if the checkpoint was written under a different config",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--placement",
+        choices=["manual", "auto"],
+        default="manual",
+        help="auto: run `hetgan tune` first and train with the fastest sound knobs",
+    )
 
+
+def add_sample(sub) -> None:
     s = sub.add_parser("sample", help="write samples from a trained generator")
-    src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="a run directory")
-    src.add_argument("--artifact", help="a generator.safetensors file")
+    add_source(s)
     s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="FILE.png (grid or 2-D scatter), FILE.npz, or DIR/ (PNGs)")
     s.add_argument("--device", default="cpu")
 
+
+def add_eval(sub) -> None:
     e = sub.add_parser("eval", help="FID/KID/precision-recall/coverage or 2-D mode metrics")
-    src = e.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="a run directory")
-    src.add_argument("--artifact", help="a generator.safetensors file")
+    add_source(e)
     e.add_argument("--n", type=int, default=None, help="samples (default 5000 images, 2500 points)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--metrics", nargs="+", help="subset of: fid kid pr dc classes diversity (images)")
     e.add_argument("--evalnet", help="feature network from `hetgan evalnet train` (default: digits)")
     e.add_argument("--json", help="also write the results to this JSON file")
 
+
+def add_evalnet(sub) -> None:
     en = sub.add_parser("evalnet", help="feature networks for evaluation")
-    ensub = en.add_subparsers(dest="evalnet_command", required=True)
-    et = ensub.add_parser("train", help="train a feature network on a labelled dataset")
+    et = en.add_subparsers(dest="evalnet_command", required=True).add_parser(
+        "train", help="train a feature network on a labelled dataset"
+    )
     et.add_argument("--data", required=True, help="labelled data spec: mnist:DIR, cifar10:DIR, folder:DIR, npz:FILE")
     et.add_argument("--out", required=True, help="where to write the .safetensors file")
     et.add_argument("--resolution", type=int, default=32)
     et.add_argument("--channels", type=int, default=1, choices=[1, 3])
     et.add_argument("--epochs", type=int, default=20)
 
+
+def add_bench(sub) -> None:
+    b = sub.add_parser("bench", help="steady-state img/s, phase breakdown, FLOPs, memory, vs the textbook loop")
+    b.add_argument("--preset", help="preset to measure (default dcgan_mnist)")
+    b.add_argument("--batch", type=int, nargs="+", help="one or more batch sizes")
+    b.add_argument("--seconds", type=float, default=10.0, help="timed seconds per measurement")
+    add_set(b)
+    b.add_argument("--no-textbook", action="store_true", help="skip the textbook-loop comparison")
+    b.add_argument("--json", help="write all results to this JSON file")
+
+
+def add_tune(sub) -> None:
+    tn = sub.add_parser("tune", help="time candidate placements and knobs; pick the fastest sound one")
+    tn.add_argument("--preset", help="preset to tune (default dcgan_mnist)")
+    add_set(tn)
+    tn.add_argument("--seconds", type=float, default=3.0, help="timed seconds per candidate")
+    tn.add_argument("--json", help="write the table and the choice to this JSON file")
+
+
+def add_report(sub) -> None:
     r = sub.add_parser("report", help="write a self-contained HTML report of a run")
     r.add_argument("run_dir")
     r.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
 
+
+def add_data(sub) -> None:
     d = sub.add_parser("data", help="dataset tools")
-    dsub = d.add_subparsers(dest="data_command", required=True)
-    c = dsub.add_parser("check", help="decode every item of a dataset and report each bad file")
+    c = d.add_subparsers(dest="data_command", required=True).add_parser(
+        "check", help="decode every item of a dataset and report each bad file"
+    )
     c.add_argument("spec", help="data spec, e.g. folder:DIR")
     c.add_argument("--resolution", type=int, default=32)
     c.add_argument("--channels", type=int, default=1, choices=[1, 3])
-    return parser
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -127,7 +175,49 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 0
     cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), overrides)
+    if args.placement == "auto":
+        best, _ = run_tune(cfg, seconds=3.0)
+        cfg = apply_overrides(cfg, best.overrides)  # the choice is written into the run's config.yaml
     train(cfg, out=args.out, progress=not args.no_progress)
+    return 0
+
+
+def run_tune(cfg, seconds: float):
+    from hetgan.bench.tune import candidates_for, format_tune, tune
+    from hetgan.placement import resolve_device
+
+    best, table = tune(cfg, candidates_for(cfg, resolve_device(cfg.accel.device)), seconds)
+    print(format_tune(best, table))
+    return best, table
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import copy
+    import json
+
+    from hetgan.bench.bench import format_bench, run_bench
+    from hetgan.presets import DEFAULT_PRESET, get_preset
+
+    base = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), args.set)
+    results = []
+    for batch in args.batch or [base.train.batch_size]:
+        cfg = apply_overrides(copy.deepcopy(base), [f"train.batch_size={batch}"])
+        results.append(run_bench(cfg, args.seconds, textbook=not args.no_textbook))
+        print(format_bench(results[-1]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import json
+
+    from hetgan.presets import DEFAULT_PRESET, get_preset
+
+    cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), args.set)
+    best, table = run_tune(cfg, args.seconds)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"chosen": best.overrides, "table": [vars(c) for c in table]}, indent=1))
     return 0
 
 
@@ -215,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         "eval": cmd_eval,
         "evalnet": cmd_evalnet,
         "report": cmd_report,
+        "bench": cmd_bench,
+        "tune": cmd_tune,
         "data": cmd_data,
     }
     try:

@@ -49,6 +49,8 @@ class DataConfig:
     resolution: int = 32  # images are centre-cropped and resized to this square size
     channels: int = 1  # 1 = grayscale, 3 = RGB
     on_bad_image: str = "error"  # error | skip
+    loader: str = "auto"  # auto | resident (uint8 on the device) | prefetch (CPU thread, pinned, async copy)
+    resident_max_mb: int = 2048  # with loader=auto, larger datasets are prefetched instead
 
 
 @dataclass
@@ -108,6 +110,7 @@ class TrainConfig:
             (self.data.channels in (1, 3), "data.channels must be 1 or 3"),
             (self.data.resolution >= 4, "data.resolution must be >= 4"),
             (self.data.on_bad_image in ("error", "skip"), "data.on_bad_image must be error or skip"),
+            (self.data.loader in ("auto", "resident", "prefetch"), "data.loader must be auto, resident or prefetch"),
             (self.train.kimg > 0, "train.kimg must be > 0"),
             (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
             (self.train.keep_checkpoints >= 2, "train.keep_checkpoints must be >= 2"),
@@ -146,6 +149,8 @@ RESUMABLE_FIELDS = frozenset(
         "train.eval_kimg",
         "train.eval_n",
         "train.evalnet",
+        "data.loader",
+        "data.resident_max_mb",
     }
 )
 

@@ -224,3 +224,25 @@ def test_image_sampler_covers_each_epoch_once_and_resumes(digits_npz):
     s2.load_state_dict(state)
     assert state == {"epoch": 1, "offset": 50} and s2.next(100).equal(expected)
     assert first_epoch.min() >= -1 and first_epoch.max() <= 1
+
+
+def test_prefetch_sampler_matches_resident_and_resumes(digits_npz):
+    data = load_data(cfg(f"npz:{digits_npz}", resolution=28))
+    resident = make_sampler(data, seed=2, device=torch.device("cpu"), loader="resident")
+    prefetch = make_sampler(data, seed=2, device=torch.device("cpu"), loader="prefetch")
+    assert type(prefetch).__name__ == "PrefetchSampler"
+    for _ in range(5):  # crosses an epoch boundary (128 images, batches of 48)
+        assert torch.equal(resident.next(48), prefetch.next(48))
+    state = prefetch.state_dict()
+    assert state == resident.state_dict()  # the position handed out, not the one prefetched
+    expected = resident.next(48)
+    again = make_sampler(data, seed=2, device=torch.device("cpu"), loader="prefetch")
+    again.load_state_dict(state)
+    assert torch.equal(again.next(48), expected)
+    prefetch.close()
+    again.close()
+
+
+def test_auto_loader_keeps_small_data_resident(digits_npz):
+    data = load_data(cfg(f"npz:{digits_npz}", resolution=28))
+    assert type(make_sampler(data, 0, torch.device("cpu"))).__name__ == "ImageSampler"

@@ -6,6 +6,9 @@ indexed there, so the hot path has no loader, no worker processes and no host-de
 
 from __future__ import annotations
 
+import queue
+import threading
+
 import torch
 
 from hetgan.data.sources import Data, ImageData, Mixture
@@ -30,6 +33,10 @@ class ImageSampler:
         return torch.randperm(len(self.images), generator=g).to(self.images.device)
 
     def next(self, batch_size: int) -> torch.Tensor:
+        """The next batch, float [B, C, H, W] in [-1, 1] on the sampler's device."""
+        return to_unit_range(self.next_uint8(batch_size))
+
+    def next_uint8(self, batch_size: int) -> torch.Tensor:
         chunks, need = [], batch_size
         while need > 0:
             take = min(need, len(self.images) - self.offset)
@@ -40,7 +47,7 @@ class ImageSampler:
                 self.epoch, self.offset = self.epoch + 1, 0
                 self._perm = self._permutation(self.epoch)
         index = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-        return self.images[index].float().div_(127.5).sub_(1.0)
+        return self.images[index]  # [B, C, H, W] uint8
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "offset": self.offset}
@@ -71,7 +78,70 @@ class MixtureSampler:
         self.generator.set_state(state["rng"])
 
 
-def make_sampler(data: Data, seed: int, device: torch.device) -> ImageSampler | MixtureSampler:
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(127.5).sub_(1.0)
+
+
+class PrefetchSampler:
+    """For datasets too large to keep on the accelerator: a worker thread gathers each batch on
+    the CPU (uint8, pinned memory on CUDA) while the device computes the previous step; the
+    batch is then copied with non_blocking=True. Same batches, same order and the same
+    checkpointable position as ImageSampler.
+    """
+
+    def __init__(self, data: ImageData, seed: int, device: torch.device, depth: int = 3) -> None:
+        self.cpu = ImageSampler(data, seed, torch.device("cpu"))  # the order logic, on the host
+        self.device = device
+        self.depth = depth
+        self._state = self.cpu.state_dict()  # position after the last batch handed out
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _work(self, batch_size: int, q: queue.Queue, stop: threading.Event) -> None:
+        pin = self.device.type == "cuda"
+        while not stop.is_set():
+            batch = self.cpu.next_uint8(batch_size)
+            item = (batch.pin_memory() if pin else batch, self.cpu.state_dict())
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    def next(self, batch_size: int) -> torch.Tensor:
+        if self._thread is None:
+            self._queue, self._stop = queue.Queue(maxsize=self.depth), threading.Event()
+            self._thread = threading.Thread(target=self._work, args=(batch_size, self._queue, self._stop), daemon=True)
+            self._thread.start()
+        batch, self._state = self._queue.get()
+        return to_unit_range(batch.to(self.device, non_blocking=True))
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    def state_dict(self) -> dict:
+        return dict(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.close()  # batches already prefetched belong to the old position
+        self.cpu.load_state_dict(state)
+        self._state = dict(state)
+
+
+def make_sampler(
+    data: Data, seed: int, device: torch.device, loader: str = "auto", resident_max_mb: int = 2048
+) -> ImageSampler | MixtureSampler | PrefetchSampler:
+    """Mixtures are sampled directly; images live on the device unless they are larger than
+    `resident_max_mb` on an accelerator (loader 'auto') or loader is 'prefetch'."""
+    device = torch.device(device)
     if isinstance(data, Mixture):
         return MixtureSampler(data, seed, device)
+    too_big = device.type != "cpu" and data.images.nbytes > resident_max_mb * 2**20
+    if loader == "prefetch" or (loader == "auto" and too_big):
+        return PrefetchSampler(data, seed, device)
     return ImageSampler(data, seed, device)

@@ -95,7 +95,8 @@ class Monitor:
         if self._evaluator is None:
             self._evaluator = Evaluator(cfg, evalnet=cfg.train.evalnet or None, metrics=("fid", "pr", "dc", "classes"))
         G = Generator(recalibrated_copy(t.G_ema, cfg.model.z_dim), cfg)
-        result = self._evaluator(G, cfg.train.eval_n)
+        n = 2500 if isinstance(t.data, Mixture) else cfg.train.eval_n  # PacGAN protocol for 2-D data
+        result = self._evaluator(G, n)
         record = {"step": t.step_count, "kimg": round(t.nimg / 1000, 3), "eval": True}
         record.update({k: v for k, v in result.items() if not isinstance(v, list)})
         self._keep_best(record)

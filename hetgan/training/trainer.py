@@ -59,7 +59,8 @@ class Trainer:
         self.z_device = input_device(self.G, self.g_device)
         self.rng = torch.Generator(self.z_device).manual_seed(cfg.seed + 1)
         self.loss = build_loss(cfg.loss, self.rng)
-        self.sampler = make_sampler(self.data, cfg.seed, input_device(self.D, self.d_device))
+        self.data_device = input_device(self.D, self.d_device)  # where real batches live
+        self.sampler = make_sampler(self.data, cfg.seed, self.data_device, cfg.data.loader, cfg.data.resident_max_mb)
         self.G_fwd, self.D_fwd = compiled(self.G, self.D, accel, cfg.loss, self.device)
         self.g_precision, self.d_precision = accel.precision, d_precision(accel, cfg.loss)
         self.scaler_G = grad_scaler(self.g_precision, self.g_device)
@@ -99,11 +100,13 @@ class Trainer:
             with self.phase("g_forward"):
                 z = torch.randn(batch, z_dim, generator=self.rng, device=self.z_device)
                 # Only the last D step's fake keeps its graph: the G step reuses that forward.
-                with torch.set_grad_enabled(k == self.loss.n_critic - 1), self._autocast_G():
+                with torch.set_grad_enabled(k == self.loss.n_critic - 1), self.autocast_G():
                     fake = self.G_fwd(z)
             if fake.device != real.device:
                 with self.phase("transfer"):
                     fake = fake.to(real.device)  # differentiable: G's gradient comes back over it
+            if self.d_precision == "fp32" and fake.dtype != torch.float32:
+                fake = fake.float()  # G ran in reduced precision, D does not autocast
             self._d_phase(real, fake, result)
             self.nimg += batch
         self._g_phase(fake, result)
@@ -116,14 +119,14 @@ class Trainer:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _autocast_G(self):
+    def autocast_G(self):
         return autocast(self.g_precision, self._device_types(self.G))
 
-    def _autocast_D(self):
+    def autocast_D(self):
         return autocast(self.d_precision, self._device_types(self.D))
 
     def _d_phase(self, real: torch.Tensor, fake: torch.Tensor, result: StepResult) -> None:
-        with self.phase("d_forward"), self._autocast_D():
+        with self.phase("d_forward"), self.autocast_D():
             loss, stats = self.loss.d_loss(self.D_fwd, real, fake)
         result.losses.update({k: float(v) for k, v in stats.items()}, loss_d=float(loss.detach()))
         if not math.isfinite(result.losses["loss_d"]):
@@ -134,7 +137,7 @@ class Trainer:
     def _g_phase(self, fake: torch.Tensor, result: StepResult) -> None:
         self.D.requires_grad_(False)  # G's step needs no gradients for D's weights
         try:
-            with self.phase("g_loss_forward"), self._autocast_D():
+            with self.phase("g_loss_forward"), self.autocast_D():
                 loss, stats = self.loss.g_loss(self.D_fwd, fake)
         finally:
             self.D.requires_grad_(True)

@@ -1,0 +1,1 @@
+"""Measuring speed: the textbook baseline loop, `hetgan bench` and `hetgan tune`."""

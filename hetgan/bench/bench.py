@@ -1,0 +1,169 @@
+"""`hetgan bench`: steady-state training speed of a config, where the time goes, and how close it
+comes to the device's measured peak; with the textbook loop on the same model for comparison."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import resource
+import time
+from collections import defaultdict
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from hetgan.bench.textbook import TextbookLoop
+from hetgan.config import TrainConfig
+from hetgan.data import ImageData
+from hetgan.models import build_models
+from hetgan.training.trainer import Trainer
+
+
+def synchronize(devices) -> None:
+    for device in devices:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+
+class PhaseTimer:
+    """Wall time per named phase; synchronises accelerators at each boundary so time lands in
+    the phase that spent it (this slows the step a little: img/s is measured without it)."""
+
+    def __init__(self, devices) -> None:
+        self.devices = list(devices)
+        self.totals: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        synchronize(self.devices)
+        start = time.perf_counter()
+        yield
+        synchronize(self.devices)
+        self.totals[name] += time.perf_counter() - start
+
+
+def trainer_devices(trainer: Trainer) -> set[torch.device]:
+    return {p.device for net in (trainer.G, trainer.D) for p in net.parameters()}
+
+
+def steady_img_per_s(trainer: Trainer, seconds: float, warmup_steps: int = 5) -> float:
+    devices = trainer_devices(trainer)
+    for _ in range(warmup_steps):  # first steps pay for allocation, autotuning and compilation
+        trainer.step()
+    synchronize(devices)
+    start, nimg0 = time.perf_counter(), trainer.nimg
+    while time.perf_counter() - start < seconds:
+        trainer.step()
+    synchronize(devices)
+    return (trainer.nimg - nimg0) / (time.perf_counter() - start)
+
+
+def phase_breakdown(trainer: Trainer, steps: int = 10) -> dict[str, float]:
+    """Milliseconds per step in each phase."""
+    trainer.timer = PhaseTimer(trainer_devices(trainer))
+    try:
+        for _ in range(steps):
+            trainer.step()
+        return {name: 1000 * total / steps for name, total in trainer.timer.totals.items()}
+    finally:
+        trainer.timer = None
+
+
+def flops_per_image(cfg: TrainConfig) -> float:
+    """FLOPs of one full training step (D and G phases, forward and backward) per real image,
+    counted by torch.utils.flop_counter on an eager copy of the config."""
+    eager = copy.deepcopy(cfg)
+    eager.accel.compile = eager.accel.cuda_graphs = False
+    trainer = Trainer(eager)
+    trainer.step()  # the first step creates optimiser state; count a steady one
+    with FlopCounterMode(display=False) as counter:
+        trainer.step()
+    return counter.get_total_flops() / (cfg.train.batch_size * cfg.loss.n_critic)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """The device's dense matrix-product FLOP/s, measured on the spot with square products."""
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    synchronize([device])
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    synchronize([device])
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def peak_memory(trainer: Trainer) -> dict[str, float]:
+    """MiB: allocator peak per CUDA device; for the CPU the process's peak resident set."""
+    out = {"cpu (process peak RSS)": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    for device in trainer_devices(trainer):
+        if device.type == "cuda":
+            out[str(device)] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def textbook_img_per_s(cfg: TrainConfig, trainer: Trainer, seconds: float) -> float | None:
+    """The textbook loop on the same model (fresh weights), batch and device; None for 2-D data."""
+    if not isinstance(trainer.data, ImageData):
+        return None
+    torch.manual_seed(cfg.seed)
+    G, D = build_models(cfg)
+    images = torch.from_numpy(trainer.data.images).float().div(127.5).sub(1)
+    loop = TextbookLoop(G, D, images, cfg.model.z_dim, cfg.train.batch_size, trainer.device)
+    loop.run_for(min(2.0, seconds / 4))  # warm-up
+    return loop.run_for(seconds)
+
+
+def run_bench(cfg: TrainConfig, seconds: float = 10.0, textbook: bool = True) -> dict:
+    trainer = Trainer(cfg)
+    img_s = steady_img_per_s(trainer, seconds)
+    phases = phase_breakdown(trainer)
+    flops = flops_per_image(cfg)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.accel.precision, torch.float32)
+    peak = matmul_peak(trainer.device, dtype)
+    result = {
+        "preset": cfg.preset,
+        "batch_size": cfg.train.batch_size,
+        "device": str(trainer.device),
+        "accel": dict(vars(cfg.accel)),
+        "img_per_s": img_s,
+        "phases_ms_per_step": phases,
+        "peak_memory_mib": peak_memory(trainer),
+        "flops_per_image": flops,
+        "achieved_flop_per_s": flops * img_s,
+        "matmul_peak_flop_per_s": peak,
+        "share_of_peak": flops * img_s / peak,
+    }
+    if textbook:
+        tb = textbook_img_per_s(cfg, trainer, seconds)
+        result["textbook_img_per_s"] = tb
+        result["speedup_vs_textbook"] = img_s / tb if tb else None
+    return result
+
+
+def format_bench(r: dict) -> str:
+    lines = [
+        f"bench: preset {r['preset']}, batch {r['batch_size']}, device {r['device']}",
+        f"  img/s (steady state)      {r['img_per_s']:.1f}",
+    ]
+    if r.get("textbook_img_per_s"):
+        lines.append(
+            f"  textbook loop img/s       {r['textbook_img_per_s']:.1f}  (hetgan {r['speedup_vs_textbook']:.2f}x)"
+        )
+    lines += [
+        f"  FLOPs per image           {r['flops_per_image'] / 1e6:.2f} M (one D + G step)",
+        f"  achieved                  {r['achieved_flop_per_s'] / 1e9:.2f} GFLOP/s",
+        f"  matmul peak (measured)    {r['matmul_peak_flop_per_s'] / 1e9:.2f} GFLOP/s",
+        f"  share of peak             {r['share_of_peak']:.1%}",
+        "  phase breakdown (ms/step):",
+    ]
+    total = sum(r["phases_ms_per_step"].values())
+    for name, ms in sorted(r["phases_ms_per_step"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"    {name:<22}{ms:>9.2f}  {ms / total:>6.1%}")
+    lines.append("  peak memory (MiB):")
+    lines += [f"    {name:<22}{mib:>9.1f}" for name, mib in r["peak_memory_mib"].items()]
+    return "\n".join(lines)

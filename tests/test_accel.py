@@ -1,0 +1,209 @@
+import pytest
+import torch
+
+from hetgan.bench.bench import flops_per_image, run_bench
+from hetgan.bench.tune import Candidate, tune
+from hetgan.errors import ConfigError
+from hetgan.training import Trainer
+from tests.conftest import tiny_config
+
+KNOBS = [
+    {"precision": "bf16"},
+    {"precision": "fp16"},
+    {"channels_last": True},
+    {"optimizer_impl": "foreach"},
+    {"optimizer_impl": "fused"},
+    {"threads": 1},
+    {"tf32": True, "cudnn_benchmark": True},
+]
+
+
+@pytest.mark.parametrize("knobs", KNOBS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+def test_each_knob_runs_and_stays_finite(tiny, knobs):
+    for name, value in knobs.items():
+        setattr(tiny.accel, name, value)
+    t = Trainer(tiny)
+    for _ in range(4):
+        result = t.step()
+        assert not result.skipped, result.losses
+    assert all(torch.isfinite(p).all() for p in t.G_ema.parameters())
+
+
+def test_fp16_with_gradient_penalty_keeps_d_in_fp32(tiny):
+    tiny.accel.precision, tiny.loss.r1_gamma = "fp16", 1.0
+    t = Trainer(tiny)
+    assert t.g_precision == "fp16" and t.d_precision == "fp32" and t.scaler_G and not t.scaler_D
+    assert not t.step().skipped
+
+
+def test_fp16_scaler_state_is_checkpointed(tiny):
+    tiny.accel.precision = "fp16"
+    a = Trainer(tiny)
+    a.step()
+    a.scaler_G.update(new_scale=1024.0)
+    tensors, meta = a.state()
+    b = Trainer(tiny)
+    b.load_state(tensors, meta)
+    assert b.scaler_G.get_scale() == 1024.0
+
+
+def test_cuda_graphs_need_cuda(tiny):
+    tiny.accel.cuda_graphs = True
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="needs a CUDA device"):
+            Trainer(tiny)
+
+
+@pytest.mark.slow
+def test_compile_runs_finite_and_keeps_d_eager_under_penalty(digits_npz):
+    cfg = tiny_config("ring8", arch="mlp")
+    cfg.accel.compile = True
+    t = Trainer(cfg)
+    for _ in range(3):
+        assert not t.step().skipped
+    assert t.D_fwd is not t.D  # compiled
+    cfg.loss.name = "wgan-gp"
+    t = Trainer(cfg)
+    assert t.D_fwd is t.D and t.G_fwd is not t.G
+    assert not t.step().skipped
+
+
+def fake_measure(speeds, outputs):
+    """Timings and outputs controlled by the test, keyed by the candidate's first override."""
+
+    def measure(cfg, seconds):
+        key = f"precision={cfg.accel.precision},threads={cfg.accel.threads}"
+        return speeds[key], outputs[key], None
+
+    return measure
+
+
+def test_tune_picks_fastest_sound_candidate(tiny):
+    ref = (torch.ones(4, 2), torch.ones(4))
+    cands = [
+        Candidate("base"),
+        Candidate("one thread", ["accel.threads=1"]),
+        Candidate("bf16", ["accel.precision=bf16"]),
+        Candidate("fp16 broken", ["accel.precision=fp16"]),
+    ]
+    speeds = {
+        "precision=fp32,threads=0": 100.0,
+        "precision=fp32,threads=1": 150.0,
+        "precision=bf16,threads=0": 400.0,
+        "precision=fp16,threads=0": 900.0,
+    }
+    outputs = {
+        "precision=fp32,threads=0": ref,
+        "precision=fp32,threads=1": ref,
+        "precision=bf16,threads=0": (ref[0] * 1.2, ref[1]),  # 20 % off: beyond bf16's 5 %
+        "precision=fp16,threads=0": (ref[0] * float("nan"), ref[1]),
+    }
+    best, table = tune(tiny, cands, measure=fake_measure(speeds, outputs))
+    assert best.name == "one thread"
+    assert "off the fp32 reference" in table[2].rejected and table[3].rejected == "non-finite outputs"
+    outputs["precision=bf16,threads=0"] = (ref[0] * 1.01, ref[1])  # within tolerance now
+    best, _ = tune(tiny, cands, measure=fake_measure(speeds, outputs))
+    assert best.name == "bf16"
+
+
+def test_flop_count_matches_hand_count():
+    cfg = tiny_config("ring8", arch="mlp")
+    cfg.model.z_dim, cfg.model.width = 2, 4
+    # G: 2-4-8-16-2, D: 2-8-4-1 (Linear layers). Matmul FLOPs per image, 2*in*out per product:
+    g_fwd = 2 * (2 * 4 + 4 * 8 + 8 * 16 + 16 * 2)  # 400
+    d_fwd = 2 * (2 * 8 + 8 * 4 + 4 * 1)  # 104
+    d_input_grads_after_first = 2 * (8 * 4 + 4 * 1)  # 72: D's first layer input needs no grad in D step
+    g_input_grads_after_first = 2 * (4 * 8 + 8 * 16 + 16 * 2)  # 384: z needs no grad
+    d_step = 2 * (d_fwd + d_fwd + d_input_grads_after_first)  # real and fake: forward, weight + input grads
+    g_step = d_fwd + d_fwd + g_fwd + g_input_grads_after_first  # D fwd, D input grads, G weight + input grads
+    assert flops_per_image(cfg) == g_fwd + d_step + g_step == 1952
+
+
+def test_bench_reports_every_part(tiny):
+    r = run_bench(tiny, seconds=0.5)
+    assert r["img_per_s"] > 0 and r["textbook_img_per_s"] > 0 and r["speedup_vs_textbook"] > 0
+    assert {"data", "g_forward", "d_forward", "d_backward", "d_optimizer", "g_backward", "ema"} <= set(
+        r["phases_ms_per_step"]
+    )
+    assert 0 < r["share_of_peak"] < 1 and r["peak_memory_mib"]["cpu (process peak RSS)"] > 10
+
+
+def test_bench_cli_writes_json(tmp_path, capsys):
+    from hetgan.cli import main
+
+    out = tmp_path / "b.json"
+    assert main(["bench", "--preset", "mlp_ring8", "--batch", "50", "100", "--seconds", "0.3", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "img/s (steady state)" in text and "share of peak" in text
+    import json
+
+    results = json.loads(out.read_text())
+    assert [r["batch_size"] for r in results] == [50, 100] and all(r["flops_per_image"] > 0 for r in results)
+
+
+@pytest.mark.slow
+def test_tune_cli_on_cpu_picks_a_sound_candidate(tmp_path, capsys):
+    from hetgan.cli import main
+
+    out = tmp_path / "t.json"
+    assert main(["tune", "--preset", "mlp_ring8", "--seconds", "0.5", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "BEST" in printed and "chosen:" in printed
+    import json
+
+    table = json.loads(out.read_text())["table"]
+    assert table[0]["name"].startswith("baseline") and table[0]["max_rel_error"] == 0.0
+    assert any(row["name"].startswith("threads=") for row in table)
+
+
+def test_tune_candidates_do_not_leak_thread_settings(tiny):
+    before = torch.get_num_threads()
+    seen = []
+
+    def measure(cfg, seconds):
+        t = Trainer(cfg)  # applies accel.threads process-wide
+        seen.append(torch.get_num_threads())
+        return 1.0 + len(seen), (torch.ones(1), torch.ones(1)), t
+
+    tune(tiny, [Candidate("base"), Candidate("one", ["accel.threads=1"]), Candidate("after")], measure=measure)
+    assert seen == [before, 1, before] and torch.get_num_threads() == before
+
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@GPU
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"precision": "bf16", "channels_last": True, "optimizer_impl": "fused"},
+        {"precision": "fp16"},
+        {"tf32": True, "cudnn_benchmark": True},
+        {"precision": "bf16", "cuda_graphs": True},
+    ],
+)
+def test_gpu_knobs_run_and_stay_finite(tiny, knobs):
+    tiny.accel.device = "cuda"
+    for name, value in knobs.items():
+        setattr(tiny.accel, name, value)
+    t = Trainer(tiny)
+    for _ in range(5):
+        assert not t.step().skipped
+    assert all(torch.isfinite(p).all() for p in t.G_ema.parameters())
+
+
+@GPU
+def test_gpu_prefetch_loader_matches_resident(tiny):
+    tiny.accel.device = "cuda"
+    resident = Trainer(tiny)
+    tiny.data.loader = "prefetch"
+    prefetched = Trainer(tiny)
+    assert torch.equal(resident.sampler.next(8), prefetched.sampler.next(8))
+    prefetched.sampler.close()
+
+
+@GPU
+def test_gpu_bench_reports_memory_and_peak(tiny):
+    tiny.accel.device, tiny.accel.precision = "cuda", "bf16"
+    r = run_bench(tiny, seconds=0.5, textbook=False)
+    assert any(k.startswith("cuda") for k in r["peak_memory_mib"]) and r["matmul_peak_flop_per_s"] > 1e12
