@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from hetgan.artifact import ARTIFACT_NAME, recalibrated_copy, save_generator
-from hetgan.config import RESUMABLE_FIELDS, TrainConfig, load_yaml, to_dict
+from hetgan.config import RESUMABLE_FIELDS, TrainConfig, apply_overrides, load_yaml, to_dict
 from hetgan.data import Mixture
 from hetgan.errors import CheckpointError
 from hetgan.report.plots import make_plots
@@ -53,8 +53,6 @@ def train(
 
 
 def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
-    from hetgan.config import apply_overrides
-
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir}: not a hetgan run directory (no config.yaml)")
     return apply_overrides(load_yaml(run_dir / "config.yaml"), overrides)
