@@ -21,9 +21,16 @@ from hetgan.eval.score import evaluate
 VARIANTS = {
     "default": [],
     "batch64_lr2e-4_150kimg": ["train.batch_size=64", "optim.g_lr=2e-4", "optim.d_lr=2e-4", "train.kimg=150"],
-    "diffaugment_translation": ["loss.augment=translation"],
-    "width48_110kimg": ["model.width=48", "train.kimg=110"],
-    "hinge": ["loss.name=hinge"],
+    "diffaugment_translation": [
+        "loss.augment=translation",
+        "train.batch_size=64",
+        "optim.g_lr=2e-4",
+        "optim.d_lr=2e-4",
+        "train.kimg=150",
+    ],
+    "d_lr_halved": ["optim.d_lr=2e-4"],
+    "ema_10kimg": ["train.ema_kimg=10"],
+    "r1_0.01": ["loss.r1_gamma=0.01"],
 }
 
 
