@@ -67,11 +67,14 @@ def test_split_needs_a_layer_list(tiny):
 
 
 @GPU
-def test_g_on_gpu_d_on_cpu(tiny):
-    tiny.accel.g_device, tiny.accel.d_device = "cuda", "cpu"
+def test_g_on_gpu_d_on_cpu(tiny, tmp_path):
+    from hetgan.training.loop import save_grid
+
+    tiny.accel.device, tiny.accel.g_device, tiny.accel.d_device = "cpu", "cuda", "cpu"
     t = Trainer(tiny)
     for _ in range(3):
         assert not t.step().skipped
+    assert save_grid(t, tmp_path).shape == (tiny.train.grid_size, 1, 32, 32)  # z goes to G's device
     assert all(p.device.type == "cuda" for p in t.G.parameters())
     assert all(p.device.type == "cpu" for p in t.D.parameters())
     assert all(s["exp_avg"].device.type == "cuda" for s in t.opt_G.state.values())

@@ -93,17 +93,18 @@ def class_histogram(probs: np.ndarray, n_classes: int) -> dict:
     }
 
 
+def mean_pairwise_distance(x: np.ndarray) -> float:
+    """Mean Euclidean distance between distinct rows of x [N, D]."""
+    d = _distances(x, x)
+    return float(d.sum() / (len(d) * (len(d) - 1)))
+
+
 def diversity(feats: np.ndarray, real_feats: np.ndarray, n: int = 500) -> float:
     """Mean pairwise feature distance of the first n (fixed-z) samples over the same for real data.
 
     Near 1: as varied as the data; near 0: the generator ignores z (collapse).
     """
-
-    def mean_pairwise(x: np.ndarray) -> float:
-        d = _distances(x[:n], x[:n])
-        return float(d.sum() / (len(d) * (len(d) - 1)))
-
-    return mean_pairwise(feats) / mean_pairwise(real_feats)
+    return mean_pairwise_distance(feats[:n]) / mean_pairwise_distance(real_feats[:n])
 
 
 def mode_metrics(points: np.ndarray, modes: np.ndarray, sigma: float) -> dict:

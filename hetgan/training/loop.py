@@ -187,7 +187,7 @@ def save_grid(trainer: Trainer, run_dir: Path, name: str | None = None) -> torch
     n = 2500 if isinstance(trainer.data, Mixture) else cfg.train.grid_size
     z = torch.randn(n, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 2))
     with torch.no_grad():
-        samples = G(z.to(trainer.device)).float().cpu()
+        samples = G(z.to(trainer.z_device)).float().cpu()
     modes = trainer.data.modes if isinstance(trainer.data, Mixture) else None
     path = run_dir / "samples" / (name or f"step-{trainer.step_count:09d}.png")
     write_samples(samples, path, modes)

@@ -16,6 +16,7 @@ import torch
 
 from hetgan.artifact import Generator, recalibrated_copy, save_generator
 from hetgan.data import Mixture
+from hetgan.eval.metrics import mean_pairwise_distance
 from hetgan.fileio import atomic_write_bytes
 from hetgan.training.checkpoint import save_checkpoint
 from hetgan.training.trainer import Trainer
@@ -29,10 +30,8 @@ BLOWUP_FACTOR = 50.0  # |loss| this many times its early typical size
 
 
 def spread(x: torch.Tensor) -> float:
-    """Mean pairwise Euclidean distance between samples (flattened)."""
-    flat = x.detach().double().flatten(1)
-    d = torch.cdist(flat, flat)
-    return float(d.sum() / (len(d) * (len(d) - 1)))
+    """Mean pairwise Euclidean distance between samples (flattened, on the CPU)."""
+    return mean_pairwise_distance(x.detach().cpu().flatten(1).numpy())
 
 
 class Monitor:

@@ -52,6 +52,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # model init
         self.data = data if data is not None else load_data(cfg.data)
         self.G, self.D = self._place(*build_models(cfg))
+        self.g_device_types = {p.device.type for p in self.G.parameters()}  # autocast on each of these
+        self.d_device_types = {p.device.type for p in self.D.parameters()}
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         betas = (cfg.optim.beta1, cfg.optim.beta2)
         self.opt_G = make_optimizer(self.G.parameters(), cfg.optim.g_lr, betas, accel.optimizer_impl)
@@ -82,9 +84,6 @@ class Trainer:
         if accel.channels_last:
             G, D = to_channels_last(G), to_channels_last(D)
         return G, D
-
-    def _device_types(self, net: nn.Module) -> set[str]:
-        return {p.device.type for p in net.parameters()}
 
     def phase(self, name: str) -> contextlib.AbstractContextManager:
         return self.timer.phase(name) if self.timer else contextlib.nullcontext()
@@ -120,10 +119,10 @@ class Trainer:
         return x
 
     def autocast_G(self):
-        return autocast(self.g_precision, self._device_types(self.G))
+        return autocast(self.g_precision, self.g_device_types)
 
     def autocast_D(self):
-        return autocast(self.d_precision, self._device_types(self.D))
+        return autocast(self.d_precision, self.d_device_types)
 
     def _d_phase(self, real: torch.Tensor, fake: torch.Tensor, result: StepResult) -> None:
         with self.phase("d_forward"), self.autocast_D():
