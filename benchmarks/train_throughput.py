@@ -3,7 +3,7 @@ DCGAN-32 (width 64), batch 64, BCE loss, same device, in one process. Prints img
 
     python benchmarks/train_throughput.py [--seconds 20] [--batch 64] [--width 64] [--device cpu]
 
-Rows: `textbook loop` (hetgan.bench.textbook: DataLoader, sigmoid + BCELoss, two G forwards),
+Rows: `textbook loop` (hetgan.bench.textbook: DataLoader, sigmoid + BCELoss, one G forward reused for the G step),
 `hetgan plain` (fp32, contiguous, eager: the reused G forward and device-resident data alone) and
 `hetgan tuned` (the knobs `hetgan tune` picks on this machine, measured again here).
 """

@@ -12,15 +12,13 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from hetgan import __version__
 from hetgan.config import TrainConfig, from_dict, to_dict
 from hetgan.errors import CheckpointError
-from hetgan.fileio import atomic_write_bytes
+from hetgan.fileio import atomic_write_bytes, read_safetensors
 from hetgan.models import build_models, sample_shape
 
 ARTIFACT_NAME = "generator.safetensors"
@@ -101,16 +99,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
         if not (path / ARTIFACT_NAME).exists() and (path / "checkpoints").is_dir():
             return _from_checkpoint(path / "checkpoints", device)
         path = path / ARTIFACT_NAME
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read generator artifact ({e.strerror})") from None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_safetensors(data)
-    except (SafetensorError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
+    tensors, metadata = read_safetensors(path, "generator artifact")
     if metadata.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a hetgan generator artifact (format {metadata.get('format')!r}, "

@@ -68,7 +68,9 @@ def add_train(sub) -> None:
     t.add_argument("--out", help="run directory (default runs/NNNNN-<preset>); never overwritten")
     t.add_argument("--snapshot-kimg", type=float, help="checkpoint interval in kimg")
     t.add_argument("--device", help="auto, cpu, cuda[:i], mps or xpu")
-    t.add_argument("--eval-every", type=float, metavar="KIMG", help="metrics every KIMG; keeps the best by FID")
+    t.add_argument(
+        "--eval-every", type=float, metavar="KIMG", help="metrics every KIMG; keeps the best by FID (2-D: reverse KL)"
+    )
     t.add_argument("--on-bad-image", choices=["error", "skip"])
     add_set(t)
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
@@ -160,6 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "train.kimg": args.kimg,
         "seed": args.seed,
         "train.snapshot_kimg": args.snapshot_kimg,
+        "train.eval_kimg": args.eval_every,
         "accel.device": args.device,
         "data.on_bad_image": args.on_bad_image,
     }

@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
+
+from hetgan.errors import CheckpointError
+
 
 def write_bytes_durable(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
@@ -27,3 +32,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     write_bytes_durable(tmp, data)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, read in one open; a clear error naming `what`
+    (e.g. "generator artifact") if the file is missing, unreadable or not safetensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    except Exception as e:  # safetensors raises several types for a malformed file
+        raise CheckpointError(f"{path}: not a valid safetensors {what} ({e})") from None

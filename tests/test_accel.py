@@ -207,3 +207,22 @@ def test_gpu_bench_reports_memory_and_peak(tiny):
     tiny.accel.device, tiny.accel.precision = "cuda", "bf16"
     r = run_bench(tiny, seconds=0.5, textbook=False)
     assert any(k.startswith("cuda") for k in r["peak_memory_mib"]) and r["matmul_peak_flop_per_s"] > 1e12
+
+
+def test_textbook_loop_is_the_pytorch_example_step():
+    """One G forward per step (its output reused for the G step, as the PyTorch DCGAN example
+    does), and both networks' weights move."""
+    from hetgan.bench.textbook import TextbookLoop
+    from hetgan.models import build_models
+
+    torch.manual_seed(0)
+    G, D = build_models(tiny_config("mnist5k"))
+    calls = []
+    G.register_forward_hook(lambda *_: calls.append(1))
+    loop = TextbookLoop(G, D, torch.rand(16, 1, 32, 32) * 2 - 1, z_dim=G.z_dim, batch_size=8)
+    before = [p.detach().clone() for p in (*G.parameters(), *D.parameters())]
+    loop.step(torch.rand(8, 1, 32, 32) * 2 - 1)
+    assert len(calls) == 1 and loop.nimg == 8
+    after = list((*G.parameters(), *D.parameters()))
+    n_g = len(list(G.parameters()))
+    assert not torch.equal(before[0], after[0]) and not torch.equal(before[n_g], after[n_g])  # G and D moved

@@ -87,3 +87,13 @@ def test_unfinished_run_samples_from_its_newest_checkpoint(tiny, tmp_path):
     (run / "generator.safetensors").unlink()  # as if killed after the last checkpoint
     from_ckpt = load_generator(run).sample(4, seed=0)
     assert torch.equal(finished, from_ckpt)
+
+
+def test_load_evalnet_rejects_bad_files(tmp_path):
+    from hetgan.eval.evalnet import load_evalnet
+
+    (tmp_path / "x.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(CheckpointError, match="not a valid safetensors evalnet file"):
+        load_evalnet(tmp_path / "x.safetensors")
+    with pytest.raises(CheckpointError, match="cannot read evalnet file"):
+        load_evalnet(tmp_path / "missing.safetensors")

@@ -172,3 +172,16 @@ def test_default_preset_runs_end_to_end_via_cli(tmp_path):
     assert (tmp_path / "run" / "samples" / "final.png").is_file()
     cfg = (tmp_path / "run" / "config.yaml").read_text()
     assert "preset: dcgan_mnist" in cfg and "spec: mnist5k" in cfg
+
+
+def test_eval_every_logs_metrics_and_keeps_best(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--preset", "mlp_ring8", "--kimg", "0.4", "--eval-every", "0.2", "--out", str(run)]
+    args += ["--set", "model.arch=maxout", "--set", "model.width=16", "--set", "train.batch_size=20", "--no-progress"]
+    assert main(args) == 0
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("eval")]
+    assert [r["kimg"] for r in evals] == [0.2, 0.4]
+    assert all(0 <= r["high_quality"] <= 1 and r["modes_total"] == 8 for r in evals)
+    best = json.loads((run / "best.json").read_text())
+    assert best["metric"] == "reverse_kl" and best["reverse_kl"] == min(r["reverse_kl"] for r in evals)
+    assert (run / "generator-best.safetensors").exists()

@@ -21,6 +21,8 @@ CASES = [
     ("resnet", 32, 3, "mnist5k"),
     ("mlp", 28, 1, "mnist5k"),
     ("mlp", 28, 1, "ring8"),
+    ("maxout", 28, 1, "mnist5k"),
+    ("maxout", 28, 1, "grid25"),
 ]
 
 
@@ -30,9 +32,9 @@ def test_forward_backward_finite(arch, res, ch, spec, p):
     torch.manual_seed(0)
     G, D = build_models(config_for(arch, res, ch, spec, p))
     x = G(torch.randn(4, 16))
-    expected = (4, 2) if spec == "ring8" else (4, ch, res, res)
+    expected = (4, 2) if spec in ("ring8", "grid25") else (4, ch, res, res)
     assert tuple(x.shape) == expected
-    if spec != "ring8":
+    if spec not in ("ring8", "grid25"):
         assert x.min() >= -1 and x.max() <= 1  # tanh range
     logits = D(pack(x, p))
     assert logits.shape == (4 // p,)
@@ -64,3 +66,25 @@ def test_mlp_default_width_is_seed_layout():
     g_widths = [m.out_features for m in G.modules() if isinstance(m, torch.nn.Linear)]
     d_widths = [m.out_features for m in D.modules() if isinstance(m, torch.nn.Linear)]
     assert g_widths == [256, 512, 1024, 784] and d_widths == [512, 256, 1]
+
+
+def test_maxout_width_is_pacgan_layout():
+    cfg = config_for("maxout", spec="ring8", p=2)
+    cfg.model.width, cfg.model.z_dim = 400, 2
+    G, D = build_models(cfg)
+    g_linear = [(m.in_features, m.out_features) for m in G.modules() if isinstance(m, torch.nn.Linear)]
+    assert g_linear == [(2, 400), (400, 400), (400, 400), (400, 400), (400, 2)]
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in G.modules()) == 4
+    d_linear = [(m.in_features, m.out_features) for m in D.modules() if isinstance(m, torch.nn.Linear)]
+    assert d_linear == [(4, 1000), (200, 1000), (200, 1000), (200, 1)]  # 200 units x 5 pieces
+
+
+def test_maxout_unit_is_max_over_its_pieces():
+    from hetgan.models.maxout import Maxout
+
+    torch.manual_seed(0)
+    unit = Maxout(3, 2, pieces=4)
+    x = torch.randn(5, 3)
+    pre = unit.linear(x)  # [5, 8]: unit j owns pieces 4j .. 4j+3
+    expected = torch.stack([pre[:, :4].max(1).values, pre[:, 4:].max(1).values], dim=1)
+    assert torch.equal(unit(x), expected)

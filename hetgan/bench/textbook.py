@@ -1,8 +1,9 @@
 """The plain textbook GAN loop that hetgan is measured against.
 
-Written the way the PyTorch DCGAN example and most tutorials write it: a DataLoader over float
-tensors, BCE on sigmoid outputs, Adam(2e-4, betas=(0.5, 0.999)), a separate G forward for the D
-step and the G step, no EMA. It takes hetgan's own G and D, so both loops train the same model.
+Written the way the PyTorch DCGAN example writes it: a DataLoader over float tensors, BCE on
+sigmoid outputs, Adam(2e-4, betas=(0.5, 0.999)), one G forward per step whose output D judges
+detached in the D step and again, after D's update, in the G step; no EMA. It takes hetgan's own
+G and D, so both loops train the same model with the same algorithm.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ class TextbookLoop:
         (loss_real + loss_fake).backward()
         self.opt_D.step()
         self.G.zero_grad()
-        fake = self.G(torch.randn(b, self.z_dim, device=self.device))  # the textbook's second G forward
         self.criterion(torch.sigmoid(self.D(fake)).view(-1), ones).backward()
         self.opt_G.step()
         self.nimg += b

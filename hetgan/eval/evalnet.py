@@ -19,14 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from hetgan.data.sources import ImageData
 from hetgan.errors import CheckpointError, DataError
-from hetgan.fileio import atomic_write_bytes
+from hetgan.fileio import atomic_write_bytes, read_safetensors
 
 log = logging.getLogger("hetgan")
 FORMAT = "hetgan.evalnet/1"
@@ -171,12 +169,7 @@ def load_evalnet(path: str | Path | None = None) -> EvalNet:
         with resources.as_file(ref) as p:
             return load_evalnet(p)
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_safetensors(path.read_bytes())
-    except Exception as e:  # safetensors raises several types for a bad file
-        raise CheckpointError(f"{path}: not a readable evalnet file ({e})") from None
+    tensors, metadata = read_safetensors(path, "evalnet file")
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a hetgan evalnet (format {metadata.get('format')!r})")
     net = EvalNet(EvalNetConfig(**json.loads(metadata["config"])))

@@ -16,7 +16,7 @@ Builder = Callable[..., tuple[nn.Module, nn.Module]]
 MODELS: Registry[Builder] = Registry("model")
 
 # Registration happens on import of each family file.
-from hetgan.models import dcgan, mlp, resnet  # noqa: E402,F401
+from hetgan.models import dcgan, maxout, mlp, resnet  # noqa: E402,F401
 
 
 def sample_shape(cfg: TrainConfig) -> tuple[int, ...]:

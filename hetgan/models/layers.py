@@ -26,7 +26,7 @@ def image_shape(shape: tuple[int, ...], family: str, resolutions: tuple[int, ...
     if len(shape) != 3:
         raise ConfigError(
             f"model {family!r} generates images but the data is {shape}-shaped points; "
-            "use --set model.arch=mlp for 2-D data"
+            "use --set model.arch=mlp or model.arch=maxout for 2-D data"
         )
     channels, height, width = shape
     if height != width or height not in resolutions:

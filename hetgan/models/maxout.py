@@ -1,0 +1,87 @@
+"""The synthetic-data networks of VEEGAN and PacGAN (Srivastava et al. 2017; Lin et al. 2018):
+G has four BatchNorm-ReLU hidden layers, D has three maxout layers and no normalisation.
+
+Maxout units let D draw sharp, piecewise-linear boundaries around tight modes, and BatchNorm in G
+lets it map a Gaussian z onto well-separated clusters; the plain `mlp` family spreads samples
+between the modes of ring8 and grid25 instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from hetgan.config import ModelConfig
+from hetgan.models import MODELS
+
+N_PIECES = 5
+INIT_STD = 0.02
+
+
+class Maxout(nn.Module):
+    """Linear map to `n_out * pieces` units, then the max over each group of `pieces`."""
+
+    def __init__(self, n_in: int, n_out: int, pieces: int = N_PIECES) -> None:
+        super().__init__()
+        self.n_out, self.pieces = n_out, pieces
+        self.linear = nn.Linear(n_in, n_out * pieces)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).view(len(x), self.n_out, self.pieces).amax(dim=-1)
+
+
+class Generator(nn.Module):
+    """z [B, z_dim] -> sample [B, *shape]: four hidden layers of `width` units (Linear, BN, ReLU).
+
+    Images end in tanh (range [-1, 1]); points are unbounded, so the last layer stays linear.
+    """
+
+    def __init__(self, z_dim: int, width: int, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+        self.shape = shape
+        layers: list[nn.Module] = []
+        n_in = z_dim
+        for _ in range(4):
+            layers += [nn.Linear(n_in, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(True)]
+            n_in = width
+        layers.append(nn.Linear(width, math.prod(shape)))
+        if len(shape) == 3:
+            layers.append(nn.Tanh())
+        self.net = nn.Sequential(*layers)
+        _init(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(len(z), *self.shape)
+
+
+class Discriminator(nn.Module):
+    """sample [B, pack * prod(shape)] (any trailing shape) -> logits [B]: three maxout layers."""
+
+    def __init__(self, width: int, in_features: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            Maxout(in_features, width), Maxout(width, width), Maxout(width, width), nn.Linear(width, 1)
+        )
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1)).flatten()
+
+
+def _init(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, INIT_STD)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+@MODELS.register("maxout")
+def build(cfg: ModelConfig, shape: tuple[int, ...], pack: int) -> tuple[nn.Module, nn.Module]:
+    """`model.width` is G's hidden width; D's maxout layers have half as many units."""
+    G = Generator(cfg.z_dim, cfg.width, shape)
+    D = Discriminator(max(cfg.width // 2, 1), math.prod(shape) * pack)
+    return G, D
