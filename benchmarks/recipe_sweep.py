@@ -31,15 +31,20 @@ VARIANTS = {
     "d_lr_halved": ["optim.d_lr=2e-4"],
     "ema_10kimg": ["train.ema_kimg=10"],
     "r1_0.01": ["loss.r1_gamma=0.01"],
+    "hinge": ["loss.name=hinge"],
+    "adam_beta2_0.99": ["optim.beta2=0.99"],
+    "batch256_lr6e-4": ["train.batch_size=256", "optim.g_lr=6e-4", "optim.d_lr=6e-4"],
+    "g_lr_6e-4": ["optim.g_lr=6e-4"],
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="run only these variants")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     for name in args.only or VARIANTS:
-        cfg = apply_overrides(hetgan.get_preset("dcgan_mnist"), VARIANTS[name])
+        cfg = apply_overrides(hetgan.get_preset("dcgan_mnist"), [*VARIANTS[name], f"accel.threads={args.threads}"])
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             run = hetgan.train(cfg, out=Path(tmp) / "run", progress=False)

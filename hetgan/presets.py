@@ -51,9 +51,30 @@ def mlp_mnist() -> TrainConfig:
 
 @PRESETS.register("mlp_ring8")
 def mlp_ring8() -> TrainConfig:
-    """2-D ring of 8 Gaussians (PacGAN protocol) with packing 2 against mode collapse."""
+    """2-D ring of 8 Gaussians with PacGAN's networks and recipe (Lin et al. 2018): BatchNorm G of
+    four 400-unit layers, maxout D, packing 2 (100 packed pairs per step), Adam 1e-4, beta1 0.8."""
     cfg = TrainConfig(preset="mlp_ring8")
     cfg.data.spec = "ring8"
+    cfg.model.arch, cfg.model.width, cfg.model.z_dim = "maxout", 400, 2
+    cfg.loss.pack = 2
+    cfg.optim.g_lr = cfg.optim.d_lr = 1e-4
+    cfg.optim.beta1 = 0.8
+    cfg.train.batch_size = 200
+    cfg.train.kimg = 2000
+    cfg.train.ema_kimg = 10
+    cfg.train.snapshot_kimg, cfg.train.grid_kimg = 250, 250
+    cfg.train.log_interval = 100
+    return cfg
+
+
+@PRESETS.register("mlp_grid25")
+def mlp_grid25() -> TrainConfig:
+    """2-D 5x5 grid of Gaussians (PacGAN protocol) with the plain mlp family and packing 2.
+
+    The maxout networks that suit ring8 leave D at chance on this lattice within 2000 kimg
+    (benchmarks/RESULTS.md), so the grid keeps the Goodfellow-layout networks."""
+    cfg = TrainConfig(preset="mlp_grid25")
+    cfg.data.spec = "grid25"
     cfg.model.arch, cfg.model.width, cfg.model.z_dim = "mlp", 128, 2
     cfg.loss.pack = 2
     cfg.optim.g_lr = cfg.optim.d_lr = 1e-4
@@ -62,15 +83,6 @@ def mlp_ring8() -> TrainConfig:
     cfg.train.ema_kimg = 10
     cfg.train.snapshot_kimg, cfg.train.grid_kimg = 100, 50
     cfg.train.log_interval = 100
-    return cfg
-
-
-@PRESETS.register("mlp_grid25")
-def mlp_grid25() -> TrainConfig:
-    """2-D 5x5 grid of Gaussians (PacGAN protocol)."""
-    cfg = mlp_ring8()
-    cfg.preset = "mlp_grid25"
-    cfg.data.spec = "grid25"
     return cfg
 
 
