@@ -104,6 +104,12 @@ def add_eval(sub) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--metrics", nargs="+", help="subset of: fid kid pr dc classes diversity (images)")
     e.add_argument("--evalnet", help="feature network from `hetgan evalnet train` (default: digits)")
+    e.add_argument(
+        "--inception",
+        metavar="WEIGHTS",
+        help="standard FID in InceptionV3 pool3 features, weights from this local file "
+        "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth); never downloaded",
+    )
     e.add_argument("--json", help="also write the results to this JSON file")
 
 
@@ -250,9 +256,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     G = load_generator(args.run or args.artifact)
     n = args.n or (2500 if len(G.shape) == 1 else 5000)
-    result = evaluate(
-        G, n=n, seed=args.seed, metrics=tuple(args.metrics) if args.metrics else None, evalnet=args.evalnet
-    )
+    metrics = tuple(args.metrics) if args.metrics else None
+    result = evaluate(G, n=n, seed=args.seed, metrics=metrics, evalnet=args.evalnet, inception=args.inception)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

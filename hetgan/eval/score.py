@@ -14,6 +14,7 @@ from hetgan.data.sources import parse_spec
 from hetgan.errors import HetganError
 from hetgan.eval import metrics as M
 from hetgan.eval.evalnet import EvalNet, load_evalnet
+from hetgan.eval.inception import load_inception
 
 IMAGE_METRICS = ("fid", "kid", "pr", "dc", "classes", "diversity")
 POINT_METRICS = ("modes",)
@@ -26,7 +27,12 @@ def real_features(net: EvalNet, images_uint8: np.ndarray) -> np.ndarray:
     return net.embed(x)[0]
 
 
-def feature_net_for(config: TrainConfig, evalnet: str | Path | None) -> tuple[EvalNet, str]:
+def feature_net_for(config: TrainConfig, evalnet: str | Path | None, inception: str | Path | None = None):
+    """(network with `.embed` and `.cfg`, a description of its feature space)."""
+    if inception is not None:
+        if evalnet is not None:
+            raise HetganError("pass either an evalnet or Inception weights, not both")
+        return load_inception(inception), f"InceptionV3 pool3, 2048-d (FID Inception weights {inception})"
     if evalnet is not None:
         net = load_evalnet(evalnet)
         name = f"evalnet {evalnet}"
@@ -48,17 +54,28 @@ def feature_net_for(config: TrainConfig, evalnet: str | Path | None) -> tuple[Ev
 class Evaluator:
     """Reference statistics of a config's real data, computed once, and scoring against them."""
 
-    def __init__(self, config: TrainConfig, evalnet=None, seed: int = 0, metrics: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        evalnet=None,
+        seed: int = 0,
+        metrics: tuple[str, ...] | None = None,
+        inception: str | Path | None = None,
+    ):
         self.data = load_data(config.data)
         self.seed = seed
         if isinstance(self.data, Mixture):
             self.metrics = POINT_METRICS
             return
-        self.metrics = metrics or IMAGE_METRICS
-        unknown = set(self.metrics) - set(IMAGE_METRICS)
+        # Inception's 1008 ImageNet classes say nothing about the data's classes.
+        valid = tuple(m for m in IMAGE_METRICS if not (inception and m == "classes"))
+        self.metrics = metrics or valid
+        unknown = set(self.metrics) - set(valid)
         if unknown:
-            raise HetganError(f"unknown metric(s) {sorted(unknown)} for images; valid: {', '.join(IMAGE_METRICS)}")
-        self.net, self.space = feature_net_for(config, evalnet)
+            raise HetganError(
+                f"unknown metric(s) {sorted(unknown)} for images with this feature network; valid: {', '.join(valid)}"
+            )
+        self.net, self.space = feature_net_for(config, evalnet, inception)
         order = np.random.default_rng(seed).permutation(len(self.data.images))[:MAX_REAL]
         self.real = real_features(self.net, self.data.images[order])
 
@@ -89,6 +106,16 @@ class Evaluator:
         return result
 
 
-def evaluate(G: Generator, n: int = 5000, seed: int = 0, metrics: tuple[str, ...] | None = None, evalnet=None) -> dict:
-    """Metrics of n samples (drawn with `seed`) against the generator's own training data."""
-    return Evaluator(G.config, evalnet, seed, metrics)(G, n)
+def evaluate(
+    G: Generator,
+    n: int = 5000,
+    seed: int = 0,
+    metrics: tuple[str, ...] | None = None,
+    evalnet=None,
+    inception: str | Path | None = None,
+) -> dict:
+    """Metrics of n samples (drawn with `seed`) against the generator's own training data.
+
+    Features come from `evalnet` (a file from `hetgan evalnet train`), from the FID InceptionV3
+    with weights from the local file `inception`, or by default the bundled digit classifier."""
+    return Evaluator(G.config, evalnet, seed, metrics, inception)(G, n)
