@@ -81,14 +81,21 @@ def make_optimizer(params, lr: float, betas: tuple[float, float], impl: str) -> 
     return torch.optim.Adam(params, lr=lr, betas=betas, **kwargs)
 
 
-def compiled(G: nn.Module, D: nn.Module, cfg: AccelConfig, loss: LossConfig, device: torch.device):
+def compiled(G: nn.Module, D: nn.Module, cfg: AccelConfig, loss: LossConfig):
     """Forward callables for G and D: compiled where asked and sound, else the modules themselves.
 
     The double backward of R1 and WGAN-GP is not supported under torch.compile, so with a
-    gradient penalty D stays eager (G is still compiled).
+    gradient penalty D stays eager (G is still compiled). CUDA graphs need every parameter of
+    both networks (all their stages) on CUDA devices.
     """
-    if cfg.cuda_graphs and device.type != "cuda":
-        raise ConfigError(f"accel.cuda_graphs needs a CUDA device, the run uses {device}; drop the setting")
+    if cfg.cuda_graphs:
+        for name, net in (("G", G), ("D", D)):
+            off = sorted({str(p.device) for p in net.parameters() if p.device.type != "cuda"})
+            if off:
+                raise ConfigError(
+                    f"accel.cuda_graphs needs a CUDA device, but {name} has parameters on {', '.join(off)}; "
+                    "drop the setting or place G and D (and all their stages) on CUDA"
+                )
     if not (cfg.compile or cfg.cuda_graphs):
         return G, D
     mode = "reduce-overhead" if cfg.cuda_graphs else None

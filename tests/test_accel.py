@@ -49,9 +49,17 @@ def test_fp16_scaler_state_is_checkpointed(tiny):
 
 def test_cuda_graphs_need_cuda(tiny):
     tiny.accel.cuda_graphs = True
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="needs a CUDA device"):
-            Trainer(tiny)
+    tiny.accel.device = "cpu"
+    with pytest.raises(ConfigError, match="needs a CUDA device, but G has parameters on cpu"):
+        Trainer(tiny)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_refuse_a_cpu_discriminator(tiny):
+    tiny.accel.cuda_graphs = True
+    tiny.accel.device, tiny.accel.d_device = "cuda", "cpu"
+    with pytest.raises(ConfigError, match="D has parameters on cpu"):
+        Trainer(tiny)
 
 
 @pytest.mark.slow

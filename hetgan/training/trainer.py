@@ -63,7 +63,7 @@ class Trainer:
         self.loss = build_loss(cfg.loss, self.rng)
         self.data_device = input_device(self.D, self.d_device)  # where real batches live
         self.sampler = make_sampler(self.data, cfg.seed, self.data_device, cfg.data.loader, cfg.data.resident_max_mb)
-        self.G_fwd, self.D_fwd = compiled(self.G, self.D, accel, cfg.loss, self.device)
+        self.G_fwd, self.D_fwd = compiled(self.G, self.D, accel, cfg.loss)
         self.g_precision, self.d_precision = accel.precision, d_precision(accel, cfg.loss)
         self.scaler_G = grad_scaler(self.g_precision, self.g_device)
         self.scaler_D = grad_scaler(self.d_precision, self.d_device)
