@@ -2,7 +2,7 @@
 
 Runs, in one process and one after the other on an otherwise idle machine:
   1. the default `hetgan train` (dcgan_mnist on the bundled digits), timed end to end;
-  2. the textbook loop (benchmarks/textbook.py: DCGAN-32 width 64, BCE with sigmoid, Adam 2e-4,
+  2. the textbook loop (hetgan/bench/textbook.py: DCGAN-32 width 64, BCE with sigmoid, Adam 2e-4,
      batch 64) for --textbook-seconds, snapshotting its G when it has trained as long as hetgan did.
 Each is scored on --n samples with FID (digits) (features of the bundled digit classifier), the
 digit classes covered and the classifier's mean confidence. Grids go to --out for a look.

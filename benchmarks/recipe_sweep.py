@@ -32,9 +32,11 @@ VARIANTS = {
     "ema_10kimg": ["train.ema_kimg=10"],
     "r1_0.01": ["loss.r1_gamma=0.01"],
     "hinge": ["loss.name=hinge"],
-    "adam_beta2_0.99": ["optim.beta2=0.99"],
     "batch256_lr6e-4": ["train.batch_size=256", "optim.g_lr=6e-4", "optim.d_lr=6e-4"],
-    "g_lr_6e-4": ["optim.g_lr=6e-4"],
+    "hinge_ema_10kimg": ["loss.name=hinge", "train.ema_kimg=10"],
+    "hinge_adam_beta2_0.99": ["loss.name=hinge", "optim.beta2=0.99"],
+    "hinge_adam_beta2_0.9": ["loss.name=hinge", "optim.beta2=0.9"],
+    "hinge_adam_beta2_0.99_lr5e-4": ["loss.name=hinge", "optim.beta2=0.99", "optim.g_lr=5e-4", "optim.d_lr=5e-4"],
 }
 
 
