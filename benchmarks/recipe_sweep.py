@@ -17,26 +17,26 @@ import hetgan
 from hetgan.config import apply_overrides
 from hetgan.eval.score import evaluate
 
-# Overrides on top of the shipped dcgan_mnist preset.
+# The previous default (BCE, Adam 4e-4, betas (0.5, 0.999)); the first variants are relative to it.
+PREVIOUS = ["loss.name=bce", "optim.g_lr=4e-4", "optim.d_lr=4e-4", "optim.beta2=0.999"]
+B64 = ["train.batch_size=64", "optim.g_lr=2e-4", "optim.d_lr=2e-4", "train.kimg=150"]
+
+# Overrides on top of the shipped dcgan_mnist preset (hinge, Adam 5e-4, betas (0.5, 0.99)).
 VARIANTS = {
-    "default": [],
-    "batch64_lr2e-4_150kimg": ["train.batch_size=64", "optim.g_lr=2e-4", "optim.d_lr=2e-4", "train.kimg=150"],
-    "diffaugment_translation": [
-        "loss.augment=translation",
-        "train.batch_size=64",
-        "optim.g_lr=2e-4",
-        "optim.d_lr=2e-4",
-        "train.kimg=150",
-    ],
-    "d_lr_halved": ["optim.d_lr=2e-4"],
-    "ema_10kimg": ["train.ema_kimg=10"],
-    "r1_0.01": ["loss.r1_gamma=0.01"],
-    "hinge": ["loss.name=hinge"],
-    "batch256_lr6e-4": ["train.batch_size=256", "optim.g_lr=6e-4", "optim.d_lr=6e-4"],
-    "hinge_ema_10kimg": ["loss.name=hinge", "train.ema_kimg=10"],
-    "hinge_adam_beta2_0.99": ["loss.name=hinge", "optim.beta2=0.99"],
-    "hinge_adam_beta2_0.9": ["loss.name=hinge", "optim.beta2=0.9"],
-    "hinge_adam_beta2_0.99_lr5e-4": ["loss.name=hinge", "optim.beta2=0.99", "optim.g_lr=5e-4", "optim.d_lr=5e-4"],
+    "previous_default": PREVIOUS,
+    "batch64_lr2e-4_150kimg": [*PREVIOUS, *B64],
+    "diffaugment_translation": [*PREVIOUS, *B64, "loss.augment=translation"],
+    "d_lr_halved": [*PREVIOUS, "optim.d_lr=2e-4"],
+    "ema_10kimg": [*PREVIOUS, "train.ema_kimg=10"],
+    "r1_0.01": [*PREVIOUS, "loss.r1_gamma=0.01"],
+    "batch256_lr6e-4": [*PREVIOUS, "train.batch_size=256", "optim.g_lr=6e-4", "optim.d_lr=6e-4"],
+    "hinge": [*PREVIOUS, "loss.name=hinge"],
+    "hinge_ema_10kimg": [*PREVIOUS, "loss.name=hinge", "train.ema_kimg=10"],
+    "hinge_adam_beta2_0.9": [*PREVIOUS, "loss.name=hinge", "optim.beta2=0.9"],
+    "hinge_adam_beta2_0.99": [*PREVIOUS, "loss.name=hinge", "optim.beta2=0.99"],
+    "default": [],  # hinge, Adam 5e-4, beta2 0.99
+    "lr7e-4": ["optim.g_lr=7e-4", "optim.d_lr=7e-4"],
+    "d_lr_1e-3": ["optim.d_lr=1e-3"],
 }
 
 
