@@ -21,7 +21,7 @@ from hetgan.eval.score import evaluate
 PREVIOUS = ["loss.name=bce", "optim.g_lr=4e-4", "optim.d_lr=4e-4", "optim.beta2=0.999"]
 B64 = ["train.batch_size=64", "optim.g_lr=2e-4", "optim.d_lr=2e-4", "train.kimg=150"]
 
-# Overrides on top of the shipped dcgan_mnist preset (hinge, Adam 5e-4, betas (0.5, 0.99)).
+# Overrides on top of the shipped dcgan_mnist preset (hinge, Adam 1.5e-3, betas (0.5, 0.99)).
 VARIANTS = {
     "previous_default": PREVIOUS,
     "batch64_lr2e-4_150kimg": [*PREVIOUS, *B64],
@@ -34,9 +34,14 @@ VARIANTS = {
     "hinge_ema_10kimg": [*PREVIOUS, "loss.name=hinge", "train.ema_kimg=10"],
     "hinge_adam_beta2_0.9": [*PREVIOUS, "loss.name=hinge", "optim.beta2=0.9"],
     "hinge_adam_beta2_0.99": [*PREVIOUS, "loss.name=hinge", "optim.beta2=0.99"],
-    "default": [],  # hinge, Adam 5e-4, beta2 0.99
+    "hinge_adam_beta2_0.99_lr5e-4": ["optim.g_lr=5e-4", "optim.d_lr=5e-4"],
     "lr7e-4": ["optim.g_lr=7e-4", "optim.d_lr=7e-4"],
-    "d_lr_1e-3": ["optim.d_lr=1e-3"],
+    "d_lr_1e-3": ["optim.g_lr=5e-4", "optim.d_lr=1e-3"],
+    "lr1e-3": ["optim.g_lr=1e-3", "optim.d_lr=1e-3"],
+    "lr1e-3_seed1": ["optim.g_lr=1e-3", "optim.d_lr=1e-3", "seed=1"],
+    "g_lr7e-4_d_lr1.4e-3": ["optim.g_lr=7e-4", "optim.d_lr=1.4e-3"],
+    "default": [],  # hinge, Adam 1.5e-3, betas (0.5, 0.99)
+    "default_seed1": ["seed=1"],
 }
 
 
