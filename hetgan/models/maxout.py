@@ -15,6 +15,7 @@ from torch import nn
 
 from hetgan.config import ModelConfig
 from hetgan.models import MODELS
+from hetgan.models.mlp import FlatGenerator
 
 N_PIECES = 5
 INIT_STD = 0.02
@@ -32,29 +33,17 @@ class Maxout(nn.Module):
         return self.linear(x).view(len(x), self.n_out, self.pieces).amax(dim=-1)
 
 
-class Generator(nn.Module):
-    """z [B, z_dim] -> sample [B, *shape]: four hidden layers of `width` units (Linear, BN, ReLU).
-
-    Images end in tanh (range [-1, 1]); points are unbounded, so the last layer stays linear.
-    """
+class Generator(FlatGenerator):
+    """z [B, z_dim] -> sample [B, *shape]: four hidden layers of `width` units (Linear, BN, ReLU)."""
 
     def __init__(self, z_dim: int, width: int, shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.z_dim = z_dim
-        self.shape = shape
         layers: list[nn.Module] = []
         n_in = z_dim
         for _ in range(4):
             layers += [nn.Linear(n_in, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(True)]
             n_in = width
-        layers.append(nn.Linear(width, math.prod(shape)))
-        if len(shape) == 3:
-            layers.append(nn.Tanh())
-        self.net = nn.Sequential(*layers)
+        super().__init__(z_dim, shape, layers, width)
         _init(self)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(len(z), *self.shape)
 
 
 class Discriminator(nn.Module):

@@ -11,27 +11,34 @@ from hetgan.config import ModelConfig
 from hetgan.models import MODELS
 
 
-class Generator(nn.Module):
-    """z [B, z_dim] -> sample [B, *shape]: widths w, 2w, 4w with LeakyReLU(0.2).
+class FlatGenerator(nn.Module):
+    """Hidden layers from z, then a linear output reshaped to `shape` ([C, H, W] or [2]).
 
     Images end in tanh (range [-1, 1]); points are unbounded, so the last layer stays linear.
     """
 
-    def __init__(self, z_dim: int, width: int, shape: tuple[int, ...]) -> None:
+    def __init__(self, z_dim: int, shape: tuple[int, ...], hidden: list[nn.Module], hidden_width: int) -> None:
         super().__init__()
         self.z_dim = z_dim
         self.shape = shape
-        widths = [z_dim, width, width * 2, width * 4]
-        layers: list[nn.Module] = []
-        for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
-            layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2, True)]
-        layers.append(nn.Linear(widths[-1], math.prod(shape)))
+        layers = [*hidden, nn.Linear(hidden_width, math.prod(shape))]
         if len(shape) == 3:
             layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).view(len(z), *self.shape)
+
+
+class Generator(FlatGenerator):
+    """z [B, z_dim] -> sample [B, *shape]: widths w, 2w, 4w with LeakyReLU(0.2)."""
+
+    def __init__(self, z_dim: int, width: int, shape: tuple[int, ...]) -> None:
+        widths = [z_dim, width, width * 2, width * 4]
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2, True)]
+        super().__init__(z_dim, shape, layers, widths[-1])
 
 
 class Discriminator(nn.Module):
