@@ -99,11 +99,11 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
         if not (path / ARTIFACT_NAME).exists() and (path / "checkpoints").is_dir():
             return _from_checkpoint(path / "checkpoints", device)
         path = path / ARTIFACT_NAME
-    tensors, metadata = read_safetensors(path, "generator artifact")
+    fix = "pass the generator.safetensors written by `hetgan train` (or its run directory)"
+    tensors, metadata = read_safetensors(path, "generator artifact", fix)
     if metadata.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path}: not a hetgan generator artifact (format {metadata.get('format')!r}, "
-            f"expected {FORMAT!r}); pass the generator.safetensors written by `hetgan train`"
+            f"{path}: not a hetgan generator artifact (format {metadata.get('format')!r}, expected {FORMAT!r}); {fix}"
         )
     config = from_dict(json.loads(metadata["config"]), where=f"{path} metadata")
     G, _ = build_models(config)

@@ -1,4 +1,5 @@
-"""Durable, atomic file writes: a crash leaves the old file or the new one, never a mix."""
+"""Durable, atomic file writes (a crash leaves the old file or the new one, never a mix) and
+safetensors reads with clear errors."""
 
 from __future__ import annotations
 
@@ -34,13 +35,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file, read in one open; a clear error naming `what`
-    (e.g. "generator artifact") if the file is missing, unreadable or not safetensors."""
+def read_safetensors(path: Path, what: str, fix: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, read in one open. If the file is missing,
+    unreadable or not safetensors, a clear error naming `what` (e.g. "generator artifact") and
+    ending in `fix` (what to pass instead)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+        raise CheckpointError(f"{path}: cannot read {what} ({e.strerror or e}); {fix}") from None
     except Exception as e:  # safetensors raises several types for a malformed file
-        raise CheckpointError(f"{path}: not a valid safetensors {what} ({e})") from None
+        raise CheckpointError(f"{path}: not a valid safetensors {what} ({e}); {fix}") from None

@@ -42,7 +42,7 @@ def test_recalibrated_batchnorm_is_deterministic_and_differs_from_g(tiny, tmp_pa
 
 def test_load_generator_rejects_other_files(tmp_path):
     (tmp_path / "x.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+    with pytest.raises(CheckpointError, match="not a valid safetensors.*written by `hetgan train`"):
         load_generator(tmp_path / "x.safetensors")
     with pytest.raises(CheckpointError, match="cannot read generator artifact"):
         load_generator(tmp_path / "missing.safetensors")
@@ -93,7 +93,7 @@ def test_load_evalnet_rejects_bad_files(tmp_path):
     from hetgan.eval.evalnet import load_evalnet
 
     (tmp_path / "x.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
-    with pytest.raises(CheckpointError, match="not a valid safetensors evalnet file"):
+    with pytest.raises(CheckpointError, match="not a valid safetensors evalnet file.*hetgan evalnet train"):
         load_evalnet(tmp_path / "x.safetensors")
     with pytest.raises(CheckpointError, match="cannot read evalnet file"):
         load_evalnet(tmp_path / "missing.safetensors")

@@ -74,16 +74,22 @@ class EvalNet(nn.Module):
         feats = self.features(self.body(img))
         return self.head(feats), feats
 
-    @torch.no_grad()
     def embed(self, images: torch.Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
         """Features (float64 [N, feature_dim]) and class probabilities ([N, n_classes])."""
-        self.eval()
-        feats, probs = [], []
-        for i in range(0, len(images), batch_size):
-            logits, f = self(images[i : i + batch_size].float())
-            feats.append(f.double().numpy())
-            probs.append(logits.softmax(1).double().numpy())
-        return np.concatenate(feats), np.concatenate(probs)
+        return embed_in_batches(self, images, batch_size)
+
+
+@torch.no_grad()
+def embed_in_batches(net: nn.Module, images: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run a feature network `img -> (logits, features)` in eval mode over images in batches:
+    features as float64 [N, F] and class probabilities [N, classes]."""
+    net.eval()
+    feats, probs = [], []
+    for i in range(0, len(images), batch_size):
+        logits, f = net(images[i : i + batch_size].float())
+        feats.append(f.double().numpy())
+        probs.append(logits.softmax(1).double().numpy())
+    return np.concatenate(feats), np.concatenate(probs)
 
 
 def held_out_split(labels: np.ndarray, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -169,9 +175,12 @@ def load_evalnet(path: str | Path | None = None) -> EvalNet:
         with resources.as_file(ref) as p:
             return load_evalnet(p)
     path = Path(path)
-    tensors, metadata = read_safetensors(path, "evalnet file")
+    fix = "pass a file written by `hetgan evalnet train --out FILE`"
+    tensors, metadata = read_safetensors(path, "evalnet file", fix)
     if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a hetgan evalnet (format {metadata.get('format')!r})")
+        raise CheckpointError(
+            f"{path}: not a hetgan evalnet (format {metadata.get('format')!r}, expected {FORMAT!r}); {fix}"
+        )
     net = EvalNet(EvalNetConfig(**json.loads(metadata["config"])))
     net.load_state_dict(tensors)
     return net.eval()

@@ -19,11 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from hetgan.errors import CheckpointError
+from hetgan.eval.evalnet import embed_in_batches
 from hetgan.fileio import read_safetensors
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 N_CLASSES = 1008  # the TensorFlow graph's classifier; its logits give the class probabilities
+EXPECTED_FILE = "pass pytorch-fid's pt_inception-2015-12-05-6726825d.pth or a .safetensors file of its tensors"
 
 
 class BasicConv2d(nn.Module):
@@ -185,49 +187,45 @@ class FIDInceptionV3(nn.Module):
         features = x.mean(dim=(2, 3))
         return self.fc(features), features
 
-    @torch.no_grad()
     def embed(self, images: torch.Tensor, batch_size: int = 50) -> tuple[np.ndarray, np.ndarray]:
         """pool3 features (float64 [N, 2048]) and class probabilities ([N, 1008])."""
-        self.eval()
-        feats, probs = [], []
-        for i in range(0, len(images), batch_size):
-            logits, f = self(images[i : i + batch_size].float())
-            feats.append(f.double().numpy())
-            probs.append(torch.softmax(logits, 1).numpy())
-        return np.concatenate(feats), np.concatenate(probs)
+        return embed_in_batches(self, images, batch_size)
 
 
 def load_inception(path: str | Path) -> FIDInceptionV3:
     """The FID InceptionV3 with weights from a local file (.pth state dict or .safetensors)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        state, _ = read_safetensors(path, "Inception weights file")
+        state, _ = read_safetensors(path, "Inception weights file", EXPECTED_FILE)
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
-            raise CheckpointError(f"{path}: Inception weights file does not exist") from None
+            raise CheckpointError(f"{path}: Inception weights file does not exist; {EXPECTED_FILE}") from None
         except Exception as e:  # unpickling refused (not a plain state dict) or a corrupt file
             raise CheckpointError(
                 f"{path}: cannot load as a plain state dict with weights_only=True ({str(e).splitlines()[0]}); "
-                "pass pt_inception-2015-12-05-6726825d.pth or a .safetensors file of the same tensors"
+                f"{EXPECTED_FILE}"
             ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a dict of tensor names to tensors (a state dict)")
+        raise CheckpointError(
+            f"{path}: expected a dict of tensor names to tensors (a state dict), got {type(state).__name__}; "
+            f"{EXPECTED_FILE}"
+        )
     net = FIDInceptionV3()
     expected = net.state_dict()
     optional = {k for k in expected if k.endswith("num_batches_tracked")}
     missing = sorted(set(expected) - set(state) - optional)
     if missing:
         raise CheckpointError(
-            f"{path}: not FID InceptionV3 weights: {len(missing)} tensors missing, e.g. {missing[:3]}; "
-            "expected the pytorch-fid file pt_inception-2015-12-05-6726825d.pth"
+            f"{path}: not FID InceptionV3 weights: {len(missing)} tensors missing, e.g. {missing[:3]}; {EXPECTED_FILE}"
         )
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if wrong:
         k = wrong[0]
         raise CheckpointError(
-            f"{path}: tensor {k!r} has shape {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
+            f"{path}: tensor {k!r} has shape {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}; "
+            f"{EXPECTED_FILE}"
         )
     net.load_state_dict({k: state[k] for k in expected if k in state}, strict=False)  # extra keys (aux) ignored
     return net.eval()
