@@ -243,6 +243,37 @@ def test_prefetch_sampler_matches_resident_and_resumes(digits_npz):
     again.close()
 
 
+def test_prefetch_worker_error_is_raised_not_waited_on(digits_npz):
+    import threading
+
+    data = load_data(cfg(f"npz:{digits_npz}", resolution=28))
+    prefetch = make_sampler(data, seed=2, device=torch.device("cpu"), loader="prefetch")
+    calls = []
+    real_next = prefetch.cpu.next_uint8
+
+    def failing_next(batch_size):
+        calls.append(batch_size)
+        if len(calls) == 2:
+            raise RuntimeError("disk went away")
+        return real_next(batch_size)
+
+    prefetch.cpu.next_uint8 = failing_next
+    outcome = []
+
+    def consume():
+        try:
+            prefetch.next(16)
+            prefetch.next(16)
+        except RuntimeError as e:
+            outcome.append(str(e))
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    t.join(timeout=10)
+    assert not t.is_alive() and outcome == ["disk went away"]
+    assert prefetch.state_dict() == {"epoch": 0, "offset": 16}  # the position of the one batch handed out
+
+
 def test_auto_loader_keeps_small_data_resident(digits_npz):
     data = load_data(cfg(f"npz:{digits_npz}", resolution=28))
     assert type(make_sampler(data, 0, torch.device("cpu"))).__name__ == "ImageSampler"

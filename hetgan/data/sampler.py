@@ -101,21 +101,31 @@ class PrefetchSampler:
     def _work(self, batch_size: int, q: queue.Queue, stop: threading.Event) -> None:
         pin = self.device.type == "cuda"
         while not stop.is_set():
-            batch = self.cpu.next_uint8(batch_size)
-            item = (batch.pin_memory() if pin else batch, self.cpu.state_dict())
+            try:
+                batch = self.cpu.next_uint8(batch_size)
+                item = (batch.pin_memory() if pin else batch, self.cpu.state_dict())
+            except Exception as e:  # handed to next(), which raises it instead of waiting forever
+                item = (e, None)
             while not stop.is_set():
                 try:
                     q.put(item, timeout=0.1)
                     break
                 except queue.Full:
                     continue
+            if isinstance(item[0], Exception):
+                return
 
     def next(self, batch_size: int) -> torch.Tensor:
         if self._thread is None:
             self._queue, self._stop = queue.Queue(maxsize=self.depth), threading.Event()
             self._thread = threading.Thread(target=self._work, args=(batch_size, self._queue, self._stop), daemon=True)
             self._thread.start()
-        batch, self._state = self._queue.get()
+        batch, state = self._queue.get()
+        if isinstance(batch, Exception):
+            self._thread = None  # the worker has stopped; a later call resumes from the last batch handed out
+            self.cpu.load_state_dict(self._state)
+            raise batch
+        self._state = state
         return to_unit_range(batch.to(self.device, non_blocking=True))
 
     def close(self) -> None:
