@@ -23,8 +23,8 @@ def dcgan_mnist() -> TrainConfig:
 
     A narrower net than the textbook (width 32 instead of 64) sees about 3x the images per second
     here; batch 128, the hinge loss, a high learning rate (Adam 1.5e-3, betas (0.5, 0.99)) and
-    G_ema do the rest.
-    benchmarks/RESULTS.md has the sweep and the comparison with the textbook loop.
+    G_ema do the rest. benchmarks/RESULTS.md has the sweep and the comparison with the textbook
+    loop.
     """
     cfg = TrainConfig(preset="dcgan_mnist")
     cfg.model.width = 32
