@@ -41,6 +41,12 @@ class OptimConfig:
     d_lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    # Decay of both learning rates: "none", or "linear"/"cosine" from decay_start_kimg to
+    # decay_end_kimg down to lr_final_scale times the rates above, held there afterwards.
+    lr_decay: str = "none"
+    decay_start_kimg: float = 0.0
+    decay_end_kimg: float = 0.0
+    lr_final_scale: float = 0.0
 
 
 @dataclass
@@ -107,6 +113,12 @@ class TrainConfig:
             (self.loss.pack >= 1, "loss.pack must be >= 1"),
             (self.loss.r1_gamma >= 0, "loss.r1_gamma must be >= 0"),
             (self.optim.g_lr > 0 and self.optim.d_lr > 0, "optim.g_lr and optim.d_lr must be > 0"),
+            (self.optim.lr_decay in ("none", "linear", "cosine"), "optim.lr_decay must be none, linear or cosine"),
+            (
+                self.optim.lr_decay == "none" or 0 <= self.optim.decay_start_kimg < self.optim.decay_end_kimg,
+                "optim.decay_end_kimg must be > optim.decay_start_kimg >= 0 when optim.lr_decay is on",
+            ),
+            (0 <= self.optim.lr_final_scale <= 1, "optim.lr_final_scale must be in [0, 1]"),
             (self.data.channels in (1, 3), "data.channels must be 1 or 3"),
             (self.data.resolution >= 4, "data.resolution must be >= 4"),
             (self.data.on_bad_image in ("error", "skip"), "data.on_bad_image must be error or skip"),

@@ -36,6 +36,10 @@ def test_missing_equals_sign_explains_form():
 def test_range_validation():
     with pytest.raises(ConfigError, match="keep_checkpoints must be >= 2"):
         apply_overrides(TrainConfig(), ["train.keep_checkpoints=1"])
+    with pytest.raises(ConfigError, match="lr_decay must be none, linear or cosine"):
+        apply_overrides(TrainConfig(), ["optim.lr_decay=step"])
+    with pytest.raises(ConfigError, match="decay_end_kimg must be > optim.decay_start_kimg"):
+        apply_overrides(TrainConfig(), ["optim.lr_decay=linear", "optim.decay_start_kimg=100"])
     with pytest.raises(ConfigError, match="multiple of loss.pack"):
         apply_overrides(TrainConfig(), ["loss.pack=3", "train.batch_size=64"])
 

@@ -1,12 +1,15 @@
 import json
+import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from hetgan.config import OptimConfig
 from hetgan.errors import CheckpointError, HetganError, TrainingDiverged
 from hetgan.training import Trainer, train
-from hetgan.training.checkpoint import list_checkpoints
+from hetgan.training.checkpoint import list_checkpoints, load_latest_checkpoint
+from hetgan.training.trainer import lr_scale
 from tests.conftest import tiny_config
 
 
@@ -74,6 +77,31 @@ def test_resume_refuses_other_config_unless_told(tiny, tmp_path):
         progress=False,
     )
     assert "g_lr: 0.001" in (run / "config.yaml").read_text()
+    _, _, meta = load_latest_checkpoint(run / "checkpoints")
+    assert meta["opt_G"]["param_groups"][0]["lr"] == pytest.approx(0.001)  # not the 2e-4 saved with Adam's state
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine"])
+def test_lr_decay_schedule(shape):
+    optim = OptimConfig(lr_decay=shape, decay_start_kimg=10, decay_end_kimg=30, lr_final_scale=0.1)
+    assert lr_scale(optim, 0) == lr_scale(optim, 10) == 1.0
+    assert lr_scale(optim, 20) == pytest.approx(0.55)  # both shapes are half-way at the midpoint
+    assert lr_scale(optim, 30) == lr_scale(optim, 1000) == pytest.approx(0.1)
+    quarter = 1 - 0.9 * (0.25 if shape == "linear" else (1 - math.cos(math.pi / 4)) / 2)
+    assert lr_scale(optim, 15) == pytest.approx(quarter)
+    assert lr_scale(OptimConfig(), 1e9) == 1.0
+
+
+def test_trainer_follows_the_lr_schedule(tiny):
+    tiny.optim.lr_decay, tiny.optim.decay_end_kimg = "linear", 0.032  # 4 steps of 8 images
+    t = Trainer(tiny)
+    seen = []
+    for _ in range(6):
+        result = t.step()
+        seen.append((t.opt_G.param_groups[0]["lr"] / tiny.optim.g_lr, t.opt_D.param_groups[0]["lr"] / tiny.optim.d_lr))
+        assert result.losses["lr_scale"] == pytest.approx(seen[-1][0])
+    assert [g for g, _ in seen] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0, 0.0])
+    assert all(g == pytest.approx(d) for g, d in seen)
 
 
 def params(*modules):

@@ -25,7 +25,7 @@ from hetgan.accel import (
     make_optimizer,
     to_channels_last,
 )
-from hetgan.config import TrainConfig, to_dict
+from hetgan.config import OptimConfig, TrainConfig, to_dict
 from hetgan.data import load_data, make_sampler
 from hetgan.data.sources import Data
 from hetgan.errors import TrainingDiverged
@@ -39,6 +39,15 @@ from hetgan.training.checkpoint import flatten_optimizer, restore_optimizer
 class StepResult:
     losses: dict[str, float] = field(default_factory=dict)  # last D/G loss and D outputs
     skipped: list[str] = field(default_factory=list)  # phases skipped for a non-finite loss
+
+
+def lr_scale(optim: OptimConfig, kimg: float) -> float:
+    """Factor on the base learning rates after `kimg` thousand real images (optim.lr_decay)."""
+    if optim.lr_decay == "none" or kimg <= optim.decay_start_kimg:
+        return 1.0
+    t = min(1.0, (kimg - optim.decay_start_kimg) / (optim.decay_end_kimg - optim.decay_start_kimg))
+    shape = 1.0 - t if optim.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * t))
+    return optim.lr_final_scale + (1.0 - optim.lr_final_scale) * shape
 
 
 class Trainer:
@@ -92,6 +101,7 @@ class Trainer:
     def step(self) -> StepResult:
         result = StepResult()
         batch, z_dim = self.cfg.train.batch_size, self.cfg.model.z_dim
+        self._set_learning_rates(result)
         fake = None
         for k in range(self.loss.n_critic):
             with self.phase("data"):
@@ -112,6 +122,16 @@ class Trainer:
         self.step_count += 1
         self._count_nonfinite(result)
         return result
+
+    def _set_learning_rates(self, result: StepResult) -> None:
+        """From the config on every step, so a resumed run with changed rates uses the new ones."""
+        optim = self.cfg.optim
+        scale = lr_scale(optim, self.nimg / 1000)
+        for opt, lr in ((self.opt_G, optim.g_lr), (self.opt_D, optim.d_lr)):
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
+        if optim.lr_decay != "none":
+            result.losses["lr_scale"] = scale
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.accel.channels_last and x.dim() == 4:
