@@ -164,6 +164,16 @@ def test_tune_cli_on_cpu_picks_a_sound_candidate(tmp_path, capsys):
     assert any(row["name"].startswith("threads=") for row in table)
 
 
+def test_tune_stops_when_the_reference_candidate_fails(tiny):
+    def measure(cfg, seconds):
+        if cfg.accel.threads == 0:
+            raise ValueError("no such device")
+        return 1.0, (torch.ones(1), torch.ones(1)), None
+
+    with pytest.raises(RuntimeError, match=r"reference candidate 'base' failed: ValueError: no such device"):
+        tune(tiny, [Candidate("base"), Candidate("one", ["accel.threads=1"])], measure=measure)
+
+
 def test_tune_candidates_do_not_leak_thread_settings(tiny):
     before = torch.get_num_threads()
     seen = []

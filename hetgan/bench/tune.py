@@ -111,6 +111,11 @@ def tune(
                 img_s, outputs, _ = measure(cand_cfg, seconds)
         except Exception as e:  # a knob this machine cannot do (e.g. no compiler) is a rejection
             cand.rejected = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            if reference is None:  # every other candidate is judged against this one
+                raise RuntimeError(
+                    f"tune: the reference candidate {cand.name!r} {cand.rejected}; nothing to compare "
+                    "the others with. Check that `hetgan train` runs with this config first"
+                ) from e
             log.info("tune: %s rejected (%s)", cand.name, cand.rejected)
             continue
         cand.img_per_s = img_s
