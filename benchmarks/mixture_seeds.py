@@ -62,14 +62,17 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     args = parser.parse_args()
     threads = 1 if args.jobs > 1 else 0
-    for preset in args.preset:
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(train_and_score, preset, s, args.overrides, threads) for s in args.seeds]
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {
+            preset: [pool.submit(train_and_score, preset, s, args.overrides, threads) for s in args.seeds]
+            for preset in args.preset
+        }  # every run queued at once, so no worker idles between presets
+        for preset_futures in futures.values():
             rows = []
-            for future in futures:
+            for future in preset_futures:
                 rows.append(future.result())
                 print(json.dumps(rows[-1]), flush=True)
-        print(json.dumps({"summary": summarise(rows)}), flush=True)
+            print(json.dumps({"summary": summarise(rows)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ DCGAN-32 (width 64), batch 64, BCE loss, same device, in one process. Prints img
 Rows: `textbook loop` (hetgan.bench.textbook: DataLoader, sigmoid + BCELoss, one G forward reused for the G step),
 `hetgan plain` (fp32, contiguous, eager: the reused G forward and device-resident data alone) and
 `hetgan tuned` (the knobs `hetgan tune` picks on this machine, measured again here).
+
+It then prints what bounds the ratio: each loop's FLOPs per image (torch.utils.flop_counter),
+the FLOP/s each achieves, the matrix-product peak measured on the spot, and the FLOP/s hetgan
+would need for a 1.5x ratio.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import argparse
 import platform
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from hetgan.bench.bench import steady_img_per_s, textbook_img_per_s
+from hetgan.bench.bench import flops_per_image, matmul_peak, steady_img_per_s, textbook_img_per_s
+from hetgan.bench.textbook import TextbookLoop
 from hetgan.bench.tune import candidates_for, format_tune, tune
 from hetgan.config import TrainConfig, apply_overrides
+from hetgan.models import build_models
 from hetgan.placement import resolve_device
 from hetgan.training import Trainer
 
@@ -28,6 +35,18 @@ def config(batch: int, width: int, device: str) -> TrainConfig:
     cfg.train.batch_size = batch
     cfg.accel.device = device
     return cfg.validate()
+
+
+def textbook_flops_per_image(cfg: TrainConfig, trainer: Trainer) -> float:
+    """FLOPs of one steady textbook step (its G step also computes D's weight gradients)."""
+    G, D = build_models(cfg)
+    images = torch.from_numpy(trainer.data.images[: 4 * cfg.train.batch_size]).float().div(127.5).sub(1)
+    loop = TextbookLoop(G, D, images, cfg.model.z_dim, cfg.train.batch_size, trainer.device)
+    (real,) = next(iter(loop.loader))
+    loop.step(real)  # creates Adam's state
+    with FlopCounterMode(display=False) as counter:
+        loop.step(real)
+    return counter.get_total_flops() / cfg.train.batch_size
 
 
 def main() -> None:
@@ -54,6 +73,17 @@ def main() -> None:
     print(f"{'setup':<52}{'img/s':>10}{'vs textbook':>14}")
     for name, img_s in rows:
         print(f"{name:<52}{img_s:>10.1f}{img_s / textbook:>13.2f}x")
+    tb_flops, hg_flops = textbook_flops_per_image(cfg, plain), flops_per_image(cfg)
+    peak = matmul_peak(device, torch.float32)
+    print(
+        f"FLOPs per image: textbook {tb_flops / 1e6:.1f} M, hetgan {hg_flops / 1e6:.1f} M "
+        f"(the same work at the same speed gives {tb_flops / hg_flops:.2f}x)"
+    )
+    print(f"matrix-product peak (measured): {peak / 1e9:.1f} GFLOP/s")
+    for (name, img_s), flops in zip(rows, (tb_flops, hg_flops, hg_flops), strict=True):
+        print(f"{name:<52}{img_s * flops / 1e9:>8.1f} GFLOP/s{img_s * flops / peak:>8.0%} of peak")
+    need = 1.5 * textbook * hg_flops
+    print(f"a 1.5x ratio needs hetgan at {need / 1e9:.1f} GFLOP/s, {need / peak:.0%} of the measured peak")
 
 
 if __name__ == "__main__":
