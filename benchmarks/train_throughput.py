@@ -18,9 +18,8 @@ import argparse
 import platform
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from hetgan.bench.bench import flops_per_image, matmul_peak, steady_img_per_s, textbook_img_per_s
+from hetgan.bench.bench import FlopCount, flops_per_image, matmul_peak, steady_img_per_s, textbook_img_per_s
 from hetgan.bench.textbook import TextbookLoop
 from hetgan.bench.tune import candidates_for, format_tune, tune
 from hetgan.config import TrainConfig, apply_overrides
@@ -44,9 +43,9 @@ def textbook_flops_per_image(cfg: TrainConfig, trainer: Trainer) -> float:
     loop = TextbookLoop(G, D, images, cfg.model.z_dim, cfg.train.batch_size, trainer.device)
     (real,) = next(iter(loop.loader))
     loop.step(real)  # creates Adam's state
-    with FlopCounterMode(display=False) as counter:
+    with FlopCount() as counter:
         loop.step(real)
-    return counter.get_total_flops() / cfg.train.batch_size
+    return counter.total / cfg.train.batch_size
 
 
 def main() -> None:

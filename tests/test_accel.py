@@ -127,6 +127,17 @@ def test_flop_count_matches_hand_count():
     assert flops_per_image(cfg) == g_fwd + d_step + g_step == 1952
 
 
+@pytest.mark.parametrize("loss", ["r1", "wgan-gp"])
+def test_flop_count_includes_gradient_penalties(loss):
+    cfg = tiny_config("ring8", arch="mlp")
+    plain = flops_per_image(cfg)
+    if loss == "r1":
+        cfg.loss.r1_gamma = 0.1
+    else:
+        cfg.loss.name = "wgan-gp"
+    assert flops_per_image(cfg) > plain  # the penalty's double backward is counted, not a crash
+
+
 def test_bench_reports_every_part(tiny):
     r = run_bench(tiny, seconds=0.5)
     assert r["img_per_s"] > 0 and r["textbook_img_per_s"] > 0 and r["speedup_vs_textbook"] > 0

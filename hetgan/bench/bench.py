@@ -10,7 +10,8 @@ import time
 from collections import defaultdict
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from hetgan.bench.textbook import TextbookLoop
 from hetgan.config import TrainConfig
@@ -69,16 +70,36 @@ def phase_breakdown(trainer: Trainer, steps: int = 10) -> dict[str, float]:
         trainer.timer = None
 
 
+class FlopCount(TorchDispatchMode):
+    """Total FLOPs of the ops run inside it, by torch.utils.flop_counter's per-op formulas.
+
+    torch's FlopCounterMode also tracks which module each op belongs to, and that tracker's
+    backward hooks fail under torch.autograd.grad (pytorch/pytorch#131753), which R1 and the
+    WGAN-GP penalty call; only the total is needed here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
 def flops_per_image(cfg: TrainConfig) -> float:
-    """FLOPs of one full training step (D and G phases, forward and backward) per real image,
-    counted by torch.utils.flop_counter on an eager copy of the config."""
+    """FLOPs of one full training step (D and G phases, forward and backward, penalties
+    included) per real image, counted on an eager copy of the config."""
     eager = copy.deepcopy(cfg)
     eager.accel.compile = eager.accel.cuda_graphs = False
     trainer = Trainer(eager)
     trainer.step()  # the first step creates optimiser state; count a steady one
-    with FlopCounterMode(display=False) as counter:
+    with FlopCount() as counter:
         trainer.step()
-    return counter.get_total_flops() / (cfg.train.batch_size * cfg.loss.n_critic)
+    return counter.total / (cfg.train.batch_size * cfg.loss.n_critic)
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
