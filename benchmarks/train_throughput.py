@@ -19,11 +19,15 @@ import platform
 
 import torch
 
-from hetgan.bench.bench import FlopCount, flops_per_image, matmul_peak, steady_img_per_s, textbook_img_per_s
-from hetgan.bench.textbook import TextbookLoop
+from hetgan.bench.bench import (
+    flops_per_image,
+    matmul_peak,
+    steady_img_per_s,
+    textbook_flops_per_image,
+    textbook_img_per_s,
+)
 from hetgan.bench.tune import candidates_for, format_tune, tune
 from hetgan.config import TrainConfig, apply_overrides
-from hetgan.models import build_models
 from hetgan.placement import resolve_device
 from hetgan.training import Trainer
 
@@ -34,18 +38,6 @@ def config(batch: int, width: int, device: str) -> TrainConfig:
     cfg.train.batch_size = batch
     cfg.accel.device = device
     return cfg.validate()
-
-
-def textbook_flops_per_image(cfg: TrainConfig, trainer: Trainer) -> float:
-    """FLOPs of one steady textbook step (its G step also computes D's weight gradients)."""
-    G, D = build_models(cfg)
-    images = torch.from_numpy(trainer.data.images[: 4 * cfg.train.batch_size]).float().div(127.5).sub(1)
-    loop = TextbookLoop(G, D, images, cfg.model.z_dim, cfg.train.batch_size, trainer.device)
-    (real,) = next(iter(loop.loader))
-    loop.step(real)  # creates Adam's state
-    with FlopCount() as counter:
-        loop.step(real)
-    return counter.total / cfg.train.batch_size
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hetgan.bench.bench import flops_per_image, run_bench
+from hetgan.bench.bench import flops_per_image, run_bench, textbook_flops_per_image
 from hetgan.bench.tune import Candidate, tune
 from hetgan.errors import ConfigError
 from hetgan.training import Trainer
@@ -125,6 +125,11 @@ def test_flop_count_matches_hand_count():
     d_step = 2 * (d_fwd + d_fwd + d_input_grads_after_first)  # real and fake: forward, weight + input grads
     g_step = d_fwd + d_fwd + g_fwd + g_input_grads_after_first  # D fwd, D input grads, G weight + input grads
     assert flops_per_image(cfg) == g_fwd + d_step + g_step == 1952
+
+
+def test_textbook_step_costs_more_flops_than_hetgans(tiny):
+    # Same model and batch; the textbook G step also computes D's weight gradients.
+    assert textbook_flops_per_image(tiny, Trainer(tiny)) > flops_per_image(tiny)
 
 
 @pytest.mark.parametrize("loss", ["r1", "wgan-gp"])

@@ -127,16 +127,33 @@ def peak_memory(trainer: Trainer) -> dict[str, float]:
     return out
 
 
-def textbook_img_per_s(cfg: TrainConfig, trainer: Trainer, seconds: float) -> float | None:
-    """The textbook loop on the same model (fresh weights), batch and device; None for 2-D data."""
-    if not isinstance(trainer.data, ImageData):
-        return None
+def textbook_loop(cfg: TrainConfig, trainer: Trainer) -> TextbookLoop:
+    """The textbook loop on the same model (fresh weights, the config's seed), data, batch and
+    device as `trainer`; image data only."""
     torch.manual_seed(cfg.seed)
     G, D = build_models(cfg)
     images = torch.from_numpy(trainer.data.images).float().div(127.5).sub(1)
-    loop = TextbookLoop(G, D, images, cfg.model.z_dim, cfg.train.batch_size, trainer.device)
+    return TextbookLoop(G, D, images, cfg.model.z_dim, cfg.train.batch_size, trainer.device)
+
+
+def textbook_img_per_s(cfg: TrainConfig, trainer: Trainer, seconds: float) -> float | None:
+    """The textbook loop's steady img/s on the trainer's model and batch; None for 2-D data."""
+    if not isinstance(trainer.data, ImageData):
+        return None
+    loop = textbook_loop(cfg, trainer)
     loop.run_for(min(2.0, seconds / 4))  # warm-up
     return loop.run_for(seconds)
+
+
+def textbook_flops_per_image(cfg: TrainConfig, trainer: Trainer) -> float:
+    """FLOPs of one steady textbook step per image (its G step also computes D's weight
+    gradients, which hetgan's skips)."""
+    loop = textbook_loop(cfg, trainer)
+    (real,) = next(iter(loop.loader))
+    loop.step(real)  # creates Adam's state
+    with FlopCount() as counter:
+        loop.step(real)
+    return counter.total / cfg.train.batch_size
 
 
 def run_bench(cfg: TrainConfig, seconds: float = 10.0, textbook: bool = True) -> dict:
