@@ -23,6 +23,8 @@ class ModelConfig:
     arch: str = "dcgan"  # registry name: see `hetgan.models.MODELS`
     z_dim: int = 100
     width: int = 64  # base channel count (conv nets) or first hidden width (mlp)
+    g_depth: int = 0  # mlp only: G with this many hidden layers of `width` units; 0 = widths w, 2w, 4w
+    d_depth: int = 0  # mlp only: D with this many hidden layers, 2w then w each; 0 = 2 (widths 2w, w)
 
 
 @dataclass
@@ -109,6 +111,13 @@ class TrainConfig:
         checks = [
             (self.model.z_dim > 0, "model.z_dim must be > 0"),
             (self.model.width > 0, "model.width must be > 0"),
+            (self.model.g_depth >= 0, "model.g_depth must be >= 0 (0 = the family's own layout)"),
+            (self.model.d_depth >= 0, "model.d_depth must be >= 0 (0 = the family's own layout)"),
+            (
+                self.model.g_depth == self.model.d_depth == 0 or self.model.arch == "mlp",
+                f"model.g_depth and model.d_depth apply to the mlp family only, not {self.model.arch!r}; "
+                "leave them at 0",
+            ),
             (self.loss.n_critic >= 1, "loss.n_critic must be >= 1"),
             (self.loss.pack >= 1, "loss.pack must be >= 1"),
             (self.loss.r1_gamma >= 0, "loss.r1_gamma must be >= 0"),

@@ -68,6 +68,28 @@ def test_mlp_default_width_is_seed_layout():
     assert g_widths == [256, 512, 1024, 784] and d_widths == [512, 256, 1]
 
 
+def test_mlp_depths_give_that_many_hidden_layers():
+    cfg = config_for("mlp", spec="ring8")
+    cfg.model.width, cfg.model.z_dim, cfg.model.g_depth = 32, 2, 5
+    G, D = build_models(cfg)
+    g_linear = [(m.in_features, m.out_features) for m in G.modules() if isinstance(m, torch.nn.Linear)]
+    assert g_linear == [(2, 32)] + [(32, 32)] * 4 + [(32, 2)]
+    d_widths = [m.out_features for m in D.modules() if isinstance(m, torch.nn.Linear)]
+    assert d_widths == [64, 32, 1]  # D keeps its layout
+    cfg.model.d_depth = 4
+    _, D = build_models(cfg)
+    d_linear = [(m.in_features, m.out_features) for m in D.modules() if isinstance(m, torch.nn.Linear)]
+    assert d_linear == [(2, 64), (64, 32), (32, 32), (32, 32), (32, 1)]
+
+
+@pytest.mark.parametrize("field", ["g_depth", "d_depth"])
+def test_depth_on_another_family_is_a_config_error(field):
+    cfg = config_for("dcgan")
+    setattr(cfg.model, field, 4)
+    with pytest.raises(ConfigError, match="model.g_depth and model.d_depth apply to the mlp family only, not 'dcgan'"):
+        cfg.validate()
+
+
 def test_maxout_width_is_pacgan_layout():
     cfg = config_for("maxout", spec="ring8", p=2)
     cfg.model.width, cfg.model.z_dim = 400, 2

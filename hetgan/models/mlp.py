@@ -31,10 +31,16 @@ class FlatGenerator(nn.Module):
 
 
 class Generator(FlatGenerator):
-    """z [B, z_dim] -> sample [B, *shape]: widths w, 2w, 4w with LeakyReLU(0.2)."""
+    """z [B, z_dim] -> sample [B, *shape]: hidden widths w, 2w, 4w (Goodfellow et al.), or `depth`
+    layers of w each, with LeakyReLU(0.2).
 
-    def __init__(self, z_dim: int, width: int, shape: tuple[int, ...]) -> None:
-        widths = [z_dim, width, width * 2, width * 4]
+    Depth is what lets G switch steeply from one mode of a 2-D mixture to the next: at the same
+    training budget six layers of 256 put far fewer samples on the bridges between modes than
+    256-512-1024; eight were unstable (benchmarks/RESULTS.md).
+    """
+
+    def __init__(self, z_dim: int, width: int, shape: tuple[int, ...], depth: int = 0) -> None:
+        widths = [z_dim, *([width] * depth)] if depth else [z_dim, width, width * 2, width * 4]
         layers: list[nn.Module] = []
         for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2, True)]
@@ -42,17 +48,16 @@ class Generator(FlatGenerator):
 
 
 class Discriminator(nn.Module):
-    """sample [B, pack * prod(shape)] (any trailing shape) -> logits [B]: widths 2w, w."""
+    """sample [B, pack * prod(shape)] (any trailing shape) -> logits [B]: hidden widths 2w, w (or
+    2w followed by `depth - 1` layers of w) with LeakyReLU(0.2)."""
 
-    def __init__(self, width: int, in_features: int) -> None:
+    def __init__(self, width: int, in_features: int, depth: int = 2) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_features, width * 2),
-            nn.LeakyReLU(0.2, True),
-            nn.Linear(width * 2, width),
-            nn.LeakyReLU(0.2, True),
-            nn.Linear(width, 1),
-        )
+        widths = [in_features, width * 2, *([width] * (depth - 1))]
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2, True)]
+        self.net = nn.Sequential(*layers, nn.Linear(widths[-1], 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1)).flatten()
@@ -60,6 +65,6 @@ class Discriminator(nn.Module):
 
 @MODELS.register("mlp")
 def build(cfg: ModelConfig, shape: tuple[int, ...], pack: int) -> tuple[nn.Module, nn.Module]:
-    G = Generator(cfg.z_dim, cfg.width, shape)
-    D = Discriminator(cfg.width, math.prod(shape) * pack)
+    G = Generator(cfg.z_dim, cfg.width, shape, cfg.g_depth)
+    D = Discriminator(cfg.width, math.prod(shape) * pack, cfg.d_depth or 2)
     return G, D
