@@ -30,6 +30,14 @@ class FlatGenerator(nn.Module):
         return self.net(z).view(len(z), *self.shape)
 
 
+def hidden_layers(widths: list[int]) -> list[nn.Module]:
+    """Linear + LeakyReLU(0.2) from each width to the next: [in, h1, h2] -> two hidden layers."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
+        layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2, True)]
+    return layers
+
+
 class Generator(FlatGenerator):
     """z [B, z_dim] -> sample [B, *shape]: hidden widths w, 2w, 4w (Goodfellow et al.), or `depth`
     layers of w each, with LeakyReLU(0.2).
@@ -41,10 +49,7 @@ class Generator(FlatGenerator):
 
     def __init__(self, z_dim: int, width: int, shape: tuple[int, ...], depth: int = 0) -> None:
         widths = [z_dim, *([width] * depth)] if depth else [z_dim, width, width * 2, width * 4]
-        layers: list[nn.Module] = []
-        for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
-            layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2, True)]
-        super().__init__(z_dim, shape, layers, widths[-1])
+        super().__init__(z_dim, shape, hidden_layers(widths), widths[-1])
 
 
 class Discriminator(nn.Module):
@@ -54,10 +59,7 @@ class Discriminator(nn.Module):
     def __init__(self, width: int, in_features: int, depth: int = 2) -> None:
         super().__init__()
         widths = [in_features, width * 2, *([width] * (depth - 1))]
-        layers: list[nn.Module] = []
-        for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
-            layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2, True)]
-        self.net = nn.Sequential(*layers, nn.Linear(widths[-1], 1))
+        self.net = nn.Sequential(*hidden_layers(widths), nn.Linear(widths[-1], 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1)).flatten()
