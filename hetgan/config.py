@@ -116,7 +116,7 @@ class TrainConfig:
             (
                 self.model.g_depth == self.model.d_depth == 0 or self.model.arch == "mlp",
                 f"model.g_depth and model.d_depth apply to the mlp family only, not {self.model.arch!r}; "
-                "leave them at 0",
+                "set them to 0 (--set model.g_depth=0 --set model.d_depth=0)",
             ),
             (self.loss.n_critic >= 1, "loss.n_critic must be >= 1"),
             (self.loss.pack >= 1, "loss.pack must be >= 1"),

@@ -177,7 +177,7 @@ def test_default_preset_runs_end_to_end_via_cli(tmp_path):
 def test_eval_every_logs_metrics_and_keeps_best(tmp_path):
     run = tmp_path / "run"
     args = ["train", "--preset", "mlp_ring8", "--kimg", "0.4", "--eval-every", "0.2", "--out", str(run)]
-    args += ["--set", "model.arch=maxout", "--set", "model.width=16", "--set", "train.batch_size=20", "--no-progress"]
+    args += ["--set", "model.width=16", "--set", "train.batch_size=20", "--no-progress"]
     assert main(args) == 0
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("eval")]
     assert [r["kimg"] for r in evals] == [0.2, 0.4]

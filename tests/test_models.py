@@ -86,7 +86,8 @@ def test_mlp_depths_give_that_many_hidden_layers():
 def test_depth_on_another_family_is_a_config_error(field):
     cfg = config_for("dcgan")
     setattr(cfg.model, field, 4)
-    with pytest.raises(ConfigError, match="model.g_depth and model.d_depth apply to the mlp family only, not 'dcgan'"):
+    fix = r"not 'dcgan'; set them to 0 \(--set model.g_depth=0 --set model.d_depth=0\)"
+    with pytest.raises(ConfigError, match=fix):
         cfg.validate()
 
 
