@@ -161,7 +161,7 @@ def add_data(sub) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from hetgan.presets import DEFAULT_PRESET, get_preset
-    from hetgan.training import train
+    from hetgan.training import run_training
 
     flags = {
         "data.spec": args.data,
@@ -176,18 +176,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.preset:
             raise HetganError("--preset cannot be combined with --resume: the run's config.yaml is used")
-        train(
+        result = run_training(
             resume=args.resume,
             overrides=overrides,
             allow_config_change=args.allow_config_change,
             progress=not args.no_progress,
         )
+        print(result.summary())
         return 0
     cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), overrides)
     if args.placement == "auto":
         best, _ = run_tune(cfg, seconds=3.0)
         cfg = apply_overrides(cfg, best.overrides)  # the choice is written into the run's config.yaml
-    train(cfg, out=args.out, progress=not args.no_progress)
+    print(run_training(cfg, out=args.out, progress=not args.no_progress).summary())
     return 0
 
 

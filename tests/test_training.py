@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 
 import pytest
@@ -7,7 +8,7 @@ from safetensors.torch import load_file
 
 from hetgan.config import OptimConfig
 from hetgan.errors import CheckpointError, HetganError, TrainingDiverged
-from hetgan.training import Trainer, train
+from hetgan.training import Trainer, run_training, train
 from hetgan.training.checkpoint import list_checkpoints, load_latest_checkpoint
 from hetgan.training.trainer import lr_scale
 from tests.conftest import tiny_config
@@ -27,6 +28,15 @@ def test_run_directory_layout(tiny, tmp_path):
     assert grids[0] == "final.png" and "step-000000000.png" in grids and len(grids) >= 3
     assert len(list_checkpoints(run / "checkpoints")) == 3  # keep_checkpoints
     assert (run / "generator.safetensors").is_file()
+
+
+def test_api_prints_nothing_and_run_training_reports_the_outcome(tiny, tmp_path, capsys):
+    result = run_training(tiny, out=tmp_path / "run", progress=False)
+    assert capsys.readouterr().out == ""  # a library call leaves stdout to its caller
+    assert result.stopped_by is None and result.steps == 20 and result.kimg == pytest.approx(0.16)  # 160 / batch 8
+    assert "training finished" in result.summary() and str(result.run_dir / "generator.safetensors") in result.summary()
+    assert "done:" in (result.run_dir / "log.txt").read_text()  # INFO reaches log.txt without logging set up
+    assert logging.getLogger("hetgan").level == logging.NOTSET  # and the caller's level is restored
 
 
 def test_run_directory_is_never_overwritten(tiny, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from hetgan.report.plots import make_plots
 from hetgan.sampling import write_samples
 from hetgan.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from hetgan.training.monitor import Monitor
-from hetgan.training.rundir import MetricsWriter, attach_log_file, new_run_dir, write_config, write_machine
+from hetgan.training.rundir import MetricsWriter, new_run_dir, run_log, write_config, write_machine
 from hetgan.training.trainer import Trainer
 
 log = logging.getLogger("hetgan")
@@ -37,19 +38,57 @@ def train(
     allow_config_change: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Train a GAN and return its run directory. With `resume`, continue that run exactly."""
+    """Train a GAN and return its run directory. With `resume`, continue that run exactly.
+
+    Nothing is printed but the progress bar (`progress=False` turns it off); the outcome goes to
+    the "hetgan" logger and the run's log.txt. `run_training` returns it as a `TrainResult`.
+    """
+    return run_training(cfg, out, resume, overrides, allow_config_change, progress).run_dir
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a `train` call ended: finished, or stopped by a signal with a checkpoint saved."""
+
+    run_dir: Path
+    steps: int
+    kimg: float
+    stopped_by: str | None  # "SIGINT"/"SIGTERM" when interrupted, None when finished
+    nonfinite_steps: int
+
+    def summary(self) -> str:
+        if self.stopped_by:
+            return (
+                f"stopped by {self.stopped_by} at step {self.steps}; checkpoint saved. "
+                f"Continue with: hetgan train --resume {self.run_dir}"
+            )
+        skipped = f"; {self.nonfinite_steps} non-finite steps skipped" if self.nonfinite_steps else ""
+        return (
+            f"training finished: {self.kimg:.1f} kimg in {self.steps} steps{skipped}\n"
+            f"  run directory: {self.run_dir}\n  generator:     {self.run_dir / ARTIFACT_NAME}\n"
+            f"  final samples: {self.run_dir / 'samples' / 'final.png'}\n"
+            f"  metrics:       {self.run_dir / 'metrics.jsonl'}\n"
+            f"  report:        hetgan report {self.run_dir}"
+        )
+
+
+def run_training(
+    cfg: TrainConfig | None = None,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    overrides: list[str] | None = None,
+    allow_config_change: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """`train`, returning how the run ended (the CLI prints its `summary()`)."""
     if resume is not None:
         run_dir = Path(resume)
         cfg = resumed_config(run_dir, overrides or [])
     else:
         cfg = (cfg or TrainConfig()).validate()
         run_dir = new_run_dir(out, cfg.preset)
-    handler = attach_log_file(run_dir)
-    try:
+    with run_log(run_dir):
         return _run(cfg, run_dir, resume is not None, allow_config_change, progress)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
 
 
 def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
@@ -58,7 +97,7 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
     return apply_overrides(load_yaml(run_dir / "config.yaml"), overrides)
 
 
-def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, allow_change: bool, progress: bool) -> Path:
+def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, allow_change: bool, progress: bool) -> TrainResult:
     trainer = Trainer(cfg)
     metrics = MetricsWriter(run_dir)
     if resuming:
@@ -94,13 +133,10 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, allow_change: bool, pr
                 bar.set_description(f"ALARM x{len(monitor.alarms)} (see log)")
     if stop.requested:
         snapshot(trainer, run_dir)
-        print(
-            f"stopped by {stop.requested} at step {trainer.step_count}; checkpoint saved. "
-            f"Continue with: hetgan train --resume {run_dir}"
-        )
-        return run_dir
-    finish(trainer, run_dir)
-    return run_dir
+        log.info("stopped by %s at step %d; checkpoint saved", stop.requested, trainer.step_count)
+    else:
+        finish(trainer, run_dir)
+    return TrainResult(run_dir, trainer.step_count, trainer.nimg / 1000, stop.requested, trainer.nonfinite_total)
 
 
 def describe(trainer: Trainer) -> str:
@@ -209,15 +245,13 @@ def finish(trainer: Trainer, run_dir: Path) -> None:
         snapshot(trainer, run_dir)
     artifact = save_generator(trainer.G_ema, trainer.cfg, run_dir / ARTIFACT_NAME)
     save_grid(trainer, run_dir, "final.png")
-    grid = run_dir / "samples" / "final.png"
     make_plots(run_dir)
-    skipped = f"; {trainer.nonfinite_total} non-finite steps skipped" if trainer.nonfinite_total else ""
-    log.info("done: %d steps, %.1f kimg%s", trainer.step_count, trainer.nimg / 1000, skipped)
-    print(
-        f"training finished: {trainer.nimg / 1000:.1f} kimg in {trainer.step_count} steps{skipped}\n"
-        f"  run directory: {run_dir}\n  generator:     {artifact}\n  final samples: {grid}\n"
-        f"  metrics:       {run_dir / 'metrics.jsonl'}\n"
-        f"  report:        hetgan report {run_dir}"
+    log.info(
+        "done: %d steps, %.1f kimg, %d non-finite steps skipped; generator %s",
+        trainer.step_count,
+        trainer.nimg / 1000,
+        trainer.nonfinite_total,
+        artifact,
     )
 
 

@@ -16,6 +16,8 @@ import logging
 import os
 import platform
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -56,11 +58,25 @@ def write_config(run_dir: Path, cfg: TrainConfig) -> None:
     atomic_write_bytes(run_dir / "config.yaml", dump_yaml(cfg).encode())
 
 
-def attach_log_file(run_dir: Path) -> logging.Handler:
+@contextmanager
+def run_log(run_dir: Path) -> Iterator[None]:
+    """Write the "hetgan" logger's INFO and above to run_dir/log.txt while the block runs.
+
+    The logger is lowered to INFO for the block if it was above (the default WARNING of an API
+    caller who configured no logging), so log.txt is complete however train() was called.
+    """
     handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    level = log.level
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
     log.addHandler(handler)
-    return handler
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        handler.close()
 
 
 class MetricsWriter:
