@@ -69,6 +69,19 @@ def test_mode_metrics_hand_built():
     assert uniform["modes_captured"] == 4 and uniform["reverse_kl"] == pytest.approx(0.0)
 
 
+@pytest.mark.parametrize("spec", ["ring8", "grid25"])
+def test_real_mixture_scores_the_analytic_ceiling(spec):
+    # A 2-D Gaussian sample lies within 3 sigma of its centre with probability 1 - exp(-9/2) =
+    # 98.89 %, so even the real distribution scores that "high quality", not 100 %.
+    data = load_data(DataConfig(spec=spec))
+    g = np.random.default_rng(0)
+    points = data.modes[g.integers(len(data.modes), size=20_000)] + g.normal(size=(20_000, 2)) * data.sigma
+    r = M.mode_metrics(points, data.modes, data.sigma)
+    ceiling = 1 - np.exp(-4.5)
+    assert r["high_quality"] == pytest.approx(ceiling, abs=4 * np.sqrt(ceiling * (1 - ceiling) / 20_000))
+    assert r["modes_captured"] == len(data.modes) and r["reverse_kl"] < 0.005
+
+
 def test_class_histogram_and_diversity():
     probs = np.eye(10)[[0, 0, 3, 9]] * 0.9 + 0.01
     h = M.class_histogram(probs, 10)
