@@ -139,7 +139,8 @@ def add_tune(sub) -> None:
     tn = sub.add_parser("tune", help="time candidate placements and knobs; pick the fastest sound one")
     tn.add_argument("--preset", help="preset to tune (default dcgan_mnist)")
     add_set(tn)
-    tn.add_argument("--seconds", type=float, default=3.0, help="timed seconds per candidate")
+    tn.add_argument("--seconds", type=float, default=3.0, help="timed seconds per candidate, over all rounds")
+    tn.add_argument("--rounds", type=int, default=3, help="timing windows per candidate, taken in turn")
     tn.add_argument("--json", help="write the table and the choice to this JSON file")
 
 
@@ -192,11 +193,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_tune(cfg, seconds: float):
+def run_tune(cfg, seconds: float, rounds: int = 3):
     from hetgan.bench.tune import candidates_for, format_tune, tune
     from hetgan.placement import resolve_device
 
-    best, table = tune(cfg, candidates_for(cfg, resolve_device(cfg.accel.device)), seconds)
+    if rounds < 1:
+        raise HetganError(f"--rounds must be at least 1, got {rounds}")
+    best, table = tune(cfg, candidates_for(cfg, resolve_device(cfg.accel.device)), seconds, rounds)
     print(format_tune(best, table))
     return best, table
 
@@ -225,7 +228,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from hetgan.presets import DEFAULT_PRESET, get_preset
 
     cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), args.set)
-    best, table = run_tune(cfg, args.seconds)
+    best, table = run_tune(cfg, args.seconds, args.rounds)
     if args.json:
         Path(args.json).write_text(json.dumps({"chosen": best.overrides, "table": [vars(c) for c in table]}, indent=1))
     return 0

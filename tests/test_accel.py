@@ -1,8 +1,11 @@
+import os
+
 import pytest
 import torch
 
 from hetgan.bench.bench import flops_per_image, run_bench, textbook_flops_per_image
-from hetgan.bench.tune import Candidate, tune
+from hetgan.bench.tune import Candidate, Trial, candidates_for, tune
+from hetgan.config import TrainConfig
 from hetgan.errors import ConfigError
 from hetgan.training import Trainer
 from tests.conftest import tiny_config
@@ -76,14 +79,24 @@ def test_compile_runs_finite_and_keeps_d_eager_under_penalty(digits_npz):
     assert not t.step().skipped
 
 
-def fake_measure(speeds, outputs):
-    """Timings and outputs controlled by the test, keyed by the candidate's first override."""
+class FakeTrial:
+    """A candidate whose outputs and per-window speeds the test controls."""
 
-    def measure(cfg, seconds):
+    def __init__(self, outputs, speeds):
+        self.outputs, self.speeds = outputs, list(speeds)
+
+    def img_per_s(self, seconds):
+        return self.speeds.pop(0)
+
+
+def fake_prepare(speeds, outputs):
+    """Keyed by the candidate's precision and threads; `speeds` lists one value per round."""
+
+    def prepare(cfg):
         key = f"precision={cfg.accel.precision},threads={cfg.accel.threads}"
-        return speeds[key], outputs[key], None
+        return FakeTrial(outputs[key], speeds[key])
 
-    return measure
+    return prepare
 
 
 def test_tune_picks_fastest_sound_candidate(tiny):
@@ -95,10 +108,10 @@ def test_tune_picks_fastest_sound_candidate(tiny):
         Candidate("fp16 broken", ["accel.precision=fp16"]),
     ]
     speeds = {
-        "precision=fp32,threads=0": 100.0,
-        "precision=fp32,threads=1": 150.0,
-        "precision=bf16,threads=0": 400.0,
-        "precision=fp16,threads=0": 900.0,
+        "precision=fp32,threads=0": [100.0],
+        "precision=fp32,threads=1": [150.0],
+        "precision=bf16,threads=0": [400.0],
+        "precision=fp16,threads=0": [900.0],
     }
     outputs = {
         "precision=fp32,threads=0": ref,
@@ -106,12 +119,39 @@ def test_tune_picks_fastest_sound_candidate(tiny):
         "precision=bf16,threads=0": (ref[0] * 1.2, ref[1]),  # 20 % off: beyond bf16's 5 %
         "precision=fp16,threads=0": (ref[0] * float("nan"), ref[1]),
     }
-    best, table = tune(tiny, cands, measure=fake_measure(speeds, outputs))
+    best, table = tune(tiny, cands, rounds=1, prepare=fake_prepare(speeds, outputs))
     assert best.name == "one thread"
     assert "off the fp32 reference" in table[2].rejected and table[3].rejected == "non-finite outputs"
     outputs["precision=bf16,threads=0"] = (ref[0] * 1.01, ref[1])  # within tolerance now
-    best, _ = tune(tiny, cands, measure=fake_measure(speeds, outputs))
+    best, _ = tune(tiny, cands, rounds=1, prepare=fake_prepare(speeds, outputs))
     assert best.name == "bf16"
+
+
+def test_tune_takes_each_candidates_median_over_rounds(tiny):
+    # One slow spell hits "base" in round 2 and one fast spell hits "one thread" in round 1:
+    # a single window would pick "one thread"; the medians pick "base".
+    ref = (torch.ones(4, 2), torch.ones(4))
+    speeds = {"precision=fp32,threads=0": [200.0, 50.0, 210.0], "precision=fp32,threads=1": [500.0, 150.0, 160.0]}
+    outputs = {"precision=fp32,threads=0": ref, "precision=fp32,threads=1": ref}
+    cands = [Candidate("base"), Candidate("one thread", ["accel.threads=1"])]
+    best, table = tune(tiny, cands, rounds=3, prepare=fake_prepare(speeds, outputs))
+    assert best.name == "base"
+    assert [c.img_per_s for c in table] == [200.0, 160.0]
+
+
+def test_tune_rejects_a_candidate_that_fails_while_timed(tiny):
+    class Crashes(FakeTrial):
+        def img_per_s(self, seconds):
+            raise RuntimeError("CUDA out of memory\nmore detail")
+
+    ref = (torch.ones(1), torch.ones(1))
+
+    def prepare(cfg):
+        return Crashes(ref, []) if cfg.accel.threads == 1 else FakeTrial(ref, [10.0, 10.0])
+
+    best, table = tune(tiny, [Candidate("base"), Candidate("one", ["accel.threads=1"])], rounds=2, prepare=prepare)
+    assert best.name == "base" and table[1].rejected == "failed: RuntimeError: CUDA out of memory"
+    assert table[1].img_per_s is None
 
 
 def test_flop_count_matches_hand_count():
@@ -177,30 +217,39 @@ def test_tune_cli_on_cpu_picks_a_sound_candidate(tmp_path, capsys):
 
     table = json.loads(out.read_text())["table"]
     assert table[0]["name"].startswith("baseline") and table[0]["max_rel_error"] == 0.0
-    assert any(row["name"].startswith("threads=") for row in table)
+    if (os.cpu_count() or 1) > 1:  # threads=1 is tried wherever it differs from the baseline
+        assert any(row["name"].startswith("threads=") for row in table)
 
 
 def test_tune_stops_when_the_reference_candidate_fails(tiny):
-    def measure(cfg, seconds):
+    def prepare(cfg):
         if cfg.accel.threads == 0:
             raise ValueError("no such device")
-        return 1.0, (torch.ones(1), torch.ones(1)), None
+        return FakeTrial((torch.ones(1), torch.ones(1)), [1.0])
 
     with pytest.raises(RuntimeError, match=r"reference candidate 'base' failed: ValueError: no such device"):
-        tune(tiny, [Candidate("base"), Candidate("one", ["accel.threads=1"])], measure=measure)
+        tune(tiny, [Candidate("base"), Candidate("one", ["accel.threads=1"])], rounds=1, prepare=prepare)
 
 
-def test_tune_candidates_do_not_leak_thread_settings(tiny):
+def test_tune_times_each_candidate_with_its_own_threads_and_restores_them(tiny):
     before = torch.get_num_threads()
     seen = []
 
-    def measure(cfg, seconds):
-        t = Trainer(cfg)  # applies accel.threads process-wide
-        seen.append(torch.get_num_threads())
-        return 1.0 + len(seen), (torch.ones(1), torch.ones(1)), t
+    class Recording(Trial):
+        def img_per_s(self, seconds):
+            speed = super().img_per_s(seconds)
+            seen.append((self.cfg.accel.threads, torch.get_num_threads()))
+            return speed
 
-    tune(tiny, [Candidate("base"), Candidate("one", ["accel.threads=1"]), Candidate("after")], measure=measure)
-    assert seen == [before, 1, before] and torch.get_num_threads() == before
+    cands = [Candidate("base"), Candidate("one", ["accel.threads=1"]), Candidate("after")]
+    tune(tiny, cands, seconds=0.2, rounds=2, prepare=Recording)
+    assert seen == [(0, before), (1, 1), (0, before)] * 2 and torch.get_num_threads() == before
+
+
+def test_tune_tries_placements_on_an_accelerator():
+    names = [c.name for c in candidates_for(TrainConfig(), torch.device("cuda"))]
+    assert "G on cuda, D on cpu" in names and "D on cuda, G on cpu" in names
+    assert not any(" on " in c.name for c in candidates_for(TrainConfig(), torch.device("cpu")))
 
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -260,3 +309,10 @@ def test_textbook_loop_is_the_pytorch_example_step():
     after = list((*G.parameters(), *D.parameters()))
     n_g = len(list(G.parameters()))
     assert not torch.equal(before[0], after[0]) and not torch.equal(before[n_g], after[n_g])  # G and D moved
+
+
+def test_tune_cli_refuses_zero_rounds(capsys):
+    from hetgan.cli import main
+
+    assert main(["tune", "--preset", "mlp_ring8", "--rounds", "0"]) == 2
+    assert "--rounds must be at least 1, got 0" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """`hetgan tune` and `hetgan train --placement auto`: try candidate knob settings for a few seconds
-each, reject any that is not numerically sound, keep the fastest.
+each, in interleaved rounds, reject any that is not numerically sound, keep the fastest.
 
 Sound means: finite outputs, and G's and D's outputs on a fixed batch within a stated tolerance of
 the plain fp32 configuration (same seed, so the same initial weights).
@@ -10,12 +10,13 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from hetgan.accel import restored_backend_flags
+from hetgan.accel import apply_backend_flags, restored_backend_flags
 from hetgan.bench.bench import steady_img_per_s
 from hetgan.config import TrainConfig, apply_overrides
 from hetgan.training.trainer import Trainer
@@ -41,7 +42,7 @@ def candidates_for(cfg: TrainConfig, device: torch.device) -> list[Candidate]:
     base = [Candidate("baseline (fp32, contiguous, eager)")]
     if device.type == "cpu":
         cores = os.cpu_count() or 1
-        threads = sorted({1, max(1, cores // 2), cores})
+        threads = sorted({1, max(1, cores // 2), cores} - {torch.get_num_threads()})  # the baseline runs that
         out = base + [Candidate(f"threads={t}", [f"accel.threads={t}"]) for t in threads]
         out += [Candidate("channels_last", ["accel.channels_last=true"])]
         out += [Candidate("channels_last + compile", ["accel.channels_last=true", "accel.compile=true"])]
@@ -71,6 +72,14 @@ def candidates_for(cfg: TrainConfig, device: torch.device) -> list[Candidate]:
                 ],
             )
         )
+    # Placements (fp32, so they are judged on speed alone): the seed's G on the accelerator with D
+    # on the CPU, the reverse, and G and D on two GPUs where there are two.
+    out += [
+        Candidate(f"G on {device.type}, D on cpu", ["accel.d_device=cpu"]),
+        Candidate(f"D on {device.type}, G on cpu", ["accel.g_device=cpu"]),
+    ]
+    if device.type == "cuda" and torch.cuda.device_count() > 1:
+        out.append(Candidate("G on cuda:0, D on cuda:1", ["accel.g_device=cuda:0", "accel.d_device=cuda:1"]))
     return out
 
 
@@ -89,28 +98,47 @@ def max_rel_error(got: tuple[torch.Tensor, ...], ref: tuple[torch.Tensor, ...]) 
     return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(got, ref, strict=True))
 
 
-def measure_candidate(cfg: TrainConfig, seconds: float) -> tuple[float, tuple[torch.Tensor, ...], Trainer]:
-    trainer = Trainer(cfg)
-    outputs = reference_outputs(cfg, trainer)  # before any step: weights equal the reference's
-    return steady_img_per_s(trainer, seconds), outputs, trainer
+class Trial:
+    """One candidate's trainer, built once and timed in several windows."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.trainer = Trainer(cfg)
+        self.outputs = reference_outputs(cfg, self.trainer)  # before any step: weights equal the reference's
+        self.warm = False
+
+    def img_per_s(self, seconds: float) -> float:
+        apply_backend_flags(self.cfg.accel)  # process-wide (threads, TF32): set for this window only
+        speed = steady_img_per_s(self.trainer, seconds, warmup_steps=0 if self.warm else 5)
+        self.warm = True
+        return speed
 
 
-Measure = Callable[[TrainConfig, float], tuple[float, tuple[torch.Tensor, ...], object]]
+Prepare = Callable[[TrainConfig], Trial]
 
 
 def tune(
-    cfg: TrainConfig, candidates: list[Candidate], seconds: float = 3.0, measure: Measure = measure_candidate
+    cfg: TrainConfig,
+    candidates: list[Candidate],
+    seconds: float = 3.0,
+    rounds: int = 3,
+    prepare: Prepare = Trial,
 ) -> tuple[Candidate, list[Candidate]]:
-    """Time each candidate; the fastest sound one wins. The first candidate is the reference."""
+    """Time each candidate; the fastest sound one wins. The first candidate is the reference.
+
+    Each candidate gets `seconds` of timing in all, as `rounds` windows taken in turn with the
+    other candidates' (all of their trainers are alive at once), and its speed is the median of
+    its windows: a slow spell of the machine then lands on every candidate instead of on one."""
     reference = None
     candidates = [Candidate(c.name, list(c.overrides)) for c in candidates]  # fresh results each call
-    for cand in candidates:
+    trials: dict[int, Trial] = {}
+    for i, cand in enumerate(candidates):
         cand_cfg = apply_overrides(copy.deepcopy(cfg), cand.overrides)
         try:
             with restored_backend_flags():
-                img_s, outputs, _ = measure(cand_cfg, seconds)
+                trials[i] = prepare(cand_cfg)
         except Exception as e:  # a knob this machine cannot do (e.g. no compiler) is a rejection
-            cand.rejected = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            cand.rejected = failure(e)
             if reference is None:  # every other candidate is judged against this one
                 raise RuntimeError(
                     f"tune: the reference candidate {cand.name!r} {cand.rejected}; nothing to compare "
@@ -118,7 +146,7 @@ def tune(
                 ) from e
             log.info("tune: %s rejected (%s)", cand.name, cand.rejected)
             continue
-        cand.img_per_s = img_s
+        outputs = trials[i].outputs
         if reference is None:
             reference = outputs
         if not all(torch.isfinite(t).all() for t in outputs):
@@ -128,10 +156,32 @@ def tune(
         limit = TOLERANCE[cand_cfg.accel.precision]
         if cand.max_rel_error > limit:
             cand.rejected = f"off the fp32 reference by {cand.max_rel_error:.2e} > {limit:.0e}"
+    speeds: dict[int, list[float]] = {i: [] for i in trials}
+    for _ in range(rounds):
+        for i, trial in list(trials.items()):
+            try:
+                with restored_backend_flags():
+                    speeds[i].append(trial.img_per_s(seconds / rounds))
+            except Exception as e:  # e.g. out of memory, or a compile error on the first steps
+                if i == 0:
+                    raise RuntimeError(f"tune: the reference candidate {candidates[i].name!r} {failure(e)}") from e
+                candidates[i].rejected, candidates[i].max_rel_error = failure(e), None
+                speeds[i] = []
+                del trials[i]
+                log.info("tune: %s rejected (%s)", candidates[i].name, candidates[i].rejected)
+    for i, values in speeds.items():
+        if values:
+            candidates[i].img_per_s = statistics.median(values)
+    trials.clear()  # free every candidate's trainer before the caller builds its own
     sound = [c for c in candidates if c.rejected is None and c.img_per_s is not None]
     if not sound:
         raise RuntimeError("tune: every candidate was rejected, including the baseline")
     return max(sound, key=lambda c: c.img_per_s), candidates
+
+
+def failure(e: Exception) -> str:
+    first_line = str(e).splitlines()[0][:120] if str(e) else "(no message)"
+    return f"failed: {type(e).__name__}: {first_line}"
 
 
 def format_tune(best: Candidate, table: list[Candidate]) -> str:
