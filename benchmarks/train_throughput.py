@@ -1,30 +1,38 @@
 """Training throughput: the textbook loop vs hetgan's trainer, plain and tuned, on the same
 DCGAN-32 (width 64), batch 64, BCE loss, same device, in one process. Prints img/s and ratios.
 
-    python benchmarks/train_throughput.py [--seconds 20] [--batch 64] [--width 64] [--device cpu]
+    python benchmarks/train_throughput.py [--rounds 5] [--seconds 6] [--batch 64] [--width 64] [--device cpu]
 
 Rows: `textbook loop` (hetgan.bench.textbook: DataLoader, sigmoid + BCELoss, one G forward reused for the G step),
 `hetgan plain` (fp32, contiguous, eager: the reused G forward and device-resident data alone) and
 `hetgan tuned` (the knobs `hetgan tune` picks on this machine, measured again here).
 
+The three setups are timed in turn, `--seconds` each, for `--rounds` rounds, so a slow spell of
+the machine hits all of them; each ratio is taken within a round and the median, min and max over
+the rounds are printed.
+
 It then prints what bounds the ratio: each loop's FLOPs per image (torch.utils.flop_counter),
 the FLOP/s each achieves, the matrix-product peak measured on the spot, and the FLOP/s hetgan
-would need for a 1.5x ratio.
+would need for a 1.5x ratio. On a CPU it also profiles the tuned step and prints the ratio it
+would reach if everything but its convolutions took no time.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import statistics
+import time
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from hetgan.bench.bench import (
     flops_per_image,
     matmul_peak,
     steady_img_per_s,
     textbook_flops_per_image,
-    textbook_img_per_s,
+    textbook_loop,
 )
 from hetgan.bench.tune import candidates_for, format_tune, tune
 from hetgan.config import TrainConfig, apply_overrides
@@ -40,9 +48,22 @@ def config(batch: int, width: int, device: str) -> TrainConfig:
     return cfg.validate()
 
 
+def convolution_ms_per_step(trainer: Trainer, steps: int = 10) -> tuple[float, float]:
+    """(ms per step in convolution ops, ms per step in all) from torch.profiler's self CPU time
+    of the aten ops whose name contains "convolution" (forward, transposed and backward)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.step()
+        total = time.perf_counter() - start
+    conv_us = sum(e.self_cpu_time_total for e in prof.key_averages() if "convolution" in e.key)
+    return conv_us / 1000 / steps, 1000 * total / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per setup")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds over the three setups")
+    parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per setup per round")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--width", type=int, default=64, help="DCGAN width (textbook ngf = ndf = 64)")
     parser.add_argument("--device", default="cpu")
@@ -51,30 +72,52 @@ def main() -> None:
     device = resolve_device(args.device)
     print(
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"device {device}; DCGAN-32 width {args.width}, batch {args.batch}, {args.seconds:.0f} s each"
+        f"device {device}; DCGAN-32 width {args.width}, batch {args.batch}, "
+        f"{args.rounds} rounds of {args.seconds:.0f} s per setup"
     )
-    best, table = tune(cfg, candidates_for(cfg, device), seconds=min(5.0, args.seconds / 2))
+    best, table = tune(cfg, candidates_for(cfg, device), seconds=5.0)
     print(format_tune(best, table))
     plain = Trainer(cfg)
-    rows = [("textbook loop", textbook_img_per_s(cfg, plain, args.seconds))]
-    rows.append(("hetgan plain", steady_img_per_s(plain, args.seconds)))
-    tuned_cfg = apply_overrides(config(args.batch, args.width, args.device), best.overrides)
-    rows.append((f"hetgan tuned ({best.name})", steady_img_per_s(Trainer(tuned_cfg), args.seconds)))
-    textbook = rows[0][1]
-    print(f"{'setup':<52}{'img/s':>10}{'vs textbook':>14}")
-    for name, img_s in rows:
-        print(f"{name:<52}{img_s:>10.1f}{img_s / textbook:>13.2f}x")
+    tuned = Trainer(apply_overrides(config(args.batch, args.width, args.device), best.overrides))
+    textbook = textbook_loop(cfg, plain)
+    textbook.run_for(2.0)  # warm-up; the trainers warm up in their first round
+    names = ["textbook loop", "hetgan plain", f"hetgan tuned ({best.name})"]
+    timers = [
+        lambda warm: textbook.run_for(args.seconds),
+        lambda warm: steady_img_per_s(plain, args.seconds, warmup_steps=0 if warm else 5),
+        lambda warm: steady_img_per_s(tuned, args.seconds, warmup_steps=0 if warm else 5),
+    ]
+    img_s: list[list[float]] = [[] for _ in names]
+    for r in range(args.rounds):
+        for i, timer in enumerate(timers):
+            img_s[i].append(timer(r > 0))
+        speeds = ", ".join(f"{name.split(' (')[0]} {v[-1]:.1f}" for name, v in zip(names, img_s, strict=True))
+        print(f"round {r + 1}: {speeds}")
+    print(f"{'setup':<52}{'median img/s':>13}{'vs textbook: median (min-max)':>32}")
+    for name, values in zip(names, img_s, strict=True):
+        ratios = [v / t for v, t in zip(values, img_s[0], strict=True)]
+        spread = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+        print(f"{name:<52}{statistics.median(values):>13.1f}{spread:>32}")
+
     tb_flops, hg_flops = textbook_flops_per_image(cfg, plain), flops_per_image(cfg)
     peak = matmul_peak(device, torch.float32)
+    medians = [statistics.median(v) for v in img_s]
     print(
         f"FLOPs per image: textbook {tb_flops / 1e6:.1f} M, hetgan {hg_flops / 1e6:.1f} M "
         f"(the same work at the same speed gives {tb_flops / hg_flops:.2f}x)"
     )
     print(f"matrix-product peak (measured): {peak / 1e9:.1f} GFLOP/s")
-    for (name, img_s), flops in zip(rows, (tb_flops, hg_flops, hg_flops), strict=True):
-        print(f"{name:<52}{img_s * flops / 1e9:>8.1f} GFLOP/s{img_s * flops / peak:>8.0%} of peak")
-    need = 1.5 * textbook * hg_flops
+    for name, speed, flops in zip(names, medians, (tb_flops, hg_flops, hg_flops), strict=True):
+        print(f"{name:<52}{speed * flops / 1e9:>8.1f} GFLOP/s{speed * flops / peak:>8.0%} of peak")
+    need = 1.5 * medians[0] * hg_flops
     print(f"a 1.5x ratio needs hetgan at {need / 1e9:.1f} GFLOP/s, {need / peak:.0%} of the measured peak")
+    if device.type == "cpu":
+        conv_ms, step_ms = convolution_ms_per_step(tuned)
+        bound = args.batch / (conv_ms / 1000) / medians[0]
+        print(
+            f"hetgan tuned, profiled: {conv_ms:.1f} of {step_ms:.1f} ms per step in convolutions "
+            f"({conv_ms / step_ms:.0%}); with everything else free it would reach {bound:.2f}x"
+        )
 
 
 if __name__ == "__main__":
