@@ -29,6 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from hetgan.bench.bench import (
     flops_per_image,
+    interleaved,
     matmul_peak,
     steady_img_per_s,
     textbook_flops_per_image,
@@ -82,17 +83,16 @@ def main() -> None:
     textbook = textbook_loop(cfg, plain)
     textbook.run_for(2.0)  # warm-up; the trainers warm up in their first round
     names = ["textbook loop", "hetgan plain", f"hetgan tuned ({best.name})"]
-    timers = [
-        lambda warm: textbook.run_for(args.seconds),
-        lambda warm: steady_img_per_s(plain, args.seconds, warmup_steps=0 if warm else 5),
-        lambda warm: steady_img_per_s(tuned, args.seconds, warmup_steps=0 if warm else 5),
-    ]
-    img_s: list[list[float]] = [[] for _ in names]
-    for r in range(args.rounds):
-        for i, timer in enumerate(timers):
-            img_s[i].append(timer(r > 0))
-        speeds = ", ".join(f"{name.split(' (')[0]} {v[-1]:.1f}" for name, v in zip(names, img_s, strict=True))
-        print(f"round {r + 1}: {speeds}")
+    timers = {
+        names[0]: lambda warm: textbook.run_for(args.seconds),
+        names[1]: lambda warm: steady_img_per_s(plain, args.seconds, warmup_steps=0 if warm else 5),
+        names[2]: lambda warm: steady_img_per_s(tuned, args.seconds, warmup_steps=0 if warm else 5),
+    }
+
+    def show_round(r, speeds):
+        print(f"round {r + 1}: " + ", ".join(f"{name.split(' (')[0]} {v[-1]:.1f}" for name, v in speeds.items()))
+
+    img_s = list(interleaved(timers, args.rounds, show_round).values())
     print(f"{'setup':<52}{'median img/s':>13}{'vs textbook: median (min-max)':>32}")
     for name, values in zip(names, img_s, strict=True):
         ratios = [v / t for v, t in zip(values, img_s[0], strict=True)]

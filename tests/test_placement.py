@@ -90,3 +90,27 @@ def test_split_across_gpu_and_cpu_equals_all_gpu(tiny):
     G2 = split_network(copy.deepcopy(G), "0-5@cuda,6-@cpu")
     z = torch.randn(8, tiny.model.z_dim, device="cuda")
     torch.testing.assert_close(G(z).cpu(), G2(z).cpu(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_placement_benchmark_times_every_layout():
+    """benchmarks/placement_layouts.py on the CPU: every layout builds, trains and is reported
+    against the all-on-one-device reference (on a GPU the same script measures the real layouts)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cmd = [sys.executable, "benchmarks/placement_layouts.py", "--device", "cpu", "--rounds", "1"]
+    cmd += ["--seconds", "0.2", "--width", "8"]
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.endswith(")") and "x (" in line]
+    assert [row.split("  ")[0] for row in rows] == [
+        "all on cpu",
+        "G on cpu, D on cpu",
+        "D on cpu, G on cpu",
+        "D split: convs on cpu, head on cpu",
+        "G split: stem on cpu, rest on cpu",
+    ]
+    assert rows[0].split()[-2] == "1.00x" and all(float(row.split()[-3]) > 0 for row in rows)

@@ -8,6 +8,7 @@ import copy
 import resource
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -57,6 +58,19 @@ def steady_img_per_s(trainer: Trainer, seconds: float, warmup_steps: int = 5) ->
         trainer.step()
     synchronize(devices)
     return (trainer.nimg - nimg0) / (time.perf_counter() - start)
+
+
+def interleaved(timers: dict[str, Callable[[bool], float]], rounds: int, on_round=None) -> dict[str, list[float]]:
+    """Run each timer in turn, `rounds` times; a slow spell of the machine then lands on every
+    setup rather than on one. A timer gets `warm=True` after its first window and returns img/s.
+    `on_round(r, speeds)` after each round."""
+    speeds: dict[str, list[float]] = {name: [] for name in timers}
+    for r in range(rounds):
+        for name, timer in timers.items():
+            speeds[name].append(timer(r > 0))
+        if on_round:
+            on_round(r, speeds)
+    return speeds
 
 
 def phase_breakdown(trainer: Trainer, steps: int = 10) -> dict[str, float]:

@@ -1,0 +1,78 @@
+"""Placement layouts against all-on-one-device: the same DCGAN-32, batch and loss trained with G and
+D on different devices and with each network split into stages, timed in interleaved rounds.
+
+    python benchmarks/placement_layouts.py [--device cuda] [--rounds 5] [--seconds 4] [--batch 64] [--width 64]
+
+Layouts (DEV is --device, default auto):
+  all on DEV                   the reference
+  G on DEV, D on cpu           the seed's layout: fakes go to the CPU, D's gradient comes back
+  D on DEV, G on cpu           the reverse
+  D split: convs on DEV, head on cpu     d_stages: every layer but the last on DEV
+  G split: stem on cpu, rest on DEV      g_stages: the first ConvTranspose block on the CPU
+It prints each layout's median img/s and its ratio to all-on-DEV within each round. With
+--device cpu every layout is on the CPU; that checks the script, not the placement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+
+import torch
+
+from hetgan.bench.bench import interleaved, steady_img_per_s
+from hetgan.config import TrainConfig, apply_overrides
+from hetgan.models import build_models
+from hetgan.placement import resolve_device
+from hetgan.training import Trainer
+
+
+def layouts(cfg: TrainConfig, dev: str) -> dict[str, list[str]]:
+    G, D = build_models(cfg)
+    d_last, g_stem = len(D.net) - 1, 3  # D's final 4x4 conv; G's ConvTranspose + BatchNorm + ReLU
+    return {
+        f"all on {dev}": [],
+        f"G on {dev}, D on cpu": ["accel.d_device=cpu"],
+        f"D on {dev}, G on cpu": ["accel.g_device=cpu"],
+        f"D split: convs on {dev}, head on cpu": [f"accel.d_stages=0-{d_last - 1}@{dev},{d_last}-@cpu"],
+        f"G split: stem on cpu, rest on {dev}": [f"accel.g_stages=0-{g_stem - 1}@cpu,{g_stem}-@{dev}"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per layout per round")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--width", type=int, default=64)
+    args = parser.parse_args()
+    dev = str(resolve_device(args.device))
+    cfg = TrainConfig(preset="bench_dcgan32")
+    cfg.model.width, cfg.train.batch_size, cfg.accel.device = args.width, args.batch, dev
+    cfg = cfg.validate()
+    name = torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or platform.machine()
+    print(f"device {dev} ({name}), torch {torch.__version__}; DCGAN-32 width {args.width}, batch {args.batch}")
+    trainers = {
+        label: Trainer(apply_overrides(copy.deepcopy(cfg), overrides)) for label, overrides in layouts(cfg, dev).items()
+    }
+    for label, trainer in trainers.items():
+        g, d = ({str(p.device) for p in net.parameters()} for net in (trainer.G, trainer.D))
+        print(f"  {label:<44} G on {', '.join(sorted(g))}; D on {', '.join(sorted(d))}")
+    timers = {
+        label: (lambda warm, t=trainer: steady_img_per_s(t, args.seconds, warmup_steps=0 if warm else 5))
+        for label, trainer in trainers.items()
+    }
+    speeds = interleaved(timers, args.rounds)
+    reference = next(iter(speeds.values()))
+    print(f"{'layout':<46}{'median img/s':>13}{'vs all on ' + dev + ': median (min-max)':>34}")
+    for label, values in speeds.items():
+        ratios = [v / r for v, r in zip(values, reference, strict=True)]
+        spread = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+        print(f"{label:<46}{statistics.median(values):>13.1f}{spread:>34}")
+
+
+if __name__ == "__main__":
+    main()
