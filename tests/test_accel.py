@@ -139,6 +139,21 @@ def test_tune_takes_each_candidates_median_over_rounds(tiny):
     assert [c.img_per_s for c in table] == [200.0, 160.0]
 
 
+@pytest.mark.parametrize(("compiled_speed", "chosen"), [(204.0, "layout"), (240.0, "layout + compile")])
+def test_tune_prefers_fewer_knobs_within_the_tie_margin(compiled_speed, chosen):
+    from hetgan.bench.tune import TIE_MARGIN, format_tune, pick
+
+    assert 204.0 < 200.0 / (1 - TIE_MARGIN) < 240.0  # the first case is a tie, the second is not
+    sound = [
+        Candidate("base", [], img_per_s=150.0),
+        Candidate("layout", ["accel.channels_last=true"], img_per_s=200.0),
+        Candidate("layout + compile", ["accel.channels_last=true", "accel.compile=true"], img_per_s=compiled_speed),
+    ]
+    best = pick(sound)
+    assert best.name == chosen
+    assert ("tie margin" in format_tune(best, sound)) == (chosen == "layout")
+
+
 def test_tune_rejects_a_candidate_that_fails_while_timed(tiny):
     class Crashes(FakeTrial):
         def img_per_s(self, seconds):

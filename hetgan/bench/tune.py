@@ -27,6 +27,11 @@ log = logging.getLogger("hetgan")
 # compilation changes only summation order (~1e-6); bf16 keeps 8 mantissa bits (~4e-3 per op).
 TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2, "fp16": 2e-2}
 
+# A candidate with more knobs set must be this much faster than a simpler sound one to be chosen:
+# within it the two are a tie on a noisy machine, and fewer knobs start faster (no compilation)
+# and have less that can go wrong.
+TIE_MARGIN = 0.03
+
 
 @dataclass
 class Candidate:
@@ -176,7 +181,14 @@ def tune(
     sound = [c for c in candidates if c.rejected is None and c.img_per_s is not None]
     if not sound:
         raise RuntimeError("tune: every candidate was rejected, including the baseline")
-    return max(sound, key=lambda c: c.img_per_s), candidates
+    return pick(sound), candidates
+
+
+def pick(sound: list[Candidate], margin: float = TIE_MARGIN) -> Candidate:
+    """The fastest, unless a candidate with fewer overrides is within `margin` of it."""
+    fastest = max(c.img_per_s for c in sound)
+    ties = [c for c in sound if c.img_per_s >= (1 - margin) * fastest]
+    return min(ties, key=lambda c: (len(c.overrides), -c.img_per_s))
 
 
 def failure(e: Exception) -> str:
@@ -193,4 +205,10 @@ def format_tune(best: Candidate, table: list[Candidate]) -> str:
         lines.append(f"{c.name:<44}{img:>10}{err:>13}  {verdict}")
     flags = " ".join(f"--set {o}" for o in best.overrides) or "(no overrides)"
     lines.append(f"chosen: {best.name}: {flags}")
+    fastest = max((c for c in table if c.rejected is None and c.img_per_s), key=lambda c: c.img_per_s)
+    if fastest is not best:
+        lines.append(
+            f"  ({fastest.name} measured {fastest.img_per_s / best.img_per_s - 1:.1%} faster, within the "
+            f"{TIE_MARGIN:.0%} tie margin: the setting with fewer knobs is kept)"
+        )
     return "\n".join(lines)
