@@ -129,7 +129,8 @@ def add_bench(sub) -> None:
     b = sub.add_parser("bench", help="steady-state img/s, phase breakdown, FLOPs, memory, vs the textbook loop")
     b.add_argument("--preset", help="preset to measure (default dcgan_mnist)")
     b.add_argument("--batch", type=int, nargs="+", help="one or more batch sizes")
-    b.add_argument("--seconds", type=float, default=10.0, help="timed seconds per measurement")
+    b.add_argument("--seconds", type=float, default=10.0, help="timed seconds per setup, over all rounds")
+    b.add_argument("--rounds", type=int, default=3, help="timing windows, hetgan's and the textbook's in turn")
     add_set(b)
     b.add_argument("--no-textbook", action="store_true", help="skip the textbook-loop comparison")
     b.add_argument("--json", help="write all results to this JSON file")
@@ -211,11 +212,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from hetgan.bench.bench import format_bench, run_bench
     from hetgan.presets import DEFAULT_PRESET, get_preset
 
+    if args.rounds < 1:
+        raise HetganError(f"--rounds must be at least 1, got {args.rounds}")
     base = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), args.set)
     results = []
     for batch in args.batch or [base.train.batch_size]:
         cfg = apply_overrides(copy.deepcopy(base), [f"train.batch_size={batch}"])
-        results.append(run_bench(cfg, args.seconds, textbook=not args.no_textbook))
+        results.append(run_bench(cfg, args.seconds, textbook=not args.no_textbook, rounds=args.rounds))
         print(format_bench(results[-1]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -199,8 +199,12 @@ def test_flop_count_includes_gradient_penalties(loss):
 
 
 def test_bench_reports_every_part(tiny):
-    r = run_bench(tiny, seconds=0.5)
+    r = run_bench(tiny, seconds=0.6, rounds=3)
     assert r["img_per_s"] > 0 and r["textbook_img_per_s"] > 0 and r["speedup_vs_textbook"] > 0
+    hetgan, textbook = r["img_per_s_rounds"], r["textbook_img_per_s_rounds"]
+    assert len(hetgan) == len(textbook) == 3  # timed in turn, one window each per round
+    assert r["img_per_s"] == sorted(hetgan)[1] and r["textbook_img_per_s"] == sorted(textbook)[1]
+    assert r["speedup_vs_textbook"] == sorted(h / t for h, t in zip(hetgan, textbook, strict=True))[1]
     assert {"data", "g_forward", "d_forward", "d_backward", "d_optimizer", "g_backward", "ema"} <= set(
         r["phases_ms_per_step"]
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import resource
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -150,15 +151,6 @@ def textbook_loop(cfg: TrainConfig, trainer: Trainer) -> TextbookLoop:
     return TextbookLoop(G, D, images, cfg.model.z_dim, cfg.train.batch_size, trainer.device)
 
 
-def textbook_img_per_s(cfg: TrainConfig, trainer: Trainer, seconds: float) -> float | None:
-    """The textbook loop's steady img/s on the trainer's model and batch; None for 2-D data."""
-    if not isinstance(trainer.data, ImageData):
-        return None
-    loop = textbook_loop(cfg, trainer)
-    loop.run_for(min(2.0, seconds / 4))  # warm-up
-    return loop.run_for(seconds)
-
-
 def textbook_flops_per_image(cfg: TrainConfig, trainer: Trainer) -> float:
     """FLOPs of one steady textbook step per image (its G step also computes D's weight
     gradients, which hetgan's skips)."""
@@ -170,9 +162,18 @@ def textbook_flops_per_image(cfg: TrainConfig, trainer: Trainer) -> float:
     return counter.total / cfg.train.batch_size
 
 
-def run_bench(cfg: TrainConfig, seconds: float = 10.0, textbook: bool = True) -> dict:
+def run_bench(cfg: TrainConfig, seconds: float = 10.0, textbook: bool = True, rounds: int = 3) -> dict:
+    """Steady img/s (the median of `rounds` windows, `seconds` in all), phases, FLOPs, peak and
+    memory; with `textbook`, the textbook loop on the same model is timed in windows taken in turn
+    with hetgan's, and the ratio is the median of the per-round ratios."""
     trainer = Trainer(cfg)
-    img_s = steady_img_per_s(trainer, seconds)
+    timers = {"hetgan": lambda warm: steady_img_per_s(trainer, seconds / rounds, warmup_steps=0 if warm else 5)}
+    loop = textbook_loop(cfg, trainer) if textbook and isinstance(trainer.data, ImageData) else None
+    if loop:
+        loop.run_for(min(2.0, seconds / 4))  # warm-up: first batches, allocator, Adam state
+        timers["textbook"] = lambda warm: loop.run_for(seconds / rounds)
+    speeds = interleaved(timers, rounds)
+    img_s = statistics.median(speeds["hetgan"])
     phases = phase_breakdown(trainer)
     flops = flops_per_image(cfg)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.accel.precision, torch.float32)
@@ -183,6 +184,7 @@ def run_bench(cfg: TrainConfig, seconds: float = 10.0, textbook: bool = True) ->
         "device": str(trainer.device),
         "accel": dict(vars(cfg.accel)),
         "img_per_s": img_s,
+        "img_per_s_rounds": speeds["hetgan"],
         "phases_ms_per_step": phases,
         "peak_memory_mib": peak_memory(trainer),
         "flops_per_image": flops,
@@ -190,21 +192,23 @@ def run_bench(cfg: TrainConfig, seconds: float = 10.0, textbook: bool = True) ->
         "matmul_peak_flop_per_s": peak,
         "share_of_peak": flops * img_s / peak,
     }
-    if textbook:
-        tb = textbook_img_per_s(cfg, trainer, seconds)
-        result["textbook_img_per_s"] = tb
-        result["speedup_vs_textbook"] = img_s / tb if tb else None
+    if textbook:  # None where there is no textbook loop for the data (2-D points)
+        ratios = [h / t for h, t in zip(speeds["hetgan"], speeds["textbook"], strict=True)] if loop else None
+        result["textbook_img_per_s"] = statistics.median(speeds["textbook"]) if loop else None
+        result["textbook_img_per_s_rounds"] = speeds.get("textbook")
+        result["speedup_vs_textbook"] = statistics.median(ratios) if ratios else None
     return result
 
 
 def format_bench(r: dict) -> str:
     lines = [
         f"bench: preset {r['preset']}, batch {r['batch_size']}, device {r['device']}",
-        f"  img/s (steady state)      {r['img_per_s']:.1f}",
+        f"  img/s (steady state)      {r['img_per_s']:.1f}  (median of {len(r['img_per_s_rounds'])} windows)",
     ]
     if r.get("textbook_img_per_s"):
         lines.append(
-            f"  textbook loop img/s       {r['textbook_img_per_s']:.1f}  (hetgan {r['speedup_vs_textbook']:.2f}x)"
+            f"  textbook loop img/s       {r['textbook_img_per_s']:.1f}  (hetgan {r['speedup_vs_textbook']:.2f}x, "
+            "median of the per-round ratios)"
         )
     lines += [
         f"  FLOPs per image           {r['flops_per_image'] / 1e6:.2f} M (one D + G step)",
