@@ -194,12 +194,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_timing(seconds: float, rounds: int) -> None:
+    if not seconds > 0:
+        raise HetganError(f"--seconds must be more than 0, got {seconds}")
+    if rounds < 1:
+        raise HetganError(f"--rounds must be at least 1, got {rounds}")
+
+
 def run_tune(cfg, seconds: float, rounds: int = 3):
     from hetgan.bench.tune import candidates_for, format_tune, tune
     from hetgan.placement import resolve_device
 
-    if rounds < 1:
-        raise HetganError(f"--rounds must be at least 1, got {rounds}")
+    check_timing(seconds, rounds)
     best, table = tune(cfg, candidates_for(cfg, resolve_device(cfg.accel.device)), seconds, rounds)
     print(format_tune(best, table))
     return best, table
@@ -212,8 +218,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from hetgan.bench.bench import format_bench, run_bench
     from hetgan.presets import DEFAULT_PRESET, get_preset
 
-    if args.rounds < 1:
-        raise HetganError(f"--rounds must be at least 1, got {args.rounds}")
+    check_timing(args.seconds, args.rounds)
     base = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), args.set)
     results = []
     for batch in args.batch or [base.train.batch_size]:

@@ -330,8 +330,13 @@ def test_textbook_loop_is_the_pytorch_example_step():
     assert not torch.equal(before[0], after[0]) and not torch.equal(before[n_g], after[n_g])  # G and D moved
 
 
-def test_tune_cli_refuses_zero_rounds(capsys):
+@pytest.mark.parametrize("command", ["tune", "bench"])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--rounds", "0"], "--rounds must be at least 1, got 0"), (["--seconds", "0"], "--seconds must be more than 0")],
+)
+def test_timing_commands_refuse_empty_windows(capsys, command, flags, message):
     from hetgan.cli import main
 
-    assert main(["tune", "--preset", "mlp_ring8", "--rounds", "0"]) == 2
-    assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
+    assert main([command, "--preset", "mlp_ring8", *flags]) == 2
+    assert message in capsys.readouterr().err

@@ -55,8 +55,10 @@ def steady_img_per_s(trainer: Trainer, seconds: float, warmup_steps: int = 5) ->
         trainer.step()
     synchronize(devices)
     start, nimg0 = time.perf_counter(), trainer.nimg
-    while time.perf_counter() - start < seconds:
+    while True:  # at least one step, however short the window
         trainer.step()
+        if time.perf_counter() - start >= seconds:
+            break
     synchronize(devices)
     return (trainer.nimg - nimg0) / (time.perf_counter() - start)
 

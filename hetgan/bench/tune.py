@@ -205,7 +205,7 @@ def format_tune(best: Candidate, table: list[Candidate]) -> str:
         lines.append(f"{c.name:<44}{img:>10}{err:>13}  {verdict}")
     flags = " ".join(f"--set {o}" for o in best.overrides) or "(no overrides)"
     lines.append(f"chosen: {best.name}: {flags}")
-    fastest = max((c for c in table if c.rejected is None and c.img_per_s), key=lambda c: c.img_per_s)
+    fastest = max((c for c in table if c.rejected is None and c.img_per_s is not None), key=lambda c: c.img_per_s)
     if fastest is not best:
         lines.append(
             f"  ({fastest.name} measured {fastest.img_per_s / best.img_per_s - 1:.1%} faster, within the "
