@@ -22,7 +22,7 @@ import statistics
 
 import torch
 
-from hetgan.bench.bench import interleaved, steady_img_per_s
+from hetgan.bench.bench import interleaved, ratio_spread, trainer_timer
 from hetgan.config import TrainConfig, apply_overrides
 from hetgan.models import build_models
 from hetgan.placement import resolve_device
@@ -61,17 +61,12 @@ def main() -> None:
     for label, trainer in trainers.items():
         g, d = ({str(p.device) for p in net.parameters()} for net in (trainer.G, trainer.D))
         print(f"  {label:<44} G on {', '.join(sorted(g))}; D on {', '.join(sorted(d))}")
-    timers = {
-        label: (lambda warm, t=trainer: steady_img_per_s(t, args.seconds, warmup_steps=0 if warm else 5))
-        for label, trainer in trainers.items()
-    }
+    timers = {label: trainer_timer(trainer, args.seconds) for label, trainer in trainers.items()}
     speeds = interleaved(timers, args.rounds)
     reference = next(iter(speeds.values()))
     print(f"{'layout':<46}{'median img/s':>13}{'vs all on ' + dev + ': median (min-max)':>34}")
     for label, values in speeds.items():
-        ratios = [v / r for v, r in zip(values, reference, strict=True)]
-        spread = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
-        print(f"{label:<46}{statistics.median(values):>13.1f}{spread:>34}")
+        print(f"{label:<46}{statistics.median(values):>13.1f}{ratio_spread(values, reference):>34}")
 
 
 if __name__ == "__main__":

@@ -31,9 +31,10 @@ from hetgan.bench.bench import (
     flops_per_image,
     interleaved,
     matmul_peak,
-    steady_img_per_s,
+    ratio_spread,
     textbook_flops_per_image,
     textbook_loop,
+    trainer_timer,
 )
 from hetgan.bench.tune import candidates_for, format_tune, tune
 from hetgan.config import TrainConfig, apply_overrides
@@ -85,8 +86,8 @@ def main() -> None:
     names = ["textbook loop", "hetgan plain", f"hetgan tuned ({best.name})"]
     timers = {
         names[0]: lambda warm: textbook.run_for(args.seconds),
-        names[1]: lambda warm: steady_img_per_s(plain, args.seconds, warmup_steps=0 if warm else 5),
-        names[2]: lambda warm: steady_img_per_s(tuned, args.seconds, warmup_steps=0 if warm else 5),
+        names[1]: trainer_timer(plain, args.seconds),
+        names[2]: trainer_timer(tuned, args.seconds),
     }
 
     def show_round(r, speeds):
@@ -95,9 +96,7 @@ def main() -> None:
     img_s = list(interleaved(timers, args.rounds, show_round).values())
     print(f"{'setup':<52}{'median img/s':>13}{'vs textbook: median (min-max)':>32}")
     for name, values in zip(names, img_s, strict=True):
-        ratios = [v / t for v, t in zip(values, img_s[0], strict=True)]
-        spread = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
-        print(f"{name:<52}{statistics.median(values):>13.1f}{spread:>32}")
+        print(f"{name:<52}{statistics.median(values):>13.1f}{ratio_spread(values, img_s[0]):>32}")
 
     tb_flops, hg_flops = textbook_flops_per_image(cfg, plain), flops_per_image(cfg)
     peak = matmul_peak(device, torch.float32)

@@ -76,6 +76,23 @@ def interleaved(timers: dict[str, Callable[[bool], float]], rounds: int, on_roun
     return speeds
 
 
+def trainer_timer(trainer: Trainer, seconds: float) -> Callable[[bool], float]:
+    """A timer for `interleaved`: `seconds` of steady img/s, with warm-up steps before the first
+    window only."""
+    return lambda warm: steady_img_per_s(trainer, seconds, warmup_steps=0 if warm else 5)
+
+
+def round_ratios(values: list[float], reference: list[float]) -> list[float]:
+    """Each round's speed over the reference's in the same round."""
+    return [v / r for v, r in zip(values, reference, strict=True)]
+
+
+def ratio_spread(values: list[float], reference: list[float]) -> str:
+    """'1.26x (1.21-1.31)': the median of the per-round ratios, then their min and max."""
+    ratios = round_ratios(values, reference)
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
 def phase_breakdown(trainer: Trainer, steps: int = 10) -> dict[str, float]:
     """Milliseconds per step in each phase."""
     trainer.timer = PhaseTimer(trainer_devices(trainer))
@@ -169,7 +186,7 @@ def run_bench(cfg: TrainConfig, seconds: float = 10.0, textbook: bool = True, ro
     memory; with `textbook`, the textbook loop on the same model is timed in windows taken in turn
     with hetgan's, and the ratio is the median of the per-round ratios."""
     trainer = Trainer(cfg)
-    timers = {"hetgan": lambda warm: steady_img_per_s(trainer, seconds / rounds, warmup_steps=0 if warm else 5)}
+    timers = {"hetgan": trainer_timer(trainer, seconds / rounds)}
     loop = textbook_loop(cfg, trainer) if textbook and isinstance(trainer.data, ImageData) else None
     if loop:
         loop.run_for(min(2.0, seconds / 4))  # warm-up: first batches, allocator, Adam state
@@ -195,7 +212,7 @@ def run_bench(cfg: TrainConfig, seconds: float = 10.0, textbook: bool = True, ro
         "share_of_peak": flops * img_s / peak,
     }
     if textbook:  # None where there is no textbook loop for the data (2-D points)
-        ratios = [h / t for h, t in zip(speeds["hetgan"], speeds["textbook"], strict=True)] if loop else None
+        ratios = round_ratios(speeds["hetgan"], speeds["textbook"]) if loop else None
         result["textbook_img_per_s"] = statistics.median(speeds["textbook"]) if loop else None
         result["textbook_img_per_s_rounds"] = speeds.get("textbook")
         result["speedup_vs_textbook"] = statistics.median(ratios) if ratios else None

@@ -177,7 +177,6 @@ def tune(
     for i, values in speeds.items():
         if values:
             candidates[i].img_per_s = statistics.median(values)
-    trials.clear()  # free every candidate's trainer before the caller builds its own
     sound = [c for c in candidates if c.rejected is None and c.img_per_s is not None]
     if not sound:
         raise RuntimeError("tune: every candidate was rejected, including the baseline")
