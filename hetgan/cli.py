@@ -196,9 +196,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def check_timing(seconds: float, rounds: int) -> None:
     if not seconds > 0:
-        raise HetganError(f"--seconds must be more than 0, got {seconds}")
+        raise HetganError(f"--seconds must be more than 0, got {seconds}: give the timed seconds, e.g. --seconds 3")
     if rounds < 1:
-        raise HetganError(f"--rounds must be at least 1, got {rounds}")
+        raise HetganError(f"--rounds must be at least 1, got {rounds}: give the timing windows, e.g. --rounds 3")
 
 
 def run_tune(cfg, seconds: float, rounds: int = 3):
