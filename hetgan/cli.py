@@ -1,4 +1,4 @@
-"""The `hetgan` command: train, sample, data check."""
+"""The `hetgan` command: one subcommand per job (train, sample, eval, bench, tune, layers, ...)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hetgan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_train, add_sample, add_eval, add_evalnet, add_bench, add_tune, add_report, add_data):
+    for add in (add_train, add_sample, add_eval, add_evalnet, add_bench, add_tune, add_layers, add_report, add_data):
         add(sub)
     return parser
 
@@ -145,6 +145,12 @@ def add_tune(sub) -> None:
     tn.add_argument("--json", help="write the table and the choice to this JSON file")
 
 
+def add_layers(sub) -> None:
+    ly = sub.add_parser("layers", help="list G's and D's layers with the indices stage specs use")
+    ly.add_argument("--preset", help="preset whose networks to list (default dcgan_mnist)")
+    add_set(ly)
+
+
 def add_report(sub) -> None:
     r = sub.add_parser("report", help="write a self-contained HTML report of a run")
     r.add_argument("run_dir")
@@ -242,6 +248,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_layers(args: argparse.Namespace) -> int:
+    from hetgan.bench.layers import format_layers, network_tables
+    from hetgan.presets import DEFAULT_PRESET, get_preset
+
+    cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), args.set)
+    tables = network_tables(cfg)
+    print("\n\n".join(format_layers(name, model_type, rows) for name, (model_type, rows) in tables.items()))
+    print("\nsplit with e.g. --set accel.d_stages=FIRST-LAST@DEVICE,NEXT-@DEVICE (README: Placement)")
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from hetgan.artifact import load_generator
     from hetgan.data import Mixture, load_data
@@ -327,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": cmd_report,
         "bench": cmd_bench,
         "tune": cmd_tune,
+        "layers": cmd_layers,
         "data": cmd_data,
     }
     try:

@@ -2,7 +2,8 @@
 contiguous stages on different devices (e.g. conv layers on the GPU, the dense head on the CPU).
 
 Stage spec, one per network: comma-separated `FIRST-LAST@DEVICE` ranges over the indices of the
-network's layer list (`net` in the dcgan and mlp families), LAST may be left open:
+network's layer list (`net` in the dcgan, mlp and maxout families; `hetgan layers` lists them),
+LAST may be left open:
 
     "0-8@cuda:0,9-@cpu"     layers 0..8 on cuda:0, layers 9..end on the CPU
 
@@ -55,16 +56,33 @@ def parse_stages(spec: str, n_layers: int) -> list[tuple[int, int, torch.device]
         if not m:
             raise ConfigError(f"stage {part!r} in {spec!r}: expected FIRST-LAST@DEVICE, e.g. 0-8@cuda,9-@cpu")
         first, last = int(m.group(1)), int(m.group(2)) if m.group(2) else n_layers - 1
-        if first != expected_start or last < first or last >= n_layers:
+        problem = stage_problem(first, last, expected_start, n_layers)
+        if problem:
             raise ConfigError(
-                f"stages {spec!r} must cover layers 0..{n_layers - 1} in order without gaps; "
-                f"{part!r} does not follow on from layer {expected_start - 1}"
+                f"stage {part!r} in {spec!r} {problem}; the stages must cover layers 0..{n_layers - 1} "
+                f"in order without gaps or overlaps (`hetgan layers` with the same --preset/--set lists them)"
             )
         stages.append((first, last + 1, resolve_device(m.group(3))))
         expected_start = last + 1
     if expected_start != n_layers:
-        raise ConfigError(f"stages {spec!r} stop at layer {expected_start - 1}; the network has {n_layers}")
+        raise ConfigError(
+            f"stages {spec!r} stop at layer {expected_start - 1} but the network's last layer is {n_layers - 1}; "
+            f"end the last stage open, e.g. '{expected_start}-@cpu'"
+        )
     return stages
+
+
+def stage_problem(first: int, last: int, expected_start: int, n_layers: int) -> str:
+    """What is wrong with the stage FIRST-LAST coming after layer expected_start - 1, or ''."""
+    if first >= n_layers or last >= n_layers:
+        return f"names layer {max(first, last)}, but the network has only layers 0..{n_layers - 1}"
+    if last < first:
+        return f"ends at layer {last}, before its first layer {first}"
+    if first > expected_start:
+        return f"starts at layer {first}, leaving layers {expected_start}..{first - 1} on no device"
+    if first < expected_start:
+        return f"starts at layer {first}, but layers up to {expected_start - 1} are already placed"
+    return ""
 
 
 class StagedSequential(nn.Sequential):
@@ -95,7 +113,7 @@ def split_network(model: nn.Module, spec: str) -> nn.Module:
     if not isinstance(layers, nn.Sequential):
         raise ConfigError(
             f"{type(model).__module__}.{type(model).__name__} has no `net` layer list to split; "
-            "stage specs work for the dcgan and mlp families"
+            "stage specs work for the dcgan, mlp and maxout families"
         )
     model.net = StagedSequential(layers, spec)
     return model

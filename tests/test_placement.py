@@ -3,6 +3,8 @@ import copy
 import pytest
 import torch
 
+from hetgan.bench.layers import layer_table, network_tables
+from hetgan.cli import main
 from hetgan.errors import ConfigError
 from hetgan.models import build_models
 from hetgan.placement import StagedSequential, parse_stages, resolve_device, split_network
@@ -14,9 +16,12 @@ GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 def test_parse_stages():
     assert parse_stages("0-3@cpu,4-@cpu", 10) == [(0, 4, torch.device("cpu")), (4, 10, torch.device("cpu"))]
     for bad, phrase in [
-        ("0-3@cpu,5-@cpu", "without gaps"),
-        ("0-3@cpu", "stop at layer 3"),
-        ("0-12@cpu", "without gaps"),
+        ("0-3@cpu,5-@cpu", r"leaving layers 4\.\.4 on no device"),
+        ("0-3@cpu,2-@cpu", "layers up to 3 are already placed"),
+        ("0-3@cpu,4-2@cpu", "ends at layer 2, before its first layer 4"),
+        ("0-3@cpu", "stop at layer 3 but the network's last layer is 9; end the last stage open, e.g. '4-@cpu'"),
+        ("0-12@cpu", r"names layer 12, but the network has only layers 0\.\.9"),
+        ("0-3@cpu,10-@cpu", "names layer 10"),
         ("cpu", "FIRST-LAST@DEVICE"),
         ("0-@tpu", "unknown device"),
     ]:
@@ -64,6 +69,34 @@ def test_split_needs_a_layer_list(tiny):
     tiny.data.channels = 1
     with pytest.raises(ConfigError, match="no `net` layer list"):
         split_network(build_models(tiny)[0], "0-@cpu")
+
+
+def test_layer_table_counts_each_layer_by_hand(tiny):
+    """`hetgan layers`: one row per stage-spec index, with shapes, parameters, FLOPs and cut
+    sizes checked against a hand count for the tiny DCGAN D (width 4, 1 channel, 32 px)."""
+    G, D = build_models(tiny)
+    rows = network_tables(tiny)["D"][1]
+    assert [r.index for r in rows] == list(range(len(D.net)))
+    shapes = [(4, 16, 16), (4, 16, 16), (8, 8, 8), (8, 8, 8), (8, 8, 8), (16, 4, 4), (16, 4, 4), (16, 4, 4), (1, 1, 1)]
+    assert [r.out_shape for r in rows] == shapes
+    assert [r.cut_bytes for r in rows] == [4 * c * h * w for c, h, w in shapes]
+    # 2 * C_in * C_out * k^2 * H_out * W_out for each convolution; the other layers count none.
+    conv_flops = {0: 2 * 1 * 4 * 16 * 16 * 16, 2: 2 * 4 * 8 * 16 * 8 * 8, 5: 2 * 8 * 16 * 16 * 4 * 4, 8: 2 * 16 * 16}
+    assert {r.index: r.flops for r in rows if r.flops} == conv_flops
+    assert [r.params for r in rows] == [sum(p.numel() for p in layer.parameters()) for layer in D.net]
+    assert rows[0].layer == "Conv2d(1, 4, kernel_size=4, stride=2, padding=1, bias=False)"
+    # Every index it lists is one a stage spec accepts.
+    split_network(D, f"0-{rows[-2].index}@cpu,{rows[-1].index}-@cpu")
+
+
+def test_layer_table_says_when_a_network_cannot_be_split(tiny, capsys):
+    tiny.model.arch = "resnet"
+    assert layer_table(build_models(tiny)[0], torch.zeros(1, tiny.model.z_dim)) is None
+    assert main(["layers", "--preset", "resnet_cifar10"]) == 0
+    assert "Generator): no `net` layer list, so it cannot be split" in capsys.readouterr().out
+    assert main(["layers", "--preset", "mlp_ring8", "--set", "loss.pack=2"]) == 0
+    out = capsys.readouterr().out
+    assert "13 layers, stage spec indices 0..12" in out and "Linear(in_features=4, out_features=512" in out
 
 
 @GPU
