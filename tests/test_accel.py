@@ -209,6 +209,20 @@ def test_bench_reports_every_part(tiny):
         r["phases_ms_per_step"]
     )
     assert 0 < r["share_of_peak"] < 1 and r["peak_memory_mib"]["cpu (process peak RSS)"] > 10
+    assert r["matmul_peak_dtype"] == "fp32"
+
+
+def test_share_of_peak_is_against_the_fastest_dtype_the_run_uses(monkeypatch):
+    """A bf16 run on a CPU without bf16 units is bounded by its fp32 products, not by a bf16
+    peak slower than what the run achieves (an fp16 bench here once reported 440 % of peak)."""
+    from hetgan.bench import bench
+
+    measured = {torch.float32: 100.0, torch.bfloat16: 5.0, torch.float16: 300.0}
+    monkeypatch.setattr(bench, "matmul_peak", lambda device, dtype: measured[dtype])
+    cpu = torch.device("cpu")
+    assert bench.device_peak(cpu, "bf16") == (100.0, "fp32")
+    assert bench.device_peak(cpu, "fp16") == (300.0, "fp16")
+    assert bench.device_peak(cpu, "fp32") == (100.0, "fp32")
 
 
 def test_bench_cli_writes_json(tmp_path, capsys):
