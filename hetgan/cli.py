@@ -184,6 +184,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.preset:
             raise HetganError("--preset cannot be combined with --resume: the run's config.yaml is used")
+        if args.placement == "auto":
+            raise HetganError(
+                "--placement auto cannot be combined with --resume: the run continues with the knobs in its "
+                "config.yaml; to change them, pass --set accel.FIELD=VALUE --allow-config-change"
+            )
         result = run_training(
             resume=args.resume,
             overrides=overrides,

@@ -50,6 +50,15 @@ def test_bad_set_is_a_clear_error(capsys):
     assert "unknown config field 'train.batchsize'" in err and "train.batch_size" in err
 
 
+def test_resume_refuses_flags_that_would_replace_its_config(capsys, tmp_path):
+    for flags, message in [
+        (["--preset", "mlp_ring8"], "--preset cannot be combined with --resume"),
+        (["--placement", "auto"], "--placement auto cannot be combined with --resume"),
+    ]:
+        assert main(["train", "--resume", str(tmp_path), *flags]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_missing_data_is_a_clear_error(capsys, tmp_path):
     assert main(["train", "--data", f"folder:{tmp_path}/nope", "--out", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
