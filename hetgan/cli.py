@@ -46,6 +46,17 @@ def add_set(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_devices(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="auto, cpu, cuda[:i], mps or xpu (default auto: the best available)")
+    p.add_argument("--g-device", metavar="DEVICE", help="put G on this device instead, e.g. --g-device cuda")
+    p.add_argument("--d-device", metavar="DEVICE", help="put D on this device instead, e.g. --d-device cpu")
+
+
+def device_overrides(args: argparse.Namespace) -> list[str]:
+    flags = {"accel.device": args.device, "accel.g_device": args.g_device, "accel.d_device": args.d_device}
+    return [f"{field}={value}" for field, value in flags.items() if value is not None]
+
+
 def add_source(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="a run directory")
@@ -67,7 +78,7 @@ def add_train(sub) -> None:
     t.add_argument("--seed", type=int)
     t.add_argument("--out", help="run directory (default runs/NNNNN-<preset>); never overwritten")
     t.add_argument("--snapshot-kimg", type=float, help="checkpoint interval in kimg")
-    t.add_argument("--device", help="auto, cpu, cuda[:i], mps or xpu")
+    add_devices(t)
     t.add_argument(
         "--eval-every", type=float, metavar="KIMG", help="metrics every KIMG; keeps the best by FID (2-D: reverse KL)"
     )
@@ -131,6 +142,7 @@ def add_bench(sub) -> None:
     b.add_argument("--batch", type=int, nargs="+", help="one or more batch sizes")
     b.add_argument("--seconds", type=float, default=10.0, help="timed seconds per setup, over all rounds")
     b.add_argument("--rounds", type=int, default=3, help="timing windows, hetgan's and the textbook's in turn")
+    add_devices(b)
     add_set(b)
     b.add_argument("--no-textbook", action="store_true", help="skip the textbook-loop comparison")
     b.add_argument("--json", help="write all results to this JSON file")
@@ -139,6 +151,7 @@ def add_bench(sub) -> None:
 def add_tune(sub) -> None:
     tn = sub.add_parser("tune", help="time candidate placements and knobs; pick the fastest sound one")
     tn.add_argument("--preset", help="preset to tune (default dcgan_mnist)")
+    add_devices(tn)
     add_set(tn)
     tn.add_argument("--seconds", type=float, default=3.0, help="timed seconds per candidate, over all rounds")
     tn.add_argument("--rounds", type=int, default=3, help="timing windows per candidate, taken in turn")
@@ -177,10 +190,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "train.snapshot_kimg": args.snapshot_kimg,
         "train.eval_kimg": args.eval_every,
-        "accel.device": args.device,
         "data.on_bad_image": args.on_bad_image,
     }
-    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.set
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + device_overrides(args) + args.set
     if args.resume:
         if args.preset:
             raise HetganError("--preset cannot be combined with --resume: the run's config.yaml is used")
@@ -230,7 +242,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from hetgan.presets import DEFAULT_PRESET, get_preset
 
     check_timing(args.seconds, args.rounds)
-    base = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), args.set)
+    base = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), device_overrides(args) + args.set)
     results = []
     for batch in args.batch or [base.train.batch_size]:
         cfg = apply_overrides(copy.deepcopy(base), [f"train.batch_size={batch}"])
@@ -246,7 +258,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     from hetgan.presets import DEFAULT_PRESET, get_preset
 
-    cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), args.set)
+    cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), device_overrides(args) + args.set)
     best, table = run_tune(cfg, args.seconds, args.rounds)
     if args.json:
         Path(args.json).write_text(json.dumps({"chosen": best.overrides, "table": [vars(c) for c in table]}, indent=1))

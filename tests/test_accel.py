@@ -229,13 +229,15 @@ def test_bench_cli_writes_json(tmp_path, capsys):
     from hetgan.cli import main
 
     out = tmp_path / "b.json"
-    assert main(["bench", "--preset", "mlp_ring8", "--batch", "50", "100", "--seconds", "0.3", "--json", str(out)]) == 0
+    args = ["--preset", "mlp_ring8", "--batch", "50", "100", "--seconds", "0.3", "--d-device", "cpu"]
+    assert main(["bench", *args, "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "img/s (steady state)" in text and "share of peak" in text
     import json
 
     results = json.loads(out.read_text())
     assert [r["batch_size"] for r in results] == [50, 100] and all(r["flops_per_image"] > 0 for r in results)
+    assert all(r["accel"]["d_device"] == "cpu" and r["accel"]["g_device"] == "" for r in results)
 
 
 @pytest.mark.slow
@@ -283,6 +285,10 @@ def test_tune_tries_placements_on_an_accelerator():
     names = [c.name for c in candidates_for(TrainConfig(), torch.device("cuda"))]
     assert "G on cuda, D on cpu" in names and "D on cuda, G on cpu" in names
     assert not any(" on " in c.name for c in candidates_for(TrainConfig(), torch.device("cpu")))
+    fixed = TrainConfig()
+    fixed.accel.d_device = "cpu"  # the user placed D: tune keeps that and tunes the knobs only
+    names = [c.name for c in candidates_for(fixed, torch.device("cuda"))]
+    assert "bf16 + channels_last" in names and not any(" on " in name for name in names)
 
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

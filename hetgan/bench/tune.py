@@ -78,7 +78,11 @@ def candidates_for(cfg: TrainConfig, device: torch.device) -> list[Candidate]:
             )
         )
     # Placements (fp32, so they are judged on speed alone): the seed's G on the accelerator with D
-    # on the CPU, the reverse, and G and D on two GPUs where there are two.
+    # on the CPU, the reverse, and G and D on two GPUs where there are two; only where the config
+    # leaves placement open, since a user's --g-device/--d-device or stage split is a given.
+    accel = cfg.accel
+    if accel.g_device or accel.d_device or accel.g_stages or accel.d_stages:
+        return out
     out += [
         Candidate(f"G on {device.type}, D on cpu", ["accel.d_device=cpu"]),
         Candidate(f"D on {device.type}, G on cpu", ["accel.g_device=cpu"]),
