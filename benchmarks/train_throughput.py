@@ -36,8 +36,8 @@ from hetgan.bench.bench import (
     textbook_loop,
     trainer_timer,
 )
-from hetgan.bench.tune import candidates_for, format_tune, tune
-from hetgan.config import TrainConfig, apply_overrides
+from hetgan.bench.tune import autotune
+from hetgan.config import TrainConfig
 from hetgan.placement import resolve_device
 from hetgan.training import Trainer
 
@@ -77,10 +77,11 @@ def main() -> None:
         f"device {device}; DCGAN-32 width {args.width}, batch {args.batch}, "
         f"{args.rounds} rounds of {args.seconds:.0f} s per setup"
     )
-    best, table = tune(cfg, candidates_for(cfg, device), seconds=5.0)
-    print(format_tune(best, table))
+    tuning = autotune(cfg, seconds=5.0)
+    print(tuning.summary())
+    best = tuning.chosen
     plain = Trainer(cfg)
-    tuned = Trainer(apply_overrides(config(args.batch, args.width, args.device), best.overrides))
+    tuned = Trainer(tuning.config)
     textbook = textbook_loop(cfg, plain)
     textbook.run_for(2.0)  # warm-up; the trainers warm up in their first round
     names = ["textbook loop", "hetgan plain", f"hetgan tuned ({best.name})"]

@@ -211,27 +211,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), overrides)
     if args.placement == "auto":
-        best, _ = run_tune(cfg, seconds=3.0)
-        cfg = apply_overrides(cfg, best.overrides)  # the choice is written into the run's config.yaml
+        cfg = run_tune(cfg, seconds=3.0).config  # the choice is written into the run's config.yaml
     print(run_training(cfg, out=args.out, progress=not args.no_progress).summary())
     return 0
 
 
-def check_timing(seconds: float, rounds: int) -> None:
-    if not seconds > 0:
-        raise HetganError(f"--seconds must be more than 0, got {seconds}: give the timed seconds, e.g. --seconds 3")
-    if rounds < 1:
-        raise HetganError(f"--rounds must be at least 1, got {rounds}: give the timing windows, e.g. --rounds 3")
-
-
 def run_tune(cfg, seconds: float, rounds: int = 3):
-    from hetgan.bench.tune import candidates_for, format_tune, tune
-    from hetgan.placement import resolve_device
+    from hetgan.bench.tune import autotune
 
-    check_timing(seconds, rounds)
-    best, table = tune(cfg, candidates_for(cfg, resolve_device(cfg.accel.device)), seconds, rounds)
-    print(format_tune(best, table))
-    return best, table
+    result = autotune(cfg, seconds, rounds)
+    print(result.summary())
+    return result
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -241,7 +231,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from hetgan.bench.bench import format_bench, run_bench
     from hetgan.presets import DEFAULT_PRESET, get_preset
 
-    check_timing(args.seconds, args.rounds)
     base = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), device_overrides(args) + args.set)
     results = []
     for batch in args.batch or [base.train.batch_size]:
@@ -259,9 +248,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from hetgan.presets import DEFAULT_PRESET, get_preset
 
     cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), device_overrides(args) + args.set)
-    best, table = run_tune(cfg, args.seconds, args.rounds)
+    result = run_tune(cfg, args.seconds, args.rounds)
     if args.json:
-        Path(args.json).write_text(json.dumps({"chosen": best.overrides, "table": [vars(c) for c in table]}, indent=1))
+        table = [vars(c) for c in result.table]
+        Path(args.json).write_text(json.dumps({"chosen": result.chosen.overrides, "table": table}, indent=1))
     return 0
 
 

@@ -19,3 +19,7 @@ class CheckpointError(HetganError):
 
 class TrainingDiverged(HetganError):
     """Too many non-finite losses in a row; the last good checkpoint is kept."""
+
+
+class TuneError(HetganError):
+    """`hetgan tune` has nothing sound to choose: the reference configuration itself fails."""

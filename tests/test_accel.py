@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from hetgan.bench.bench import flops_per_image, run_bench, textbook_flops_per_image
-from hetgan.bench.tune import Candidate, Trial, candidates_for, tune
-from hetgan.config import TrainConfig
-from hetgan.errors import ConfigError
+from hetgan.bench.tune import Candidate, Trial, autotune, candidates_for, tune
+from hetgan.config import DataConfig, ModelConfig, TrainConfig
+from hetgan.errors import ConfigError, TuneError
 from hetgan.training import Trainer
 from tests.conftest import tiny_config
 
@@ -256,13 +256,25 @@ def test_tune_cli_on_cpu_picks_a_sound_candidate(tmp_path, capsys):
         assert any(row["name"].startswith("threads=") for row in table)
 
 
+def test_autotune_returns_the_config_with_the_choice_applied(tiny):
+    """The Python API behind `train --placement auto`: the input config is left as it was."""
+    outputs = {key: (torch.ones(2), torch.ones(2)) for key in ("precision=fp32,threads=0", "precision=fp32,threads=1")}
+    speeds = {"precision=fp32,threads=0": [100.0, 100.0], "precision=fp32,threads=1": [150.0, 150.0]}
+    cands = [Candidate("base"), Candidate("one thread", ["accel.threads=1"])]
+    result = autotune(tiny, seconds=0.1, rounds=2, candidates=cands, prepare=fake_prepare(speeds, outputs))
+    assert result.chosen.name == "one thread" and result.config.accel.threads == 1 and tiny.accel.threads == 0
+    assert "chosen: one thread: --set accel.threads=1" in result.summary()
+    with pytest.raises(ConfigError, match="--rounds must be at least 1"):
+        autotune(tiny, rounds=0, candidates=cands, prepare=fake_prepare(speeds, outputs))
+
+
 def test_tune_stops_when_the_reference_candidate_fails(tiny):
     def prepare(cfg):
         if cfg.accel.threads == 0:
             raise ValueError("no such device")
         return FakeTrial((torch.ones(1), torch.ones(1)), [1.0])
 
-    with pytest.raises(RuntimeError, match=r"reference candidate 'base' failed: ValueError: no such device"):
+    with pytest.raises(TuneError, match=r"reference candidate 'base' failed: ValueError: no such device"):
         tune(tiny, [Candidate("base"), Candidate("one", ["accel.threads=1"])], rounds=1, prepare=prepare)
 
 
@@ -281,6 +293,14 @@ def test_tune_times_each_candidate_with_its_own_threads_and_restores_them(tiny):
     assert seen == [(0, before), (1, 1), (0, before)] * 2 and torch.get_num_threads() == before
 
 
+def test_tune_tries_channels_last_only_where_the_networks_convolve():
+    conv = [c.name for c in candidates_for(TrainConfig(), torch.device("cpu"))]
+    assert "channels_last" in conv and "channels_last + compile" in conv
+    mlp = candidates_for(TrainConfig(data=DataConfig(spec="ring8"), model=ModelConfig(arch="mlp")), torch.device("cpu"))
+    assert [c.name for c in mlp if not c.name.startswith("threads=")] == ["baseline (fp32, eager)", "compile", "bf16"]
+    assert not any("accel.channels_last=true" in c.overrides for c in mlp)
+
+
 def test_tune_tries_placements_on_an_accelerator():
     names = [c.name for c in candidates_for(TrainConfig(), torch.device("cuda"))]
     assert "G on cuda, D on cpu" in names and "D on cuda, G on cpu" in names
@@ -288,7 +308,7 @@ def test_tune_tries_placements_on_an_accelerator():
     fixed = TrainConfig()
     fixed.accel.d_device = "cpu"  # the user placed D: tune keeps that and tunes the knobs only
     names = [c.name for c in candidates_for(fixed, torch.device("cuda"))]
-    assert "bf16 + channels_last" in names and not any(" on " in name for name in names)
+    assert "channels_last + bf16" in names and not any(" on " in name for name in names)
 
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

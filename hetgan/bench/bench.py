@@ -18,6 +18,7 @@ from torch.utils.flop_counter import flop_registry
 from hetgan.bench.textbook import TextbookLoop
 from hetgan.config import TrainConfig
 from hetgan.data import ImageData
+from hetgan.errors import ConfigError
 from hetgan.models import build_models
 from hetgan.training.trainer import Trainer
 
@@ -193,10 +194,18 @@ def textbook_flops_per_image(cfg: TrainConfig, trainer: Trainer) -> float:
     return counter.total / cfg.train.batch_size
 
 
+def check_timing(seconds: float, rounds: int) -> None:
+    if not seconds > 0:
+        raise ConfigError(f"--seconds must be more than 0, got {seconds}: give the timed seconds, e.g. --seconds 3")
+    if rounds < 1:
+        raise ConfigError(f"--rounds must be at least 1, got {rounds}: give the timing windows, e.g. --rounds 3")
+
+
 def run_bench(cfg: TrainConfig, seconds: float = 10.0, textbook: bool = True, rounds: int = 3) -> dict:
     """Steady img/s (the median of `rounds` windows, `seconds` in all), phases, FLOPs, peak and
     memory; with `textbook`, the textbook loop on the same model is timed in windows taken in turn
     with hetgan's, and the ratio is the median of the per-round ratios."""
+    check_timing(seconds, rounds)
     trainer = Trainer(cfg)
     timers = {"hetgan": trainer_timer(trainer, seconds / rounds)}
     loop = textbook_loop(cfg, trainer) if textbook and isinstance(trainer.data, ImageData) else None

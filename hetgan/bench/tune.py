@@ -15,10 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from hetgan.accel import apply_backend_flags, restored_backend_flags
-from hetgan.bench.bench import steady_img_per_s
+from hetgan.bench.bench import check_timing, steady_img_per_s
 from hetgan.config import TrainConfig, apply_overrides
+from hetgan.errors import TuneError
+from hetgan.models import build_models
+from hetgan.placement import resolve_device
 from hetgan.training.trainer import Trainer
 
 log = logging.getLogger("hetgan")
@@ -43,40 +47,34 @@ class Candidate:
 
 
 def candidates_for(cfg: TrainConfig, device: torch.device) -> list[Candidate]:
-    """What is worth trying on this device type."""
-    base = [Candidate("baseline (fp32, contiguous, eager)")]
+    """What is worth trying on this device type (channels_last only where the networks convolve)."""
+    conv = convolutional(cfg)
+
+    def knobs(name: str, *overrides: str) -> Candidate:
+        """A candidate with `overrides`, in the channels_last layout where that can matter."""
+        if not conv:
+            return Candidate(name, list(overrides))
+        return Candidate(
+            f"channels_last + {name}" if name else "channels_last", ["accel.channels_last=true", *overrides]
+        )
+
+    base = [Candidate("baseline (fp32, contiguous, eager)" if conv else "baseline (fp32, eager)")]
     if device.type == "cpu":
         cores = os.cpu_count() or 1
         threads = sorted({1, max(1, cores // 2), cores} - {torch.get_num_threads()})  # the baseline runs that
         out = base + [Candidate(f"threads={t}", [f"accel.threads={t}"]) for t in threads]
-        out += [Candidate("channels_last", ["accel.channels_last=true"])]
-        out += [Candidate("channels_last + compile", ["accel.channels_last=true", "accel.compile=true"])]
-        out += [Candidate("channels_last + bf16", ["accel.channels_last=true", "accel.precision=bf16"])]
+        out += [knobs("")] if conv else []
+        out += [knobs("compile", "accel.compile=true"), knobs("bf16", "accel.precision=bf16")]
         return out
+    fused = "accel.optimizer_impl=fused"
     out = base + [
         Candidate("tf32 + cudnn.benchmark", ["accel.tf32=true", "accel.cudnn_benchmark=true"]),
-        Candidate("bf16 + channels_last", ["accel.precision=bf16", "accel.channels_last=true"]),
-        Candidate(
-            "bf16 + channels_last + fused",
-            ["accel.precision=bf16", "accel.channels_last=true", "accel.optimizer_impl=fused"],
-        ),
-        Candidate(
-            "bf16 + channels_last + compile",
-            ["accel.precision=bf16", "accel.channels_last=true", "accel.compile=true", "accel.optimizer_impl=fused"],
-        ),
+        knobs("bf16", "accel.precision=bf16"),
+        knobs("bf16 + fused", "accel.precision=bf16", fused),
+        knobs("bf16 + compile", "accel.precision=bf16", "accel.compile=true", fused),
     ]
     if device.type == "cuda":
-        out.append(
-            Candidate(
-                "bf16 + channels_last + CUDA graphs",
-                [
-                    "accel.precision=bf16",
-                    "accel.channels_last=true",
-                    "accel.cuda_graphs=true",
-                    "accel.optimizer_impl=fused",
-                ],
-            )
-        )
+        out.append(knobs("bf16 + CUDA graphs", "accel.precision=bf16", "accel.cuda_graphs=true", fused))
     # Placements (fp32, so they are judged on speed alone): the seed's G on the accelerator with D
     # on the CPU, the reverse, and G and D on two GPUs where there are two; only where the config
     # leaves placement open, since a user's --g-device/--d-device or stage split is a given.
@@ -90,6 +88,11 @@ def candidates_for(cfg: TrainConfig, device: torch.device) -> list[Candidate]:
     if device.type == "cuda" and torch.cuda.device_count() > 1:
         out.append(Candidate("G on cuda:0, D on cuda:1", ["accel.g_device=cuda:0", "accel.d_device=cuda:1"]))
     return out
+
+
+def convolutional(cfg: TrainConfig) -> bool:
+    """Whether G or D has a convolution, so that a memory layout can matter."""
+    return any(isinstance(m, nn.modules.conv._ConvNd) for net in build_models(cfg) for m in net.modules())
 
 
 def reference_outputs(cfg: TrainConfig, trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +152,7 @@ def tune(
         except Exception as e:  # a knob this machine cannot do (e.g. no compiler) is a rejection
             cand.rejected = failure(e)
             if reference is None:  # every other candidate is judged against this one
-                raise RuntimeError(
+                raise TuneError(
                     f"tune: the reference candidate {cand.name!r} {cand.rejected}; nothing to compare "
                     "the others with. Check that `hetgan train` runs with this config first"
                 ) from e
@@ -173,7 +176,7 @@ def tune(
                     speeds[i].append(trial.img_per_s(seconds / rounds))
             except Exception as e:  # e.g. out of memory, or a compile error on the first steps
                 if i == 0:
-                    raise RuntimeError(f"tune: the reference candidate {candidates[i].name!r} {failure(e)}") from e
+                    raise TuneError(f"tune: the reference candidate {candidates[i].name!r} {failure(e)}") from e
                 candidates[i].rejected, candidates[i].max_rel_error = failure(e), None
                 speeds[i] = []
                 del trials[i]
@@ -183,8 +186,34 @@ def tune(
             candidates[i].img_per_s = statistics.median(values)
     sound = [c for c in candidates if c.rejected is None and c.img_per_s is not None]
     if not sound:
-        raise RuntimeError("tune: every candidate was rejected, including the baseline")
+        raise TuneError("tune: every candidate was rejected, including the baseline")
     return pick(sound), candidates
+
+
+@dataclass
+class TuneResult:
+    config: TrainConfig  # the tuned config: the input with the chosen candidate's overrides applied
+    chosen: Candidate
+    table: list[Candidate]  # every candidate, with its speed, error and verdict
+
+    def summary(self) -> str:
+        return format_tune(self.chosen, self.table)
+
+
+def autotune(
+    cfg: TrainConfig,
+    seconds: float = 3.0,
+    rounds: int = 3,
+    candidates: list[Candidate] | None = None,
+    prepare: Prepare = Trial,
+) -> TuneResult:
+    """`hetgan tune` from Python: time the candidates for cfg's device (or `candidates`) and
+    return cfg with the fastest sound one applied, e.g. `hetgan.train(hetgan.autotune(cfg).config)`."""
+    check_timing(seconds, rounds)
+    if candidates is None:
+        candidates = candidates_for(cfg, resolve_device(cfg.accel.device))
+    chosen, table = tune(cfg, candidates, seconds, rounds, prepare)
+    return TuneResult(apply_overrides(copy.deepcopy(cfg), chosen.overrides), chosen, table)
 
 
 def pick(sound: list[Candidate], margin: float = TIE_MARGIN) -> Candidate:
