@@ -72,7 +72,16 @@ def test_crash_mid_write_leaves_previous_checkpoint(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
-def test_trainer_state_round_trip_is_exact(tiny, tmp_path):
+@pytest.mark.parametrize(
+    "knobs",
+    [{}, {"channels_last": True}, {"precision": "fp16"}, {"optimizer_impl": "foreach"}],
+    ids=["plain", "channels_last", "fp16", "foreach"],
+)
+def test_trainer_state_round_trip_is_exact(tiny, tmp_path, knobs):
+    """Also under the knobs tune picks: channels_last weights are saved contiguous and restored
+    into the channels_last layout, fp16 keeps its loss scale."""
+    for name, value in knobs.items():
+        setattr(tiny.accel, name, value)
     a = Trainer(tiny)
     for _ in range(3):
         a.step()
