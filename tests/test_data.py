@@ -9,7 +9,7 @@ from PIL import Image
 
 from hetgan.config import DataConfig
 from hetgan.data import check_spec, load_data, make_sampler
-from hetgan.data.images import MAX_IMAGE_PIXELS
+from hetgan.data.images import MAX_IMAGE_PIXELS, decode_files, list_image_files
 from hetgan.errors import DataError
 
 
@@ -190,6 +190,22 @@ def test_skip_mode_drops_bad_and_stops_above_ten_percent(tmp_path, caplog):
         load_data(cfg(f"folder:{tmp_path}", on_bad_image="skip"))
 
 
+def test_parallel_decoding_keeps_file_order_and_the_first_error(tmp_path):
+    """Worker threads decode out of order; results, skips and the error raised follow file order."""
+    bad_files(tmp_path)  # bomb.png, empty.png, good.jpg, text.png, trunc.jpg, trunc.png
+    for i in range(12):
+        save_img(tmp_path / f"img{i:02d}.png", color=10 * i)
+    files = list_image_files(tmp_path)
+    serial = decode_files(files, 8, 3, "skip", workers=1)
+    parallel = decode_files(files, 8, 3, "skip", workers=4)
+    assert serial[1] == parallel[1] == [i for i, f in enumerate(files) if f.name.startswith(("good", "img"))]
+    assert all(np.array_equal(a, b) for a, b in zip(serial[0], parallel[0], strict=True))
+    assert [path.name for path, _ in parallel[2]] == ["bomb.png", "empty.png", "text.png", "trunc.jpg", "trunc.png"]
+    for workers in (1, 4):
+        with pytest.raises(DataError, match="bomb.png: .*decompression bomb"):
+            decode_files(files, 8, 3, "error", workers=workers)
+
+
 def test_data_check_reports_every_bad_file(tmp_path):
     expected = bad_files(tmp_path)
     reported = {r[0].split("/")[-1] for r in check_spec(cfg(f"folder:{tmp_path}"))}
@@ -277,3 +293,18 @@ def test_prefetch_worker_error_is_raised_not_waited_on(digits_npz):
 def test_auto_loader_keeps_small_data_resident(digits_npz):
     data = load_data(cfg(f"npz:{digits_npz}", resolution=28))
     assert type(make_sampler(data, 0, torch.device("cpu"))).__name__ == "ImageSampler"
+
+
+def test_decode_benchmark_runs_and_reports_both_settings():
+    """benchmarks/decode_folder.py, tiny: both worker counts decode every file and get a ratio."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cmd = [sys.executable, "benchmarks/decode_folder.py", "--images", "12", "--size", "48"]
+    cmd += ["--resolution", "16", "--rounds", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if "img/s" in line]
+    assert [row[:2] for row in rows][0] == ["1", "worker"] and len(rows) == 2
+    assert rows[0][-2] == "1.00x" and all(float(row[2]) > 0 for row in rows)
