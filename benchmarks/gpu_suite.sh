@@ -16,7 +16,7 @@ python -m pytest -q -m "slow or not slow" tests/test_accel.py tests/test_placeme
 # >= 5x the textbook loop on the same GPU at batch 64 (and what tune picks there).
 python benchmarks/train_throughput.py --device cuda --rounds 5 --seconds 4 2>&1 | tee "$out/train_throughput.txt"
 # >= 25 % of the measured bf16 matrix peak at the best batch.
-python -m hetgan bench --preset bench_dcgan32 --batch 64 256 1024 4096 --seconds 5 --no-textbook \
+python -m hetgan bench --preset dcgan_textbook --batch 64 256 1024 4096 --seconds 5 --no-textbook \
     --set accel.device=cuda --set accel.precision=bf16 --set accel.channels_last=true \
     --set accel.optimizer_impl=fused --set accel.cuda_graphs=true \
     --json "$out/bench_bf16.json" 2>&1 | tee "$out/bench_bf16.txt"

@@ -26,6 +26,7 @@ from hetgan.bench.bench import interleaved, ratio_spread, trainer_timer
 from hetgan.config import TrainConfig, apply_overrides
 from hetgan.models import build_models
 from hetgan.placement import resolve_device
+from hetgan.presets import get_preset
 from hetgan.training import Trainer
 
 
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64)
     args = parser.parse_args()
     dev = str(resolve_device(args.device))
-    cfg = TrainConfig(preset="bench_dcgan32")
+    cfg = get_preset("dcgan_textbook")
     cfg.model.width, cfg.train.batch_size, cfg.accel.device = args.width, args.batch, dev
     cfg = cfg.validate()
     name = torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or platform.machine()

@@ -39,11 +39,12 @@ from hetgan.bench.bench import (
 from hetgan.bench.tune import autotune
 from hetgan.config import TrainConfig
 from hetgan.placement import resolve_device
+from hetgan.presets import get_preset
 from hetgan.training import Trainer
 
 
 def config(batch: int, width: int, device: str) -> TrainConfig:
-    cfg = TrainConfig(preset="bench_dcgan32")
+    cfg = get_preset("dcgan_textbook")
     cfg.model.width = width
     cfg.train.batch_size = batch
     cfg.accel.device = device

@@ -41,6 +41,15 @@ def dcgan_mnist() -> TrainConfig:
     return cfg
 
 
+@PRESETS.register("dcgan_textbook")
+def dcgan_textbook() -> TrainConfig:
+    """DCGAN as Radford et al. (2016) and the PyTorch example train it: width 64, BCE, Adam 2e-4
+    with beta1 0.5, batch 64, fp32; at 32 px on the bundled digits. The model behind the speed
+    targets (benchmarks/train_throughput.py) and the GPU suite; it learns slower here than
+    dcgan_mnist."""
+    return TrainConfig(preset="dcgan_textbook")
+
+
 @PRESETS.register("mlp_mnist")
 def mlp_mnist() -> TrainConfig:
     """The seed layout: G 256-512-1024, D 512-256, on flat 28x28 digits."""

@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from hetgan.config import OptimConfig
 from hetgan.errors import CheckpointError, HetganError, TrainingDiverged
+from hetgan.presets import PRESETS
 from hetgan.training import Trainer, run_training, train
 from hetgan.training.checkpoint import list_checkpoints, load_latest_checkpoint
 from hetgan.training.trainer import lr_scale
@@ -157,7 +158,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
     assert not (tmp_path / "d" / "generator.safetensors").exists()
 
 
-@pytest.mark.parametrize("preset", ["dcgan_mnist", "mlp_mnist", "mlp_ring8", "mlp_grid25", "resnet_cifar10"])
+@pytest.mark.parametrize("preset", PRESETS.names())
 def test_every_preset_trains_a_few_steps(preset, tmp_path):
     import numpy as np
 
