@@ -101,6 +101,10 @@ class Trainer:
     def step(self) -> StepResult:
         result = StepResult()
         batch, z_dim = self.cfg.train.batch_size, self.cfg.model.z_dim
+        if self.cfg.accel.cuda_graphs:
+            # CUDA graph trees start an iteration on a compiled call with no backward pending; G's
+            # forward keeps one pending through the D phase, so say where the iteration starts.
+            torch.compiler.cudagraph_mark_step_begin()
         self._set_learning_rates(result)
         fake = None
         for k in range(self.loss.n_critic):
