@@ -5,20 +5,51 @@
 # when torch is already there):
 #     bash benchmarks/gpu_suite.sh OUTDIR
 # Then copy the numbers, the GPU's name and the date into benchmarks/RESULTS.md.
+#
+# Settings (environment), for a dry run of the whole script on a CPU (the test suite does one):
+#     DEVICE=cuda  SECONDS_PER_WINDOW=4  ROUNDS=5  TUNE_SECONDS=5  BATCHES="64 256 1024 4096"  WIDTH=64
+#     TESTS=1 (0 skips the GPU-only tests)
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_suite.sh OUTDIR}
+device=${DEVICE:-cuda}
+secs=${SECONDS_PER_WINDOW:-4}
+rounds=${ROUNDS:-5}
+tune_secs=${TUNE_SECONDS:-5}
+batches=${BATCHES:-64 256 1024 4096}
+width=${WIDTH:-64}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible to torch')" || exit 2
-nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+status=0
+run() {  # run one step, keep its output, remember a failure and go on with the next step
+    local name=$1
+    shift
+    "$@" 2>&1 | tee "$out/$name.txt"
+    local rc=${PIPESTATUS[0]}
+    if [ "$rc" -ne 0 ]; then
+        echo "gpu_suite: step '$name' failed with exit status $rc" | tee -a "$out/failed.txt"
+        status=1
+    fi
+}
+if [[ $device == cuda* ]]; then
+    python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible to torch')" || exit 2
+    nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+    graphs=(--set accel.cuda_graphs=true)
+else
+    graphs=()  # CUDA graphs exist only on CUDA devices
+fi
 # The GPU-only tests (skipped on CPU machines), so a pass here is what counts for them.
-python -m pytest -q -m "slow or not slow" tests/test_accel.py tests/test_placement.py 2>&1 | tee "$out/gpu_tests.txt"
+if [ "${TESTS:-1}" = 1 ]; then
+    run gpu_tests python -m pytest -q -m "slow or not slow" tests/test_accel.py tests/test_placement.py
+fi
 # >= 5x the textbook loop on the same GPU at batch 64 (and what tune picks there).
-python benchmarks/train_throughput.py --device cuda --rounds 5 --seconds 4 2>&1 | tee "$out/train_throughput.txt"
+run train_throughput python benchmarks/train_throughput.py --device "$device" --rounds "$rounds" \
+    --seconds "$secs" --tune-seconds "$tune_secs" --width "$width"
 # >= 25 % of the measured bf16 matrix peak at the best batch.
-python -m hetgan bench --preset dcgan_textbook --batch 64 256 1024 4096 --seconds 5 --no-textbook \
-    --set accel.device=cuda --set accel.precision=bf16 --set accel.channels_last=true \
-    --set accel.optimizer_impl=fused --set accel.cuda_graphs=true \
-    --json "$out/bench_bf16.json" 2>&1 | tee "$out/bench_bf16.txt"
+# shellcheck disable=SC2086  # $batches is a list of batch sizes
+run bench_bf16 python -m hetgan bench --preset dcgan_textbook --batch $batches --seconds "$secs" --no-textbook \
+    --device "$device" --set model.width="$width" --set accel.precision=bf16 --set accel.channels_last=true \
+    --set accel.optimizer_impl=fused "${graphs[@]}" --json "$out/bench_bf16.json"
 # G on the GPU with D on the CPU, the reverse, and split networks, against all on the GPU.
-python benchmarks/placement_layouts.py --device cuda --rounds 5 --seconds 4 2>&1 | tee "$out/placement.txt"
+run placement python benchmarks/placement_layouts.py --device "$device" --rounds "$rounds" --seconds "$secs" \
+    --width "$width"
+exit $status

@@ -2,6 +2,7 @@
 DCGAN-32 (width 64), batch 64, BCE loss, same device, in one process. Prints img/s and ratios.
 
     python benchmarks/train_throughput.py [--rounds 5] [--seconds 6] [--batch 64] [--width 64] [--device cpu]
+                                          [--tune-seconds 5]
 
 Rows: `textbook loop` (hetgan.bench.textbook: DataLoader, sigmoid + BCELoss, one G forward reused for the G step),
 `hetgan plain` (fp32, contiguous, eager: the reused G forward and device-resident data alone) and
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--width", type=int, default=64, help="DCGAN width (textbook ngf = ndf = 64)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tune-seconds", type=float, default=5.0, help="timed seconds per tune candidate")
     args = parser.parse_args()
     cfg = config(args.batch, args.width, args.device)
     device = resolve_device(args.device)
@@ -78,7 +80,7 @@ def main() -> None:
         f"device {device}; DCGAN-32 width {args.width}, batch {args.batch}, "
         f"{args.rounds} rounds of {args.seconds:.0f} s per setup"
     )
-    tuning = autotune(cfg, seconds=5.0)
+    tuning = autotune(cfg, seconds=args.tune_seconds)
     print(tuning.summary())
     best = tuning.chosen
     plain = Trainer(cfg)

@@ -147,3 +147,29 @@ def test_placement_benchmark_times_every_layout():
         "G split: stem on cpu, rest on cpu",
     ]
     assert rows[0].split()[-2] == "1.00x" and all(float(row.split()[-3]) > 0 for row in rows)
+
+
+@pytest.mark.slow
+def test_gpu_suite_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
+    """benchmarks/gpu_suite.sh with DEVICE=cpu and tiny settings: every step runs and writes its
+    output, so the first session with a GPU does not lose its measurements to a broken script."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    tiny = {"DEVICE": "cpu", "SECONDS_PER_WINDOW": "0.2", "ROUNDS": "1", "TUNE_SECONDS": "0.2", "TESTS": "0"}
+    env = {**os.environ, **tiny, "BATCHES": "8 16", "WIDTH": "8"}
+    done = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path / "ok")], env=env, cwd=root, timeout=500)
+    assert done.returncode == 0
+    outputs = {p.name for p in (tmp_path / "ok").iterdir()}
+    assert outputs == {"train_throughput.txt", "bench_bf16.txt", "bench_bf16.json", "placement.txt"}
+    bench = json.loads((tmp_path / "ok" / "bench_bf16.json").read_text())
+    assert [r["batch_size"] for r in bench] == [8, 16] and {r["accel"]["precision"] for r in bench} == {"bf16"}
+    assert "hetgan tuned" in (tmp_path / "ok" / "train_throughput.txt").read_text()
+    # A failing step is reported and the others still run; the exit status says something failed.
+    env["WIDTH"] = "0"
+    done = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path / "bad")], env=env, cwd=root, timeout=300)
+    failed = (tmp_path / "bad" / "failed.txt").read_text()
+    assert done.returncode == 1 and all(f"'{step}' failed" in failed for step in ("train_throughput", "placement"))
