@@ -57,7 +57,9 @@ class DataConfig:
     resolution: int = 32  # images are centre-cropped and resized to this square size
     channels: int = 1  # 1 = grayscale, 3 = RGB
     on_bad_image: str = "error"  # error | skip
-    loader: str = "auto"  # auto | resident (uint8 on the device) | prefetch (CPU thread, pinned, async copy)
+    # auto | resident (uint8 on the device) | prefetch (CPU thread, pinned, async copy) | stream (as
+    # prefetch, and folder:DIR images are decoded as training reaches them, not when the run starts)
+    loader: str = "auto"
     resident_max_mb: int = 2048  # with loader=auto, larger datasets are prefetched instead
 
 
@@ -131,7 +133,15 @@ class TrainConfig:
             (self.data.channels in (1, 3), "data.channels must be 1 or 3"),
             (self.data.resolution >= 4, "data.resolution must be >= 4"),
             (self.data.on_bad_image in ("error", "skip"), "data.on_bad_image must be error or skip"),
-            (self.data.loader in ("auto", "resident", "prefetch"), "data.loader must be auto, resident or prefetch"),
+            (
+                self.data.loader in ("auto", "resident", "prefetch", "stream"),
+                "data.loader must be auto, resident, prefetch or stream",
+            ),
+            (
+                self.data.loader != "stream" or self.data.spec.startswith("folder:"),
+                f"data.loader=stream decodes image files as training reaches them, so it needs a folder:DIR "
+                f"dataset, not {self.data.spec!r}; use data.loader=prefetch for the others",
+            ),
             (self.train.kimg > 0, "train.kimg must be > 0"),
             (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
             (self.train.keep_checkpoints >= 2, "train.keep_checkpoints must be >= 2"),

@@ -9,7 +9,7 @@ from PIL import Image
 
 from hetgan.config import DataConfig
 from hetgan.data import check_spec, load_data, make_sampler
-from hetgan.data.images import MAX_IMAGE_PIXELS, decode_files, list_image_files
+from hetgan.data.images import MAX_IMAGE_PIXELS, LazyImages, decode_files, list_image_files
 from hetgan.errors import DataError
 
 
@@ -308,3 +308,71 @@ def test_decode_benchmark_runs_and_reports_both_settings():
     rows = [line.split() for line in done.stdout.splitlines() if "img/s" in line]
     assert [row[:2] for row in rows][0] == ["1", "worker"] and len(rows) == 2
     assert rows[0][-2] == "1.00x" and all(float(row[2]) > 0 for row in rows)
+
+
+def digit_folder(root, n=24):
+    """n distinct small PNGs in two class folders."""
+    for i in range(n):
+        save_img(root / ("odd" if i % 2 else "even") / f"{i:03d}.png", size=(12, 10), color=8 * i)
+    return root
+
+
+def test_stream_loader_draws_what_the_resident_one_does_and_resumes(tmp_path):
+    folder = digit_folder(tmp_path / "f")
+    resident = load_data(cfg(f"folder:{folder}", resolution=8, channels=3))
+    streamed = load_data(DataConfig(spec=f"folder:{folder}", resolution=8, channels=3, loader="stream"))
+    assert isinstance(streamed.images, LazyImages) and streamed.images.shape == resident.images.shape
+    assert np.array_equal(np.asarray(streamed.images), resident.images)  # decodes everything on request
+    assert (
+        np.array_equal(streamed.images[3], resident.images[3]) and streamed.labels.tolist() == resident.labels.tolist()
+    )
+    a = make_sampler(resident, seed=5, device=torch.device("cpu"), loader="resident")
+    b = make_sampler(streamed, seed=5, device=torch.device("cpu"), loader="stream")
+    for _ in range(4):  # crosses an epoch boundary (24 images, batches of 10)
+        assert torch.equal(a.next(10), b.next(10))
+    again = make_sampler(streamed, seed=5, device=torch.device("cpu"), loader="stream")
+    again.load_state_dict(b.state_dict())
+    assert torch.equal(again.next(10), a.next(10))
+    b.close()
+    again.close()
+
+
+def test_stream_loader_meets_a_bad_file_when_it_reaches_it(tmp_path, caplog):
+    folder = digit_folder(tmp_path / "f", n=30)
+    (folder / "even" / "010.png").write_bytes(b"garbage")  # index 5 in file order (even/000, 002, ...)
+    strict = load_data(DataConfig(spec=f"folder:{folder}", resolution=8, loader="stream"))  # nothing decoded yet
+    assert strict.images[4].shape == (1, 8, 8)
+    with pytest.raises(DataError, match=r"(?s)010\.png: not a readable image.*hetgan data check folder:DIR"):
+        strict.images[[3, 5]]
+    lenient = load_data(DataConfig(spec=f"folder:{folder}", resolution=8, loader="stream", on_bad_image="skip"))
+    assert np.array_equal(lenient.images[5], lenient.images[6])  # the next good file stands in, every time
+    assert "skipping bad image" in caplog.text and "010.png" in caplog.text
+    for i in range(30):
+        (folder / ("odd" if i % 2 else "even") / f"{i:03d}.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="images decoded so far are bad"):
+        load_data(DataConfig(spec=f"folder:{folder}", resolution=8, loader="stream", on_bad_image="skip")).images[:]
+
+
+def test_stream_loader_needs_a_folder():
+    from hetgan.config import TrainConfig, apply_overrides
+    from hetgan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.loader=stream .* needs a folder:DIR dataset, not 'mnist5k'"):
+        apply_overrides(TrainConfig(), ["data.loader=stream"])
+
+
+def test_training_on_a_streamed_folder_equals_training_on_the_decoded_one(tmp_path):
+    from hetgan.training import Trainer
+    from tests.conftest import tiny_config
+
+    folder = digit_folder(tmp_path / "f")
+    plain = Trainer(tiny_config(f"folder:{folder}"))
+    streamed_cfg = tiny_config(f"folder:{folder}")
+    streamed_cfg.data.loader = "stream"
+    streamed = Trainer(streamed_cfg)
+    for _ in range(4):
+        plain.step()
+        streamed.step()
+    for x, y in zip(plain.G_ema.parameters(), streamed.G_ema.parameters(), strict=True):
+        assert torch.equal(x, y)
+    streamed.sampler.close()

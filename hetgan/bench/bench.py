@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
@@ -208,7 +209,8 @@ def run_bench(cfg: TrainConfig, seconds: float = 10.0, textbook: bool = True, ro
     check_timing(seconds, rounds)
     trainer = Trainer(cfg)
     timers = {"hetgan": trainer_timer(trainer, seconds / rounds)}
-    loop = textbook_loop(cfg, trainer) if textbook and isinstance(trainer.data, ImageData) else None
+    in_memory = isinstance(trainer.data, ImageData) and isinstance(trainer.data.images, np.ndarray)
+    loop = textbook_loop(cfg, trainer) if textbook and in_memory else None  # not for 2-D points or streamed files
     if loop:
         loop.run_for(min(2.0, seconds / 4))  # warm-up: first batches, allocator, Adam state
         timers["textbook"] = lambda warm: loop.run_for(seconds / rounds)
@@ -232,7 +234,7 @@ def run_bench(cfg: TrainConfig, seconds: float = 10.0, textbook: bool = True, ro
         "matmul_peak_dtype": peak_dtype,
         "share_of_peak": flops * img_s / peak,
     }
-    if textbook:  # None where there is no textbook loop for the data (2-D points)
+    if textbook:  # None where there is no textbook loop for the data (2-D points, streamed files)
         ratios = round_ratios(speeds["hetgan"], speeds["textbook"]) if loop else None
         result["textbook_img_per_s"] = statistics.median(speeds["textbook"]) if loop else None
         result["textbook_img_per_s_rounds"] = speeds.get("textbook")

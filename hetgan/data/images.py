@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -141,3 +142,67 @@ def require_mostly_good(n_files: int, bad: list[tuple[Path, str]]) -> None:
             f"{len(bad)} of {n_files} images are bad (more than {MAX_BAD_FRACTION:.0%} allowed "
             f"with --on-bad-image skip); fix the data. First bad file: {bad[0][1]}"
         )
+
+
+class LazyImages:
+    """Image files seen as a uint8 array [N, C, R, R] that decodes only the items it is asked for,
+    on one worker thread per core (`data.loader=stream`, for folders too large to decode into
+    memory when the run starts). Index it with an int, a slice or an integer array.
+
+    A bad file raises DataError when it is reached; with on_bad_image='skip' it is logged and the
+    next good file in file order stands in for it, the same one every time (so a resumed run
+    draws the same pixels), until more than MAX_BAD_FRACTION of the files decoded so far are bad.
+    """
+
+    def __init__(self, files: list[Path], resolution: int, channels: int, on_bad_image: str) -> None:
+        self.files = files
+        self.resolution, self.channels, self.on_bad_image = resolution, channels, on_bad_image
+        self.shape = (len(files), channels, resolution, resolution)
+        self.dtype = np.dtype(np.uint8)
+        self.nbytes = int(np.prod(self.shape))
+        self._pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="hetgan-stream")
+        self._lock = threading.Lock()
+        self._decoded = 0
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return self[np.array([index])][0]
+        indices = np.arange(len(self.files))[np.asarray(index) if not isinstance(index, slice) else index]
+        results = list(self._pool.map(self._decode, indices))
+        # Stacked as [C, R, R] each: a fresh array with standard strides, as the in-memory datasets
+        # have (a transposed view would look channels-last to torch and change the conv algorithm).
+        return np.stack([r.transpose(2, 0, 1) for r in results])  # [B, C, R, R]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """Decode everything (e.g. to train a feature network on the folder)."""
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+    def _decode(self, i: int) -> np.ndarray:
+        for j in (*range(i, len(self.files)), *range(i)):  # the next good file in file order
+            result = try_decode(self.files[j], self.resolution, self.channels)
+            with self._lock:
+                self._decoded += 1
+                if isinstance(result, np.ndarray):
+                    return result
+                self._refuse(j, result)
+        raise DataError(f"{self.files[0].parent}: no file decodes")
+
+    def _refuse(self, j: int, error: DataError) -> None:
+        if self.on_bad_image == "error":
+            raise DataError(
+                f"{error}\n  (data.loader=stream decodes files as training reaches them: "
+                "`hetgan data check folder:DIR` lists every bad file; remove them and continue with "
+                "`hetgan train --resume RUN_DIR`, or pass --on-bad-image skip)"
+            )
+        if j not in self._bad:
+            self._bad.add(j)
+            log.warning("skipping bad image %s", error)
+        if len(self._bad) > MAX_BAD_FRACTION * max(self._decoded, 50):
+            raise DataError(
+                f"{len(self._bad)} of the {self._decoded} images decoded so far are bad (more than "
+                f"{MAX_BAD_FRACTION:.0%} allowed with --on-bad-image skip); fix the data. Last bad file: {error}"
+            )

@@ -1,7 +1,8 @@
 """Batches on the training device, in a reproducible order whose position can be checkpointed.
 
-Small datasets (everything hetgan reads fits in memory) live on the device as uint8 and are
-indexed there, so the hot path has no loader, no worker processes and no host-device copy.
+Small datasets live on the device as uint8 and are indexed there, so the hot path has no loader,
+no worker processes and no host-device copy. Larger ones are gathered ahead of the step by a CPU
+thread (PrefetchSampler), and image folders read with data.loader=stream are decoded there too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import threading
 
 import torch
 
+from hetgan.data.images import LazyImages
 from hetgan.data.sources import Data, ImageData, Mixture
 
 
@@ -22,7 +24,11 @@ class ImageSampler:
     """
 
     def __init__(self, data: ImageData, seed: int, device: torch.device) -> None:
-        self.images = torch.from_numpy(data.images).to(device)  # [N, C, H, W] uint8
+        if isinstance(data.images, LazyImages):  # decoded batch by batch, on the CPU
+            self.images, self.device = data.images, torch.device("cpu")
+        else:
+            self.images = torch.from_numpy(data.images).to(device)  # [N, C, H, W] uint8
+            self.device = self.images.device
         self.seed = seed
         self.epoch = 0
         self.offset = 0
@@ -30,7 +36,7 @@ class ImageSampler:
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.images), generator=g).to(self.images.device)
+        return torch.randperm(len(self.images), generator=g).to(self.device)
 
     def next(self, batch_size: int) -> torch.Tensor:
         """The next batch, float [B, C, H, W] in [-1, 1] on the sampler's device."""
@@ -47,6 +53,8 @@ class ImageSampler:
                 self.epoch, self.offset = self.epoch + 1, 0
                 self._perm = self._permutation(self.epoch)
         index = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        if isinstance(self.images, LazyImages):
+            return torch.from_numpy(self.images[index.numpy()])
         return self.images[index]  # [B, C, H, W] uint8
 
     def state_dict(self) -> dict:
@@ -147,11 +155,12 @@ def make_sampler(
     data: Data, seed: int, device: torch.device, loader: str = "auto", resident_max_mb: int = 2048
 ) -> ImageSampler | MixtureSampler | PrefetchSampler:
     """Mixtures are sampled directly; images live on the device unless they are larger than
-    `resident_max_mb` on an accelerator (loader 'auto') or loader is 'prefetch'."""
+    `resident_max_mb` on an accelerator (loader 'auto'), loader is 'prefetch', or they are
+    decoded as they are needed (loader 'stream': LazyImages), always ahead of the step."""
     device = torch.device(device)
     if isinstance(data, Mixture):
         return MixtureSampler(data, seed, device)
     too_big = device.type != "cpu" and data.images.nbytes > resident_max_mb * 2**20
-    if loader == "prefetch" or (loader == "auto" and too_big):
+    if loader in ("prefetch", "stream") or (loader == "auto" and too_big):
         return PrefetchSampler(data, seed, device)
     return ImageSampler(data, seed, device)

@@ -18,6 +18,7 @@ import numpy as np
 
 from hetgan.config import DataConfig
 from hetgan.data.images import (
+    LazyImages,
     arrays_to_model,
     decode_files,
     list_image_files,
@@ -29,7 +30,7 @@ from hetgan.registry import Registry
 
 @dataclass
 class ImageData:
-    images: np.ndarray  # uint8 [N, C, R, R]
+    images: np.ndarray | LazyImages  # uint8 [N, C, R, R]; LazyImages decodes files on access
     labels: np.ndarray | None  # int64 [N] or None
     class_names: list[str] | None
     source: str
@@ -205,6 +206,11 @@ def read_folder(arg: str, cfg: DataConfig) -> ImageData:
     files = list_image_files(root)
     if not files:
         raise DataError(f"{root}: no images found (looked recursively for .png, .jpg, .jpeg, .webp, .bmp)")
+    if cfg.loader == "stream":  # decoded as training reaches each file
+        class_names, labels = _folder_labels(root, files)
+        return ImageData(
+            LazyImages(files, cfg.resolution, cfg.channels, cfg.on_bad_image), labels, class_names, str(root)
+        )
     arrays, kept, bad = decode_files(files, cfg.resolution, cfg.channels, cfg.on_bad_image)
     require_mostly_good(len(files), bad)
     images = np.stack(arrays).transpose(0, 3, 1, 2).copy()  # [N, C, R, R]

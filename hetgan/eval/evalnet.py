@@ -116,7 +116,7 @@ def train_evalnet(
         raise DataError(f"{data.source}: evalnet training needs labels (npz labels, class folders, MNIST, CIFAR-10)")
     n_classes = int(data.labels.max()) + 1
     train_idx, test_idx = held_out_split(data.labels, held_out_per_class, seed)
-    x = torch.from_numpy(data.images).float().div(127.5).sub(1)  # [N, C, R, R] in [-1, 1]
+    x = torch.from_numpy(np.asarray(data.images)).float().div(127.5).sub(1)  # [N, C, R, R] in [-1, 1]
     y = torch.from_numpy(data.labels)
     torch.manual_seed(seed)
     cfg = EvalNetConfig(
