@@ -24,7 +24,7 @@ from hetgan.models import build_models, sample_shape
 @dataclass
 class LayerRow:
     index: int
-    layer: str  # type and arguments, e.g. "Conv2d(64, 128, kernel_size=(4, 4), ...)"
+    layer: str  # type and arguments, e.g. "Conv2d(64, 128, kernel_size=4, stride=2, ...)"
     out_shape: tuple[int, ...]  # one sample's output
     params: int
     flops: int  # forward, per sample
@@ -32,8 +32,8 @@ class LayerRow:
 
 
 def describe(layer: nn.Module, width: int = 60) -> str:
-    """ "Conv2d(1, 32, kernel_size=4, stride=2, ...)": torch's repr, uniform tuples collapsed, cut
-    at an argument boundary to fit `width`."""
+    """The layer as torch prints it, with uniform tuples collapsed and cut at an argument boundary
+    to fit `width`: Conv2d(1, 32, kernel_size=4, stride=2, ...)."""
     args = re.sub(r"\((\d+)(?:, \1)+\)", r"\1", layer.extra_repr())  # (4, 4) -> 4
     text = f"{type(layer).__name__}({args})"
     if len(text) <= width:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -171,8 +172,13 @@ class LazyImages:
     def __getitem__(self, index) -> np.ndarray:
         if isinstance(index, (int, np.integer)):
             return self[np.array([index])][0]
-        indices = np.arange(len(self.files))[np.asarray(index) if not isinstance(index, slice) else index]
-        results = list(self._pool.map(self._decode, indices))
+        n = len(self.files)
+        indices = range(*index.indices(n)) if isinstance(index, slice) else np.asarray(index).reshape(-1)
+        if not len(indices):
+            return np.empty((0, *self.shape[1:]), dtype=np.uint8)
+        if not -n <= min(indices) <= max(indices) < n:
+            raise IndexError(f"index out of range for {n} images")
+        results = list(self._pool.map(self._decode, (int(i) % n for i in indices)))
         # Stacked as [C, R, R] each: a fresh array with standard strides, as the in-memory datasets
         # have (a transposed view would look channels-last to torch and change the conv algorithm).
         return np.stack([r.transpose(2, 0, 1) for r in results])  # [B, C, R, R]
@@ -182,7 +188,7 @@ class LazyImages:
         return self[:] if dtype is None else self[:].astype(dtype)
 
     def _decode(self, i: int) -> np.ndarray:
-        for j in (*range(i, len(self.files)), *range(i)):  # the next good file in file order
+        for j in itertools.chain(range(i, len(self.files)), range(i)):  # the next good file in file order
             result = try_decode(self.files[j], self.resolution, self.channels)
             with self._lock:
                 self._decoded += 1
