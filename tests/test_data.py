@@ -326,6 +326,9 @@ def test_stream_loader_draws_what_the_resident_one_does_and_resumes(tmp_path):
     assert (
         np.array_equal(streamed.images[3], resident.images[3]) and streamed.labels.tolist() == resident.labels.tolist()
     )
+    assert np.array_equal(streamed.images[[-1, 0]], resident.images[[-1, 0]]) and streamed.images[5:5].shape[0] == 0
+    with pytest.raises(IndexError):
+        streamed.images[[24]]
     a = make_sampler(resident, seed=5, device=torch.device("cpu"), loader="resident")
     b = make_sampler(streamed, seed=5, device=torch.device("cpu"), loader="stream")
     for _ in range(4):  # crosses an epoch boundary (24 images, batches of 10)
