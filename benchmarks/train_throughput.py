@@ -103,7 +103,7 @@ def main() -> None:
     for name, values in zip(names, img_s, strict=True):
         print(f"{name:<52}{statistics.median(values):>13.1f}{ratio_spread(values, img_s[0]):>32}")
 
-    tb_flops, hg_flops = textbook_flops_per_image(cfg, plain), flops_per_image(cfg)
+    tb_flops, hg_flops = textbook_flops_per_image(cfg, plain), flops_per_image(cfg, plain.data)
     peak, peak_dtype = device_peak(device, tuning.config.accel.precision)  # the faster of fp32 and tuned's
     medians = [statistics.median(v) for v in img_s]
     print(

@@ -380,3 +380,18 @@ def test_timing_commands_refuse_empty_windows(capsys, command, flags, message):
 
     assert main([command, "--preset", "mlp_ring8", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_tune_reads_the_data_once_for_all_candidates(tiny, monkeypatch):
+    """Each candidate's trainer gets the dataset tune read, instead of reading (for a folder,
+    decoding) it again, and their samplers share one copy of the images per device."""
+    from hetgan.bench import tune as tune_module
+    from hetgan.training import trainer as trainer_module
+
+    reads = []
+    real_load = tune_module.load_data
+    monkeypatch.setattr(tune_module, "load_data", lambda cfg: reads.append(cfg.spec) or real_load(cfg))
+    monkeypatch.setattr(trainer_module, "load_data", lambda cfg: pytest.fail("a candidate read the data again"))
+    cands = [Candidate("base"), Candidate("layout", ["accel.channels_last=true"])]
+    best, table = tune(tiny, cands, seconds=0.1, rounds=1)
+    assert reads == [tiny.data.spec] and all(c.img_per_s for c in table)

@@ -290,6 +290,14 @@ def test_prefetch_worker_error_is_raised_not_waited_on(digits_npz):
     assert prefetch.state_dict() == {"epoch": 0, "offset": 16}  # the position of the one batch handed out
 
 
+def test_samplers_on_the_same_data_share_one_device_copy(digits_npz):
+    data = load_data(cfg(f"npz:{digits_npz}", resolution=28))
+    a = make_sampler(data, seed=0, device=torch.device("cpu"), loader="resident")
+    b = make_sampler(data, seed=1, device=torch.device("cpu"), loader="resident")
+    assert a.images is b.images and list(data.device_copies) == ["cpu"]
+    assert not torch.equal(a.next(16), b.next(16))  # each keeps its own order
+
+
 def test_auto_loader_keeps_small_data_resident(digits_npz):
     data = load_data(cfg(f"npz:{digits_npz}", resolution=28))
     assert type(make_sampler(data, 0, torch.device("cpu"))).__name__ == "ImageSampler"

@@ -19,6 +19,7 @@ from torch.utils.flop_counter import flop_registry
 from hetgan.bench.textbook import TextbookLoop
 from hetgan.config import TrainConfig
 from hetgan.data import ImageData
+from hetgan.data.sources import Data
 from hetgan.errors import ConfigError
 from hetgan.models import build_models
 from hetgan.training.trainer import Trainer
@@ -126,12 +127,13 @@ class FlopCount(TorchDispatchMode):
         return out
 
 
-def flops_per_image(cfg: TrainConfig) -> float:
+def flops_per_image(cfg: TrainConfig, data: Data | None = None) -> float:
     """FLOPs of one full training step (D and G phases, forward and backward, penalties
-    included) per real image, counted on an eager copy of the config."""
+    included) per real image, counted on an eager copy of the config (on `data` if given, so
+    a dataset already read is not read again)."""
     eager = copy.deepcopy(cfg)
     eager.accel.compile = eager.accel.cuda_graphs = False
-    trainer = Trainer(eager)
+    trainer = Trainer(eager, data)
     trainer.step()  # the first step creates optimiser state; count a steady one
     with FlopCount() as counter:
         trainer.step()
@@ -217,7 +219,7 @@ def run_bench(cfg: TrainConfig, seconds: float = 10.0, textbook: bool = True, ro
     speeds = interleaved(timers, rounds)
     img_s = statistics.median(speeds["hetgan"])
     phases = phase_breakdown(trainer)
-    flops = flops_per_image(cfg)
+    flops = flops_per_image(cfg, trainer.data)
     peak, peak_dtype = device_peak(trainer.device, cfg.accel.precision)
     result = {
         "preset": cfg.preset,

@@ -8,6 +8,7 @@ the plain fp32 configuration (same seed, so the same initial weights).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import statistics
@@ -20,6 +21,8 @@ from torch import nn
 from hetgan.accel import apply_backend_flags, restored_backend_flags
 from hetgan.bench.bench import check_timing, steady_img_per_s
 from hetgan.config import TrainConfig, apply_overrides
+from hetgan.data import load_data
+from hetgan.data.sources import Data
 from hetgan.errors import TuneError
 from hetgan.models import build_models
 from hetgan.placement import resolve_device
@@ -113,9 +116,9 @@ def max_rel_error(got: tuple[torch.Tensor, ...], ref: tuple[torch.Tensor, ...]) 
 class Trial:
     """One candidate's trainer, built once and timed in several windows."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, data: Data | None = None) -> None:
         self.cfg = cfg
-        self.trainer = Trainer(cfg)
+        self.trainer = Trainer(cfg, data)
         self.outputs = reference_outputs(cfg, self.trainer)  # before any step: weights equal the reference's
         self.warm = False
 
@@ -134,13 +137,15 @@ def tune(
     candidates: list[Candidate],
     seconds: float = 3.0,
     rounds: int = 3,
-    prepare: Prepare = Trial,
+    prepare: Prepare | None = None,
 ) -> tuple[Candidate, list[Candidate]]:
     """Time each candidate; the fastest sound one wins. The first candidate is the reference.
 
     Each candidate gets `seconds` of timing in all, as `rounds` windows taken in turn with the
     other candidates' (all of their trainers are alive at once), and its speed is the median of
     its windows: a slow spell of the machine then lands on every candidate instead of on one."""
+    if prepare is None:  # the data is read (decoded, for a folder) once and shared by every candidate
+        prepare = functools.partial(Trial, data=load_data(cfg.data))
     reference = None
     candidates = [Candidate(c.name, list(c.overrides)) for c in candidates]  # fresh results each call
     trials: dict[int, Trial] = {}
@@ -205,7 +210,7 @@ def autotune(
     seconds: float = 3.0,
     rounds: int = 3,
     candidates: list[Candidate] | None = None,
-    prepare: Prepare = Trial,
+    prepare: Prepare | None = None,
 ) -> TuneResult:
     """`hetgan tune` from Python: time the candidates for cfg's device (or `candidates`) and
     return cfg with the fastest sound one applied, e.g. `hetgan.train(hetgan.autotune(cfg).config)`."""

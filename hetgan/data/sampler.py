@@ -27,7 +27,10 @@ class ImageSampler:
         if isinstance(data.images, LazyImages):  # decoded batch by batch, on the CPU
             self.images, self.device = data.images, torch.device("cpu")
         else:
-            self.images = torch.from_numpy(data.images).to(device)  # [N, C, H, W] uint8
+            key = str(torch.device(device))
+            if key not in data.device_copies:
+                data.device_copies[key] = torch.from_numpy(data.images).to(device)  # [N, C, H, W] uint8
+            self.images = data.device_copies[key]
             self.device = self.images.device
         self.seed = seed
         self.epoch = 0

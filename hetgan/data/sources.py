@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -34,6 +34,9 @@ class ImageData:
     labels: np.ndarray | None  # int64 [N] or None
     class_names: list[str] | None
     source: str
+    # The images as a torch tensor on each device a sampler has put them on, shared by every
+    # trainer on this data (tune builds one per candidate): one copy per device, not per trainer.
+    device_copies: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
