@@ -1,3 +1,4 @@
+import copy
 import os
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 
 from hetgan.bench.bench import flops_per_image, run_bench, textbook_flops_per_image
 from hetgan.bench.tune import Candidate, Trial, autotune, candidates_for, tune
-from hetgan.config import DataConfig, ModelConfig, TrainConfig
+from hetgan.config import DataConfig, ModelConfig, TrainConfig, apply_overrides
 from hetgan.errors import ConfigError, TuneError
 from hetgan.training import Trainer
 from tests.conftest import tiny_config
@@ -251,8 +252,8 @@ def test_tune_cli_on_cpu_picks_a_sound_candidate(tmp_path, capsys):
     import json
 
     table = json.loads(out.read_text())["table"]
-    assert table[0]["name"].startswith("baseline") and table[0]["max_rel_error"] == 0.0
-    if (os.cpu_count() or 1) > 1:  # threads=1 is tried wherever it differs from the baseline
+    assert table[0]["name"].startswith("plain") and table[0]["max_rel_error"] == 0.0
+    if (os.cpu_count() or 1) > 1:  # threads=1 is tried wherever it differs from the plain config
         assert any(row["name"].startswith("threads=") for row in table)
 
 
@@ -297,8 +298,26 @@ def test_tune_tries_channels_last_only_where_the_networks_convolve():
     conv = [c.name for c in candidates_for(TrainConfig(), torch.device("cpu"))]
     assert "channels_last" in conv and "channels_last + compile" in conv
     mlp = candidates_for(TrainConfig(data=DataConfig(spec="ring8"), model=ModelConfig(arch="mlp")), torch.device("cpu"))
-    assert [c.name for c in mlp if not c.name.startswith("threads=")] == ["baseline (fp32, eager)", "compile", "bf16"]
+    assert [c.name for c in mlp if not c.name.startswith("threads=")] == ["plain (fp32, eager)", "compile", "bf16"]
     assert not any("accel.channels_last=true" in c.overrides for c in mlp)
+
+
+def test_tune_candidates_start_from_the_plain_config_whatever_the_preset_sets():
+    """dcgan_mnist turns channels_last on: the reference must still be plain fp32 (tune once showed
+    a 'contiguous' baseline that was channels_last, and timed the same setting twice)."""
+    from hetgan.presets import get_preset
+
+    cfg = get_preset("dcgan_mnist")
+    cfg.accel.precision = "bf16"  # a user's own knob, on top of the preset's
+    cands = candidates_for(cfg, torch.device("cpu"))
+    applied = {c.name: apply_overrides(copy.deepcopy(cfg), c.overrides).accel for c in cands}
+    plain, configured = cands[0], cands[1]
+    assert plain.name.startswith("plain") and applied[plain.name].precision == "fp32"
+    assert not applied[plain.name].channels_last and configured.overrides == []
+    assert configured.name == "as configured (precision=bf16, channels_last=true)"
+    assert len({frozenset(c.overrides) for c in cands}) == len(cands)  # nothing timed twice
+    compiled = applied["channels_last + compile"]
+    assert compiled.compile and compiled.channels_last and compiled.precision == "fp32"
 
 
 def test_tune_tries_placements_on_an_accelerator():

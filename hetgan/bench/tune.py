@@ -20,7 +20,7 @@ from torch import nn
 
 from hetgan.accel import apply_backend_flags, restored_backend_flags
 from hetgan.bench.bench import check_timing, steady_img_per_s
-from hetgan.config import TrainConfig, apply_overrides
+from hetgan.config import AccelConfig, TrainConfig, apply_overrides
 from hetgan.data import load_data
 from hetgan.data.sources import Data
 from hetgan.errors import TuneError
@@ -49,47 +49,88 @@ class Candidate:
     rejected: str | None = None
 
 
-def candidates_for(cfg: TrainConfig, device: torch.device) -> list[Candidate]:
-    """What is worth trying on this device type (channels_last only where the networks convolve)."""
-    conv = convolutional(cfg)
+# The knobs tune sets. Every candidate is the plain config (these at their defaults) plus its own
+# settings; placement (device, g_device, d_device, stages) stays as the config has it.
+SPEED_KNOBS = (
+    "precision",
+    "channels_last",
+    "compile",
+    "cuda_graphs",
+    "tf32",
+    "cudnn_benchmark",
+    "optimizer_impl",
+    "threads",
+)
 
-    def knobs(name: str, *overrides: str) -> Candidate:
-        """A candidate with `overrides`, in the channels_last layout where that can matter."""
-        if not conv:
-            return Candidate(name, list(overrides))
+
+def candidates_for(cfg: TrainConfig, device: torch.device) -> list[Candidate]:
+    """What is worth trying on this device type (channels_last only where the networks convolve).
+
+    The first candidate is the plain config, fp32 and eager, which the others are checked against;
+    the config as given comes next when it sets knobs of its own (a preset may). Each candidate's
+    overrides are what it changes in the given config, and candidates that come to the same
+    setting are tried once."""
+    conv = convolutional(cfg)
+    layout = {"channels_last": True} if conv else {}
+
+    def plain_plus(name: str, **knobs) -> Candidate:
+        target = {k: getattr(AccelConfig(), k) for k in SPEED_KNOBS} | knobs
+        changed = {k: v for k, v in target.items() if getattr(cfg.accel, k) != v}
         return Candidate(
-            f"channels_last + {name}" if name else "channels_last", ["accel.channels_last=true", *overrides]
+            name, [f"accel.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in changed.items()]
         )
 
-    base = [Candidate("baseline (fp32, contiguous, eager)" if conv else "baseline (fp32, eager)")]
+    def with_layout(name: str, **knobs) -> Candidate:
+        return plain_plus(" + ".join(["channels_last", name] if conv else [name]), **layout, **knobs)
+
+    out = [plain_plus("plain (fp32, contiguous, eager)" if conv else "plain (fp32, eager)")]
+    own = [k for k in SPEED_KNOBS if getattr(cfg.accel, k) != getattr(AccelConfig(), k)]
+    if own:
+        out.append(Candidate(f"as configured ({', '.join(f'{k}={as_text(getattr(cfg.accel, k))}' for k in own)})"))
     if device.type == "cpu":
         cores = os.cpu_count() or 1
-        threads = sorted({1, max(1, cores // 2), cores} - {torch.get_num_threads()})  # the baseline runs that
-        out = base + [Candidate(f"threads={t}", [f"accel.threads={t}"]) for t in threads]
-        out += [knobs("")] if conv else []
-        out += [knobs("compile", "accel.compile=true"), knobs("bf16", "accel.precision=bf16")]
-        return out
-    fused = "accel.optimizer_impl=fused"
-    out = base + [
-        Candidate("tf32 + cudnn.benchmark", ["accel.tf32=true", "accel.cudnn_benchmark=true"]),
-        knobs("bf16", "accel.precision=bf16"),
-        knobs("bf16 + fused", "accel.precision=bf16", fused),
-        knobs("bf16 + compile", "accel.precision=bf16", "accel.compile=true", fused),
+        threads = sorted({1, max(1, cores // 2), cores} - {torch.get_num_threads()})  # plain runs that
+        out += [plain_plus(f"threads={t}", threads=t) for t in threads]
+        out += [plain_plus("channels_last", **layout)] if conv else []
+        out += [with_layout("compile", compile=True), with_layout("bf16", precision="bf16")]
+        return unique(out)
+    bf16 = {"precision": "bf16"}
+    out += [
+        plain_plus("tf32 + cudnn.benchmark", tf32=True, cudnn_benchmark=True),
+        with_layout("bf16", **bf16),
+        with_layout("bf16 + fused", **bf16, optimizer_impl="fused"),
+        with_layout("bf16 + compile", **bf16, compile=True, optimizer_impl="fused"),
     ]
     if device.type == "cuda":
-        out.append(knobs("bf16 + CUDA graphs", "accel.precision=bf16", "accel.cuda_graphs=true", fused))
-    # Placements (fp32, so they are judged on speed alone): the seed's G on the accelerator with D
-    # on the CPU, the reverse, and G and D on two GPUs where there are two; only where the config
-    # leaves placement open, since a user's --g-device/--d-device or stage split is a given.
+        out.append(with_layout("bf16 + CUDA graphs", **bf16, cuda_graphs=True, optimizer_impl="fused"))
+    # Placements (plain fp32, so they are judged on speed alone): the seed's G on the accelerator
+    # with D on the CPU, the reverse, and G and D on two GPUs where there are two; only where the
+    # config leaves placement open, since a user's --g-device/--d-device or stage split is a given.
     accel = cfg.accel
     if accel.g_device or accel.d_device or accel.g_stages or accel.d_stages:
-        return out
-    out += [
-        Candidate(f"G on {device.type}, D on cpu", ["accel.d_device=cpu"]),
-        Candidate(f"D on {device.type}, G on cpu", ["accel.g_device=cpu"]),
+        return unique(out)
+    placements = [
+        (f"G on {device.type}, D on cpu", ["accel.d_device=cpu"]),
+        (f"D on {device.type}, G on cpu", ["accel.g_device=cpu"]),
     ]
     if device.type == "cuda" and torch.cuda.device_count() > 1:
-        out.append(Candidate("G on cuda:0, D on cuda:1", ["accel.g_device=cuda:0", "accel.d_device=cuda:1"]))
+        placements.append(("G on cuda:0, D on cuda:1", ["accel.g_device=cuda:0", "accel.d_device=cuda:1"]))
+    out += [Candidate(name, out[0].overrides + where) for name, where in placements]
+    return unique(out)
+
+
+def as_text(value) -> str:
+    """A knob's value as --set takes it: true/false for booleans."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def unique(candidates: list[Candidate]) -> list[Candidate]:
+    """The first of the candidates that set the same overrides."""
+    seen, out = set(), []
+    for c in candidates:
+        if frozenset(c.overrides) not in seen:
+            seen.add(frozenset(c.overrides))
+            out.append(c)
     return out
 
 
@@ -191,7 +232,7 @@ def tune(
             candidates[i].img_per_s = statistics.median(values)
     sound = [c for c in candidates if c.rejected is None and c.img_per_s is not None]
     if not sound:
-        raise TuneError("tune: every candidate was rejected, including the baseline")
+        raise TuneError("tune: every candidate was rejected, including the plain configuration")
     return pick(sound), candidates
 
 
