@@ -261,7 +261,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
     cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), args.set)
     tables = network_tables(cfg)
-    print("\n\n".join(format_layers(name, model_type, rows) for name, (model_type, rows) in tables.items()))
+    batch = cfg.train.batch_size
+    print("\n\n".join(format_layers(name, *table, batch=batch) for name, table in tables.items()))
     print("\nsplit with e.g. --set accel.d_stages=FIRST-LAST@DEVICE,NEXT-@DEVICE (README: Placement)")
     return 0
 

@@ -33,10 +33,7 @@ def resolve_device(name: str) -> torch.device:
         if hasattr(torch, "xpu") and torch.xpu.is_available():
             return torch.device("xpu")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N, mps or xpu") from None
+    device = device_from_name(name)
     available = {
         "cpu": lambda: True,
         "cuda": lambda: torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
@@ -48,8 +45,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def parse_stages(spec: str, n_layers: int) -> list[tuple[int, int, torch.device]]:
-    """'0-8@cuda,9-@cpu' -> [(0, 9, cuda), (9, n_layers, cpu)]: contiguous, covering every layer."""
+def device_from_name(name: str) -> torch.device:
+    """A device name checked for form only (cpu, cuda, cuda:N, mps, xpu), not for availability."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N, mps or xpu")
+    return device
+
+
+def parse_stages(spec: str, n_layers: int, available_only: bool = True) -> list[tuple[int, int, torch.device]]:
+    """'0-8@cuda,9-@cpu' -> [(0, 9, cuda), (9, n_layers, cpu)]: contiguous, covering every layer.
+    With available_only=False the devices are checked for form only (to plan a split elsewhere)."""
     stages, expected_start = [], 0
     for part in spec.split(","):
         m = STAGE_RE.match(part.strip())
@@ -62,7 +71,8 @@ def parse_stages(spec: str, n_layers: int) -> list[tuple[int, int, torch.device]
                 f"stage {part!r} in {spec!r} {problem}; the stages must cover layers 0..{n_layers - 1} "
                 f"in order without gaps or overlaps (`hetgan layers` with the same --preset/--set lists them)"
             )
-        stages.append((first, last + 1, resolve_device(m.group(3))))
+        device = resolve_device(m.group(3)) if available_only else device_from_name(m.group(3))
+        stages.append((first, last + 1, device))
         expected_start = last + 1
     if expected_start != n_layers:
         raise ConfigError(

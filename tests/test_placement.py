@@ -89,6 +89,20 @@ def test_layer_table_counts_each_layer_by_hand(tiny):
     split_network(D, f"0-{rows[-2].index}@cpu,{rows[-1].index}-@cpu")
 
 
+def test_layers_plans_a_split_for_devices_this_machine_lacks(tiny):
+    """With a stage spec the table shows each layer's device and what crosses each boundary per
+    batch, checked for form only, so a GPU split can be planned on a laptop."""
+    from hetgan.bench.layers import format_layers
+
+    rows = network_tables(tiny)["D"][1]
+    text = format_layers("D", "Discriminator", rows, spec="0-4@cuda:1,5-@cpu", batch=8)
+    assert [line.split()[-1] for line in text.splitlines()[2:11]] == ["cuda:1"] * 5 + ["cpu"] * 4
+    # After layer 4 the activation is 8x8x8 fp32 = 2 KB per sample, 16 KB per batch of 8.
+    assert "accel.d_stages '0-4@cuda:1,5-@cpu': after layer 4, cuda:1 -> cpu: 2.0 KB per sample, 0.02 MiB" in text
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        format_layers("D", "Discriminator", rows, spec="0-4@tpu,5-@cpu")
+
+
 def test_layer_table_says_when_a_network_cannot_be_split(tiny, capsys):
     tiny.model.arch = "resnet"
     assert layer_table(build_models(tiny)[0], torch.zeros(1, tiny.model.z_dim)) is None

@@ -9,6 +9,7 @@ the activation is small.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from hetgan.bench.bench import FlopCount
 from hetgan.config import TrainConfig
 from hetgan.losses import pack
 from hetgan.models import build_models, sample_shape
+from hetgan.placement import parse_stages
 
 
 @dataclass
@@ -78,30 +80,45 @@ def layer_table(model: nn.Module, x: torch.Tensor) -> list[LayerRow] | None:
     return rows
 
 
-def network_tables(cfg: TrainConfig) -> dict[str, tuple[str, list[LayerRow] | None]]:
-    """{"G": (class name, rows), "D": ...} for the config's networks, built on the CPU."""
+def network_tables(cfg: TrainConfig) -> dict[str, tuple[str, list[LayerRow] | None, str]]:
+    """{"G": (class name, rows, stage spec), "D": ...} for the config's networks, built on the CPU."""
     G, D = build_models(cfg)
     fake = torch.zeros(cfg.loss.pack, *sample_shape(cfg))  # D judges `pack` samples at once
     return {
-        "G": (f"{type(G).__module__}.{type(G).__name__}", layer_table(G, torch.zeros(1, cfg.model.z_dim))),
-        "D": (f"{type(D).__module__}.{type(D).__name__}", layer_table(D, pack(fake, cfg.loss.pack))),
+        "G": (qualname(G), layer_table(G, torch.zeros(1, cfg.model.z_dim)), cfg.accel.g_stages),
+        "D": (qualname(D), layer_table(D, pack(fake, cfg.loss.pack)), cfg.accel.d_stages),
     }
 
 
-def format_layers(name: str, model_type: str, rows: list[LayerRow] | None) -> str:
+def qualname(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__name__}"
+
+
+def format_layers(name: str, model_type: str, rows: list[LayerRow] | None, spec: str = "", batch: int = 1) -> str:
+    """The table; with a stage spec, each layer's device and what crosses each boundary per step."""
     if rows is None:
         return f"{name} ({model_type}): no `net` layer list, so it cannot be split into stages"
+    stages = parse_stages(spec, len(rows), available_only=False) if spec else []
+    device = {i: str(dev) for start, stop, dev in stages for i in range(start, stop)}
     lines = [
         f"{name} ({model_type}): {len(rows)} layers, stage spec indices 0..{len(rows) - 1}",
-        f"  {'#':>3}  {'layer':<60}  {'output':<14}  {'params':>9}  {'FLOPs':>7}  {'cut KB':>7}",
+        f"  {'#':>3}  {'layer':<60}  {'output':<14}  {'params':>9}  {'FLOPs':>7}  {'cut KB':>7}"
+        + ("  device" if stages else ""),
     ]
     for r in rows:
         shape = "x".join(map(str, r.out_shape))
         lines.append(
             f"  {r.index:>3}  {r.layer:<60}  {shape:<14}  {r.params:>9,}  {si(r.flops):>7}  {r.cut_bytes / 1024:>7.1f}"
+            + (f"  {device[r.index]}" if stages else "")
         )
     lines.append(
         "  FLOPs: forward matrix products and convolutions, per sample (torch.utils.flop_counter).\n"
         "  cut KB: fp32 activation per sample moved each way if a stage ends after this layer."
     )
+    for (_, stop, before), (_, _, after) in itertools.pairwise(stages):
+        moved = rows[stop - 1].cut_bytes
+        lines.append(
+            f"  accel.{name.lower()}_stages {spec!r}: after layer {stop - 1}, {before} -> {after}: "
+            f"{moved / 1024:.1f} KB per sample, {moved * batch / 2**20:.2f} MiB per batch of {batch}, each way"
+        )
     return "\n".join(lines)
