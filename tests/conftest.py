@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from hetgan.config import TrainConfig
 
@@ -41,3 +42,13 @@ def tiny_config(data_spec: str, arch: str = "dcgan", **loop) -> TrainConfig:
 @pytest.fixture
 def tiny(digits_npz):
     return tiny_config(f"npz:{digits_npz}")
+
+
+def assert_train_alike(a, b, steps: int) -> None:
+    """Step two trainers in lockstep and require bit-equal G_ema weights: two ways of running
+    the same training (placement, loader) that must not change the numbers."""
+    for _ in range(steps):
+        a.step()
+        b.step()
+    for x, y in zip(a.G_ema.parameters(), b.G_ema.parameters(), strict=True):
+        assert torch.equal(x, y)

@@ -374,16 +374,12 @@ def test_stream_loader_needs_a_folder():
 
 def test_training_on_a_streamed_folder_equals_training_on_the_decoded_one(tmp_path):
     from hetgan.training import Trainer
-    from tests.conftest import tiny_config
+    from tests.conftest import assert_train_alike, tiny_config
 
     folder = digit_folder(tmp_path / "f")
     plain = Trainer(tiny_config(f"folder:{folder}"))
     streamed_cfg = tiny_config(f"folder:{folder}")
     streamed_cfg.data.loader = "stream"
     streamed = Trainer(streamed_cfg)
-    for _ in range(4):
-        plain.step()
-        streamed.step()
-    for x, y in zip(plain.G_ema.parameters(), streamed.G_ema.parameters(), strict=True):
-        assert torch.equal(x, y)
+    assert_train_alike(plain, streamed, steps=4)
     streamed.sampler.close()

@@ -9,6 +9,7 @@ from hetgan.errors import ConfigError
 from hetgan.models import build_models
 from hetgan.placement import StagedSequential, parse_stages, resolve_device, split_network
 from hetgan.training import Trainer
+from tests.conftest import assert_train_alike
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -56,12 +57,7 @@ def test_split_on_cpu_stages_equals_unsplit(tiny):
 def test_trainer_with_split_networks_equals_unsplit(tiny):
     plain = Trainer(tiny)
     tiny.accel.g_stages, tiny.accel.d_stages = "0-2@cpu,3-@cpu", "0-3@cpu,4-@cpu"
-    staged = Trainer(tiny)
-    for _ in range(3):
-        plain.step()
-        staged.step()
-    for a, b in zip(plain.G_ema.parameters(), staged.G_ema.parameters(), strict=True):
-        assert torch.equal(a, b)
+    assert_train_alike(plain, Trainer(tiny), steps=3)
 
 
 def test_split_needs_a_layer_list(tiny):
