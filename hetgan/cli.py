@@ -97,6 +97,7 @@ def add_train(sub) -> None:
         default="manual",
         help="auto: run `hetgan tune` first and train with the fastest sound knobs",
     )
+    t.add_argument("--tune-seconds", type=float, default=3.0, help="with --placement auto: timed seconds per candidate")
 
 
 def add_sample(sub) -> None:
@@ -211,7 +212,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), overrides)
     if args.placement == "auto":
-        cfg = run_tune(cfg, seconds=3.0).config  # the choice is written into the run's config.yaml
+        cfg = run_tune(cfg, seconds=args.tune_seconds).config  # the choice goes into the run's config.yaml
     print(run_training(cfg, out=args.out, progress=not args.no_progress).summary())
     return 0
 

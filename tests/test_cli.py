@@ -203,3 +203,25 @@ def test_eval_every_logs_metrics_and_keeps_best(tmp_path):
     best = json.loads((run / "best.json").read_text())
     assert best["metric"] == "reverse_kl" and best["reverse_kl"] == min(r["reverse_kl"] for r in evals)
     assert (run / "generator-best.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_train_placement_auto_writes_the_choice_into_the_run_config(tmp_path, capsys, monkeypatch):
+    """`train --placement auto` tunes, prints the table and trains with the chosen knobs, which
+    the run's config.yaml records. Timings are controlled so that a non-plain candidate wins."""
+    import yaml
+
+    from hetgan.bench.tune import Trial
+    from hetgan.config import apply_overrides
+    from hetgan.presets import get_preset
+
+    monkeypatch.setattr(Trial, "img_per_s", lambda self, seconds: 1000.0 if self.cfg.accel.threads == 1 else 100.0)
+    run = tmp_path / "run"
+    args = ["--preset", "mlp_ring8", "--kimg", "0.1", "--out", str(run), "--no-progress", "--set", "model.width=16"]
+    assert main(["train", "--placement", "auto", "--tune-seconds", "0.3", *args]) == 0
+    chosen = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("chosen: "))
+    overrides = [flag for flag in chosen.split(": ", 2)[-1].split() if flag != "--set" and "=" in flag]
+    expected = apply_overrides(get_preset("mlp_ring8"), ["model.width=16", *overrides]).accel
+    assert yaml.safe_load((run / "config.yaml").read_text())["accel"] == vars(expected)
+    if torch.get_num_threads() != 1:  # threads=1 is a candidate wherever torch runs more threads
+        assert overrides == ["accel.threads=1"] and expected.threads == 1
