@@ -52,8 +52,18 @@ def add_devices(p: argparse.ArgumentParser) -> None:
     p.add_argument("--d-device", metavar="DEVICE", help="put D on this device instead, e.g. --d-device cpu")
 
 
-def device_overrides(args: argparse.Namespace) -> list[str]:
-    flags = {"accel.device": args.device, "accel.g_device": args.g_device, "accel.d_device": args.d_device}
+def add_data_spec(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="data spec, e.g. mnist5k, folder:DIR, npz:FILE (see `hetgan --help`)")
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """--data and the device flags a command has, as config overrides (before any --set)."""
+    flags = {
+        "data.spec": getattr(args, "data", None),
+        "accel.device": getattr(args, "device", None),
+        "accel.g_device": getattr(args, "g_device", None),
+        "accel.d_device": getattr(args, "d_device", None),
+    }
     return [f"{field}={value}" for field, value in flags.items() if value is not None]
 
 
@@ -73,7 +83,7 @@ def add_train(sub) -> None:
         epilog=f"settable fields for --set:\n  {', '.join(field_names())}",
     )
     t.add_argument("--preset", help=f"one of {', '.join(PRESETS.names())} (default {DEFAULT_PRESET})")
-    t.add_argument("--data", help="data spec, e.g. mnist5k, folder:DIR, npz:FILE (see `hetgan --help`)")
+    add_data_spec(t)
     t.add_argument("--kimg", type=float, help="training length in thousands of real images")
     t.add_argument("--seed", type=int)
     t.add_argument("--out", help="run directory (default runs/NNNNN-<preset>); never overwritten")
@@ -143,6 +153,7 @@ def add_bench(sub) -> None:
     b.add_argument("--batch", type=int, nargs="+", help="one or more batch sizes")
     b.add_argument("--seconds", type=float, default=10.0, help="timed seconds per setup, over all rounds")
     b.add_argument("--rounds", type=int, default=3, help="timing windows, hetgan's and the textbook's in turn")
+    add_data_spec(b)
     add_devices(b)
     add_set(b)
     b.add_argument("--no-textbook", action="store_true", help="skip the textbook-loop comparison")
@@ -152,6 +163,7 @@ def add_bench(sub) -> None:
 def add_tune(sub) -> None:
     tn = sub.add_parser("tune", help="time candidate placements and knobs; pick the fastest sound one")
     tn.add_argument("--preset", help="preset to tune (default dcgan_mnist)")
+    add_data_spec(tn)
     add_devices(tn)
     add_set(tn)
     tn.add_argument("--seconds", type=float, default=3.0, help="timed seconds per candidate, over all rounds")
@@ -162,6 +174,7 @@ def add_tune(sub) -> None:
 def add_layers(sub) -> None:
     ly = sub.add_parser("layers", help="list G's and D's layers with the indices stage specs use")
     ly.add_argument("--preset", help="preset whose networks to list (default dcgan_mnist)")
+    add_data_spec(ly)
     add_set(ly)
 
 
@@ -186,14 +199,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hetgan.training import run_training
 
     flags = {
-        "data.spec": args.data,
         "train.kimg": args.kimg,
         "seed": args.seed,
         "train.snapshot_kimg": args.snapshot_kimg,
         "train.eval_kimg": args.eval_every,
         "data.on_bad_image": args.on_bad_image,
     }
-    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + device_overrides(args) + args.set
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + flag_overrides(args) + args.set
     if args.resume:
         if args.preset:
             raise HetganError("--preset cannot be combined with --resume: the run's config.yaml is used")
@@ -232,7 +244,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from hetgan.bench.bench import format_bench, run_bench
     from hetgan.presets import DEFAULT_PRESET, get_preset
 
-    base = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), device_overrides(args) + args.set)
+    base = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), flag_overrides(args) + args.set)
     results = []
     for batch in args.batch or [base.train.batch_size]:
         cfg = apply_overrides(copy.deepcopy(base), [f"train.batch_size={batch}"])
@@ -248,7 +260,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     from hetgan.presets import DEFAULT_PRESET, get_preset
 
-    cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), device_overrides(args) + args.set)
+    cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), flag_overrides(args) + args.set)
     result = run_tune(cfg, args.seconds, args.rounds)
     if args.json:
         table = [vars(c) for c in result.table]
@@ -260,7 +272,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from hetgan.bench.layers import format_layers, network_tables
     from hetgan.presets import DEFAULT_PRESET, get_preset
 
-    cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), args.set)
+    cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), flag_overrides(args) + args.set)
     tables = network_tables(cfg)
     batch = cfg.train.batch_size
     print("\n\n".join(format_layers(name, *table, batch=batch) for name, table in tables.items()))

@@ -59,13 +59,16 @@ def test_resume_refuses_flags_that_would_replace_its_config(capsys, tmp_path):
         assert message in capsys.readouterr().err
 
 
-def test_device_flags_become_config_overrides():
-    from hetgan.cli import build_parser, device_overrides
+def test_data_and_device_flags_become_config_overrides():
+    from hetgan.cli import build_parser, flag_overrides
 
+    devices = ["--device", "cpu", "--g-device", "cuda:1", "--d-device", "cpu"]
     for command in ("train", "bench", "tune"):
-        args = build_parser().parse_args([command, "--device", "cpu", "--g-device", "cuda:1", "--d-device", "cpu"])
-        assert device_overrides(args) == ["accel.device=cpu", "accel.g_device=cuda:1", "accel.d_device=cpu"]
-    assert device_overrides(build_parser().parse_args(["train"])) == []
+        args = build_parser().parse_args([command, "--data", "ring8", *devices])
+        expected = ["data.spec=ring8", "accel.device=cpu", "accel.g_device=cuda:1", "accel.d_device=cpu"]
+        assert flag_overrides(args) == expected
+    assert flag_overrides(build_parser().parse_args(["layers", "--data", "grid25"])) == ["data.spec=grid25"]
+    assert flag_overrides(build_parser().parse_args(["train"])) == []
 
 
 def test_missing_data_is_a_clear_error(capsys, tmp_path):
