@@ -228,3 +228,11 @@ def test_train_placement_auto_writes_the_choice_into_the_run_config(tmp_path, ca
     assert yaml.safe_load((run / "config.yaml").read_text())["accel"] == vars(expected)
     if torch.get_num_threads() != 1:  # threads=1 is a candidate wherever torch runs more threads
         assert overrides == ["accel.threads=1"] and expected.threads == 1
+
+
+def test_output_cut_short_by_the_reader_is_not_a_crash():
+    """`hetgan layers | head -1`: the closed pipe ends the command quietly, without a traceback."""
+    done = subprocess.run(
+        f"{sys.executable} -m hetgan layers | head -1", shell=True, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.startswith("G (hetgan.models.dcgan.Generator)") and "Traceback" not in done.stderr
