@@ -226,6 +226,23 @@ def test_share_of_peak_is_against_the_fastest_dtype_the_run_uses(monkeypatch):
     assert bench.device_peak(cpu, "fp32") == (100.0, "fp32")
 
 
+def test_share_of_peak_counts_every_device_g_and_d_use(monkeypatch):
+    from hetgan.bench import bench
+
+    measured = {"cpu": (130e9, "fp32"), "cuda:0": (900e12, "bf16")}
+    monkeypatch.setattr(bench, "device_peak", lambda device, precision: measured[str(device)])
+    peaks = bench.devices_peak({torch.device("cuda:0"), torch.device("cpu")}, "bf16")
+    assert peaks == {"cpu": measured["cpu"], "cuda:0": measured["cuda:0"]}
+    report = {
+        "preset": "p", "batch_size": 64, "device": "cuda:0", "img_per_s": 1.0, "img_per_s_rounds": [1.0],
+        "flops_per_image": 1e6, "achieved_flop_per_s": 1e6, "share_of_peak": 1e6 / (900e12 + 130e9),
+        "matmul_peak_flop_per_s": 900e12 + 130e9, "matmul_peak_dtype": "bf16, fp32",
+        "matmul_peak_by_device": {d: flop_s for d, (flop_s, _) in peaks.items()},
+        "phases_ms_per_step": {"data": 1.0}, "peak_memory_mib": {},
+    }  # fmt: skip
+    assert "900130.00 GFLOP/s (bf16, fp32; cpu 130.0 + cuda:0 900000.0)" in bench.format_bench(report)
+
+
 def test_bench_cli_writes_json(tmp_path, capsys):
     from hetgan.cli import main
 

@@ -168,6 +168,12 @@ def device_peak(device: torch.device, precision: str) -> tuple[float, str]:
     return peaks[best], best
 
 
+def devices_peak(devices, precision: str) -> dict[str, tuple[float, str]]:
+    """{device: device_peak} for every device G and D use. With G and D on different devices the
+    step can keep all of them busy, so a run's share of peak is taken against their sum."""
+    return {str(d): device_peak(d, precision) for d in sorted(devices, key=str)}
+
+
 def peak_memory(trainer: Trainer) -> dict[str, float]:
     """MiB: allocator peak per CUDA device; for the CPU the process's peak resident set."""
     out = {"cpu (process peak RSS)": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -220,7 +226,9 @@ def run_bench(cfg: TrainConfig, seconds: float = 10.0, textbook: bool = True, ro
     img_s = statistics.median(speeds["hetgan"])
     phases = phase_breakdown(trainer)
     flops = flops_per_image(cfg, trainer.data)
-    peak, peak_dtype = device_peak(trainer.device, cfg.accel.precision)
+    peaks = devices_peak(trainer_devices(trainer), cfg.accel.precision)
+    peak = sum(flop_s for flop_s, _ in peaks.values())
+    peak_dtype = ", ".join(sorted({dtype for _, dtype in peaks.values()}))
     result = {
         "preset": cfg.preset,
         "batch_size": cfg.train.batch_size,
@@ -234,6 +242,7 @@ def run_bench(cfg: TrainConfig, seconds: float = 10.0, textbook: bool = True, ro
         "achieved_flop_per_s": flops * img_s,
         "matmul_peak_flop_per_s": peak,
         "matmul_peak_dtype": peak_dtype,
+        "matmul_peak_by_device": {device: flop_s for device, (flop_s, _) in peaks.items()},
         "share_of_peak": flops * img_s / peak,
     }
     if textbook:  # None where there is no textbook loop for the data (2-D points, streamed files)
@@ -249,6 +258,7 @@ def windows(n: int) -> str:
 
 
 def format_bench(r: dict) -> str:
+    by_device = " + ".join(f"{d} {flop_s / 1e9:.1f}" for d, flop_s in r["matmul_peak_by_device"].items())
     lines = [
         f"bench: preset {r['preset']}, batch {r['batch_size']}, device {r['device']}",
         f"  img/s (steady state)      {r['img_per_s']:.1f}  ({windows(len(r['img_per_s_rounds']))})",
@@ -261,7 +271,8 @@ def format_bench(r: dict) -> str:
     lines += [
         f"  FLOPs per image           {r['flops_per_image'] / 1e6:.2f} M (one D + G step)",
         f"  achieved                  {r['achieved_flop_per_s'] / 1e9:.2f} GFLOP/s",
-        f"  matmul peak (measured)    {r['matmul_peak_flop_per_s'] / 1e9:.2f} GFLOP/s ({r['matmul_peak_dtype']})",
+        f"  matmul peak (measured)    {r['matmul_peak_flop_per_s'] / 1e9:.2f} GFLOP/s ({r['matmul_peak_dtype']}"
+        + (f"; {by_device})" if len(r["matmul_peak_by_device"]) > 1 else ")"),
         f"  share of peak             {r['share_of_peak']:.1%}",
         "  phase breakdown (ms/step):",
     ]
