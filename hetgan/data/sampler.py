@@ -41,17 +41,6 @@ class ImageSampler:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.images), generator=g).to(self.device)
 
-    def _gather(self, batch_size: int, copy_stream) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-        """(uint8 batch, None) on the CPU; (uint8 batch on the GPU, its copy's event) on CUDA."""
-        batch = self.cpu.next_uint8(batch_size)
-        if copy_stream is None:
-            return batch, None
-        with torch.cuda.stream(copy_stream):
-            on_device = batch.pin_memory().to(self.device, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(copy_stream)
-        return on_device, done
-
     def next(self, batch_size: int) -> torch.Tensor:
         """The next batch, float [B, C, H, W] in [-1, 1] on the sampler's device."""
         return to_unit_range(self.next_uint8(batch_size))
@@ -87,17 +76,6 @@ class MixtureSampler:
         self.sigma = data.sigma
         self.device = device
         self.generator = torch.Generator().manual_seed(seed * 1_000_003 + 7)
-
-    def _gather(self, batch_size: int, copy_stream) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-        """(uint8 batch, None) on the CPU; (uint8 batch on the GPU, its copy's event) on CUDA."""
-        batch = self.cpu.next_uint8(batch_size)
-        if copy_stream is None:
-            return batch, None
-        with torch.cuda.stream(copy_stream):
-            on_device = batch.pin_memory().to(self.device, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(copy_stream)
-        return on_device, done
 
     def next(self, batch_size: int) -> torch.Tensor:
         which = torch.randint(len(self.modes), (batch_size,), generator=self.generator)
