@@ -76,9 +76,7 @@ def candidates_for(cfg: TrainConfig, device: torch.device) -> list[Candidate]:
     def plain_plus(name: str, **knobs) -> Candidate:
         target = {k: getattr(AccelConfig(), k) for k in SPEED_KNOBS} | knobs
         changed = {k: v for k, v in target.items() if getattr(cfg.accel, k) != v}
-        return Candidate(
-            name, [f"accel.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in changed.items()]
-        )
+        return Candidate(name, [f"accel.{k}={as_text(v)}" for k, v in changed.items()])
 
     def with_layout(name: str, **knobs) -> Candidate:
         return plain_plus(" + ".join(["channels_last", name] if conv else [name]), **layout, **knobs)
