@@ -16,6 +16,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from hetgan.accel import DTYPES
 from hetgan.bench.textbook import TextbookLoop
 from hetgan.config import TrainConfig
 from hetgan.data import ImageData
@@ -163,7 +164,7 @@ def device_peak(device: torch.device, precision: str) -> tuple[float, str]:
     a share of their peak alone would exceed 100 %."""
     peaks = {"fp32": matmul_peak(device, torch.float32)}
     if precision != "fp32":
-        peaks[precision] = matmul_peak(device, {"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+        peaks[precision] = matmul_peak(device, DTYPES[precision])
     best = max(peaks, key=peaks.get)
     return peaks[best], best
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from hetgan.accel import apply_backend_flags, restored_backend_flags
-from hetgan.bench.bench import check_timing, steady_img_per_s
+from hetgan.bench.bench import check_timing, trainer_timer
 from hetgan.config import AccelConfig, TrainConfig, apply_overrides
 from hetgan.data import load_data
 from hetgan.data.sources import Data
@@ -163,7 +163,7 @@ class Trial:
 
     def img_per_s(self, seconds: float) -> float:
         apply_backend_flags(self.cfg.accel)  # process-wide (threads, TF32): set for this window only
-        speed = steady_img_per_s(self.trainer, seconds, warmup_steps=0 if self.warm else 5)
+        speed = trainer_timer(self.trainer, seconds)(self.warm)
         self.warm = True
         return speed
 
