@@ -185,8 +185,24 @@ def tune(
     its windows: a slow spell of the machine then lands on every candidate instead of on one."""
     if prepare is None:  # the data is read (decoded, for a folder) once and shared by every candidate
         prepare = functools.partial(Trial, data=load_data(cfg.data))
-    reference = None
     candidates = [Candidate(c.name, list(c.overrides)) for c in candidates]  # fresh results each call
+    trials = prepare_trials(cfg, candidates, prepare)
+    for i, values in time_trials(trials, candidates, seconds / rounds, rounds).items():
+        if values:
+            candidates[i].img_per_s = statistics.median(values)
+    sound = [c for c in candidates if c.rejected is None and c.img_per_s is not None]
+    if not sound:
+        raise TuneError(
+            "tune: every candidate was rejected, including the plain configuration (each one's reason "
+            "is in the log above); check that `hetgan train` runs with this config first"
+        )
+    return pick(sound), candidates
+
+
+def prepare_trials(cfg: TrainConfig, candidates: list[Candidate], prepare: Prepare) -> dict[int, Trial]:
+    """Build each candidate's trainer and judge its outputs against the first's; a candidate that
+    cannot be built is rejected, unless it is the first (the reference)."""
+    reference = None
     trials: dict[int, Trial] = {}
     for i, cand in enumerate(candidates):
         cand_cfg = apply_overrides(copy.deepcopy(cfg), cand.overrides)
@@ -212,12 +228,20 @@ def tune(
         limit = TOLERANCE[cand_cfg.accel.precision]
         if cand.max_rel_error > limit:
             cand.rejected = f"off the fp32 reference by {cand.max_rel_error:.2e} > {limit:.0e}"
+    return trials
+
+
+def time_trials(
+    trials: dict[int, Trial], candidates: list[Candidate], window: float, rounds: int
+) -> dict[int, list[float]]:
+    """img/s of each trial in `rounds` windows taken in turn; one that fails while timed is
+    rejected and dropped (the reference's failure stops tune)."""
     speeds: dict[int, list[float]] = {i: [] for i in trials}
     for _ in range(rounds):
         for i, trial in list(trials.items()):
             try:
                 with restored_backend_flags():
-                    speeds[i].append(trial.img_per_s(seconds / rounds))
+                    speeds[i].append(trial.img_per_s(window))
             except Exception as e:  # e.g. out of memory, or a compile error on the first steps
                 if i == 0:
                     raise TuneError(f"tune: the reference candidate {candidates[i].name!r} {failure(e)}") from e
@@ -225,13 +249,7 @@ def tune(
                 speeds[i] = []
                 del trials[i]
                 log.info("tune: %s rejected (%s)", candidates[i].name, candidates[i].rejected)
-    for i, values in speeds.items():
-        if values:
-            candidates[i].img_per_s = statistics.median(values)
-    sound = [c for c in candidates if c.rejected is None and c.img_per_s is not None]
-    if not sound:
-        raise TuneError("tune: every candidate was rejected, including the plain configuration")
-    return pick(sound), candidates
+    return speeds
 
 
 @dataclass
