@@ -8,6 +8,8 @@ from hetgan.bench.bench import flops_per_image, run_bench, textbook_flops_per_im
 from hetgan.bench.tune import Candidate, Trial, autotune, candidates_for, tune
 from hetgan.config import DataConfig, ModelConfig, TrainConfig, apply_overrides
 from hetgan.errors import ConfigError, TuneError
+from hetgan.models import build_models
+from hetgan.presets import get_preset
 from hetgan.training import Trainer
 from tests.conftest import tiny_config
 
@@ -188,6 +190,40 @@ def test_textbook_step_costs_more_flops_than_hetgans(tiny):
     assert textbook_flops_per_image(tiny, Trainer(tiny)) > flops_per_image(tiny)
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_conv_primitives_benchmark_sees_every_forward_convolution():
+    """benchmarks/conv_primitives.py, tiny: the forward convolutions oneDNN reports for one step
+    add up to G's forward once and D's three times (real, fake, fake again in the G step), as
+    torch's FLOP counter counts them; all three propagations are there."""
+    import importlib.util
+    from pathlib import Path
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "conv_primitives.py"
+    spec = importlib.util.spec_from_file_location("conv_primitives", path)
+    conv_primitives = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conv_primitives)
+    times = conv_primitives.measure(["--batch", "4", "--width", "8", "--steps", "2"], steps=2)
+    assert {p for kind, _, p, _ in times if kind == "convolution"} == {
+        "forward_training",
+        "backward_data",
+        "backward_weights",
+    }
+    forward = sum(
+        calls * conv_primitives.gflop(kind, shape) * 1e9
+        for (kind, _, prop, shape), (calls, _) in times.items()
+        if prop == "forward_training" and kind.endswith("convolution")
+    )
+    cfg = apply_overrides(get_preset("dcgan_textbook"), ["model.width=8", "train.batch_size=4"])
+    G, D = build_models(cfg)
+    with FlopCounterMode(display=False) as g_count:
+        fake = G(torch.randn(4, cfg.model.z_dim))
+    with FlopCounterMode(display=False) as d_count:
+        D(fake)
+    assert forward == pytest.approx(g_count.get_total_flops() + 3 * d_count.get_total_flops())
+
+
 @pytest.mark.parametrize("loss", ["r1", "wgan-gp"])
 def test_flop_count_includes_gradient_penalties(loss):
     cfg = tiny_config("ring8", arch="mlp")
@@ -322,8 +358,6 @@ def test_tune_tries_channels_last_only_where_the_networks_convolve():
 def test_tune_candidates_start_from_the_plain_config_whatever_the_preset_sets():
     """dcgan_mnist turns channels_last on: the reference must still be plain fp32 (tune once showed
     a 'contiguous' baseline that was channels_last, and timed the same setting twice)."""
-    from hetgan.presets import get_preset
-
     cfg = get_preset("dcgan_mnist")
     cfg.accel.precision = "bf16"  # a user's own knob, on top of the preset's
     cands = candidates_for(cfg, torch.device("cpu"))
@@ -391,7 +425,6 @@ def test_textbook_loop_is_the_pytorch_example_step():
     """One G forward per step (its output reused for the G step, as the PyTorch DCGAN example
     does), and both networks' weights move."""
     from hetgan.bench.textbook import TextbookLoop
-    from hetgan.models import build_models
 
     torch.manual_seed(0)
     G, D = build_models(tiny_config("mnist5k"))
