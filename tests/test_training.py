@@ -150,6 +150,87 @@ def test_nonfinite_g_loss_skips_g_optimiser_and_ema(tiny):
     assert torch.equal(opt_before, t.opt_G.state_dict()["state"][0]["exp_avg"])
 
 
+def poison_next_batches(t, n):
+    """The next n real batches NaN (so D's loss is non-finite), then clean again."""
+    real_next, left = t.sampler.next, [n]
+
+    def next_batch(b):
+        left[0] -= 1
+        return real_next(b) * (float("nan") if left[0] >= 0 else 1.0)
+
+    t.sampler.next = next_batch
+
+
+def optimiser_tensors(opt):
+    return [v for state in opt.state_dict()["state"].values() for v in state.values()]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_fused_adam_skips_on_the_device_as_the_host_check_does(tiny, precision):
+    """With fused Adam the skip is decided on the device; it must do what the host check does:
+    same weights, EMA, optimiser state (Adam's step count too) and counts, step for step."""
+    tiny.accel.optimizer_impl, tiny.accel.precision = "fused", precision
+    on_device, on_host = Trainer(tiny), Trainer(tiny)
+    on_host.skip_on_device = False
+    assert on_device.skip_on_device
+    if precision == "fp16":  # start where fp16 gradients do not overflow, so that steps update
+        for t in (on_device, on_host):
+            t.scaler_G, t.scaler_D = (torch.amp.GradScaler("cpu", init_scale=1.0) for _ in range(2))
+    for t in (on_device, on_host):
+        t.step()
+        poison_next_batches(t, 2)  # two steps with D skipped
+        t.step(), t.step()
+        with torch.no_grad():
+            next(t.D.parameters()).fill_(float("nan"))  # then both phases skip: D stays NaN
+        t.step()
+    results = [on_device.step(), on_host.step()]
+    assert torch.is_tensor(results[0].nonfinite["G"]) and results[1].nonfinite["G"] is True
+    assert results[0].skipped == results[1].skipped == ["D", "G"]
+    assert on_device.nonfinite_total == 0  # not counted until settled
+    on_device.settle()
+    assert (on_device.nonfinite_in_row, on_device.nonfinite_total) == (on_host.nonfinite_in_row, 4) == (4, 4)
+    for a, b in [
+        (params(on_device.G, on_device.G_ema, on_device.D), params(on_host.G, on_host.G_ema, on_host.D)),
+        (optimiser_tensors(on_device.opt_G), optimiser_tensors(on_host.opt_G)),
+        (optimiser_tensors(on_device.opt_D), optimiser_tensors(on_host.opt_D)),
+    ]:
+        for x, y in zip(a, b, strict=True):  # D's first weight is NaN in both
+            torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
+    steps = [opt.state_dict()["state"][0]["step"].item() for opt in (on_device.opt_G, on_device.opt_D)]
+    assert steps == [3, 1]  # Adam counts only the updates it made
+
+
+def test_fused_adam_step_never_reads_a_tensor_on_the_host(tiny, monkeypatch):
+    """What makes a CUDA step wait for the GPU: bool(), float() or .item() of a tensor. With the
+    skip on the device, a step does none of these until the non-finite count is settled."""
+    tiny.accel.optimizer_impl = "fused"
+    t = Trainer(tiny)
+    t.step()  # optimiser state is created on the first step
+
+    def no_sync(*args):
+        raise AssertionError("the step read a tensor on the host")
+
+    with monkeypatch.context() as m:
+        for name in ("__bool__", "__float__", "__int__", "item", "tolist"):
+            m.setattr(torch.Tensor, name, no_sync)
+        results = [t.step() for _ in range(3)]
+    assert len(t._unsettled) == 4 and t.step_count == 4
+    t.settle()
+    assert not t._unsettled and all(r.skipped == [] for r in results)
+    assert set(results[0].floats()) >= {"loss_d", "loss_g"}
+
+
+def test_divergence_found_on_the_device_names_the_step(tiny):
+    tiny.accel.optimizer_impl = "fused"
+    tiny.train.max_nonfinite_steps = 2
+    t = Trainer(tiny)
+    t.step()
+    poison_next_batches(t, 2)
+    t.step(), t.step(), t.step()  # steps 2 and 3 non-finite, counted only when settled
+    with pytest.raises(TrainingDiverged, match="2 steps in a row had non-finite losses, the last at step 3"):
+        t.state()  # a checkpoint settles first: a diverged run saves none
+
+
 def test_divergence_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
     tiny.optim.g_lr = tiny.optim.d_lr = 1e30
     tiny.train.max_nonfinite_steps = 3

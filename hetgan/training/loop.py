@@ -127,10 +127,12 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, allow_change: bool, pr
             if trainer.step_count % cfg.train.log_interval == 0:
                 elapsed, timer = time.perf_counter() - timer, time.perf_counter()
                 img_s = cfg.train.log_interval * (trainer.nimg - before) / elapsed
-                monitor.check_record(log_metrics(trainer, result.losses, img_s, metrics, bar))
+                trainer.settle()
+                monitor.check_record(log_metrics(trainer, result.floats(), img_s, metrics, bar))
             maintain(trainer, run_dir, before, monitor, metrics)
             if monitor.alarms:
                 bar.set_description(f"ALARM x{len(monitor.alarms)} (see log)")
+    trainer.settle()
     if stop.requested:
         snapshot(trainer, run_dir)
         log.info("stopped by %s at step %d; checkpoint saved", stop.requested, trainer.step_count)

@@ -3,6 +3,11 @@
 `Trainer` holds everything a step reads or writes (G, D, G_ema, optimisers, RNGs, data position,
 counters) and turns it into checkpoint tensors + JSON and back. `Trainer.step()` schedules the
 phases: `n_critic` D steps, then one G step that reuses the last D step's generator forward.
+
+A phase whose loss is non-finite is skipped (no weight, optimiser or EMA update). With fused Adam
+that decision is taken on the device (the optimiser's `found_inf`, as GradScaler uses it), so a
+step never waits for the device: losses stay tensors until they are logged, and the non-finite
+count is settled when it is read, at most every `SETTLE_EVERY` steps.
 """
 
 from __future__ import annotations
@@ -34,11 +39,23 @@ from hetgan.models import build_models
 from hetgan.placement import input_device, resolve_device, split_network
 from hetgan.training.checkpoint import flatten_optimizer, restore_optimizer
 
+SETTLE_EVERY = 256  # steps whose non-finite flags may wait on the device before they are counted
+
 
 @dataclass
 class StepResult:
-    losses: dict[str, float] = field(default_factory=dict)  # last D/G loss and D outputs
-    skipped: list[str] = field(default_factory=list)  # phases skipped for a non-finite loss
+    # Last D/G losses and D outputs, 0-dim tensors until read (reading one waits for the device).
+    losses: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    # Per phase ("D", "G"): whether its loss was non-finite, so that it was skipped. A bool, or a
+    # bool tensor when the skip was decided on the device.
+    nonfinite: dict[str, bool | torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> list[str]:
+        return [phase for phase, bad in self.nonfinite.items() if bool(bad)]
+
+    def floats(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.losses.items()}
 
 
 def lr_scale(optim: OptimConfig, kimg: float) -> float:
@@ -76,12 +93,15 @@ class Trainer:
         self.g_precision, self.d_precision = accel.precision, d_precision(accel, cfg.loss)
         self.scaler_G = grad_scaler(self.g_precision, self.g_device)
         self.scaler_D = grad_scaler(self.d_precision, self.d_device)
+        # Fused Adam can skip a step on a device-side flag: then no phase waits for the device.
+        self.skip_on_device = accel.optimizer_impl == "fused"
         self.timer = None  # a PhaseTimer while benchmarking (hetgan.bench)
         self.step_count = 0
         self.nimg = 0
         self.saved_step = -1  # step of the newest committed checkpoint
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
+        self._unsettled: list[tuple[int, StepResult]] = []  # steps not yet counted by settle()
 
     def _place(self, G: nn.Module, D: nn.Module) -> tuple[nn.Module, nn.Module]:
         accel = self.cfg.accel
@@ -124,7 +144,9 @@ class Trainer:
             self.nimg += batch
         self._g_phase(fake, result)
         self.step_count += 1
-        self._count_nonfinite(result)
+        self._unsettled.append((self.step_count, result))
+        if not self.skip_on_device or len(self._unsettled) >= SETTLE_EVERY:
+            self.settle()
         return result
 
     def _set_learning_rates(self, result: StepResult) -> None:
@@ -151,11 +173,11 @@ class Trainer:
     def _d_phase(self, real: torch.Tensor, fake: torch.Tensor, result: StepResult) -> None:
         with self.phase("d_forward"), self.autocast_D():
             loss, stats = self.loss.d_loss(self.D_fwd, real, fake)
-        result.losses.update({k: float(v) for k, v in stats.items()}, loss_d=float(loss.detach()))
-        if not math.isfinite(result.losses["loss_d"]):
-            result.skipped.append("D")  # no weight or optimiser update
-            return
-        self._backward_and_step(loss, self.opt_D, self.scaler_D, "d")
+        result.losses.update({k: v.detach() for k, v in stats.items()}, loss_d=loss.detach())
+        bad = self._nonfinite(loss, "D", result)
+        if bad is True:
+            return  # no weight or optimiser update
+        self._backward_and_step(loss, self.opt_D, self.scaler_D, "d", bad)
 
     def _g_phase(self, fake: torch.Tensor, result: StepResult) -> None:
         self.D.requires_grad_(False)  # G's step needs no gradients for D's weights
@@ -164,15 +186,29 @@ class Trainer:
                 loss, stats = self.loss.g_loss(self.D_fwd, fake)
         finally:
             self.D.requires_grad_(True)
-        result.losses.update({k: float(v) for k, v in stats.items()}, loss_g=float(loss.detach()))
-        if not math.isfinite(result.losses["loss_g"]):
-            result.skipped.append("G")  # no weight, optimiser or EMA update
-            return
-        self._backward_and_step(loss, self.opt_G, self.scaler_G, "g")
+        result.losses.update({k: v.detach() for k, v in stats.items()}, loss_g=loss.detach())
+        bad = self._nonfinite(loss, "G", result)
+        if bad is True:
+            return  # no weight, optimiser or EMA update
+        self._backward_and_step(loss, self.opt_G, self.scaler_G, "g", bad)
         with self.phase("ema"):
-            self._update_ema()
+            self._update_ema(bad)
 
-    def _backward_and_step(self, loss, opt, scaler, name: str) -> None:
+    def _nonfinite(self, loss: torch.Tensor, phase: str, result: StepResult) -> bool | torch.Tensor:
+        """Whether the phase's loss is non-finite: a bool, which waits for the device, or with
+        fused Adam a bool tensor that the optimiser and EMA read on the device."""
+        bad = ~torch.isfinite(loss.detach())
+        result.nonfinite[phase] = bad if self.skip_on_device else bool(bad)
+        return result.nonfinite[phase]
+
+    def _backward_and_step(self, loss, opt, scaler, name: str, bad: bool | torch.Tensor) -> None:
+        """`bad` False, or a bool tensor: then the optimiser skips its update on the device when it
+        is set (fused Adam reads `found_inf` as GradScaler sets it)."""
+        on_device = torch.is_tensor(bad)
+        if on_device and scaler:
+            # The scaler skips steps whose gradients are non-finite; a non-finite loss can still
+            # give finite gradients (their seed is the scale), so make them NaN as well.
+            loss = loss * torch.where(bad, float("nan"), 1.0)
         opt.zero_grad(set_to_none=True)
         with self.phase(f"{name}_backward"):
             (scaler.scale(loss) if scaler else loss).backward()
@@ -180,40 +216,59 @@ class Trainer:
             if scaler:
                 scaler.step(opt)  # skipped by the scaler itself when fp16 gradients overflowed
                 scaler.update()
+            elif on_device:
+                opt.found_inf = bad.float()
+                try:
+                    opt.step()
+                finally:
+                    del opt.found_inf
             else:
                 opt.step()
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
-        """G_ema <- lerp toward G with a half-life of ema_kimg, ramped up early (Karras 2020)."""
+    def _update_ema(self, bad: bool | torch.Tensor = False) -> None:
+        """G_ema <- lerp toward G with a half-life of ema_kimg, ramped up early (Karras 2020); no
+        update where `bad`, a bool tensor from a G phase skipped on the device."""
         t = self.cfg.train
         ema_nimg = min(t.ema_kimg * 1000, self.nimg * t.ema_rampup) if t.ema_rampup else t.ema_kimg * 1000
         beta = 0.5 ** (t.batch_size * self.loss.n_critic / max(ema_nimg, 1e-8))
         ema_params, params = list(self.G_ema.parameters()), list(self.G.parameters())
-        torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+        if not torch.is_tensor(bad):
+            torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+        else:
+            weight = (1.0 - beta) * (~bad).float()
+            for device in {p.device for p in params}:  # G's stages may sit on several devices
+                on = [i for i, p in enumerate(params) if p.device == device]
+                w = weight.to(device, non_blocking=True)
+                torch._foreach_lerp_([ema_params[i] for i in on], [params[i] for i in on], w)
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
             b_ema.copy_(b)
 
-    def _count_nonfinite(self, result: StepResult) -> None:
-        if not result.skipped:
-            self.nonfinite_in_row = 0
-            return
-        self.nonfinite_in_row += 1
-        self.nonfinite_total += 1
+    def settle(self) -> None:
+        """Count the non-finite steps not yet counted (reading device-side flags waits for the
+        device); raise TrainingDiverged once max_nonfinite_steps come in a row."""
+        unsettled, self._unsettled = self._unsettled, []
         limit = self.cfg.train.max_nonfinite_steps
-        if self.nonfinite_in_row >= limit:
-            bad = {k: v for k, v in result.losses.items() if not math.isfinite(v)}
-            raise TrainingDiverged(
-                f"training diverged: {limit} steps in a row had non-finite losses, the last at "
-                f"step {self.step_count} ({bad}); lower the learning rates (optim.g_lr, "
-                "optim.d_lr) or try --set loss.name=hinge, and resume from the last good checkpoint"
-            )
+        for step, result in unsettled:
+            if not result.skipped:
+                self.nonfinite_in_row = 0
+                continue
+            self.nonfinite_in_row += 1
+            self.nonfinite_total += 1
+            if self.nonfinite_in_row >= limit:
+                bad = {k: v for k, v in result.floats().items() if not math.isfinite(v)}
+                raise TrainingDiverged(
+                    f"training diverged: {limit} steps in a row had non-finite losses, the last at "
+                    f"step {step} ({bad}); lower the learning rates (optim.g_lr, optim.d_lr) or "
+                    "try --set loss.name=hinge, and resume from the last good checkpoint"
+                )
 
     # --- checkpoint state ---------------------------------------------------------------------
     def _scalers(self) -> dict[str, torch.amp.GradScaler]:
         return {name: s for name, s in (("scaler_G", self.scaler_G), ("scaler_D", self.scaler_D)) if s}
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        self.settle()  # the counts go into the checkpoint, and a diverged run saves none
         tensors: dict[str, torch.Tensor] = {}
         for name in ("G", "D", "G_ema"):
             for k, v in getattr(self, name).state_dict().items():
