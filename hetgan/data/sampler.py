@@ -80,7 +80,10 @@ class MixtureSampler:
     def next(self, batch_size: int) -> torch.Tensor:
         which = torch.randint(len(self.modes), (batch_size,), generator=self.generator)
         noise = torch.randn(batch_size, 2, generator=self.generator) * self.sigma
-        return (self.modes[which] + noise).to(self.device)  # [B, 2]
+        points = self.modes[which] + noise  # [B, 2]
+        if self.device.type == "cuda":  # a copy from pageable memory would wait for the GPU
+            return points.pin_memory().to(self.device, non_blocking=True)
+        return points.to(self.device)
 
     def state_dict(self) -> dict:
         return {"rng": self.generator.get_state()}
