@@ -405,6 +405,27 @@ def test_gpu_knobs_run_and_stay_finite(tiny, knobs):
 
 
 @GPU
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_gpu_fused_step_never_waits_for_the_gpu(tiny, precision):
+    """CUDA's sync debug mode raises on anything that makes the host wait for the GPU (a host
+    read of a tensor, a copy from pageable memory): a step with fused Adam does none of them,
+    across an epoch boundary of the resident sampler too."""
+    tiny.accel.device, tiny.accel.optimizer_impl, tiny.accel.precision = "cuda", "fused", precision
+    t = Trainer(tiny)
+    t.step()  # creates the optimisers' state
+    steps = len(t.data.images) // tiny.train.batch_size + 2
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(steps):
+            t.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    t.settle()
+    assert t.sampler.epoch >= 1 and t.nonfinite_total == 0
+    assert all(torch.isfinite(p).all() for p in t.G_ema.parameters())
+
+
+@GPU
 def test_gpu_prefetch_loader_matches_resident(tiny):
     tiny.accel.device = "cuda"
     resident = Trainer(tiny)

@@ -39,7 +39,8 @@ class ImageSampler:
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.images), generator=g).to(self.device)
+        perm = torch.randperm(len(self.images), generator=g)  # on the CPU: the same order on any device
+        return to_device(perm, self.device)
 
     def next(self, batch_size: int) -> torch.Tensor:
         """The next batch, float [B, C, H, W] in [-1, 1] on the sampler's device."""
@@ -80,16 +81,21 @@ class MixtureSampler:
     def next(self, batch_size: int) -> torch.Tensor:
         which = torch.randint(len(self.modes), (batch_size,), generator=self.generator)
         noise = torch.randn(batch_size, 2, generator=self.generator) * self.sigma
-        points = self.modes[which] + noise  # [B, 2]
-        if self.device.type == "cuda":  # a copy from pageable memory would wait for the GPU
-            return points.pin_memory().to(self.device, non_blocking=True)
-        return points.to(self.device)
+        return to_device(self.modes[which] + noise, self.device)  # [B, 2]
 
     def state_dict(self) -> dict:
         return {"rng": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["rng"])
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device`; onto CUDA through pinned memory, since a copy from pageable
+    memory makes the host wait for the GPU."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
