@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hetgan.bench.bench import flops_per_image, run_bench, textbook_flops_per_image
-from hetgan.bench.tune import Candidate, Trial, autotune, candidates_for, tune
+from hetgan.bench.tune import Candidate, Trial, autotune, candidates_for, format_tune, tune
 from hetgan.config import DataConfig, ModelConfig, TrainConfig, apply_overrides
 from hetgan.errors import ConfigError, TuneError
 from hetgan.models import build_models
@@ -140,6 +140,33 @@ def test_tune_takes_each_candidates_median_over_rounds(tiny):
     best, table = tune(tiny, cands, rounds=3, prepare=fake_prepare(speeds, outputs))
     assert best.name == "base"
     assert [c.img_per_s for c in table] == [200.0, 160.0]
+
+
+def test_tune_stops_timing_what_cannot_be_chosen(tiny):
+    """After the first round the unsound candidates and those under half the fastest are timed no
+    more; the reference and the close ones get every round."""
+    ref = (torch.ones(4, 2), torch.ones(4))
+    speeds = {
+        "precision=fp32,threads=0": [100.0, 100.0, 100.0],  # the reference: always kept
+        "precision=fp32,threads=1": [160.0, 170.0, 150.0],  # over half of 300: kept
+        "precision=fp32,threads=2": [140.0, 999.0, 999.0],  # under half of 300: dropped
+        "precision=bf16,threads=0": [300.0, 300.0, 300.0],
+        "precision=fp16,threads=0": [900.0, 900.0, 900.0],  # fastest, but unsound: dropped
+    }
+    outputs = {k: ref for k in speeds} | {"precision=fp16,threads=0": (ref[0] * 2, ref[1])}
+    trials = []
+
+    def prepare(cfg):
+        trials.append(fake_prepare(speeds, outputs)(cfg))
+        return trials[-1]
+
+    cands = [Candidate("base"), Candidate("t1", ["accel.threads=1"]), Candidate("t2", ["accel.threads=2"])]
+    cands += [Candidate("bf16", ["accel.precision=bf16"]), Candidate("fp16", ["accel.precision=fp16"])]
+    best, table = tune(tiny, cands, rounds=3, prepare=prepare)
+    assert best.name == "bf16" and [len(t.speeds) for t in trials] == [0, 0, 2, 0, 2]
+    assert [c.timed_once for c in table] == [False, False, True, False, True]
+    assert [c.img_per_s for c in table] == [100.0, 160.0, 140.0, 300.0, 900.0]
+    assert "timed once: under 50% of the fastest" in format_tune(best, table).splitlines()[3]
 
 
 @pytest.mark.parametrize(("compiled_speed", "chosen"), [(204.0, "layout"), (240.0, "layout + compile")])

@@ -39,6 +39,11 @@ TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2, "fp16": 2e-2}
 # and have less that can go wrong.
 TIE_MARGIN = 0.03
 
+# After the first round, a candidate under this share of the fastest sound one's speed is timed no
+# more (and its trainer freed): window-to-window noise here is up to a third, not half. Unsound
+# candidates are timed once too: their speed is shown, but they cannot be chosen.
+DROP_BELOW = 0.5
+
 
 @dataclass
 class Candidate:
@@ -47,6 +52,7 @@ class Candidate:
     img_per_s: float | None = None
     max_rel_error: float | None = None
     rejected: str | None = None
+    timed_once: bool = False  # dropped after the first round (see DROP_BELOW)
 
 
 # The knobs tune sets. Every candidate is the plain config (these at their defaults) plus its own
@@ -235,9 +241,12 @@ def time_trials(
     trials: dict[int, Trial], candidates: list[Candidate], window: float, rounds: int
 ) -> dict[int, list[float]]:
     """img/s of each trial in `rounds` windows taken in turn; one that fails while timed is
-    rejected and dropped (the reference's failure stops tune)."""
+    rejected and dropped (the reference's failure stops tune), and after the first round so are
+    the unsound ones and those far behind (`drop_clear_losers`)."""
     speeds: dict[int, list[float]] = {i: [] for i in trials}
-    for _ in range(rounds):
+    for r in range(rounds):
+        if r == 1:
+            drop_clear_losers(trials, candidates, speeds)
         for i, trial in list(trials.items()):
             try:
                 with restored_backend_flags():
@@ -250,6 +259,17 @@ def time_trials(
                 del trials[i]
                 log.info("tune: %s rejected (%s)", candidates[i].name, candidates[i].rejected)
     return speeds
+
+
+def drop_clear_losers(trials: dict[int, Trial], candidates: list[Candidate], speeds: dict[int, list[float]]) -> None:
+    """Stop timing (and free the trainers of) the candidates that cannot be chosen: unsound ones,
+    and sound ones under DROP_BELOW of the fastest sound one's first window. The reference stays."""
+    sound = [speeds[i][0] for i in trials if candidates[i].rejected is None]
+    fastest = max(sound, default=0.0)
+    for i in list(trials):
+        if i != 0 and (candidates[i].rejected is not None or speeds[i][0] < DROP_BELOW * fastest):
+            candidates[i].timed_once = True
+            del trials[i]
 
 
 @dataclass
@@ -296,6 +316,8 @@ def format_tune(best: Candidate, table: list[Candidate]) -> str:
         img = f"{c.img_per_s:.1f}" if c.img_per_s else "-"
         err = f"{c.max_rel_error:.1e}" if c.max_rel_error is not None else "-"
         verdict = "BEST" if c is best else (f"rejected: {c.rejected}" if c.rejected else "ok")
+        if c.timed_once and not c.rejected:
+            verdict += f" (timed once: under {DROP_BELOW:.0%} of the fastest)"
         lines.append(f"{c.name:<44}{img:>10}{err:>13}  {verdict}")
     flags = " ".join(f"--set {o}" for o in best.overrides) or "(no overrides)"
     lines.append(f"chosen: {best.name}: {flags}")
