@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 import logging
 import os
 import statistics
@@ -270,6 +271,7 @@ def drop_clear_losers(trials: dict[int, Trial], candidates: list[Candidate], spe
         if i != 0 and (candidates[i].rejected is not None or speeds[i][0] < DROP_BELOW * fastest):
             candidates[i].timed_once = True
             del trials[i]
+    gc.collect()  # a compiled trainer's reference cycles would otherwise hold its memory a while
 
 
 @dataclass
