@@ -1,6 +1,7 @@
 import json
 import logging
 import math
+import threading
 
 import pytest
 import torch
@@ -229,6 +230,28 @@ def test_divergence_found_on_the_device_names_the_step(tiny):
     t.step(), t.step(), t.step()  # steps 2 and 3 non-finite, counted only when settled
     with pytest.raises(TrainingDiverged, match="2 steps in a row had non-finite losses, the last at step 3"):
         t.state()  # a checkpoint settles first: a diverged run saves none
+
+
+def prefetch_threads():
+    return [t for t in threading.enumerate() if t.name == "hetgan-prefetch"]
+
+
+def test_train_bench_and_tune_leave_no_loader_thread_behind(tiny, tmp_path):
+    from hetgan.bench.bench import run_bench
+    from hetgan.bench.tune import Candidate, autotune
+
+    tiny.data.loader = "prefetch"
+    train(tiny, out=tmp_path / "run", progress=False)
+    assert not prefetch_threads()
+    run_bench(tiny, seconds=0.2, rounds=1, textbook=False)
+    assert not prefetch_threads()
+    autotune(tiny, seconds=0.2, rounds=2, candidates=[Candidate("plain"), Candidate("t1", ["accel.threads=1"])])
+    assert not prefetch_threads()
+    t = Trainer(tiny)
+    t.step()
+    assert prefetch_threads()  # what the calls above must stop
+    t.close()
+    assert not prefetch_threads()
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):

@@ -135,9 +135,12 @@ def flops_per_image(cfg: TrainConfig, data: Data | None = None) -> float:
     eager = copy.deepcopy(cfg)
     eager.accel.compile = eager.accel.cuda_graphs = False
     trainer = Trainer(eager, data)
-    trainer.step()  # the first step creates optimiser state; count a steady one
-    with FlopCount() as counter:
-        trainer.step()
+    try:
+        trainer.step()  # the first step creates optimiser state; count a steady one
+        with FlopCount() as counter:
+            trainer.step()
+    finally:
+        trainer.close()
     return counter.total / (cfg.train.batch_size * cfg.loss.n_critic)
 
 
@@ -217,6 +220,15 @@ def run_bench(cfg: TrainConfig, seconds: float = 10.0, textbook: bool = True, ro
     with hetgan's, and the ratio is the median of the per-round ratios."""
     check_timing(seconds, rounds)
     trainer = Trainer(cfg)
+    try:
+        return measure(trainer, seconds, textbook, rounds)
+    finally:
+        trainer.close()
+
+
+def measure(trainer: Trainer, seconds: float, textbook: bool, rounds: int) -> dict:
+    """run_bench's measurements on a trainer built from its config."""
+    cfg = trainer.cfg
     timers = {"hetgan": trainer_timer(trainer, seconds / rounds)}
     in_memory = isinstance(trainer.data, ImageData) and isinstance(trainer.data.images, np.ndarray)
     loop = textbook_loop(cfg, trainer) if textbook and in_memory else None  # not for 2-D points or streamed files

@@ -168,6 +168,9 @@ class Trial:
         self.outputs = reference_outputs(cfg, self.trainer)  # before any step: weights equal the reference's
         self.warm = False
 
+    def close(self) -> None:
+        self.trainer.close()
+
     def img_per_s(self, seconds: float) -> float:
         apply_backend_flags(self.cfg.accel)  # process-wide (threads, TF32): set for this window only
         speed = trainer_timer(self.trainer, seconds)(self.warm)
@@ -194,7 +197,12 @@ def tune(
         prepare = functools.partial(Trial, data=load_data(cfg.data))
     candidates = [Candidate(c.name, list(c.overrides)) for c in candidates]  # fresh results each call
     trials = prepare_trials(cfg, candidates, prepare)
-    for i, values in time_trials(trials, candidates, seconds / rounds, rounds).items():
+    try:
+        speeds = time_trials(trials, candidates, seconds / rounds, rounds)
+    finally:
+        for trial in trials.values():
+            trial.close()
+    for i, values in speeds.items():
         if values:
             candidates[i].img_per_s = statistics.median(values)
     sound = [c for c in candidates if c.rejected is None and c.img_per_s is not None]
@@ -257,7 +265,7 @@ def time_trials(
                     raise TuneError(f"tune: the reference candidate {candidates[i].name!r} {failure(e)}") from e
                 candidates[i].rejected, candidates[i].max_rel_error = failure(e), None
                 speeds[i] = []
-                del trials[i]
+                trials.pop(i).close()
                 log.info("tune: %s rejected (%s)", candidates[i].name, candidates[i].rejected)
     return speeds
 
@@ -270,7 +278,7 @@ def drop_clear_losers(trials: dict[int, Trial], candidates: list[Candidate], spe
     for i in list(trials):
         if i != 0 and (candidates[i].rejected is not None or speeds[i][0] < DROP_BELOW * fastest):
             candidates[i].timed_once = True
-            del trials[i]
+            trials.pop(i).close()
     gc.collect()  # a compiled trainer's reference cycles would otherwise hold its memory a while
 
 

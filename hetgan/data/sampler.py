@@ -149,7 +149,9 @@ class PrefetchSampler:
     def next(self, batch_size: int) -> torch.Tensor:
         if self._thread is None:
             self._queue, self._stop = queue.Queue(maxsize=self.depth), threading.Event()
-            self._thread = threading.Thread(target=self._work, args=(batch_size, self._queue, self._stop), daemon=True)
+            self._thread = threading.Thread(
+                target=self._work, args=(batch_size, self._queue, self._stop), name="hetgan-prefetch", daemon=True
+            )
             self._thread.start()
         batch, state = self._queue.get()
         if isinstance(batch, Exception):

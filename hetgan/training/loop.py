@@ -88,7 +88,11 @@ def run_training(
         cfg = (cfg or TrainConfig()).validate()
         run_dir = new_run_dir(out, cfg.preset)
     with run_log(run_dir):
-        return _run(cfg, run_dir, resume is not None, allow_config_change, progress)
+        trainer = Trainer(cfg)
+        try:
+            return _run(trainer, run_dir, resume is not None, allow_config_change, progress)
+        finally:
+            trainer.close()
 
 
 def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
@@ -97,8 +101,8 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
     return apply_overrides(load_yaml(run_dir / "config.yaml"), overrides)
 
 
-def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, allow_change: bool, progress: bool) -> TrainResult:
-    trainer = Trainer(cfg)
+def _run(trainer: Trainer, run_dir: Path, resuming: bool, allow_change: bool, progress: bool) -> TrainResult:
+    cfg = trainer.cfg
     metrics = MetricsWriter(run_dir)
     if resuming:
         restore(trainer, run_dir, allow_change)

@@ -32,6 +32,7 @@ from hetgan.accel import (
 )
 from hetgan.config import OptimConfig, TrainConfig, to_dict
 from hetgan.data import load_data, make_sampler
+from hetgan.data.sampler import PrefetchSampler
 from hetgan.data.sources import Data
 from hetgan.errors import TrainingDiverged
 from hetgan.losses import build_loss
@@ -102,6 +103,12 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self._unsettled: list[tuple[int, StepResult]] = []  # steps not yet counted by settle()
+
+    def close(self) -> None:
+        """Stop the sampler's worker thread, if it has one (prefetched or streamed data); a
+        trainer that is done with should be closed, or the thread outlives it."""
+        if isinstance(self.sampler, PrefetchSampler):
+            self.sampler.close()
 
     def _place(self, G: nn.Module, D: nn.Module) -> tuple[nn.Module, nn.Module]:
         accel = self.cfg.accel
