@@ -275,9 +275,18 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
     cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), flag_overrides(args) + args.set)
     tables = network_tables(cfg)
+    for name, (model_type, rows, spec) in tables.items():
+        if spec and rows is None:
+            raise HetganError(
+                f"accel.{name.lower()}_stages is set, but {name} ({model_type}) has no `net` layer list to "
+                "split; stage specs work for the dcgan, mlp and maxout families"
+            )
     batch = cfg.train.batch_size
     print("\n\n".join(format_layers(name, *table, batch=batch) for name, table in tables.items()))
-    print("\nsplit with e.g. --set accel.d_stages=FIRST-LAST@DEVICE,NEXT-@DEVICE (README: Placement)")
+    splittable = [name for name, (_, rows, spec) in tables.items() if rows is not None and not spec]
+    if splittable:
+        example = f"--set accel.{splittable[-1].lower()}_stages=FIRST-LAST@DEVICE,NEXT-@DEVICE"
+        print(f"\nsplit with e.g. {example} (README: Placement)")
     return 0
 
 

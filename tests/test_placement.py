@@ -103,7 +103,10 @@ def test_layer_table_says_when_a_network_cannot_be_split(tiny, capsys):
     tiny.model.arch = "resnet"
     assert layer_table(build_models(tiny)[0], torch.zeros(1, tiny.model.z_dim)) is None
     assert main(["layers", "--preset", "resnet_cifar10"]) == 0
-    assert "Generator): no `net` layer list, so it cannot be split" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Generator): no `net` layer list, so it cannot be split" in out and "split with" not in out
+    assert main(["layers", "--preset", "resnet_cifar10", "--set", "accel.g_stages=0-2@cpu"]) == 2
+    assert "accel.g_stages is set, but G (hetgan.models.resnet.Generator) has no `net`" in capsys.readouterr().err
     assert main(["layers", "--preset", "mlp_ring8", "--set", "loss.pack=2"]) == 0
     out = capsys.readouterr().out
     assert "13 layers, stage spec indices 0..12" in out and "Linear(in_features=4, out_features=512" in out
