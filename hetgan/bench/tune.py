@@ -24,7 +24,7 @@ from hetgan.bench.bench import check_timing, trainer_timer
 from hetgan.config import AccelConfig, TrainConfig, apply_overrides
 from hetgan.data import load_data
 from hetgan.data.sources import Data
-from hetgan.errors import TuneError
+from hetgan.errors import HetganError, TuneError
 from hetgan.models import build_models
 from hetgan.placement import resolve_device
 from hetgan.training.trainer import Trainer
@@ -225,6 +225,8 @@ def prepare_trials(cfg: TrainConfig, candidates: list[Candidate], prepare: Prepa
             with restored_backend_flags():
                 trials[i] = prepare(cand_cfg)
         except Exception as e:  # a knob this machine cannot do (e.g. no compiler) is a rejection
+            if reference is None and isinstance(e, HetganError):
+                raise  # the user's own config is wrong (a device name, a data path): say so as it is
             cand.rejected = failure(e)
             if reference is None:  # every other candidate is judged against this one
                 raise TuneError(
