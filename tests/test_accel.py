@@ -383,9 +383,10 @@ def test_tune_times_each_candidate_with_its_own_threads_and_restores_them(tiny):
 
 def test_tune_tries_channels_last_only_where_the_networks_convolve():
     conv = [c.name for c in candidates_for(TrainConfig(), torch.device("cpu"))]
-    assert "channels_last" in conv and "channels_last + compile" in conv
+    assert "channels_last" in conv and "channels_last + compile" in conv and "channels_last + fused Adam" in conv
     mlp = candidates_for(TrainConfig(data=DataConfig(spec="ring8"), model=ModelConfig(arch="mlp")), torch.device("cpu"))
-    assert [c.name for c in mlp if not c.name.startswith("threads=")] == ["plain (fp32, eager)", "compile", "bf16"]
+    names = [c.name for c in mlp if not c.name.startswith("threads=")]
+    assert names == ["plain (fp32, eager)", "fused Adam", "compile", "bf16"]
     assert not any("accel.channels_last=true" in c.overrides for c in mlp)
 
 
