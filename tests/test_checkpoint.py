@@ -74,8 +74,8 @@ def test_crash_mid_write_leaves_previous_checkpoint(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "knobs",
-    [{}, {"channels_last": True}, {"precision": "fp16"}, {"optimizer_impl": "foreach"}],
-    ids=["plain", "channels_last", "fp16", "foreach"],
+    [{}, {"channels_last": True}, {"precision": "fp16"}, {"optimizer_impl": "foreach"}, {"optimizer_impl": "fused"}],
+    ids=["plain", "channels_last", "fp16", "foreach", "fused"],
 )
 def test_trainer_state_round_trip_is_exact(tiny, tmp_path, knobs):
     """Also under the knobs tune picks: channels_last weights are saved contiguous and restored
