@@ -170,7 +170,9 @@ def test_tune_stops_timing_what_cannot_be_chosen(tiny):
     assert best.name == "bf16" and [t.windows_left_when_closed for t in trials] == [0, 0, 2, 0, 2]
     assert [c.timed_once for c in table] == [False, False, True, False, True]
     assert [c.img_per_s for c in table] == [100.0, 160.0, 140.0, 300.0, 900.0]
-    assert "timed once: under 50% of the fastest" in format_tune(best, table).splitlines()[3]
+    rows = format_tune(best, table).splitlines()
+    assert "timed once: under 50% of the fastest" in rows[3]
+    assert [row.split()[2] for row in rows[1:6]] == ["1.00x", "1.60x", "1.40x", "3.00x", "9.00x"]  # vs base
 
 
 @pytest.mark.parametrize(("compiled_speed", "chosen"), [(204.0, "layout"), (240.0, "layout + compile")])

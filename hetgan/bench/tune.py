@@ -325,14 +325,18 @@ def failure(e: Exception) -> str:
 
 
 def format_tune(best: Candidate, table: list[Candidate]) -> str:
-    lines = [f"{'candidate':<44}{'img/s':>10}{'max rel err':>13}  verdict"]
+    """The table: each candidate's img/s, its speed over the first row's (the plain config, the
+    reference), its error against that reference, and the verdict; then the choice."""
+    lines = [f"{'candidate':<44}{'img/s':>10}{'vs first':>10}{'max rel err':>13}  verdict"]
+    reference = table[0].img_per_s
     for c in table:
         img = f"{c.img_per_s:.1f}" if c.img_per_s else "-"
+        ratio = f"{c.img_per_s / reference:.2f}x" if c.img_per_s and reference else "-"
         err = f"{c.max_rel_error:.1e}" if c.max_rel_error is not None else "-"
         verdict = "BEST" if c is best else (f"rejected: {c.rejected}" if c.rejected else "ok")
         if c.timed_once and not c.rejected:
             verdict += f" (timed once: under {DROP_BELOW:.0%} of the fastest)"
-        lines.append(f"{c.name:<44}{img:>10}{err:>13}  {verdict}")
+        lines.append(f"{c.name:<44}{img:>10}{ratio:>10}{err:>13}  {verdict}")
     flags = " ".join(f"--set {o}" for o in best.overrides) or "(no overrides)"
     lines.append(f"chosen: {best.name}: {flags}")
     fastest = max((c for c in table if c.rejected is None and c.img_per_s is not None), key=lambda c: c.img_per_s)
