@@ -77,53 +77,71 @@ def candidates_for(cfg: TrainConfig, device: torch.device) -> list[Candidate]:
     the config as given comes next when it sets knobs of its own (a preset may). Each candidate's
     overrides are what it changes in the given config, and candidates that come to the same
     setting are tried once."""
-    conv = convolutional(cfg)
-    layout = {"channels_last": True} if conv else {}
-
-    def plain_plus(name: str, **knobs) -> Candidate:
-        target = {k: getattr(AccelConfig(), k) for k in SPEED_KNOBS} | knobs
-        changed = {k: v for k, v in target.items() if getattr(cfg.accel, k) != v}
-        return Candidate(name, [f"accel.{k}={as_text(v)}" for k, v in changed.items()])
-
-    def with_layout(name: str, **knobs) -> Candidate:
-        return plain_plus(" + ".join(["channels_last", name] if conv else [name]), **layout, **knobs)
-
-    out = [plain_plus("plain (fp32, contiguous, eager)" if conv else "plain (fp32, eager)")]
+    make = CandidateMaker(cfg)
+    out = [make.plain_plus("plain (fp32, contiguous, eager)" if make.conv else "plain (fp32, eager)")]
     own = [k for k in SPEED_KNOBS if getattr(cfg.accel, k) != getattr(AccelConfig(), k)]
     if own:
         out.append(Candidate(f"as configured ({', '.join(f'{k}={as_text(getattr(cfg.accel, k))}' for k in own)})"))
     if device.type == "cpu":
-        cores = os.cpu_count() or 1
-        threads = sorted({1, max(1, cores // 2), cores} - {torch.get_num_threads()})  # plain runs that
-        out += [plain_plus(f"threads={t}", threads=t) for t in threads]
-        out += [plain_plus("channels_last", **layout)] if conv else []
-        # Adam's fused CPU kernel: the default per-parameter loop is a quarter of an MLP's step.
-        out += [with_layout("fused Adam", optimizer_impl="fused")]
-        out += [with_layout("compile", compile=True), with_layout("bf16", precision="bf16")]
-        return unique(out)
+        return unique(out + cpu_candidates(make))
+    return unique(out + accelerator_candidates(make, device) + placement_candidates(cfg, device, out[0]))
+
+
+class CandidateMaker:
+    """Candidates as the plain config plus knobs, with overrides relative to the given config."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.conv = convolutional(cfg)
+        self.layout = {"channels_last": True} if self.conv else {}
+
+    def plain_plus(self, name: str, **knobs) -> Candidate:
+        target = {k: getattr(AccelConfig(), k) for k in SPEED_KNOBS} | knobs
+        changed = {k: v for k, v in target.items() if getattr(self.cfg.accel, k) != v}
+        return Candidate(name, [f"accel.{k}={as_text(v)}" for k, v in changed.items()])
+
+    def with_layout(self, name: str, **knobs) -> Candidate:
+        """channels_last and the knobs, for conv nets; the knobs alone otherwise."""
+        return self.plain_plus(" + ".join(["channels_last", name] if self.conv else [name]), **self.layout, **knobs)
+
+
+def cpu_candidates(make: CandidateMaker) -> list[Candidate]:
+    cores = os.cpu_count() or 1
+    threads = sorted({1, max(1, cores // 2), cores} - {torch.get_num_threads()})  # plain runs that
+    out = [make.plain_plus(f"threads={t}", threads=t) for t in threads]
+    out += [make.plain_plus("channels_last", **make.layout)] if make.conv else []
+    # Adam's fused CPU kernel: the default per-parameter loop is a quarter of an MLP's step.
+    out += [make.with_layout("fused Adam", optimizer_impl="fused")]
+    return out + [make.with_layout("compile", compile=True), make.with_layout("bf16", precision="bf16")]
+
+
+def accelerator_candidates(make: CandidateMaker, device: torch.device) -> list[Candidate]:
     bf16 = {"precision": "bf16"}
-    out += [
-        plain_plus("tf32 + cudnn.benchmark", tf32=True, cudnn_benchmark=True),
-        with_layout("bf16", **bf16),
-        with_layout("bf16 + fused", **bf16, optimizer_impl="fused"),
-        with_layout("bf16 + compile", **bf16, compile=True, optimizer_impl="fused"),
+    out = [
+        make.plain_plus("tf32 + cudnn.benchmark", tf32=True, cudnn_benchmark=True),
+        make.with_layout("bf16", **bf16),
+        make.with_layout("bf16 + fused", **bf16, optimizer_impl="fused"),
+        make.with_layout("bf16 + compile", **bf16, compile=True, optimizer_impl="fused"),
     ]
     if device.type == "cuda":
-        out.append(with_layout("bf16 + CUDA graphs", **bf16, cuda_graphs=True, optimizer_impl="fused"))
-    # Placements (plain fp32, so they are judged on speed alone): the seed's G on the accelerator
-    # with D on the CPU, the reverse, and G and D on two GPUs where there are two; only where the
-    # config leaves placement open, since a user's --g-device/--d-device or stage split is a given.
+        out.append(make.with_layout("bf16 + CUDA graphs", **bf16, cuda_graphs=True, optimizer_impl="fused"))
+    return out
+
+
+def placement_candidates(cfg: TrainConfig, device: torch.device, plain: Candidate) -> list[Candidate]:
+    """The plain config (so they are judged on speed alone) with the seed's G on the accelerator
+    and D on the CPU, the reverse, and G and D on two GPUs where there are two; none where the
+    config fixes placement, since a user's --g-device/--d-device or stage split is a given."""
     accel = cfg.accel
     if accel.g_device or accel.d_device or accel.g_stages or accel.d_stages:
-        return unique(out)
+        return []
     placements = [
         (f"G on {device.type}, D on cpu", ["accel.d_device=cpu"]),
         (f"D on {device.type}, G on cpu", ["accel.g_device=cpu"]),
     ]
     if device.type == "cuda" and torch.cuda.device_count() > 1:
         placements.append(("G on cuda:0, D on cuda:1", ["accel.g_device=cuda:0", "accel.d_device=cuda:1"]))
-    out += [Candidate(name, out[0].overrides + where) for name, where in placements]
-    return unique(out)
+    return [Candidate(name, plain.overrides + where) for name, where in placements]
 
 
 def as_text(value) -> str:
