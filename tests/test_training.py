@@ -201,6 +201,21 @@ def test_fused_adam_skips_on_the_device_as_the_host_check_does(tiny, precision):
     assert steps == [3, 1]  # Adam counts only the updates it made
 
 
+@pytest.mark.parametrize("impl", ["default", "fused"])
+def test_a_step_counts_as_nonfinite_when_any_critic_phase_was(tiny, impl):
+    """WGAN-GP runs n_critic D phases a step: a non-finite first one skips that update alone, and
+    the step is counted, though the last D phase and the G phase were finite."""
+    tiny.loss.name, tiny.loss.n_critic, tiny.accel.optimizer_impl = "wgan-gp", 2, impl
+    t = Trainer(tiny)
+    t.step()
+    d_steps = t.opt_D.state_dict()["state"][0]["step"].item()
+    poison_next_batches(t, 1)
+    result = t.step()
+    t.settle()
+    assert result.skipped == ["D"] and t.nonfinite_total == 1
+    assert t.opt_D.state_dict()["state"][0]["step"].item() == d_steps + 1  # the second D phase updated
+
+
 def test_fused_adam_step_never_reads_a_tensor_on_the_host(tiny, monkeypatch):
     """What makes a CUDA step wait for the GPU: bool(), float() or .item() of a tensor. With the
     skip on the device, a step does none of these until the non-finite count is settled."""

@@ -203,10 +203,14 @@ class Trainer:
 
     def _nonfinite(self, loss: torch.Tensor, phase: str, result: StepResult) -> bool | torch.Tensor:
         """Whether the phase's loss is non-finite: a bool, which waits for the device, or with
-        fused Adam a bool tensor that the optimiser and EMA read on the device."""
+        fused Adam a bool tensor that the optimiser and EMA read on the device. The step result
+        keeps whether any of the step's `n_critic` D phases was."""
         bad = ~torch.isfinite(loss.detach())
-        result.nonfinite[phase] = bad if self.skip_on_device else bool(bad)
-        return result.nonfinite[phase]
+        if not self.skip_on_device:
+            bad = bool(bad)
+        before = result.nonfinite.get(phase)
+        result.nonfinite[phase] = bad if before is None else before | bad
+        return bad
 
     def _backward_and_step(self, loss, opt, scaler, name: str, bad: bool | torch.Tensor) -> None:
         """`bad` False, or a bool tensor: then the optimiser skips its update on the device when it
