@@ -61,6 +61,7 @@ class DataConfig:
     # prefetch, and folder:DIR images are decoded as training reaches them, not when the run starts)
     loader: str = "auto"
     resident_max_mb: int = 2048  # with loader=auto, larger datasets are prefetched instead
+    cache_mb: int = 2048  # with loader=stream, decoded images kept in memory (the first files in file order)
 
 
 @dataclass
@@ -149,6 +150,7 @@ class TrainConfig:
             (self.train.grid_kimg > 0, "train.grid_kimg must be > 0"),
             (self.train.log_interval >= 1, "train.log_interval must be >= 1"),
             (self.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be >= 1"),
+            (self.data.cache_mb >= 0, "data.cache_mb must be >= 0 (0 = no cache)"),
             (self.accel.threads >= 0, "accel.threads must be >= 0"),
             (self.accel.precision in ("fp32", "bf16", "fp16"), "accel.precision must be fp32, bf16 or fp16"),
             (
@@ -182,6 +184,7 @@ RESUMABLE_FIELDS = frozenset(
         "train.evalnet",
         "data.loader",
         "data.resident_max_mb",
+        "data.cache_mb",
     }
 )
 

@@ -325,6 +325,27 @@ def digit_folder(root, n=24):
     return root
 
 
+@pytest.mark.parametrize(("resolution", "cached"), [(8, 24), (187, 9)])
+def test_stream_loader_keeps_what_fits_its_cache(tmp_path, monkeypatch, resolution, cached):
+    """1 MB holds all 24 items at 8 px, and the first 9 at 187 px (3 x 187 x 187 bytes each): a
+    second pass decodes only the others, and returns the same pixels."""
+    import hetgan.data.images as images
+
+    folder = digit_folder(tmp_path / "f")
+    spec = DataConfig(spec=f"folder:{folder}", resolution=resolution, channels=3, loader="stream", cache_mb=1)
+    lazy = load_data(spec).images
+    decoded = []
+    real_try_decode = images.try_decode
+    monkeypatch.setattr(images, "try_decode", lambda path, *a: decoded.append(path) or real_try_decode(path, *a))
+    first = lazy[np.arange(24)[::-1]]
+    assert len(decoded) == 24
+    second = lazy[:]
+    assert np.array_equal(first[::-1], second) and len(decoded) == 24 + (24 - cached)
+    monkeypatch.undo()
+    resident = load_data(cfg(f"folder:{folder}", resolution=resolution, channels=3)).images
+    assert np.array_equal(second, resident)
+
+
 def test_stream_loader_draws_what_the_resident_one_does_and_resumes(tmp_path):
     folder = digit_folder(tmp_path / "f")
     resident = load_data(cfg(f"folder:{folder}", resolution=8, channels=3))

@@ -153,9 +153,12 @@ class LazyImages:
     A bad file raises DataError when it is reached; with on_bad_image='skip' it is logged and the
     next good file in file order stands in for it, the same one every time (so a resumed run
     draws the same pixels), until more than MAX_BAD_FRACTION of the files decoded so far are bad.
+
+    Decoded items are kept, up to `cache_mb` (the first items in file order): a folder that fits
+    is decoded once, and later epochs read memory. The pixels are the same either way.
     """
 
-    def __init__(self, files: list[Path], resolution: int, channels: int, on_bad_image: str) -> None:
+    def __init__(self, files: list[Path], resolution: int, channels: int, on_bad_image: str, cache_mb: int = 0) -> None:
         self.files = files
         self.resolution, self.channels, self.on_bad_image = resolution, channels, on_bad_image
         self.shape = (len(files), channels, resolution, resolution)
@@ -165,6 +168,9 @@ class LazyImages:
         self._lock = threading.Lock()
         self._decoded = 0
         self._bad: set[int] = set()
+        cached = min(len(files), cache_mb * 2**20 // (channels * resolution * resolution))
+        self._cache = np.empty((cached, resolution, resolution, channels), np.uint8)  # [K, R, R, C], as decoded
+        self._cached = np.zeros(cached, bool)  # memory is taken as items are decoded, not up front
 
     def __len__(self) -> int:
         return len(self.files)
@@ -188,6 +194,15 @@ class LazyImages:
         return self[:] if dtype is None else self[:].astype(dtype)
 
     def _decode(self, i: int) -> np.ndarray:
+        if i < len(self._cached) and self._cached[i]:
+            return self._cache[i]
+        result = self._decode_file(i)
+        if i < len(self._cached):
+            self._cache[i] = result
+            self._cached[i] = True  # after the copy: a thread that sees it reads the whole item
+        return result
+
+    def _decode_file(self, i: int) -> np.ndarray:
         for j in itertools.chain(range(i, len(self.files)), range(i)):  # the next good file in file order
             result = try_decode(self.files[j], self.resolution, self.channels)
             with self._lock:

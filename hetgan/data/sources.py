@@ -212,7 +212,10 @@ def read_folder(arg: str, cfg: DataConfig) -> ImageData:
     if cfg.loader == "stream":  # decoded as training reaches each file
         class_names, labels = _folder_labels(root, files)
         return ImageData(
-            LazyImages(files, cfg.resolution, cfg.channels, cfg.on_bad_image), labels, class_names, str(root)
+            LazyImages(files, cfg.resolution, cfg.channels, cfg.on_bad_image, cfg.cache_mb),
+            labels,
+            class_names,
+            str(root),
         )
     arrays, kept, bad = decode_files(files, cfg.resolution, cfg.channels, cfg.on_bad_image)
     require_mostly_good(len(files), bad)
