@@ -274,13 +274,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from hetgan.presets import DEFAULT_PRESET, get_preset
 
     cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), flag_overrides(args) + args.set)
-    tables = network_tables(cfg)
-    for name, (model_type, rows, spec) in tables.items():
-        if spec and rows is None:
-            raise HetganError(
-                f"accel.{name.lower()}_stages is set, but {name} ({model_type}) has no `net` layer list to "
-                "split; stage specs work for the dcgan, mlp and maxout families"
-            )
+    tables = network_tables(cfg)  # refuses a stage spec for a network that cannot be split
     batch = cfg.train.batch_size
     print("\n\n".join(format_layers(name, *table, batch=batch) for name, table in tables.items()))
     splittable = [name for name, (_, rows, spec) in tables.items() if rows is not None and not spec]

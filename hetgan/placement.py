@@ -117,15 +117,25 @@ class StagedSequential(nn.Sequential):
         return x
 
 
-def split_network(model: nn.Module, spec: str) -> nn.Module:
-    """Replace `model.net` with a StagedSequential following `spec`."""
+def qualname(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__name__}"
+
+
+def layer_list(model: nn.Module, who: str = "") -> nn.Sequential:
+    """`model.net`, the layer list a stage spec splits; a ConfigError naming `who` (by default the
+    model's class) where there is none."""
     layers = getattr(model, "net", None)
     if not isinstance(layers, nn.Sequential):
         raise ConfigError(
-            f"{type(model).__module__}.{type(model).__name__} has no `net` layer list to split; "
+            f"{who or qualname(model)} has no `net` layer list to split; "
             "stage specs work for the dcgan, mlp and maxout families"
         )
-    model.net = StagedSequential(layers, spec)
+    return layers
+
+
+def split_network(model: nn.Module, spec: str) -> nn.Module:
+    """Replace `model.net` with a StagedSequential following `spec`."""
+    model.net = StagedSequential(layer_list(model), spec)
     return model
 
 

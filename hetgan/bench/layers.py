@@ -20,7 +20,7 @@ from hetgan.bench.bench import FlopCount
 from hetgan.config import TrainConfig
 from hetgan.losses import pack
 from hetgan.models import build_models, sample_shape
-from hetgan.placement import parse_stages
+from hetgan.placement import layer_list, parse_stages, qualname
 
 
 @dataclass
@@ -81,17 +81,19 @@ def layer_table(model: nn.Module, x: torch.Tensor) -> list[LayerRow] | None:
 
 
 def network_tables(cfg: TrainConfig) -> dict[str, tuple[str, list[LayerRow] | None, str]]:
-    """{"G": (class name, rows, stage spec), "D": ...} for the config's networks, built on the CPU."""
+    """{"G": (class name, rows, stage spec), "D": ...} for the config's networks, built on the CPU;
+    a ConfigError where a stage spec is given for a network that cannot be split."""
     G, D = build_models(cfg)
     fake = torch.zeros(cfg.loss.pack, *sample_shape(cfg))  # D judges `pack` samples at once
-    return {
-        "G": (qualname(G), layer_table(G, torch.zeros(1, cfg.model.z_dim)), cfg.accel.g_stages),
-        "D": (qualname(D), layer_table(D, pack(fake, cfg.loss.pack)), cfg.accel.d_stages),
-    }
-
-
-def qualname(model: nn.Module) -> str:
-    return f"{type(model).__module__}.{type(model).__name__}"
+    tables = {}
+    for name, model, x, spec in (
+        ("G", G, torch.zeros(1, cfg.model.z_dim), cfg.accel.g_stages),
+        ("D", D, pack(fake, cfg.loss.pack), cfg.accel.d_stages),
+    ):
+        if spec:
+            layer_list(model, f"accel.{name.lower()}_stages is set, but {name} ({qualname(model)})")
+        tables[name] = (qualname(model), layer_table(model, x), spec)
+    return tables
 
 
 def format_layers(name: str, model_type: str, rows: list[LayerRow] | None, spec: str = "", batch: int = 1) -> str:
