@@ -211,8 +211,9 @@ def tune(
     """Time each candidate; the fastest sound one wins. The first candidate is the reference.
 
     Each candidate gets `seconds` of timing in all, as `rounds` windows taken in turn with the
-    other candidates' (all of their trainers are alive at once), and its speed is the median of
-    its windows: a slow spell of the machine then lands on every candidate instead of on one."""
+    other candidates' (their trainers are alive together until `drop_clear_losers` frees the ones
+    that cannot win), and its speed is the median of its windows: a slow spell of the machine then
+    lands on every candidate instead of on one."""
     if prepare is None:  # the data is read (decoded, for a folder) once and shared by every candidate
         prepare = functools.partial(Trial, data=load_data(cfg.data))
     candidates = [Candidate(c.name, list(c.overrides)) for c in candidates]  # fresh results each call
