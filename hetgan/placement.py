@@ -128,7 +128,8 @@ def layer_list(model: nn.Module, who: str = "") -> nn.Sequential:
     if not isinstance(layers, nn.Sequential):
         raise ConfigError(
             f"{who or qualname(model)} has no `net` layer list to split; "
-            "stage specs work for the dcgan, mlp and maxout families"
+            "stage specs work for the dcgan, mlp and maxout families: drop the stage spec, or pick one "
+            "of those with --set model.arch=..."
         )
     return layers
 
