@@ -9,6 +9,7 @@ defaults.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,13 +161,26 @@ class TrainConfig:
             (self.train.eval_kimg >= 0, "train.eval_kimg must be >= 0 (0 = off)"),
             (self.train.eval_n >= 10, "train.eval_n must be >= 10"),
         ]
-        bad = [msg for ok, msg in checks if not ok]
+        bad = [self._with_values(msg) for ok, msg in checks if not ok]
         if self.train.batch_size % self.loss.pack:
             bad.append(f"train.batch_size ({self.train.batch_size}) must be a multiple of loss.pack ({self.loss.pack})")
         if bad:
             raise ConfigError("invalid config: " + "; ".join(bad))
         return self
 
+    def _with_values(self, msg: str) -> str:
+        """A range message with the values it was given: "accel.threads must be >= 0" becomes
+        "accel.threads must be >= 0 (got -1)". Messages that are not "X must ..." already say them."""
+        if " must " not in msg:
+            return msg
+        names = list(dict.fromkeys(_FIELD_NAME.findall(msg)))
+        values = [getattr(getattr(self, section), name) for section, name in (n.split(".") for n in names)]
+        if len(names) == 1:
+            return f"{msg} (got {values[0]!r})"
+        return f"{msg} (got " + ", ".join(f"{n}={v!r}" for n, v in zip(names, values, strict=True)) + ")"
+
+
+_FIELD_NAME = re.compile(r"\b(?:model|loss|optim|data|train|accel)\.[a-z_0-9]+")
 
 # Fields that may differ between a checkpoint and the config resuming it: they change how long
 # the run goes on and how it reports, never the state a step computes.

@@ -44,6 +44,13 @@ def test_range_validation():
         apply_overrides(TrainConfig(), ["loss.pack=3", "train.batch_size=64"])
 
 
+def test_range_errors_say_the_value_given():
+    with pytest.raises(ConfigError, match=r"accel.precision must be fp32, bf16 or fp16 \(got 'fp8'\)"):
+        apply_overrides(TrainConfig(), ["accel.precision=fp8"])
+    with pytest.raises(ConfigError, match=r"\(got optim.g_lr=0.0, optim.d_lr=0.0002\)"):
+        apply_overrides(TrainConfig(), ["optim.g_lr=0", "optim.d_lr=2e-4"])
+
+
 def test_yaml_round_trip(tmp_path):
     cfg = get_preset("mlp_grid25")
     path = tmp_path / "c.yaml"
