@@ -238,34 +238,58 @@ def run_tune(cfg, seconds: float, rounds: int = 3):
     return result
 
 
+def json_path(arg: str | None) -> Path | None:
+    """The --json file, checked before the work starts, so that a bad path cannot lose a finished
+    benchmark: a folder is refused, and so is a parent that is a file or cannot be written."""
+    if not arg:
+        return None
+    path = Path(arg)
+    if path.is_dir():
+        raise HetganError(f"--json {arg}: that is a folder; name a file in it, e.g. --json {path / 'results.json'}")
+    ancestor = next(p for p in path.absolute().parents if p.exists())
+    if not ancestor.is_dir():
+        raise HetganError(f"--json {arg}: {ancestor} is a file, so no folder can be made there; pick another path")
+    if not os.access(ancestor, os.W_OK):
+        raise HetganError(f"--json {arg}: {ancestor} is not writable; pick another path")
+    return path
+
+
+def write_json(path: Path | None, obj) -> None:
+    """Write `obj` as JSON to `path` (if given), making its folder; a crash leaves no partial file."""
+    import json
+
+    from hetgan.fileio import atomic_write_bytes
+
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import copy
-    import json
 
     from hetgan.bench.bench import format_bench, run_bench
     from hetgan.presets import DEFAULT_PRESET, get_preset
 
+    out = json_path(args.json)
     base = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), flag_overrides(args) + args.set)
     results = []
     for batch in args.batch or [base.train.batch_size]:
         cfg = apply_overrides(copy.deepcopy(base), [f"train.batch_size={batch}"])
         results.append(run_bench(cfg, args.seconds, textbook=not args.no_textbook, rounds=args.rounds))
         print(format_bench(results[-1]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    write_json(out, results)
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    import json
-
     from hetgan.presets import DEFAULT_PRESET, get_preset
 
+    out = json_path(args.json)
     cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), flag_overrides(args) + args.set)
     result = run_tune(cfg, args.seconds, args.rounds)
-    if args.json:
-        table = [vars(c) for c in result.table]
-        Path(args.json).write_text(json.dumps({"chosen": result.chosen.overrides, "table": table}, indent=1))
+    write_json(out, {"chosen": result.chosen.overrides, "table": [vars(c) for c in result.table]})
     return 0
 
 
@@ -303,18 +327,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
     from hetgan.artifact import load_generator
     from hetgan.eval.score import evaluate
 
+    out = json_path(args.json)
     G = load_generator(args.run or args.artifact)
     n = args.n or (2500 if len(G.shape) == 1 else 5000)
     metrics = tuple(args.metrics) if args.metrics else None
     result = evaluate(G, n=n, seed=args.seed, metrics=metrics, evalnet=args.evalnet, inception=args.inception)
     print(format_table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    write_json(out, result)
     return 0
 
 

@@ -315,7 +315,7 @@ def test_share_of_peak_counts_every_device_g_and_d_use(monkeypatch):
 def test_bench_cli_writes_json(tmp_path, capsys):
     from hetgan.cli import main
 
-    out = tmp_path / "b.json"
+    out = tmp_path / "new" / "b.json"  # its folder is made
     args = ["--preset", "mlp_ring8", "--batch", "50", "100", "--seconds", "0.3", "--d-device", "cpu"]
     assert main(["bench", *args, "--json", str(out)]) == 0
     text = capsys.readouterr().out
@@ -507,6 +507,23 @@ def test_timing_commands_refuse_empty_windows(capsys, command, flags, message):
 
     assert main([command, "--preset", "mlp_ring8", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["tune", "bench"])
+def test_a_bad_json_path_is_refused_before_the_timing(tmp_path, capsys, monkeypatch, command):
+    """A finished benchmark is never lost to a --json path that cannot be written."""
+    from hetgan.bench import bench, tune
+    from hetgan.cli import main
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("timed before checking --json")
+
+    monkeypatch.setattr(bench, "run_bench", must_not_run)
+    monkeypatch.setattr(tune, "autotune", must_not_run)
+    (tmp_path / "afile").write_text("")
+    for path, message in [(tmp_path, "that is a folder"), (tmp_path / "afile" / "x.json", "is a file")]:
+        assert main([command, "--preset", "mlp_ring8", "--json", str(path)]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_tune_reads_the_data_once_for_all_candidates(tiny, monkeypatch):
