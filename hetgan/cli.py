@@ -399,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     except HetganError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C in bench, tune, eval...: `train` saves and stops on its own
+        print("interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `hetgan layers | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush is quiet
         return 0

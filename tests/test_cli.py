@@ -236,3 +236,16 @@ def test_output_cut_short_by_the_reader_is_not_a_crash():
         f"{sys.executable} -m hetgan layers | head -1", shell=True, capture_output=True, text=True, timeout=120
     )
     assert done.stdout.startswith("G (hetgan.models.dcgan.Generator)") and "Traceback" not in done.stderr
+
+
+def test_ctrl_c_outside_training_exits_quietly(monkeypatch, capsys):
+    """Ctrl-C during `hetgan bench` (or tune, eval...) ends with "interrupted" and exit status
+    130, the shell's code for SIGINT, not a traceback."""
+    from hetgan.bench import bench
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_bench", interrupted)
+    assert main(["bench", "--preset", "mlp_ring8"]) == 130
+    assert capsys.readouterr().err.strip().endswith("interrupted")
