@@ -463,6 +463,21 @@ def test_gpu_fused_step_never_waits_for_the_gpu(tiny, precision):
 
 
 @GPU
+def test_gpu_fused_skip_with_d_on_the_gpu_and_g_on_the_cpu(tiny):
+    """G's phase loss is on the GPU (D's output) but G's optimiser and EMA are on the CPU: its
+    skip flag is read on the host; D's stays on the GPU. Non-finite steps are still skipped."""
+    tiny.accel.g_device, tiny.accel.d_device, tiny.accel.optimizer_impl = "cpu", "cuda", "fused"
+    t = Trainer(tiny)
+    result = t.step()
+    assert isinstance(result.nonfinite["G"], bool) and torch.is_tensor(result.nonfinite["D"])
+    with torch.no_grad():
+        next(t.D.parameters()).fill_(float("nan"))
+    g_before = [p.detach().clone() for p in (*t.G.parameters(), *t.G_ema.parameters())]
+    assert t.step().skipped == ["D", "G"]
+    assert all(torch.equal(a, b) for a, b in zip(g_before, (*t.G.parameters(), *t.G_ema.parameters()), strict=True))
+
+
+@GPU
 def test_gpu_prefetch_loader_matches_resident(tiny):
     tiny.accel.device = "cuda"
     resident = Trainer(tiny)

@@ -12,7 +12,7 @@ from hetgan.errors import CheckpointError, HetganError, TrainingDiverged
 from hetgan.presets import PRESETS
 from hetgan.training import Trainer, run_training, train
 from hetgan.training.checkpoint import list_checkpoints, load_latest_checkpoint
-from hetgan.training.trainer import lr_scale
+from hetgan.training.trainer import flag_needs_host, lr_scale
 from tests.conftest import tiny_config
 
 
@@ -234,6 +234,18 @@ def test_fused_adam_step_never_reads_a_tensor_on_the_host(tiny, monkeypatch):
     t.settle()
     assert not t._unsettled and all(r.skipped == [] for r in results)
     assert set(results[0].floats()) >= {"loss_d", "loss_g"}
+
+
+def test_a_flag_from_an_accelerator_is_read_on_the_host_for_cpu_readers():
+    """Fused Adam and the EMA copy a skip flag to each parameter's device without waiting; a copy
+    from a GPU to the CPU that is not waited for may be read before it lands, so such a flag is
+    read on the host."""
+    cpu, gpu, gpu1 = torch.device("cpu"), torch.device("cuda", 0), torch.device("cuda", 1)
+    assert flag_needs_host(gpu, {gpu, cpu})  # e.g. G split over the GPU and the CPU
+    assert flag_needs_host(torch.device("mps"), {cpu})  # a loss on the GPU, the optimiser on the CPU
+    assert not flag_needs_host(gpu, {gpu, gpu1})  # the copy between GPUs is ordered on the device
+    assert not flag_needs_host(cpu, {gpu, cpu})  # from the host to a GPU is safe to leave
+    assert not flag_needs_host(cpu, {cpu})
 
 
 def test_divergence_found_on_the_device_names_the_step(tiny):

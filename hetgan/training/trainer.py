@@ -43,6 +43,15 @@ from hetgan.training.checkpoint import flatten_optimizer, restore_optimizer
 SETTLE_EVERY = 256  # steps whose non-finite flags may wait on the device before they are counted
 
 
+def flag_needs_host(flag_device: torch.device, readers: set[torch.device]) -> bool:
+    """Whether a phase's skip flag, computed on `flag_device`, must be read on the host instead
+    of being left on the device: when it sits on an accelerator and a reader (the optimiser or the
+    EMA of a network with a stage on the CPU) is on the CPU. Fused Adam and the EMA copy the flag
+    to each parameter's device without waiting, and a copy from an accelerator to the host that is
+    not waited for may be read before it has landed."""
+    return flag_device.type != "cpu" and any(d.type == "cpu" for d in readers)
+
+
 @dataclass
 class StepResult:
     # Last D/G losses and D outputs, 0-dim tensors until read (reading one waits for the device).
@@ -96,6 +105,11 @@ class Trainer:
         self.scaler_D = grad_scaler(self.d_precision, self.d_device)
         # Fused Adam can skip a step on a device-side flag: then no phase waits for the device.
         self.skip_on_device = accel.optimizer_impl == "fused"
+        # Where each phase's flag is read: its optimiser's parameters (and, for G, the EMA's).
+        self.flag_readers = {
+            "D": {p.device for p in self.D.parameters()},
+            "G": {p.device for p in self.G.parameters()},
+        }
         self.timer = None  # a PhaseTimer while benchmarking (hetgan.bench)
         self.step_count = 0
         self.nimg = 0
@@ -203,10 +217,11 @@ class Trainer:
 
     def _nonfinite(self, loss: torch.Tensor, phase: str, result: StepResult) -> bool | torch.Tensor:
         """Whether the phase's loss is non-finite: a bool, which waits for the device, or with
-        fused Adam a bool tensor that the optimiser and EMA read on the device. The step result
+        fused Adam a bool tensor that the optimiser and EMA read on the device (unless one of
+        them is on the CPU and the loss is not: `flag_needs_host`). The step result
         keeps whether any of the step's `n_critic` D phases was."""
         bad = ~torch.isfinite(loss.detach())
-        if not self.skip_on_device:
+        if not self.skip_on_device or flag_needs_host(bad.device, self.flag_readers[phase]):
             bad = bool(bad)
         before = result.nonfinite.get(phase)
         result.nonfinite[phase] = bad if before is None else before | bad
