@@ -265,7 +265,7 @@ class Trainer:
             weight = (1.0 - beta) * (~bad).float()
             for device in {p.device for p in params}:  # G's stages may sit on several devices
                 on = [i for i, p in enumerate(params) if p.device == device]
-                w = weight.to(device, non_blocking=True)
+                w = weight.to(device, non_blocking=True)  # never GPU -> CPU: see flag_needs_host
                 torch._foreach_lerp_([ema_params[i] for i in on], [params[i] for i in on], w)
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
             b_ema.copy_(b)
