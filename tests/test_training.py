@@ -259,6 +259,26 @@ def test_divergence_found_on_the_device_names_the_step(tiny):
         t.state()  # a checkpoint settles first: a diverged run saves none
 
 
+def test_a_run_whose_set_up_fails_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Bad data stops `train` before any step: the run folder it made is removed, so the same
+    --out works once the data is fixed; a folder the user made stays, empty."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"not an image")
+    cfg = tiny_config(f"folder:{folder}")
+    with pytest.raises(HetganError, match="broken.png"):
+        train(cfg, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(HetganError, match="broken.png"):
+        train(cfg, out=tmp_path / "mine", progress=False)
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HetganError, match="broken.png"):
+        train(cfg, progress=False)  # runs/NNNNN-tiny
+    assert not any((tmp_path / "runs").iterdir())
+
+
 def prefetch_threads():
     return [t for t in threading.enumerate() if t.name == "hetgan-prefetch"]
 

@@ -81,18 +81,34 @@ def run_training(
     progress: bool = True,
 ) -> TrainResult:
     """`train`, returning how the run ended (the CLI prints its `summary()`)."""
-    if resume is not None:
+    fresh = resume is None
+    if fresh:
+        cfg = (cfg or TrainConfig()).validate()
+        made_dir = out is None or not Path(out).exists()
+        run_dir = new_run_dir(out, cfg.preset)
+    else:
         run_dir = Path(resume)
         cfg = resumed_config(run_dir, overrides or [])
-    else:
-        cfg = (cfg or TrainConfig()).validate()
-        run_dir = new_run_dir(out, cfg.preset)
-    with run_log(run_dir):
-        trainer = Trainer(cfg)
-        try:
-            return _run(trainer, run_dir, resume is not None, allow_config_change, progress)
-        finally:
-            trainer.close()
+    trainer = None
+    try:
+        with run_log(run_dir):
+            trainer = Trainer(cfg)
+            try:
+                return _run(trainer, run_dir, not fresh, allow_config_change, progress)
+            finally:
+                trainer.close()
+    finally:
+        if fresh and trainer is None:  # the set-up failed (bad data, a device it lacks): no run began
+            discard_empty_run(run_dir, made_dir)
+
+
+def discard_empty_run(run_dir: Path, made_dir: bool) -> None:
+    """Remove what a run whose set-up failed left: its log.txt, and the folder if this call made
+    it, so that the same `--out` can be used again once the input is fixed."""
+    if {p.name for p in run_dir.iterdir()} <= {"log.txt"}:
+        (run_dir / "log.txt").unlink(missing_ok=True)
+        if made_dir:
+            run_dir.rmdir()
 
 
 def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
