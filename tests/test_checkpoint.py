@@ -99,3 +99,8 @@ def test_trainer_state_round_trip_is_exact(tiny, tmp_path, knobs):
         ):
             assert torch.equal(x, y), f"{name}.{k} differs after restore"
     assert b.opt_G.state_dict()["state"][0]["step"] == a.opt_G.state_dict()["state"][0]["step"]
+
+
+def test_resuming_a_run_without_checkpoints_says_what_to_do(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoints to resume from.*start it again with another --out"):
+        ckpt.load_latest_checkpoint(tmp_path / "checkpoints")

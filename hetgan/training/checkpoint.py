@@ -94,7 +94,10 @@ def load_latest_checkpoint(root: Path) -> tuple[Path, dict[str, torch.Tensor], d
     """The newest checkpoint that verifies; warns about and skips any newer corrupt ones."""
     candidates = list_checkpoints(root)
     if not candidates:
-        raise CheckpointError(f"{root}: no checkpoints to resume from")
+        raise CheckpointError(
+            f"{root}: no checkpoints to resume from; the run stopped before its first one was saved, "
+            "so start it again with another --out (or delete this run directory)"
+        )
     for path in reversed(candidates):
         try:
             tensors, state = read_checkpoint(path)
