@@ -375,7 +375,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     cfg = DataConfig(spec=args.spec, resolution=args.resolution, channels=args.channels)
     bad = check_spec(cfg)
     for where, reason in bad:
-        print(f"BAD {where}: {reason}")
+        print(f"BAD {where}: {reason.removeprefix(f'{where}: ')}")  # the reason may start with the file
     print(f"{args.spec}: {'no problems found' if not bad else f'{len(bad)} bad item(s)'}")
     return 1 if bad else 0
 

@@ -104,10 +104,11 @@ def test_train_then_sample_all_forms(digits_npz, tmp_path, capsys):
     assert len(list((tmp_path / "dir").glob("*.png"))) == 3
 
 
-def test_data_check_exit_codes(tmp_path, capsys):
+def test_data_check_exit_codes(tmp_path, capsys, caplog):
     (tmp_path / "bad.png").write_bytes(b"nope")
     assert main(["data", "check", f"folder:{tmp_path}"]) == 1
-    assert "BAD" in capsys.readouterr().out
+    assert f"BAD {tmp_path / 'bad.png'}: not a readable image" in capsys.readouterr().out  # the file named once
+    assert not [r for r in caplog.records if "bad.png" in r.getMessage()]  # and reported once, not also logged
     assert main(["data", "check", "mnist5k"]) == 0
 
 

@@ -98,14 +98,14 @@ def list_image_files(root: Path) -> list[Path]:
 
 
 def decode_files(
-    files: list[Path], resolution: int, channels: int, on_bad_image: str, workers: int | None = None
+    files: list[Path], resolution: int, channels: int, on_bad_image: str, workers: int | None = None, warn: bool = True
 ) -> tuple[list[np.ndarray], list[int], list[tuple[Path, str]]]:
     """Decode many files on `workers` threads (default: one per CPU core; Pillow releases the GIL
     while it decodes and resizes). Returns ([R, R, C] uint8 arrays, indices kept, [(file, reason)]
     bad), in file order whatever the number of workers.
 
     With on_bad_image='error' the first bad file (in file order) raises; with 'skip' every bad
-    file is logged and returned, and the caller decides whether too many are bad
+    file is logged (unless not `warn`) and returned, and the caller decides whether too many are bad
     (`require_mostly_good`).
     """
     arrays, kept, bad = [], [], []
@@ -119,7 +119,8 @@ def decode_files(
             elif on_bad_image == "error":
                 raise DataError(f"{result}\n  (pass --on-bad-image skip to leave bad files out)") from None
             else:
-                log.warning("skipping bad image %s", result)
+                if warn:
+                    log.warning("skipping bad image %s", result)
                 bad.append((path, str(result)))
     finally:
         pool.shutdown(cancel_futures=True)  # after an error, files not yet started are not decoded

@@ -263,7 +263,7 @@ def check_spec(cfg: DataConfig) -> list[tuple[str, str]]:
         files = list_image_files(_existing(arg, "image folder"))
         if not files:
             return [(arg, "no images found")]
-        _, _, bad = decode_files(files, cfg.resolution, cfg.channels, "skip")
+        _, _, bad = decode_files(files, cfg.resolution, cfg.channels, "skip", warn=False)  # the caller reports them
         return [(str(path), reason) for path, reason in bad]
     try:
         load_data(cfg)
