@@ -44,6 +44,36 @@ def test_npz_errors(tmp_path):
         load_data(cfg(f"npz:{tmp_path / 'float.npz'}"))
 
 
+def broken_npz_files(folder):
+    """(path, what the error must say) for files that are not a readable .npz of images."""
+    np.save(folder / "single.npy", np.zeros((3, 8, 8), np.uint8))
+    np.savez_compressed(folder / "good.npz", images=np.arange(4000, dtype=np.uint8).reshape(10, 20, 20))
+    whole = (folder / "good.npz").read_bytes()
+    damaged = bytearray(whole)
+    damaged[100:300] = bytes(200)  # inside the compressed images member: its CRC no longer matches
+    np.savez(folder / "objects.npz", images=np.array([None, 1], dtype=object))
+    files = {
+        "empty.npz": (b"", "not a readable .npz file"),
+        "text.npz": (b"hello\n", r"neither \.npz nor \.npy"),
+        "truncated.npz": (whole[: len(whole) // 2], "not a readable .npz file"),
+        "damaged.npz": (bytes(damaged), "cannot read its 'images' array"),
+        "single.npz": ((folder / "single.npy").read_bytes(), "a single .npy array, not an .npz archive"),
+        "objects.npz": ((folder / "objects.npz").read_bytes(), "cannot read its 'images' array"),
+    }
+    for name, (data, _) in files.items():
+        (folder / name).write_bytes(data)
+    return [(folder / name, message) for name, (_, message) in files.items()]
+
+
+def test_unreadable_npz_files_are_data_errors(tmp_path):
+    """Not an .npz, cut short, damaged inside, a lone .npy, or pickled objects: each is a
+    DataError naming the file and the expected form, never a traceback from numpy or zipfile."""
+    for path, message in broken_npz_files(tmp_path):
+        with pytest.raises(DataError, match=message) as e:
+            load_data(cfg(f"npz:{path}"))
+        assert str(path) in str(e.value) and "numpy.savez" in str(e.value)
+
+
 def write_idx(path, array, gz=False):
     header = bytes([0, 0, 8, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
     raw = header + array.tobytes()

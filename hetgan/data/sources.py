@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import math
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -96,20 +98,36 @@ def read_npz(arg: str, cfg: DataConfig) -> ImageData:
     path = _existing(arg, "npz file")
     try:
         arrays = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from None
-    return _read_npz_arrays(arrays, cfg, str(path))
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        # numpy takes what is neither .npz nor .npy for a pickle, which it refuses to load
+        reason = "neither .npz nor .npy" if "pickled" in str(e) else e
+        raise DataError(f"{path}: not a readable .npz file ({reason}); {NPZ_FORM}") from None
+    if not isinstance(arrays, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single .npy array, not an .npz archive; {NPZ_FORM}")
+    with arrays:
+        return _read_npz_arrays(arrays, cfg, str(path))
+
+
+NPZ_FORM = "expected numpy.savez(FILE, images=uint8 (N,H,W) or (N,H,W,C)[, labels=...])"
 
 
 def _read_npz_arrays(arrays, cfg: DataConfig, where: str) -> ImageData:
     if "images" not in arrays.files:
         raise DataError(f"{where}: no 'images' array; found {arrays.files}")
-    images = arrays["images"]
-    labels = arrays["labels"].astype(np.int64) if "labels" in arrays.files else None
+    images = _npz_member(arrays, "images", where)
+    labels = _npz_member(arrays, "labels", where).astype(np.int64) if "labels" in arrays.files else None
     if labels is not None and len(labels) != len(images):
         raise DataError(f"{where}: {len(images)} images but {len(labels)} labels; counts must match")
     images = arrays_to_model(images, cfg.resolution, cfg.channels, where)
     return ImageData(images, labels, None, where)
+
+
+def _npz_member(arrays, name: str, where: str) -> np.ndarray:
+    """One array of an .npz archive; a damaged or pickled member is a DataError naming it."""
+    try:
+        return arrays[name]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{where}: cannot read its '{name}' array ({e}); {NPZ_FORM}") from None
 
 
 # --- MNIST IDX (http format of LeCun et al.) -------------------------------------------------
