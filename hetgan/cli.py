@@ -332,7 +332,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     out = json_path(args.json)
     G = load_generator(args.run or args.artifact)
-    n = args.n or (2500 if len(G.shape) == 1 else 5000)
+    n = args.n if args.n is not None else (2500 if len(G.shape) == 1 else 5000)
     metrics = tuple(args.metrics) if args.metrics else None
     result = evaluate(G, n=n, seed=args.seed, metrics=metrics, evalnet=args.evalnet, inception=args.inception)
     print(format_table(result))

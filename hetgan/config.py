@@ -18,6 +18,8 @@ import yaml
 
 from hetgan.errors import ConfigError
 
+MIN_EVAL_N = 10  # fewest samples a metric is computed from (the k-NN metrics need more than k)
+
 
 @dataclass
 class ModelConfig:
@@ -159,7 +161,7 @@ class TrainConfig:
                 "accel.optimizer_impl must be default, foreach or fused",
             ),
             (self.train.eval_kimg >= 0, "train.eval_kimg must be >= 0 (0 = off)"),
-            (self.train.eval_n >= 10, "train.eval_n must be >= 10"),
+            (self.train.eval_n >= MIN_EVAL_N, f"train.eval_n must be >= {MIN_EVAL_N}"),
         ]
         bad = [self._with_values(msg) for ok, msg in checks if not ok]
         if self.train.batch_size % self.loss.pack:

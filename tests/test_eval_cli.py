@@ -44,6 +44,10 @@ def test_eval_cli_table_and_json(digits_run, tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["n_generated"] == 300 and result["seed"] == 0 and 0 <= result["precision"] <= 1
     assert main(["eval", "--run", str(digits_run), "--n", "300", "--metrics", "nope"]) == 2
+    capsys.readouterr()
+    for n in ("0", "9"):  # 0 is not "unset": it used to score the default 5000
+        assert main(["eval", "--run", str(digits_run), "--n", n]) == 2
+        assert f"n={n}: too few samples to score; at least 10" in capsys.readouterr().err
 
 
 def test_eval_on_2d_run_reports_modes(tmp_path, capsys):

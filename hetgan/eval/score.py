@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from hetgan.artifact import Generator
-from hetgan.config import TrainConfig
+from hetgan.config import MIN_EVAL_N, TrainConfig
 from hetgan.data import Mixture, load_data
 from hetgan.data.sources import parse_spec
 from hetgan.errors import HetganError
@@ -80,6 +80,11 @@ class Evaluator:
         self.real = real_features(self.net, self.data.images[order])
 
     def __call__(self, G: Generator, n: int) -> dict:
+        if n < MIN_EVAL_N:
+            raise HetganError(
+                f"n={n}: too few samples to score; at least {MIN_EVAL_N}, and FID and KID are biased "
+                "below a few thousand (the default is 5000 images, 2500 points)"
+            )
         if isinstance(self.data, Mixture):
             points = G.sample(n, seed=self.seed).numpy()
             return {
