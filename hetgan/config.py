@@ -255,15 +255,25 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set train.batch_size=128")
         name, text = item.split("=", 1)
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
-        set_field(cfg, name.strip(), value, "--set")
+        target, leaf, expected = _field(cfg, name.strip(), "--set")
+        if expected is str:  # as typed: "true" or "1e3" is a string here, not a bool or a float
+            value = text.strip()
+        else:
+            try:
+                value = yaml.safe_load(text) if text.strip() else ""
+            except yaml.YAMLError:
+                value = text
+        setattr(target, leaf, _coerce(value, expected, name.strip(), "--set"))
     return cfg.validate()
 
 
 def set_field(cfg: TrainConfig, name: str, value: Any, where: str) -> None:
+    target, leaf, expected = _field(cfg, name, where)
+    setattr(target, leaf, _coerce(value, expected, name, where))
+
+
+def _field(cfg: TrainConfig, name: str, where: str) -> tuple[Any, str, type]:
+    """(the section holding field `name`, the field's name in it, its type)."""
     parts = name.split(".")
     target: Any = cfg
     for part in parts[:-1]:
@@ -276,7 +286,7 @@ def set_field(cfg: TrainConfig, name: str, value: Any, where: str) -> None:
     expected = typing.get_type_hints(type(target))[leaf]
     if dataclasses.is_dataclass(expected):
         raise ConfigError(f"{where}: {name!r} is a section; set one of its fields, e.g. {name}.X=V")
-    setattr(target, leaf, _coerce(value, expected, name, where))
+    return target, leaf, expected
 
 
 def _coerce(value: Any, expected: type, name: str, where: str) -> Any:

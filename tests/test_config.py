@@ -12,6 +12,11 @@ def test_override_parses_and_types_values():
     assert cfg.accel.channels_last is True
 
 
+def test_a_text_field_takes_the_text_as_typed():
+    cfg = apply_overrides(TrainConfig(), ["train.evalnet=1.0e3", "loss.augment=true", "data.spec= mnist5k "])
+    assert (cfg.train.evalnet, cfg.loss.augment, cfg.data.spec) == ("1.0e3", "true", "mnist5k")
+
+
 def test_int_is_accepted_for_float_field():
     cfg = apply_overrides(TrainConfig(), ["train.kimg=3"])
     assert cfg.train.kimg == 3.0 and isinstance(cfg.train.kimg, float)
