@@ -12,6 +12,7 @@ from hetgan.errors import CheckpointError, HetganError, TrainingDiverged
 from hetgan.presets import PRESETS
 from hetgan.training import Trainer, run_training, train
 from hetgan.training.checkpoint import list_checkpoints, load_latest_checkpoint
+from hetgan.training.rundir import run_lock
 from hetgan.training.trainer import flag_needs_host, lr_scale
 from tests.conftest import tiny_config
 
@@ -277,6 +278,18 @@ def test_a_run_whose_set_up_fails_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(HetganError, match="broken.png"):
         train(cfg, progress=False)  # runs/NNNNN-tiny
     assert not any((tmp_path / "runs").iterdir())
+
+
+def test_a_run_being_written_cannot_be_resumed_a_second_time(tiny, tmp_path):
+    """A second `train --resume` of a run that a live process is writing is refused, and
+    leaves the run as it was; once the first one has let go, the resume goes ahead."""
+    run = train(tiny, out=tmp_path / "run", progress=False)
+    metrics = (run / "metrics.jsonl").read_text()
+    with run_lock(run):  # as a `train` in another process holds it
+        with pytest.raises(HetganError, match=r"being written by another `hetgan train` \(pid \d+ on "):
+            train(resume=run, overrides=["train.kimg=0.24"], progress=False)
+    assert (run / "metrics.jsonl").read_text() == metrics
+    assert run_training(resume=run, overrides=["train.kimg=0.24"], progress=False).kimg == pytest.approx(0.24)
 
 
 def prefetch_threads():

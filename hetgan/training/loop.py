@@ -24,7 +24,7 @@ from hetgan.report.plots import make_plots
 from hetgan.sampling import write_samples
 from hetgan.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from hetgan.training.monitor import Monitor
-from hetgan.training.rundir import MetricsWriter, new_run_dir, run_log, write_config, write_machine
+from hetgan.training.rundir import LOCK_NAME, MetricsWriter, new_run_dir, run_lock, run_log, write_config, write_machine
 from hetgan.training.trainer import Trainer
 
 log = logging.getLogger("hetgan")
@@ -91,7 +91,7 @@ def run_training(
         cfg = resumed_config(run_dir, overrides or [])
     trainer = None
     try:
-        with run_log(run_dir):
+        with run_lock(run_dir), run_log(run_dir):
             trainer = Trainer(cfg)
             try:
                 return _run(trainer, run_dir, not fresh, allow_config_change, progress)
@@ -105,8 +105,9 @@ def run_training(
 def discard_empty_run(run_dir: Path, made_dir: bool) -> None:
     """Remove what a run whose set-up failed left: its log.txt, and the folder if this call made
     it, so that the same `--out` can be used again once the input is fixed."""
-    if {p.name for p in run_dir.iterdir()} <= {"log.txt"}:
-        (run_dir / "log.txt").unlink(missing_ok=True)
+    if {p.name for p in run_dir.iterdir()} <= {"log.txt", LOCK_NAME}:
+        for name in ("log.txt", LOCK_NAME):
+            (run_dir / name).unlink(missing_ok=True)
         if made_dir:
             run_dir.rmdir()
 

@@ -7,6 +7,7 @@ runs/00003-dcgan_mnist/
   samples/             fixed-seed grids over time (step-NNNNNNNNN.png, final.png)
   checkpoints/         resumable training state (see checkpoint.py)
   generator.safetensors  the deployable artifact (G_ema + config + version)
+  .lock                held by the `train` writing the run (`run_lock`)
 """
 
 from __future__ import annotations
@@ -52,6 +53,40 @@ def new_run_dir(out: str | Path | None, preset: str, root: str | Path = "runs") 
             return path
         except FileExistsError:
             number += 1
+
+
+LOCK_NAME = ".lock"
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory while a `train` writes to it, so that a second
+    `train --resume` of the same run (another terminal, a scheduler's retry) is refused instead
+    of interleaving two runs' checkpoints and metrics. The OS drops the lock when the process
+    ends, however it ends (SIGKILL too), so no stale lock is left. POSIX only (fcntl.flock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    with open(run_dir / LOCK_NAME, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown process"
+            raise HetganError(
+                f"{run_dir} is being written by another `hetgan train` ({holder}); "
+                "wait for it to finish, or stop it (Ctrl-C saves a checkpoint) and resume then"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {platform.node()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_config(run_dir: Path, cfg: TrainConfig) -> None:
