@@ -89,16 +89,17 @@ def run_training(
     else:
         run_dir = Path(resume)
         cfg = resumed_config(run_dir, overrides or [])
-    trainer = None
+    locked, trainer = False, None
     try:
         with run_lock(run_dir), run_log(run_dir):
+            locked = True  # the folder is ours: another run holding it is never cleaned away
             trainer = Trainer(cfg)
             try:
                 return _run(trainer, run_dir, not fresh, allow_config_change, progress)
             finally:
                 trainer.close()
     finally:
-        if fresh and trainer is None:  # the set-up failed (bad data, a device it lacks): no run began
+        if fresh and locked and trainer is None:  # the set-up failed (bad data, a device it lacks): no run began
             discard_empty_run(run_dir, made_dir)
 
 
