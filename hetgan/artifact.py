@@ -49,8 +49,10 @@ class Generator(nn.Module):
         z is drawn on the CPU from `seed`, so a seed gives the same z on every device.
         """
         z = torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed))
-        chunks = [self.G(z[i : i + batch_size].to(self.device)).float().cpu() for i in range(0, n, batch_size)]
-        return torch.cat(chunks) if chunks else torch.empty(0, *self.shape)
+        out = torch.empty(n, *self.shape)  # filled batch by batch: no second copy to concatenate
+        for i in range(0, n, batch_size):
+            out[i : i + batch_size] = self.G(z[i : i + batch_size].to(self.device))
+        return out
 
 
 @torch.no_grad()

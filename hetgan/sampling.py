@@ -14,10 +14,14 @@ from hetgan.errors import HetganError
 from hetgan.fileio import atomic_write_bytes
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C]."""
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
+def to_uint8(images: torch.Tensor, chunk: int = 1024) -> np.ndarray:
+    """[N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C], `chunk` images at a time, so that the float
+    temporaries stay small next to the samples themselves (50,000 RGB 64x64 samples are 2.4 GB)."""
+    out = torch.empty(images.shape, dtype=torch.uint8)
+    for i in range(0, len(images), chunk):
+        x = images[i : i + chunk].detach().float().cpu()
+        out[i : i + chunk] = x.clamp(-1, 1).add_(1).mul_(127.5).round_()  # clamp copies: the input stays
+    return out.permute(0, 2, 3, 1).numpy()
 
 
 def grid_image(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> Image.Image:

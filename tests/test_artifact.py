@@ -61,6 +61,16 @@ def test_write_samples_forms(tmp_path):
     assert npz["images"].shape == (5, 8, 8, 3) and npz["images"].dtype == np.uint8
 
 
+def test_to_uint8_in_chunks_matches_the_whole_and_leaves_its_input():
+    from hetgan.sampling import to_uint8
+
+    images = torch.randn(7, 3, 4, 5) * 1.5  # some beyond [-1, 1]
+    before = images.clone()
+    whole = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(to_uint8(images, chunk=3), whole)  # chunks of 3, 3 and 1
+    assert torch.equal(images, before)
+
+
 def test_write_samples_folder_and_points(tmp_path):
     images = torch.rand(3, 1, 8, 8) * 2 - 1
     folder = write_samples(images, str(tmp_path / "pngs") + "/")
