@@ -292,6 +292,19 @@ def test_a_run_being_written_cannot_be_resumed_a_second_time(tiny, tmp_path):
     assert run_training(resume=run, overrides=["train.kimg=0.24"], progress=False).kimg == pytest.approx(0.24)
 
 
+def test_a_file_system_without_locks_trains_unguarded(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with run_lock(tmp_path):
+        entered = True
+    assert entered and "cannot lock" in caplog.text
+
+
 def prefetch_threads():
     return [t for t in threading.enumerate() if t.name == "hetgan-prefetch"]
 

@@ -79,6 +79,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
                 f"{run_dir} is being written by another `hetgan train` ({holder}); "
                 "wait for it to finish, or stop it (Ctrl-C saves a checkpoint) and resume then"
             ) from None
+        except OSError as e:  # a file system without locks (some network mounts): go on unguarded
+            log.warning("cannot lock %s (%s): a second train of this run would not be refused", run_dir, e)
+            yield
+            return
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {platform.node()}\n")
