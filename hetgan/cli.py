@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from hetgan import __version__
-from hetgan.config import DataConfig, apply_overrides, field_names
+from hetgan.config import DataConfig, apply_overrides, field_names, to_dict
 from hetgan.errors import HetganError
 
 log = logging.getLogger("hetgan")
@@ -289,7 +289,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     out = json_path(args.json)
     cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), flag_overrides(args) + args.set)
     result = run_tune(cfg, args.seconds, args.rounds)
-    write_json(out, {"chosen": result.chosen.overrides, "table": [vars(c) for c in result.table]})
+    if out:
+        from hetgan.placement import resolve_device
+        from hetgan.training.rundir import machine_info, utc_now
+
+        record = {"date": utc_now(), "machine": machine_info(resolve_device(cfg.accel.device)), "config": to_dict(cfg)}
+        write_json(out, {**record, "chosen": result.chosen.overrides, "table": [vars(c) for c in result.table]})
     return 0
 
 

@@ -325,6 +325,9 @@ def test_bench_cli_writes_json(tmp_path, capsys):
     results = json.loads(out.read_text())
     assert [r["batch_size"] for r in results] == [50, 100] and all(r["flops_per_image"] > 0 for r in results)
     assert all(r["accel"]["d_device"] == "cpu" and r["accel"]["g_device"] == "" for r in results)
+    # a record that stands on its own: when, on what, and the whole config
+    assert [r["config"]["train"]["batch_size"] for r in results] == [50, 100]
+    assert all(r["machine"]["torch"] == torch.__version__ and r["date"].startswith("20") for r in results)
 
 
 @pytest.mark.slow
@@ -337,7 +340,9 @@ def test_tune_cli_on_cpu_picks_a_sound_candidate(tmp_path, capsys):
     assert "BEST" in printed and "chosen:" in printed
     import json
 
-    table = json.loads(out.read_text())["table"]
+    record = json.loads(out.read_text())
+    assert record["machine"]["cpu_count"] == os.cpu_count() and record["config"]["preset"] == "mlp_ring8"
+    table = record["table"]
     assert table[0]["name"].startswith("plain") and table[0]["max_rel_error"] == 0.0
     if (os.cpu_count() or 1) > 1:  # threads=1 is tried wherever it differs from the plain config
         assert any(row["name"].startswith("threads=") for row in table)

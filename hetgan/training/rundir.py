@@ -12,6 +12,7 @@ runs/00003-dcgan_mnist/
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -142,8 +143,8 @@ class MetricsWriter:
             f.write(json.dumps(record) + "\n")
 
 
-def write_machine(run_dir: Path, device: torch.device) -> None:
-    """What the run ran on, for the report: platform, versions, device, threads."""
+def machine_info(device: torch.device) -> dict:
+    """What a run or a benchmark ran on: platform, CPU model, versions, device (GPU name), threads."""
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -154,6 +155,31 @@ def write_machine(run_dir: Path, device: torch.device) -> None:
         "hetgan": __version__,
         "device": str(device),
     }
+    model = cpu_model()
+    if model:
+        info["cpu_model"] = model
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    atomic_write_bytes(run_dir / "machine.json", json.dumps(info, indent=1).encode())
+    return info
+
+
+def utc_now() -> str:
+    """The time, for a benchmark record: e.g. 2026-11-22T10:15:03+00:00."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux), which platform.processor() leaves empty."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def write_machine(run_dir: Path, device: torch.device) -> None:
+    """machine_info for the report."""
+    atomic_write_bytes(run_dir / "machine.json", json.dumps(machine_info(device), indent=1).encode())
