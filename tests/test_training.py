@@ -46,6 +46,10 @@ def test_run_directory_is_never_overwritten(tiny, tmp_path):
     train(tiny, out=tmp_path / "run", progress=False)
     with pytest.raises(HetganError, match="never overwritten"):
         train(tiny, out=tmp_path / "run", progress=False)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(HetganError, match="notes.txt: is a file; --out names the run directory"):
+        train(tiny, out=tmp_path / "notes.txt", progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_numbered_run_dirs(tiny, tmp_path, monkeypatch):

@@ -36,6 +36,8 @@ def new_run_dir(out: str | Path | None, preset: str, root: str | Path = "runs") 
     """Create a fresh run directory: `out`, or `root/NNNNN-<preset>` with the next free number."""
     if out is not None:
         path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise HetganError(f"{path}: is a file; --out names the run directory to create, e.g. --out runs/mine")
         if path.exists() and any(path.iterdir()):
             raise HetganError(
                 f"{path}: output directory exists and is not empty; a run directory is never "
