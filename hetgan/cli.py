@@ -238,20 +238,26 @@ def run_tune(cfg, seconds: float, rounds: int = 3):
     return result
 
 
-def json_path(arg: str | None) -> Path | None:
-    """The --json file, checked before the work starts, so that a bad path cannot lose a finished
-    benchmark: a folder is refused, and so is a parent that is a file or cannot be written."""
-    if not arg:
-        return None
+def output_path(arg: str, flag: str, example: str) -> Path:
+    """A file (or, for an `arg` ending in "/", a folder) that the command will write, checked
+    before the work starts so that a bad path cannot lose finished work: a folder where a file is
+    wanted is refused (and the reverse), and so is a parent that is a file or cannot be written."""
     path = Path(arg)
-    if path.is_dir():
-        raise HetganError(f"--json {arg}: that is a folder; name a file in it, e.g. --json {path / 'results.json'}")
+    if arg.endswith(("/", "\\")):
+        if path.exists() and not path.is_dir():
+            raise HetganError(f"{flag} {arg}: {path} is a file, not a folder; pick another path")
+    elif path.is_dir():
+        raise HetganError(f"{flag} {arg}: that is a folder; name a file in it, e.g. {flag} {path / example}")
     ancestor = next(p for p in path.absolute().parents if p.exists())
     if not ancestor.is_dir():
-        raise HetganError(f"--json {arg}: {ancestor} is a file, so no folder can be made there; pick another path")
+        raise HetganError(f"{flag} {arg}: {ancestor} is a file, so no folder can be made there; pick another path")
     if not os.access(ancestor, os.W_OK):
-        raise HetganError(f"--json {arg}: {ancestor} is not writable; pick another path")
+        raise HetganError(f"{flag} {arg}: {ancestor} is not writable; pick another path")
     return path
+
+
+def json_path(arg: str | None) -> Path | None:
+    return output_path(arg, "--json", "results.json") if arg else None
 
 
 def write_json(path: Path | None, obj) -> None:
@@ -316,10 +322,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from hetgan.artifact import load_generator
     from hetgan.data import Mixture, load_data
-    from hetgan.sampling import write_samples
+    from hetgan.sampling import output_form, write_samples
 
     if args.n < 1:
         raise HetganError(f"--n must be at least 1, got {args.n}")
+    output_form(output_path(args.out, "--out", "samples.png"), args.out)  # before the sampling
     G = load_generator(args.run or args.artifact, device=args.device)
     samples = G.sample(args.n, seed=args.seed)
     modes = None
@@ -357,11 +364,12 @@ def cmd_evalnet(args: argparse.Namespace) -> int:
     from hetgan.data import ImageData, load_data
     from hetgan.eval.evalnet import save_evalnet, train_evalnet
 
+    out = output_path(args.out, "--out", "evalnet.safetensors")
     data = load_data(DataConfig(spec=args.data, resolution=args.resolution, channels=args.channels))
     if not isinstance(data, ImageData):
         raise HetganError(f"{args.data}: feature networks are for images, not 2-D points")
     net = train_evalnet(data, epochs=args.epochs)
-    out = save_evalnet(net, Path(args.out))
+    out = save_evalnet(net, out)
     print(f"held-out accuracy {net.cfg.held_out_accuracy:.4f} on {net.cfg.held_out_count} items; wrote {out}")
     return 0
 
@@ -369,7 +377,8 @@ def cmd_evalnet(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from hetgan.report.html import build_report
 
-    out = build_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    out = output_path(args.out, "--out", "report.html") if args.out else None
+    out = build_report(Path(args.run_dir), out)
     print(f"wrote {out}")
     return 0
 

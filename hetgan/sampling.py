@@ -68,6 +68,15 @@ def scatter_png(points: torch.Tensor, modes: np.ndarray | None, title: str = "")
     return buf.getvalue()
 
 
+def output_form(out: Path, text: str) -> str:
+    """ "folder", "npz" or "png" for an --out given as `text`; anything else is an error."""
+    if text.endswith(("/", "\\")):
+        return "folder"
+    if out.suffix in (".npz", ".png"):
+        return out.suffix[1:]
+    raise HetganError(f"{out}: unknown output form {out.suffix!r}; use FILE.png (grid), FILE.npz or DIR/ (PNGs)")
+
+
 def write_samples(samples: torch.Tensor, out: str | Path, modes: np.ndarray | None = None) -> Path:
     """Write samples by the form of `out`: `.png` grid or scatter, `.npz`, or a folder `dir/`.
 
@@ -76,23 +85,22 @@ def write_samples(samples: torch.Tensor, out: str | Path, modes: np.ndarray | No
     is_points = samples.dim() == 2
     text = str(out)
     out = Path(out)
-    if text.endswith("/") or text.endswith("\\"):
+    form = output_form(out, text)
+    if form == "folder":
         if is_points:
             raise HetganError(f"{out}: 2-D samples cannot be written as a folder of PNGs; use .npz or .png")
         return _write_folder(samples, Path(text.rstrip("/\\")))
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npz":
+    if form == "npz":
         buf = io.BytesIO()
         if is_points:
             np.savez(buf, points=samples.float().cpu().numpy().astype(np.float32))
         else:
             np.savez(buf, images=to_uint8(samples))
         atomic_write_bytes(out, buf.getvalue())
-    elif out.suffix == ".png":
+    else:
         data = scatter_png(samples, modes) if is_points else png_bytes(grid_image(samples))
         atomic_write_bytes(out, data)
-    else:
-        raise HetganError(f"{out}: unknown output form {out.suffix!r}; use FILE.png (grid), FILE.npz or DIR/ (PNGs)")
     return out
 
 

@@ -239,6 +239,25 @@ def test_output_cut_short_by_the_reader_is_not_a_crash():
     assert done.stdout.startswith("G (hetgan.models.dcgan.Generator)") and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["sample", "--run", "RUN", "--n", "4", "--out", "{file}/x.png"], "is a file, so no folder can be made there"),
+        (["sample", "--run", "RUN", "--n", "4", "--out", "{file}/"], "is a file, not a folder"),
+        (["sample", "--run", "RUN", "--n", "4", "--out", "{tmp}/x.gif"], "unknown output form '.gif'"),
+        (["report", "RUN", "--out", "{tmp}"], "that is a folder; name a file in it, e.g. --out"),
+        (["evalnet", "train", "--data", "mnist5k", "--out", "{tmp}"], "that is a folder; name a file in it"),
+    ],
+)
+def test_output_paths_are_checked_before_the_work(tmp_path, capsys, command, message):
+    """A path the command cannot write is refused first: here before the run (which does not
+    exist) is even read, so no finished work is lost to it."""
+    (tmp_path / "afile").write_text("")
+    args = [a.format(file=tmp_path / "afile", tmp=tmp_path).replace("RUN", str(tmp_path / "no-run")) for a in command]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_ctrl_c_outside_training_exits_quietly(monkeypatch, capsys):
     """Ctrl-C during `hetgan bench` (or tune, eval...) ends with "interrupted" and exit status
     130, the shell's code for SIGINT, not a traceback."""
