@@ -529,6 +529,17 @@ def test_timing_commands_refuse_empty_windows(capsys, command, flags, message):
     assert message in capsys.readouterr().err
 
 
+def test_the_python_api_checks_a_config_as_the_cli_does(tiny):
+    """A config built in Python gets the same range checks as one from --set: a clear error, not
+    a KeyError from deep in the trainer."""
+    from hetgan import autotune, run_bench
+
+    tiny.accel.precision = "fp8"
+    for call in (lambda: Trainer(tiny), lambda: run_bench(tiny, seconds=1), lambda: autotune(tiny, seconds=1)):
+        with pytest.raises(ConfigError, match=r"accel.precision must be fp32, bf16 or fp16 \(got 'fp8'\)"):
+            call()
+
+
 @pytest.mark.parametrize("command", ["tune", "bench"])
 def test_a_bad_json_path_is_refused_before_the_timing(tmp_path, capsys, monkeypatch, command):
     """A finished benchmark is never lost to a --json path that cannot be written."""

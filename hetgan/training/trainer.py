@@ -79,7 +79,7 @@ def lr_scale(optim: OptimConfig, kimg: float) -> float:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, data: Data | None = None) -> None:
-        self.cfg = cfg
+        self.cfg = cfg.validate()  # a config built in Python gets the checks `--set` gets
         accel = cfg.accel
         apply_backend_flags(accel)
         self.device = resolve_device(accel.device)
