@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -48,11 +49,18 @@ class Generator(nn.Module):
 
         z is drawn on the CPU from `seed`, so a seed gives the same z on every device.
         """
-        z = torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed))
         out = torch.empty(n, *self.shape)  # filled batch by batch: no second copy to concatenate
-        for i in range(0, n, batch_size):
-            out[i : i + batch_size] = self.G(z[i : i + batch_size].to(self.device))
+        for i, batch in self.sample_batches(n, seed, batch_size):
+            out[i : i + len(batch)] = batch
         return out
+
+    @torch.no_grad()
+    def sample_batches(self, n: int, seed: int = 0, batch_size: int = 256) -> Iterator[tuple[int, torch.Tensor]]:
+        """`sample(n, seed)` as (index of the first, batch) pairs, for callers that convert or
+        write each batch instead of holding n float samples: the same z and the same numbers."""
+        z = torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed))
+        for i in range(0, n, batch_size):
+            yield i, self.G(z[i : i + batch_size].to(self.device)).float().cpu()
 
 
 @torch.no_grad()

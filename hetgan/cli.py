@@ -322,17 +322,19 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from hetgan.artifact import load_generator
     from hetgan.data import Mixture, load_data
-    from hetgan.sampling import output_form, write_samples
+    from hetgan.sampling import output_form, sample_uint8, write_samples
 
     if args.n < 1:
         raise HetganError(f"--n must be at least 1, got {args.n}")
     output_form(output_path(args.out, "--out", "samples.png"), args.out)  # before the sampling
     G = load_generator(args.run or args.artifact, device=args.device)
-    samples = G.sample(args.n, seed=args.seed)
     modes = None
     if len(G.shape) == 1:
+        samples = G.sample(args.n, seed=args.seed)
         data = load_data(G.config.data)
         modes = data.modes if isinstance(data, Mixture) else None
+    else:
+        samples = sample_uint8(G, args.n, seed=args.seed)  # the same samples, a quarter of the memory
     out = write_samples(samples, args.out, modes)
     print(f"wrote {args.n} samples to {out}")
     return 0

@@ -24,9 +24,24 @@ def to_uint8(images: torch.Tensor, chunk: int = 1024) -> np.ndarray:
     return out.permute(0, 2, 3, 1).numpy()
 
 
-def grid_image(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> Image.Image:
-    """Tile [N, C, H, W] in [-1, 1] into one image, `ncol` columns (default: square-ish)."""
-    arr = to_uint8(images)
+def as_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, C] images as they are; [N, C, H, W] in [-1, 1] through to_uint8."""
+    return images if isinstance(images, np.ndarray) else to_uint8(images)
+
+
+def sample_uint8(G, n: int, seed: int = 0) -> np.ndarray:
+    """n image samples of generator `G` (hetgan.artifact.Generator) as uint8 [N, H, W, C],
+    converted batch by batch: memory for the uint8 images only, a quarter of n float samples."""
+    out = np.empty((n, *G.shape[1:], G.shape[0]), dtype=np.uint8)
+    for i, batch in G.sample_batches(n, seed):
+        out[i : i + len(batch)] = to_uint8(batch)
+    return out
+
+
+def grid_image(images: torch.Tensor | np.ndarray, ncol: int | None = None, pad: int = 2) -> Image.Image:
+    """Tile [N, C, H, W] in [-1, 1] (or uint8 [N, H, W, C]) into one image, `ncol` columns
+    (default: square-ish)."""
+    arr = as_uint8(images)
     n, h, w, c = arr.shape
     ncol = ncol or math.ceil(math.sqrt(n))
     nrow = math.ceil(n / ncol)
@@ -77,12 +92,13 @@ def output_form(out: Path, text: str) -> str:
     raise HetganError(f"{out}: unknown output form {out.suffix!r}; use FILE.png (grid), FILE.npz or DIR/ (PNGs)")
 
 
-def write_samples(samples: torch.Tensor, out: str | Path, modes: np.ndarray | None = None) -> Path:
+def write_samples(samples: torch.Tensor | np.ndarray, out: str | Path, modes: np.ndarray | None = None) -> Path:
     """Write samples by the form of `out`: `.png` grid or scatter, `.npz`, or a folder `dir/`.
+    Images come as [N, C, H, W] in [-1, 1] or as uint8 [N, H, W, C] (`sample_uint8`).
 
     Pass a folder as a string ending in "/" (a Path drops the trailing slash).
     """
-    is_points = samples.dim() == 2
+    is_points = samples.ndim == 2
     text = str(out)
     out = Path(out)
     form = output_form(out, text)
@@ -96,7 +112,7 @@ def write_samples(samples: torch.Tensor, out: str | Path, modes: np.ndarray | No
         if is_points:
             np.savez(buf, points=samples.float().cpu().numpy().astype(np.float32))
         else:
-            np.savez(buf, images=to_uint8(samples))
+            np.savez(buf, images=as_uint8(samples))
         atomic_write_bytes(out, buf.getvalue())
     else:
         data = scatter_png(samples, modes) if is_points else png_bytes(grid_image(samples))
@@ -104,10 +120,10 @@ def write_samples(samples: torch.Tensor, out: str | Path, modes: np.ndarray | No
     return out
 
 
-def _write_folder(samples: torch.Tensor, folder: Path) -> Path:
+def _write_folder(samples: torch.Tensor | np.ndarray, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     digits = max(5, len(str(len(samples))))
-    for i, arr in enumerate(to_uint8(samples)):
+    for i, arr in enumerate(as_uint8(samples)):
         img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
         atomic_write_bytes(folder / f"{i:0{digits}d}.png", png_bytes(img))
     return folder

@@ -30,6 +30,23 @@ def test_sample_batches_do_not_change_results(tiny, tmp_path):
     assert torch.allclose(G.sample(9, seed=1, batch_size=4), G.sample(9, seed=1, batch_size=256), atol=1e-6)
 
 
+def test_uint8_samples_batch_by_batch_equal_the_float_ones(tiny, tmp_path):
+    """What `hetgan sample` writes (converted batch by batch, never holding n float samples) is
+    exactly what the float samples give, in every output form."""
+    from hetgan.sampling import sample_uint8, to_uint8
+
+    G = load_generator(save_generator(Trainer(tiny).G_ema, tiny, tmp_path / "g.safetensors"))
+    as_bytes = sample_uint8(G, 300, seed=2)  # more than one batch of 256
+    floats = G.sample(300, seed=2)
+    assert as_bytes.shape == (300, 32, 32, 1) and np.array_equal(as_bytes, to_uint8(floats))
+    assert np.array_equal(np.load(write_samples(as_bytes, tmp_path / "a.npz"))["images"], as_bytes)
+    assert Image.open(write_samples(as_bytes, tmp_path / "a.png")).tobytes() == (
+        Image.open(write_samples(floats, tmp_path / "b.png")).tobytes()
+    )
+    folder = write_samples(as_bytes[:3], str(tmp_path / "pngs") + "/")
+    assert np.array_equal(np.asarray(Image.open(folder / "00002.png")), as_bytes[2, :, :, 0])
+
+
 def test_recalibrated_batchnorm_is_deterministic_and_differs_from_g(tiny, tmp_path):
     t = Trainer(tiny)
     for _ in range(3):
