@@ -84,7 +84,7 @@ def scatter_png(points: torch.Tensor, modes: np.ndarray | None, title: str = "")
 
 
 def output_form(out: Path, text: str) -> str:
-    """ "folder", "npz" or "png" for an --out given as `text`; anything else is an error."""
+    """The form of an --out given as `text`: "folder", "npz" or "png"; anything else is an error."""
     if text.endswith(("/", "\\")):
         return "folder"
     if out.suffix in (".npz", ".png"):
