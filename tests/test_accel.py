@@ -468,10 +468,14 @@ def test_gpu_fused_step_never_waits_for_the_gpu(tiny, precision):
 
 
 @GPU
-def test_gpu_fused_skip_with_d_on_the_gpu_and_g_on_the_cpu(tiny):
-    """G's phase loss is on the GPU (D's output) but G's optimiser and EMA are on the CPU: its
-    skip flag is read on the host; D's stays on the GPU. Non-finite steps are still skipped."""
-    tiny.accel.g_device, tiny.accel.d_device, tiny.accel.optimizer_impl = "cpu", "cuda", "fused"
+@pytest.mark.parametrize("g_placement", [{"g_device": "cpu"}, {"g_device": "cuda", "g_stages": "0-2@cuda,3-@cpu"}])
+def test_gpu_fused_skip_with_d_on_the_gpu_and_g_partly_on_the_cpu(tiny, g_placement):
+    """G's phase loss is on the GPU (D's output) but some of G's parameters, so some of its
+    optimiser and EMA, are on the CPU: its skip flag is read on the host; D's stays on the GPU.
+    Non-finite steps are still skipped."""
+    tiny.accel.d_device, tiny.accel.optimizer_impl = "cuda", "fused"
+    for name, value in g_placement.items():
+        setattr(tiny.accel, name, value)
     t = Trainer(tiny)
     result = t.step()
     assert isinstance(result.nonfinite["G"], bool) and torch.is_tensor(result.nonfinite["D"])
