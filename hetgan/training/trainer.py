@@ -105,11 +105,15 @@ class Trainer:
         self.scaler_D = grad_scaler(self.d_precision, self.d_device)
         # Fused Adam can skip a step on a device-side flag: then no phase waits for the device.
         self.skip_on_device = accel.optimizer_impl == "fused"
+        # G_ema's and G's parameters by device (G's stages may sit on several), for the EMA
+        # update with a device-side flag; grouped once, here, not on every step.
+        self.ema_groups: dict[torch.device, tuple[list[nn.Parameter], list[nn.Parameter]]] = {}
+        for ema_p, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
+            ema_list, g_list = self.ema_groups.setdefault(p.device, ([], []))
+            ema_list.append(ema_p)
+            g_list.append(p)
         # Where each phase's flag is read: its optimiser's parameters (and, for G, the EMA's).
-        self.flag_readers = {
-            "D": {p.device for p in self.D.parameters()},
-            "G": {p.device for p in self.G.parameters()},
-        }
+        self.flag_readers = {"D": {p.device for p in self.D.parameters()}, "G": set(self.ema_groups)}
         self.timer = None  # a PhaseTimer while benchmarking (hetgan.bench)
         self.step_count = 0
         self.nimg = 0
@@ -258,15 +262,13 @@ class Trainer:
         t = self.cfg.train
         ema_nimg = min(t.ema_kimg * 1000, self.nimg * t.ema_rampup) if t.ema_rampup else t.ema_kimg * 1000
         beta = 0.5 ** (t.batch_size * self.loss.n_critic / max(ema_nimg, 1e-8))
-        ema_params, params = list(self.G_ema.parameters()), list(self.G.parameters())
         if not torch.is_tensor(bad):
-            torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+            torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), 1.0 - beta)
         else:
             weight = (1.0 - beta) * (~bad).float()
-            for device in {p.device for p in params}:  # G's stages may sit on several devices
-                on = [i for i, p in enumerate(params) if p.device == device]
+            for device, (ema_params, params) in self.ema_groups.items():
                 w = weight.to(device, non_blocking=True)  # never GPU -> CPU: see flag_needs_host
-                torch._foreach_lerp_([ema_params[i] for i in on], [params[i] for i in on], w)
+                torch._foreach_lerp_(ema_params, params, w)
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
             b_ema.copy_(b)
 
