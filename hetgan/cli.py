@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from hetgan import __version__
-from hetgan.config import DataConfig, apply_overrides, field_names, to_dict
+from hetgan.config import DataConfig, apply_overrides, field_names
 from hetgan.errors import HetganError
 
 log = logging.getLogger("hetgan")
@@ -297,9 +297,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     result = run_tune(cfg, args.seconds, args.rounds)
     if out:
         from hetgan.placement import resolve_device
-        from hetgan.training.rundir import machine_info, utc_now
+        from hetgan.training.rundir import provenance
 
-        record = {"date": utc_now(), "machine": machine_info(resolve_device(cfg.accel.device)), "config": to_dict(cfg)}
+        record = provenance(cfg, resolve_device(cfg.accel.device))
         write_json(out, {**record, "chosen": result.chosen.overrides, "table": [vars(c) for c in result.table]})
     return 0
 

@@ -18,12 +18,12 @@ from torch.utils.flop_counter import flop_registry
 
 from hetgan.accel import DTYPES
 from hetgan.bench.textbook import TextbookLoop
-from hetgan.config import TrainConfig, to_dict
+from hetgan.config import TrainConfig
 from hetgan.data import ImageData
 from hetgan.data.sources import Data
 from hetgan.errors import ConfigError
 from hetgan.models import build_models
-from hetgan.training.rundir import machine_info, utc_now
+from hetgan.training.rundir import provenance
 from hetgan.training.trainer import Trainer
 
 
@@ -247,9 +247,7 @@ def measure(trainer: Trainer, seconds: float, textbook: bool, rounds: int) -> di
         "preset": cfg.preset,
         "batch_size": cfg.train.batch_size,
         "device": str(trainer.device),
-        "date": utc_now(),
-        "machine": machine_info(trainer.device),
-        "config": to_dict(cfg),
+        **provenance(cfg, trainer.device),
         "accel": dict(vars(cfg.accel)),
         "img_per_s": img_s,
         "img_per_s_rounds": speeds["hetgan"],

@@ -98,7 +98,7 @@ def read_npz(arg: str, cfg: DataConfig) -> ImageData:
     path = _existing(arg, "npz file")
     try:
         arrays = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    except NPZ_READ_ERRORS as e:
         # numpy takes what is neither .npz nor .npy for a pickle, which it refuses to load
         reason = "neither .npz nor .npy" if "pickled" in str(e) else e
         raise DataError(f"{path}: not a readable .npz file ({reason}); {NPZ_FORM}") from None
@@ -109,6 +109,9 @@ def read_npz(arg: str, cfg: DataConfig) -> ImageData:
 
 
 NPZ_FORM = "expected numpy.savez(FILE, images=uint8 (N,H,W) or (N,H,W,C)[, labels=...])"
+# What numpy and zipfile raise for a file or member that is not a readable array (zlib.error for a
+# damaged compressed member, ValueError for pickled objects, which allow_pickle=False refuses).
+NPZ_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 def _read_npz_arrays(arrays, cfg: DataConfig, where: str) -> ImageData:
@@ -126,7 +129,7 @@ def _npz_member(arrays, name: str, where: str) -> np.ndarray:
     """One array of an .npz archive; a damaged or pickled member is a DataError naming it."""
     try:
         return arrays[name]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except NPZ_READ_ERRORS as e:
         raise DataError(f"{where}: cannot read its '{name}' array ({e}); {NPZ_FORM}") from None
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from hetgan import __version__
-from hetgan.config import TrainConfig, dump_yaml
+from hetgan.config import TrainConfig, dump_yaml, to_dict
 from hetgan.errors import HetganError
 from hetgan.fileio import atomic_write_bytes
 
@@ -165,9 +165,14 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def utc_now() -> str:
-    """The time, for a benchmark record: e.g. 2026-11-22T10:15:03+00:00."""
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+def provenance(cfg: TrainConfig, device: torch.device) -> dict:
+    """When, on what and with which config a benchmark ran: the head of a `bench` or `tune`
+    record, the date in UTC (e.g. 2026-11-22T10:15:03+00:00)."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(device),
+        "config": to_dict(cfg),
+    }
 
 
 def cpu_model() -> str | None:
