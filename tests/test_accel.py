@@ -223,6 +223,23 @@ def test_textbook_step_costs_more_flops_than_hetgans(tiny):
     assert textbook_flops_per_image(tiny, Trainer(tiny)) > flops_per_image(tiny)
 
 
+def test_page_fault_benchmark_times_both_allocator_settings():
+    """benchmarks/page_faults.py, tiny: a child process per setting trains and reports its
+    windows, and the two settings' step times give a ratio."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cmd = [sys.executable, "benchmarks/page_faults.py", "--pairs", "1", "--rounds", "2", "--seconds", "0.3"]
+    cmd += ["--batch", "8", "--width", "8"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    rows = {line[:20].strip(): line[20:].split() for line in done.stdout.splitlines()[2:4]}
+    assert set(rows) == {"glibc defaults", "keep freed memory"}
+    assert all(float(ms) > 0 and float(img_s) > 0 for ms, img_s, *_ in rows.values())
+    assert "(mean of 2 windows each)" in done.stdout
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
 def test_conv_primitives_benchmark_sees_every_forward_convolution():
     """benchmarks/conv_primitives.py, tiny: the forward convolutions oneDNN reports for one step
