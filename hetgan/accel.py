@@ -72,8 +72,27 @@ def d_precision(cfg: AccelConfig, loss: LossConfig) -> str:
 
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
-    """fp16 needs loss scaling; bf16 has fp32's range and does not."""
+    """fp16 needs loss scaling; bf16 has fp32's range and does not. `device`: `loss_scale_device`."""
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def loss_scale_device(net: nn.Module, name: str) -> torch.device:
+    """Where a network's fp16 loss scaling runs: on its parameters' device, to which its loss is
+    moved before it is scaled (G's loss is D's output, on D's device).
+
+    GradScaler copies its scale to each gradient's device, and each device's overflow flag back to
+    the scale's, without waiting. A copy from an accelerator to the host that is not waited for may
+    be read before it has landed, so the scale must not sit on the CPU while gradients are on an
+    accelerator, nor the reverse; a network with parameters on both cannot use loss scaling."""
+    devices = list(dict.fromkeys(p.device for p in net.parameters()))
+    if len({d.type == "cpu" for d in devices}) > 1:
+        raise ConfigError(
+            f"accel.precision=fp16 cannot scale the loss of {name}, whose stages are on "
+            f"{', '.join(map(str, devices))}: the loss scaler would read a GPU's overflow flag on the "
+            "host before it has landed; use accel.precision=bf16 (which needs no loss scaling), or "
+            f"keep {name}'s stages all on accelerators or all on the CPU"
+        )
+    return devices[0]
 
 
 def make_optimizer(params, lr: float, betas: tuple[float, float], impl: str) -> torch.optim.Adam:

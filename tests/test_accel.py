@@ -53,6 +53,19 @@ def test_fp16_scaler_state_is_checkpointed(tiny):
     assert b.scaler_G.get_scale() == 1024.0
 
 
+def test_fp16_loss_scale_sits_with_the_parameters_never_across_host_and_accelerator():
+    """GradScaler copies its scale to the gradients' devices and their overflow flags back without
+    waiting, so the scale sits on the network's own device, and a network with parameters on the
+    CPU and an accelerator is refused (the meta device stands in for an accelerator here)."""
+    from hetgan.accel import loss_scale_device
+
+    on_cpu, on_meta = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2, device="meta")
+    assert loss_scale_device(on_cpu, "G") == torch.device("cpu")
+    assert loss_scale_device(torch.nn.Sequential(on_meta, torch.nn.Linear(2, 2, device="meta")), "D").type == "meta"
+    with pytest.raises(ConfigError, match=r"cannot scale the loss of G, whose stages are on cpu, meta.*bf16"):
+        loss_scale_device(torch.nn.Sequential(on_cpu, on_meta), "G")
+
+
 def test_cuda_graphs_need_cuda(tiny):
     tiny.accel.cuda_graphs = True
     tiny.accel.device = "cpu"
@@ -501,6 +514,35 @@ def test_gpu_fused_skip_with_d_on_the_gpu_and_g_partly_on_the_cpu(tiny, g_placem
     g_before = [p.detach().clone() for p in (*t.G.parameters(), *t.G_ema.parameters())]
     assert t.step().skipped == ["D", "G"]
     assert all(torch.equal(a, b) for a, b in zip(g_before, (*t.G.parameters(), *t.G_ema.parameters()), strict=True))
+
+
+@GPU
+@pytest.mark.parametrize("impl", ["default", "fused"])
+def test_gpu_fp16_with_g_on_the_gpu_and_d_on_the_cpu(tiny, impl):
+    """G's loss is D's output, on the CPU; its loss scale and overflow flags stay on the GPU with
+    G's gradients, so no scaler reads a flag the GPU has not yet written. Non-finite steps are
+    skipped and leave G untouched."""
+    tiny.accel.g_device, tiny.accel.d_device = "cuda", "cpu"
+    tiny.accel.precision, tiny.accel.optimizer_impl = "fp16", impl
+    t = Trainer(tiny)
+    for _ in range(3):
+        assert not t.step().skipped
+    assert t.scaler_G._scale.device.type == "cuda" and t.scaler_D._scale.device.type == "cpu"
+    with torch.no_grad():
+        next(t.D.parameters()).fill_(float("nan"))
+    g_before = [p.detach().clone() for p in (*t.G.parameters(), *t.G_ema.parameters())]
+    scale = t.scaler_G.get_scale()
+    assert t.step().skipped == ["D", "G"]
+    # Skipped on the device, the step goes through the scaler, whose update sees the overflow.
+    assert t.scaler_G.get_scale() == (scale / 2 if impl == "fused" else scale)
+    assert all(torch.equal(a, b) for a, b in zip(g_before, (*t.G.parameters(), *t.G_ema.parameters()), strict=True))
+
+
+@GPU
+def test_gpu_fp16_refuses_a_network_split_over_the_gpu_and_the_cpu(tiny):
+    tiny.accel.device, tiny.accel.precision, tiny.accel.g_stages = "cuda", "fp16", "0-2@cuda,3-@cpu"
+    with pytest.raises(ConfigError, match="cannot scale the loss of G, whose stages are on cuda:0, cpu"):
+        Trainer(tiny)
 
 
 @GPU

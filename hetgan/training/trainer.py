@@ -27,6 +27,7 @@ from hetgan.accel import (
     compiled,
     d_precision,
     grad_scaler,
+    loss_scale_device,
     make_optimizer,
     to_channels_last,
 )
@@ -101,8 +102,13 @@ class Trainer:
         self.sampler = make_sampler(self.data, cfg.seed, self.data_device, cfg.data.loader, cfg.data.resident_max_mb)
         self.G_fwd, self.D_fwd = compiled(self.G, self.D, accel, cfg.loss)
         self.g_precision, self.d_precision = accel.precision, d_precision(accel, cfg.loss)
-        self.scaler_G = grad_scaler(self.g_precision, self.g_device)
-        self.scaler_D = grad_scaler(self.d_precision, self.d_device)
+        # fp16 loss scaling on each network's own device (its loss is moved there to be scaled).
+        self.scale_device = {
+            name: loss_scale_device(net, name.upper()) if precision == "fp16" else None
+            for name, net, precision in (("g", self.G, self.g_precision), ("d", self.D, self.d_precision))
+        }
+        self.scaler_G = grad_scaler(self.g_precision, self.scale_device["g"])
+        self.scaler_D = grad_scaler(self.d_precision, self.scale_device["d"])
         # Fused Adam can skip a step on a device-side flag: then no phase waits for the device.
         self.skip_on_device = accel.optimizer_impl == "fused"
         # G_ema's and G's parameters by device (G's stages may sit on several), for the EMA
@@ -239,6 +245,8 @@ class Trainer:
             # The scaler skips steps whose gradients are non-finite; a non-finite loss can still
             # give finite gradients (their seed is the scale), so make them NaN as well.
             loss = loss * torch.where(bad, float("nan"), 1.0)
+        if scaler:
+            loss = loss.to(self.scale_device[name])  # see loss_scale_device
         opt.zero_grad(set_to_none=True)
         with self.phase(f"{name}_backward"):
             (scaler.scale(loss) if scaler else loss).backward()
