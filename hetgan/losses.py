@@ -123,7 +123,8 @@ class WGANGPLoss(GANLoss):
         # One mixing weight per packed judgement, so a pack mixes consistently.
         n = len(real) // self.pack
         eps = torch.rand(n, generator=self.generator, device=self.generator.device)
-        eps = eps.repeat_interleave(self.pack).view(-1, *([1] * (real.dim() - 1))).to(real.dtype)
+        # Drawn where the generator is (G's input device), used where D is.
+        eps = eps.repeat_interleave(self.pack).view(-1, *([1] * (real.dim() - 1))).to(real.device, real.dtype)
         mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
         (grad,) = torch.autograd.grad(self.logits(D, mixed).sum(), mixed, create_graph=True)
         grad = pack(grad, self.pack).flatten(1)  # norm over everything D judged at once

@@ -76,3 +76,23 @@ def test_every_loss_gives_gradients_to_both_players(name):
     g_loss, _ = obj.g_loss(D, fake)
     g_loss.backward()
     assert G.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"name": name} for name in LOSSES.names()]
+    + [{"name": "bce", "r1_gamma": 1.0, "augment": "translation,cutout"}, {"name": "wgan-gp", "pack": 2}],
+    ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()),
+)
+def test_losses_run_on_d_device_while_their_generator_is_on_g_device(settings):
+    """The loss's generator sits with G's input (G on a GPU, D on the CPU, or the reverse), its
+    random draws are used where D is. The meta device stands in for D's device here."""
+    cfg = LossConfig()
+    for key, value in settings.items():
+        setattr(cfg, key, value)
+    obj = build_loss(cfg, torch.Generator().manual_seed(0))
+    D = nn.Sequential(nn.Flatten(), nn.Linear(cfg.pack * 12, 1)).to("meta")
+    real, fake = (torch.randn(4, 3, 2, 2, device="meta") for _ in range(2))
+    d_loss, stats = obj.d_loss(D, real, fake)
+    g_loss, _ = obj.g_loss(D, fake)
+    assert {t.device.type for t in (d_loss, g_loss, *stats.values())} == {"meta"}

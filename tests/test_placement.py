@@ -128,6 +128,21 @@ def test_g_on_gpu_d_on_cpu(tiny, tmp_path):
 
 
 @GPU
+@pytest.mark.parametrize("g_device,d_device", [("cuda", "cpu"), ("cpu", "cuda")])
+@pytest.mark.parametrize("loss", [{"name": "wgan-gp"}, {"r1_gamma": 1.0, "augment": "translation,cutout"}])
+def test_gpu_penalties_and_augmentation_with_g_and_d_apart(tiny, g_device, d_device, loss):
+    """The loss draws its random numbers (penalty mixing, augmentation) on G's input device and
+    uses them on D's."""
+    tiny.accel.g_device, tiny.accel.d_device = g_device, d_device
+    for name, value in loss.items():
+        setattr(tiny.loss, name, value)
+    t = Trainer(tiny)
+    for _ in range(3):
+        assert not t.step().skipped
+    assert all(torch.isfinite(p).all() for p in t.G_ema.parameters())
+
+
+@GPU
 def test_split_across_gpu_and_cpu_equals_all_gpu(tiny):
     tiny.accel.device = "cuda"
     torch.manual_seed(0)
