@@ -81,5 +81,5 @@ def test_every_preset_builds_and_validates():
 
 
 def test_unknown_preset_lists_presets():
-    with pytest.raises(ConfigError, match="dcgan_mnist"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'stylegan9'; valid: .*dcgan_mnist"):
         get_preset("stylegan9")
