@@ -39,7 +39,7 @@ else
 fi
 # The GPU-only tests (skipped on CPU machines), so a pass here is what counts for them.
 if [ "${TESTS:-1}" = 1 ]; then
-    run gpu_tests python -m pytest -q -m "slow or not slow" tests/test_accel.py tests/test_placement.py
+    run gpu_tests python -m pytest -q -m gpu tests
 fi
 # >= 5x the textbook loop on the same GPU at batch 64 (and what tune picks there).
 run train_throughput python benchmarks/train_throughput.py --device "$device" --rounds "$rounds" \

@@ -9,6 +9,12 @@ import torch
 from hetgan.config import TrainConfig
 
 
+def GPU(test):
+    """A test that needs a CUDA GPU: skipped without one; `pytest -m gpu` runs them all, as
+    benchmarks/gpu_suite.sh does."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
+
+
 @pytest.fixture
 def digits_npz(tmp_path):
     """128 random 28x28 'digits' with labels, as an npz the npz: reader accepts."""

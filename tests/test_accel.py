@@ -11,7 +11,7 @@ from hetgan.errors import ConfigError, TuneError
 from hetgan.models import build_models
 from hetgan.presets import get_preset
 from hetgan.training import Trainer
-from tests.conftest import tiny_config
+from tests.conftest import GPU, tiny_config
 
 KNOBS = [
     {"precision": "bf16"},
@@ -73,7 +73,7 @@ def test_cuda_graphs_need_cuda(tiny):
         Trainer(tiny)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@GPU
 def test_cuda_graphs_refuse_a_cpu_discriminator(tiny):
     tiny.accel.cuda_graphs = True
     tiny.accel.device, tiny.accel.d_device = "cuda", "cpu"
@@ -451,9 +451,6 @@ def test_tune_tries_placements_on_an_accelerator():
     fixed.accel.d_device = "cpu"  # the user placed D: tune keeps that and tunes the knobs only
     names = [c.name for c in candidates_for(fixed, torch.device("cuda"))]
     assert "channels_last + bf16" in names and not any(" on " in name for name in names)
-
-
-GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @GPU

@@ -6,6 +6,7 @@ import torch
 from hetgan.errors import CheckpointError
 from hetgan.training import checkpoint as ckpt
 from hetgan.training.trainer import Trainer
+from tests.conftest import GPU
 
 
 def save(root, step, value=1.0, keep=3):
@@ -104,3 +105,48 @@ def test_trainer_state_round_trip_is_exact(tiny, tmp_path, knobs):
 def test_resuming_a_run_without_checkpoints_says_what_to_do(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoints to resume from.*start it again with another --out"):
         ckpt.load_latest_checkpoint(tmp_path / "checkpoints")
+
+
+CUDA_RNG_STATE = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state: seed and offset
+
+
+@pytest.mark.parametrize("rng_device", ["cuda", None], ids=["named", "before-rng_device"])
+def test_resuming_on_another_device_type_reseeds_z_with_a_warning(tiny, caplog, rng_device):
+    """A run trained on a GPU and resumed on the CPU (e.g. under --device auto) cannot continue
+    the GPU generator's stream: z is reseeded from the seed and the step, with a warning, and the
+    run goes on. Checkpoints from before `rng_device` was kept are told apart by their state's form."""
+    a = Trainer(tiny)
+    for _ in range(2):
+        a.step()
+    tensors, meta = a.state()
+    assert meta["rng_device"] == "cpu"
+    tensors["rng.train"] = CUDA_RNG_STATE
+    if rng_device is None:
+        del meta["rng_device"]
+    else:
+        meta["rng_device"] = rng_device
+    b = Trainer(tiny)
+    with caplog.at_level(logging.WARNING, logger="hetgan"):
+        b.load_state(tensors, meta)
+    assert f"drawn on {rng_device or 'another device type'} and this run draws it on cpu" in caplog.text
+    expected = torch.Generator().manual_seed(tiny.seed + 1 + 2).get_state()
+    assert torch.equal(b.rng.get_state(), expected) and b.step_count == 2
+    assert not b.step().skipped
+
+
+@GPU
+def test_gpu_run_resumes_on_the_cpu_and_back(tiny, caplog):
+    tiny.accel.device = "cuda"
+    on_gpu = Trainer(tiny)
+    on_gpu.step()
+    tiny.accel.device = "cpu"
+    on_cpu = Trainer(tiny)
+    with caplog.at_level(logging.WARNING, logger="hetgan"):
+        on_cpu.load_state(*on_gpu.state())
+        on_cpu.step()
+        tiny.accel.device = "cuda"
+        back = Trainer(tiny)
+        back.load_state(*on_cpu.state())
+    assert "drawn on cuda and this run draws it on cpu" in caplog.text
+    assert "drawn on cpu and this run draws it on cuda" in caplog.text
+    assert not back.step().skipped and back.step_count == 3

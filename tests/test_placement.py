@@ -9,9 +9,7 @@ from hetgan.errors import ConfigError
 from hetgan.models import build_models
 from hetgan.placement import StagedSequential, parse_stages, resolve_device, split_network
 from hetgan.training import Trainer
-from tests.conftest import assert_train_alike
-
-GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+from tests.conftest import GPU, assert_train_alike
 
 
 def test_parse_stages():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -40,6 +41,8 @@ from hetgan.losses import build_loss
 from hetgan.models import build_models
 from hetgan.placement import input_device, resolve_device, split_network
 from hetgan.training.checkpoint import flatten_optimizer, restore_optimizer
+
+log = logging.getLogger("hetgan")
 
 SETTLE_EVERY = 256  # steps whose non-finite flags may wait on the device before they are counted
 
@@ -312,7 +315,7 @@ class Trainer:
         opt_g_tensors, opt_g_meta = flatten_optimizer("opt_G", self.opt_G)
         opt_d_tensors, opt_d_meta = flatten_optimizer("opt_D", self.opt_D)
         tensors.update(opt_g_tensors, **opt_d_tensors)
-        tensors["rng.train"] = self.rng.get_state()
+        tensors["rng.train"] = self.rng.get_state()  # a state whose form depends on the device type
         tensors["rng.torch_cpu"] = torch.get_rng_state()
         sampler_json = {}
         for k, v in self.sampler.state_dict().items():
@@ -325,6 +328,7 @@ class Trainer:
             "config": to_dict(self.cfg),
             "step": self.step_count,
             "nimg": self.nimg,
+            "rng_device": self.z_device.type,
             "nonfinite_total": self.nonfinite_total,
             "nonfinite_in_row": self.nonfinite_in_row,
             "opt_G": opt_g_meta,
@@ -341,7 +345,7 @@ class Trainer:
             getattr(self, name).load_state_dict(sd)
         restore_optimizer("opt_G", self.opt_G, tensors, meta["opt_G"])
         restore_optimizer("opt_D", self.opt_D, tensors, meta["opt_D"])
-        self.rng.set_state(tensors["rng.train"])
+        self._restore_rng(tensors["rng.train"], meta.get("rng_device"), meta["step"])
         torch.set_rng_state(tensors["rng.torch_cpu"])
         for name, scaler in self._scalers().items():
             scaler.load_state_dict(meta["scalers"][name])
@@ -350,3 +354,23 @@ class Trainer:
         self.sampler.load_state_dict(sampler_state)
         self.step_count, self.nimg = meta["step"], meta["nimg"]
         self.nonfinite_total, self.nonfinite_in_row = meta["nonfinite_total"], meta["nonfinite_in_row"]
+
+    def _restore_rng(self, state: torch.Tensor, saved_type: str | None, step: int) -> None:
+        """Continue the draws for z (and the loss's augmentation and penalty mixing) where the
+        checkpoint left them. A generator of another device type keeps its state in another form
+        (a run trained on a GPU and resumed on the CPU, e.g. under --device auto): it is then
+        reseeded from the config's seed and the step, and the run goes on, but not bit-for-bit."""
+        if saved_type in (None, self.z_device.type):  # None: a checkpoint from before rng_device
+            try:
+                self.rng.set_state(state)
+                return
+            except RuntimeError:  # a state of another form: saved on another device type
+                pass
+        self.rng.manual_seed(self.cfg.seed + 1 + step)
+        log.warning(
+            "the checkpoint's random stream for z was drawn on %s and this run draws it on %s, where "
+            "that stream cannot be continued: it is reseeded from the seed and the step, so the run "
+            "goes on, but not bit-for-bit as it would have on the original device",
+            saved_type or "another device type",
+            self.z_device.type,
+        )
