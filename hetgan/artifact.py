@@ -21,6 +21,7 @@ from hetgan.config import TrainConfig, from_dict, to_dict
 from hetgan.errors import CheckpointError
 from hetgan.fileio import atomic_write_bytes, read_safetensors
 from hetgan.models import build_models, sample_shape
+from hetgan.placement import resolve_device
 
 ARTIFACT_NAME = "generator.safetensors"
 FORMAT = "hetgan.generator/1"
@@ -102,8 +103,9 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
     """Load an artifact file, or a run directory's `generator.safetensors`.
 
     For a run directory that has not finished (no artifact yet), G_ema comes from its newest
-    valid checkpoint.
+    valid checkpoint. `device`: a name as `--device` takes it (auto, cpu, cuda[:i], mps, xpu).
     """
+    device = resolve_device(str(device))  # a clear error for a device this machine lacks
     path = Path(path)
     if path.is_dir():
         if not (path / ARTIFACT_NAME).exists() and (path / "checkpoints").is_dir():
@@ -121,7 +123,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
     return Generator(G, config).to(device)
 
 
-def _from_checkpoint(root: Path, device: str | torch.device) -> Generator:
+def _from_checkpoint(root: Path, device: torch.device) -> Generator:
     from hetgan.training.checkpoint import load_latest_checkpoint  # late: training imports this module
 
     path, tensors, meta = load_latest_checkpoint(root)

@@ -117,7 +117,7 @@ def add_sample(sub) -> None:
     s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="FILE.png (grid or 2-D scatter), FILE.npz, or DIR/ (PNGs)")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="cpu", help="auto, cpu, cuda[:i], mps or xpu to run G on (default cpu)")
 
 
 def add_eval(sub) -> None:

@@ -5,7 +5,7 @@ from PIL import Image
 
 from hetgan import load_generator
 from hetgan.artifact import save_generator
-from hetgan.errors import CheckpointError, HetganError
+from hetgan.errors import CheckpointError, ConfigError, HetganError
 from hetgan.sampling import write_samples
 from hetgan.training import Trainer, train
 from tests.conftest import tiny_config
@@ -22,6 +22,18 @@ def test_save_load_gives_identical_samples(tiny, tmp_path):
     assert not torch.equal(a, G1.sample(10, seed=6))
     assert a.min() >= -1 and a.max() <= 1
     assert G1.config.model.width == tiny.model.width  # config travels with the weights
+
+
+def test_loading_onto_a_device_this_machine_lacks_is_a_clear_error(tiny, tmp_path, capsys):
+    """`hetgan sample --device cuda` on a machine without one was torch's AssertionError."""
+    from hetgan.cli import main
+
+    path = save_generator(Trainer(tiny).G_ema, tiny, tmp_path / "g.safetensors")
+    with pytest.raises(ConfigError, match="device 'cuda:99' is not available on this machine"):
+        load_generator(path, device="cuda:99")
+    assert load_generator(path, device="auto").sample(2).shape == (2, 1, 32, 32)
+    assert main(["sample", "--artifact", str(path), "--out", str(tmp_path / "s.png"), "--device", "gpu"]) == 2
+    assert "unknown device 'gpu'; use auto, cpu, cuda, cuda:N, mps or xpu" in capsys.readouterr().err
 
 
 def test_sample_batches_do_not_change_results(tiny, tmp_path):
