@@ -42,6 +42,20 @@ def test_api_prints_nothing_and_run_training_reports_the_outcome(tiny, tmp_path,
     assert logging.getLogger("hetgan").level == logging.NOTSET  # and the caller's level is restored
 
 
+def test_resuming_a_finished_run_changes_nothing(tiny, tmp_path):
+    """A finished run resumed without a larger train.kimg (or with a smaller one) is left as it
+    is: its config.yaml still says what it trained, and its outputs are not written again."""
+    run = train(tiny, out=tmp_path / "run", progress=False)
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "log.txt"}
+    for overrides in ([], ["train.kimg=0.08"]):
+        result = run_training(resume=run, overrides=overrides, progress=False)
+        assert result.already_done and result.steps == 20 and "nothing to do" in result.summary()
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "log.txt"} == files
+    assert "is finished at 0.2 kimg (train.kimg=0.08): nothing to do" in (run / "log.txt").read_text()
+    result = run_training(resume=run, overrides=["train.kimg=0.24"], progress=False)  # extending still trains
+    assert not result.already_done and result.steps == 30
+
+
 def test_run_directory_is_never_overwritten(tiny, tmp_path):
     train(tiny, out=tmp_path / "run", progress=False)
     with pytest.raises(HetganError, match="never overwritten"):

@@ -55,8 +55,14 @@ class TrainResult:
     kimg: float
     stopped_by: str | None  # "SIGINT"/"SIGTERM" when interrupted, None when finished
     nonfinite_steps: int
+    already_done: bool = False  # resumed a finished run that had reached train.kimg: nothing ran
 
     def summary(self) -> str:
+        if self.already_done:
+            return (
+                f"nothing to do: {self.run_dir} has already trained {self.kimg:.1f} kimg and is finished; "
+                f"to train on, resume with a larger --set train.kimg"
+            )
         if self.stopped_by:
             return (
                 f"stopped by {self.stopped_by} at step {self.steps}; checkpoint saved. "
@@ -121,14 +127,23 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
 
 def _run(trainer: Trainer, run_dir: Path, resuming: bool, allow_change: bool, progress: bool) -> TrainResult:
     cfg = trainer.cfg
+    total_nimg = int(cfg.train.kimg * 1000)
     metrics = MetricsWriter(run_dir)
     if resuming:
         restore(trainer, run_dir, allow_change)
+        if trainer.nimg >= total_nimg and (run_dir / ARTIFACT_NAME).exists():
+            # Finished, at or past the kimg asked for: its config.yaml and outputs stay as they are.
+            log.info(
+                "%s is finished at %.1f kimg (train.kimg=%g): nothing to do",
+                run_dir,
+                trainer.nimg / 1000,
+                cfg.train.kimg,
+            )
+            return TrainResult(run_dir, trainer.step_count, trainer.nimg / 1000, None, trainer.nonfinite_total, True)
         metrics.truncate_after(trainer.step_count)
     write_config(run_dir, cfg)
     write_machine(run_dir, trainer.device)
     log.info("run directory %s; %s", run_dir, describe(trainer))
-    total_nimg = int(cfg.train.kimg * 1000)
     monitor = Monitor(trainer, run_dir)
     if trainer.step_count == 0:
         save_grid(trainer, run_dir)
