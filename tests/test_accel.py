@@ -298,6 +298,18 @@ def test_flop_count_includes_gradient_penalties(loss):
     assert flops_per_image(cfg) > plain  # the penalty's double backward is counted, not a crash
 
 
+def test_bench_timers_wait_for_every_kind_of_accelerator(monkeypatch):
+    """Timing an MPS or XPU run without waiting for the device measures only the launches: the
+    timers wait on every accelerator, not on CUDA alone."""
+    from hetgan.bench import bench
+
+    waited = []
+    monkeypatch.setattr(torch.accelerator, "synchronize", waited.append)
+    devices = [torch.device("cpu"), torch.device("mps"), torch.device("xpu", 0), torch.device("cuda", 1)]
+    bench.synchronize(devices)
+    assert waited == devices[1:]
+
+
 def test_bench_reports_every_part(tiny):
     r = run_bench(tiny, seconds=0.6, rounds=3)
     assert r["img_per_s"] > 0 and r["textbook_img_per_s"] > 0 and r["speedup_vs_textbook"] > 0

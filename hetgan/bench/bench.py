@@ -28,9 +28,11 @@ from hetgan.training.trainer import Trainer
 
 
 def synchronize(devices) -> None:
+    """Wait until every accelerator among `devices` (CUDA, MPS, XPU) has run what was queued on
+    it, so that a timer measures the work and not only its launch; the CPU runs ops as called."""
     for device in devices:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        if device.type != "cpu":
+            torch.accelerator.synchronize(device)
 
 
 class PhaseTimer:

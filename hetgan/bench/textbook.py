@@ -59,8 +59,8 @@ class TextbookLoop:
         while True:
             for (real,) in self.loader:
                 self.step(real)
-                if self.device.type == "cuda":  # as the example does: it reads D(x), D(G(z)) and the
-                    torch.cuda.synchronize(self.device)  # losses with .item() on every iteration
+                if self.device.type != "cpu":  # as the example does: it reads D(x), D(G(z)) and the
+                    torch.accelerator.synchronize(self.device)  # losses with .item() on every iteration
                 elapsed = time.perf_counter() - start
                 if on_tick:
                     on_tick(elapsed)
