@@ -149,7 +149,7 @@ def flops_per_image(cfg: TrainConfig, data: Data | None = None) -> float:
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
     """The device's dense matrix-product FLOP/s, measured on the spot with square products."""
-    n = 4096 if device.type == "cuda" else 1024
+    n = 1024 if device.type == "cpu" else 4096  # large enough to fill an accelerator
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
