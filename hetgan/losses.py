@@ -35,10 +35,12 @@ class GANLoss:
         self.generator = generator  # the run's RNG, checkpointed, for any randomness in a loss
         self.augment = parse_policy(cfg.augment)
 
-    def logits(self, D: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """D's logits for x, seen through the augmentation policy and packed."""
+    def logits(self, D: nn.Module, x: torch.Tensor, augmented: bool = True) -> torch.Tensor:
+        """D's logits for x, seen through the augmentation policy (unless `augmented` is False)
+        and packed."""
+        x = augment(x, self.augment, self.generator) if augmented else x
         # float(): objectives and penalties in fp32 whatever precision D ran in.
-        return D(pack(augment(x, self.augment, self.generator), self.pack)).float()
+        return D(pack(x, self.pack)).float()
 
     def d_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         if self.r1_gamma > 0:

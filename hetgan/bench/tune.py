@@ -165,13 +165,16 @@ def convolutional(cfg: TrainConfig) -> bool:
 
 
 def reference_outputs(cfg: TrainConfig, trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-    """G(z) and D(G(z)) for a fixed z, in fp32 on the CPU for comparison."""
+    """G(z) and D(G(z)) for a fixed z, in fp32 on the CPU for comparison. D sees G(z) without
+    augmentation: its random draws come from the trainer's generator, whose stream depends on the
+    device it is on, so they would differ between placements that compute the same thing."""
     gen = torch.Generator().manual_seed(1234)
     z = torch.randn(cfg.train.batch_size, cfg.model.z_dim, generator=gen).to(trainer.z_device)
     with torch.no_grad(), trainer.autocast_G():
         fake = trainer.G_fwd(z)
     with torch.no_grad(), trainer.autocast_D():
-        logits = trainer.loss.logits(trainer.D_fwd, trainer._layout(fake.float().to(trainer.data_device)))
+        x = trainer._layout(fake.float().to(trainer.data_device))
+        logits = trainer.loss.logits(trainer.D_fwd, x, augmented=False)
     return fake.float().cpu(), logits.float().cpu()
 
 
