@@ -312,6 +312,17 @@ def test_tune_reference_outputs_do_not_hang_on_the_augmentation_draws(tiny):
         assert torch.equal(a, b)
 
 
+def test_machine_info_lists_the_gpus_whatever_the_main_device():
+    """With --device cpu --g-device cuda the main device is the CPU, but the record of what a run
+    or benchmark ran on still names the GPUs (none here, without one)."""
+    from hetgan.training.rundir import machine_info
+
+    info = machine_info(torch.device("cpu"))
+    assert info["device"] == "cpu" and "gpu" not in info
+    assert info.get("gpus", []) == [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    assert ("cuda" in info) == torch.cuda.is_available()
+
+
 def test_bench_timers_wait_for_every_kind_of_accelerator(monkeypatch):
     """Timing an MPS or XPU run without waiting for the device measures only the launches: the
     timers wait on every accelerator, not on CUDA alone."""

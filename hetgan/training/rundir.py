@@ -146,7 +146,8 @@ class MetricsWriter:
 
 
 def machine_info(device: torch.device) -> dict:
-    """What a run or a benchmark ran on: platform, CPU model, versions, device (GPU name), threads."""
+    """What a run or a benchmark ran on: platform, CPU model, versions, device (GPU name), threads,
+    and every GPU the machine has, with the CUDA version."""
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -162,6 +163,9 @@ def machine_info(device: torch.device) -> dict:
         info["cpu_model"] = model
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    if torch.cuda.is_available():  # G or D may sit on a GPU other than `device`, or on none
+        info["cuda"] = torch.version.cuda
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
 
 
