@@ -150,3 +150,24 @@ def test_gpu_run_resumes_on_the_cpu_and_back(tiny, caplog):
     assert "drawn on cuda and this run draws it on cpu" in caplog.text
     assert "drawn on cpu and this run draws it on cuda" in caplog.text
     assert not back.step().skipped and back.step_count == 3
+
+
+@pytest.mark.parametrize("impls", [("default", "fused"), ("fused", "default")], ids=["to-fused", "from-fused"])
+def test_a_resumed_optimiser_takes_its_settings_from_the_config_not_the_checkpoint(tiny, impls):
+    """Resumed with --allow-config-change, the run's new betas and Adam implementation apply. The
+    checkpoint's used to win: a run switched to fused Adam kept the per-parameter one, which
+    ignores the device-side skip flag, so a non-finite step was applied."""
+    tiny.accel.optimizer_impl = impls[0]
+    a = Trainer(tiny)
+    a.step()
+    tiny.accel.optimizer_impl, tiny.optim.beta1 = impls[1], 0.0
+    b = Trainer(tiny)
+    b.load_state(*a.state())
+    for opt in (b.opt_G, b.opt_D):
+        group = opt.param_groups[0]
+        assert group["betas"] == (0.0, tiny.optim.beta2) and bool(group["fused"]) == (impls[1] == "fused")
+    with torch.no_grad():
+        next(b.D.parameters()).fill_(float("nan"))  # both phases' losses are non-finite: skipped
+    g_before = [p.detach().clone() for p in b.G.parameters()]
+    assert b.step().skipped == ["D", "G"]
+    assert all(torch.equal(x, y) for x, y in zip(g_before, b.G.parameters(), strict=True))

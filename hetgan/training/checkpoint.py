@@ -122,6 +122,10 @@ def flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str
 
 
 def restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    """Load the saved optimiser state into `opt`, keeping `opt`'s own settings (betas, fused,
+    foreach...), which come from the run's current config: torch's load_state_dict would take the
+    saved ones, so a run resumed with --allow-config-change would keep its old betas, or its old
+    Adam implementation while the trainer relied on the new one's device-side skip."""
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith(prefix + "."):
@@ -130,4 +134,8 @@ def restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, me
     for name, value in meta["scalars"].items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    groups = [
+        {**saved, **{k: v for k, v in live.items() if k != "params"}}
+        for saved, live in zip(meta["param_groups"], opt.param_groups, strict=True)
+    ]
+    opt.load_state_dict({"state": state, "param_groups": groups})
