@@ -171,3 +171,16 @@ def test_a_resumed_optimiser_takes_its_settings_from_the_config_not_the_checkpoi
     g_before = [p.detach().clone() for p in b.G.parameters()]
     assert b.step().skipped == ["D", "G"]
     assert all(torch.equal(x, y) for x, y in zip(g_before, b.G.parameters(), strict=True))
+
+
+def test_a_run_resumed_into_fp16_starts_a_fresh_loss_scale(tiny):
+    """An fp32 checkpoint has no loss scale; resumed with --set accel.precision=fp16
+    --allow-config-change, the run starts one (it was a KeyError)."""
+    a = Trainer(tiny)
+    a.step()
+    tiny.accel.precision = "fp16"
+    b = Trainer(tiny)
+    b.load_state(*a.state())
+    assert b.scaler_G.get_scale() == torch.amp.GradScaler("cpu").get_scale() and b.step_count == 1
+    b.step()
+    assert all(torch.isfinite(p).all() for p in b.G_ema.parameters())

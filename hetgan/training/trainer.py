@@ -348,7 +348,8 @@ class Trainer:
         self._restore_rng(tensors["rng.train"], meta.get("rng_device"), meta["step"])
         torch.set_rng_state(tensors["rng.torch_cpu"])
         for name, scaler in self._scalers().items():
-            scaler.load_state_dict(meta["scalers"][name])
+            if name in meta["scalers"]:  # not when the run was resumed into fp16 (a fresh scale then)
+                scaler.load_state_dict(meta["scalers"][name])
         sampler_state = dict(meta["sampler"])
         sampler_state.update({k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")})
         self.sampler.load_state_dict(sampler_state)
