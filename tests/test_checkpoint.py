@@ -184,3 +184,14 @@ def test_a_run_resumed_into_fp16_starts_a_fresh_loss_scale(tiny):
     assert b.scaler_G.get_scale() == torch.amp.GradScaler("cpu").get_scale() and b.step_count == 1
     b.step()
     assert all(torch.isfinite(p).all() for p in b.G_ema.parameters())
+
+
+def test_a_network_changed_on_resume_is_a_clear_error(tiny):
+    """--allow-config-change with another model.width: a CheckpointError naming the first
+    mismatched tensor and what cannot change, not torch's list of every size mismatch."""
+    a = Trainer(tiny)
+    tiny.model.width *= 2
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint's G does not fit .*size mismatch for net\.0\.weight.*model\.\*"
+    ):
+        Trainer(tiny).load_state(*a.state())

@@ -36,7 +36,7 @@ from hetgan.config import OptimConfig, TrainConfig, to_dict
 from hetgan.data import load_data, make_sampler
 from hetgan.data.sampler import PrefetchSampler
 from hetgan.data.sources import Data
-from hetgan.errors import TrainingDiverged
+from hetgan.errors import CheckpointError, TrainingDiverged
 from hetgan.losses import build_loss
 from hetgan.models import build_models
 from hetgan.placement import input_device, resolve_device, split_network
@@ -342,7 +342,16 @@ class Trainer:
         for name in ("G", "D", "G_ema"):
             prefix = name + "."
             sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            getattr(self, name).load_state_dict(sd)
+            try:
+                getattr(self, name).load_state_dict(sd)
+            except RuntimeError as e:  # torch lists every mismatched tensor: name the first
+                lines = str(e).splitlines()
+                first = lines[1].strip() if len(lines) > 1 else lines[0] if lines else ""
+                raise CheckpointError(
+                    f"the checkpoint's {name} does not fit the network this config builds ({first}); "
+                    "settings that shape the networks (model.*, data.resolution, data.channels, loss.pack) "
+                    "cannot change on resume: resume with the run's own values, or start a new run"
+                ) from e
         restore_optimizer("opt_G", self.opt_G, tensors, meta["opt_G"])
         restore_optimizer("opt_D", self.opt_D, tensors, meta["opt_D"])
         self._restore_rng(tensors["rng.train"], meta.get("rng_device"), meta["step"])
