@@ -272,6 +272,15 @@ def test_image_sampler_covers_each_epoch_once_and_resumes(digits_npz):
     assert first_epoch.min() >= -1 and first_epoch.max() <= 1
 
 
+def test_a_position_past_the_end_of_other_data_starts_the_next_epoch(digits_npz):
+    """A run resumed on a smaller dataset (--allow-config-change --set data.spec=...) may hold a
+    position past its end: the next batch has the asked size, from the next epoch."""
+    data = load_data(cfg(f"npz:{digits_npz}", resolution=28))  # 128 images
+    s = make_sampler(data, seed=1, device="cpu")
+    s.load_state_dict({"epoch": 3, "offset": 1000})
+    assert s.next(8).shape == (8, 1, 28, 28) and s.state_dict() == {"epoch": 4, "offset": 8}
+
+
 def test_prefetch_sampler_matches_resident_and_resumes(digits_npz):
     data = load_data(cfg(f"npz:{digits_npz}", resolution=28))
     resident = make_sampler(data, seed=2, device=torch.device("cpu"), loader="resident")

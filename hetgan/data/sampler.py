@@ -65,7 +65,9 @@ class ImageSampler:
         return {"epoch": self.epoch, "offset": self.offset}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        # A run resumed on other data (--allow-config-change) may hold fewer images than the
+        # position: it then goes on with the next epoch, instead of a batch of the wrong size.
+        self.epoch, self.offset = int(state["epoch"]), min(int(state["offset"]), len(self.images))
         self._perm = self._permutation(self.epoch)
 
 
