@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -67,6 +69,9 @@ def test_mode_metrics_hand_built():
     assert r["reverse_kl"] == pytest.approx(float((p * np.log(p / 0.25)).sum()))
     uniform = M.mode_metrics(np.repeat(modes, 5, axis=0), modes, sigma)
     assert uniform["modes_captured"] == 4 and uniform["reverse_kl"] == pytest.approx(0.0)
+    # No sample near any mode: no histogram, and the worst score rather than a perfect 0.
+    lost = M.mode_metrics(np.full((10, 2), 5.0), modes, sigma)
+    assert lost["high_quality"] == 0 and lost["modes_captured"] == 0 and lost["reverse_kl"] == math.inf
 
 
 @pytest.mark.parametrize("spec", ["ring8", "grid25"])

@@ -110,15 +110,20 @@ def diversity(feats: np.ndarray, real_feats: np.ndarray, n: int = 500) -> float:
 def mode_metrics(points: np.ndarray, modes: np.ndarray, sigma: float) -> dict:
     """PacGAN's 2-D protocol: a sample is high quality within 3 sigma of its nearest mode; a mode
     is captured when at least one high-quality sample is nearest to it; reverse KL is
-    KL(generated mode histogram || uniform) over high-quality samples."""
+    KL(generated mode histogram || uniform) over high-quality samples. With no high-quality sample
+    there is no histogram: reverse KL is then inf, below any generator that has one (it read 0,
+    the score of a perfect one)."""
     d = _distances(points, modes)
     nearest_dist, nearest = d.min(1)
     good = nearest_dist <= 3 * sigma
     counts = np.bincount(nearest[good].numpy(), minlength=len(modes))
     captured = int((counts > 0).sum())
-    p = counts / max(counts.sum(), 1)
     q = 1.0 / len(modes)
-    reverse_kl = float(sum(pi * np.log(pi / q) for pi in p if pi > 0))
+    if counts.sum() == 0:
+        reverse_kl = float("inf")
+    else:
+        p = counts / counts.sum()
+        reverse_kl = float(sum(pi * np.log(pi / q) for pi in p if pi > 0))
     return {
         "modes_captured": captured,
         "modes_total": len(modes),
