@@ -1,4 +1,5 @@
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -105,6 +106,18 @@ def test_d_won_and_blowup_alarms(tiny, tmp_path):
     assert len(monitor.alarms) == 1
     monitor.check_record({"d_acc": 0.6, "loss_d": 0.5, "loss_g": 5e3})
     assert len(monitor.alarms) == 2 and "blew up" in monitor.alarms[1]
+
+
+def test_best_checkpoint_ranks_nan_and_inf_scores_last(tiny, tmp_path):
+    """A NaN score is never best and never blocks a later number from becoming best; inf (a 2-D
+    generator with no high-quality sample) loses to any finite score."""
+    monitor = Monitor(Trainer(tiny), tmp_path)
+    kept = []
+    for fid in (math.nan, math.inf, 50.0, math.nan, math.inf, 60.0, 40.0):
+        monitor._keep_best({"step": 0, "kimg": 0.0, "fid": fid})
+        kept.append(None if monitor.best is None else monitor.best["fid"])
+    assert kept == [None, math.inf, 50.0, 50.0, 50.0, 50.0, 40.0]
+    assert json.loads((tmp_path / "best.json").read_text())["fid"] == 40.0
 
 
 def test_report_is_self_contained(digits_run):

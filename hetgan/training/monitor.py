@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,14 @@ BLOWUP_FACTOR = 50.0  # |loss| this many times its early typical size
 def spread(x: torch.Tensor) -> float:
     """Mean pairwise Euclidean distance between samples (flattened, on the CPU)."""
     return mean_pairwise_distance(x.detach().cpu().flatten(1).numpy())
+
+
+def improves(value: float, best: float | None) -> bool:
+    """Whether a score (lower is better) beats the best so far: a NaN never does, and any number
+    beats a NaN best (a comparison with NaN is always false, so one would stay best for good)."""
+    if math.isnan(value):
+        return False
+    return best is None or math.isnan(best) or value < best
 
 
 class Monitor:
@@ -105,7 +114,7 @@ class Monitor:
         key = "fid" if "fid" in record else "reverse_kl"  # lower is better for both
         if key not in record:
             return
-        if self.best is None or record[key] < self.best[key]:
+        if improves(record[key], None if self.best is None else self.best[key]):
             t = self.trainer
             tensors, meta = t.state()
             save_checkpoint(self.run_dir / "best", t.step_count, tensors, meta, keep=1)
