@@ -56,6 +56,15 @@ def test_resuming_a_finished_run_changes_nothing(tiny, tmp_path):
     assert not result.already_done and result.steps == 30
 
 
+def test_resuming_with_another_network_names_the_checkpoint_and_keeps_the_run(tiny, tmp_path):
+    tiny.train.kimg = 0.04
+    run = train(tiny, out=tmp_path / "run", progress=False)
+    config = (run / "config.yaml").read_text()
+    with pytest.raises(CheckpointError, match=r"checkpoints/step-\d+: the checkpoint's G does not fit"):
+        run_training(resume=run, overrides=["model.width=8"], allow_config_change=True, progress=False)
+    assert (run / "config.yaml").read_text() == config
+
+
 def test_run_directory_is_never_overwritten(tiny, tmp_path):
     train(tiny, out=tmp_path / "run", progress=False)
     with pytest.raises(HetganError, match="never overwritten"):

@@ -195,7 +195,10 @@ def restore(trainer: Trainer, run_dir: Path, allow_change: bool) -> None:
             f"{path} was written with another config ({'; '.join(changed)}); resuming would not "
             "continue the same run. Restore the run's config.yaml, or pass --allow-config-change"
         )
-    trainer.load_state(tensors, meta)
+    try:
+        trainer.load_state(tensors, meta)
+    except CheckpointError as e:  # say which checkpoint did not fit
+        raise CheckpointError(f"{path}: {e}") from e
     log.info("resumed from %s (step %d, %.1f kimg)", path, trainer.step_count, trainer.nimg / 1000)
 
 
