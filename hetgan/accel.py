@@ -21,14 +21,13 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def apply_backend_flags(cfg: AccelConfig) -> None:
-    """Process-wide switches (torch keeps these globally)."""
+    """Process-wide switches (torch keeps these globally), set both ways: torch's own default lets
+    cuDNN convolutions use TF32, so `tf32: false` must switch it off, not leave it."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if cfg.cudnn_benchmark:
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 
+from hetgan.accel import restored_backend_flags
 from hetgan.bench.bench import flops_per_image, run_bench, textbook_flops_per_image
 from hetgan.bench.tune import Candidate, Trial, autotune, candidates_for, format_tune, tune
 from hetgan.config import DataConfig, ModelConfig, TrainConfig, apply_overrides
@@ -33,6 +34,22 @@ def test_each_knob_runs_and_stays_finite(tiny, knobs):
         result = t.step()
         assert not result.skipped, result.losses
     assert all(torch.isfinite(p).all() for p in t.G_ema.parameters())
+
+
+def test_tf32_off_switches_off_torchs_default_tf32_convolutions(tiny):
+    """torch lets cuDNN convolutions use TF32 unless told otherwise; `tf32: false` must turn that
+    off, or an "fp32" run and tune's fp32 reference would convolve in TF32 on an NVIDIA GPU."""
+    with restored_backend_flags():
+        torch.backends.cudnn.allow_tf32 = True  # torch's default
+        torch.backends.cudnn.benchmark = True
+        Trainer(tiny)
+        assert not torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_tf32
+        assert not torch.backends.cudnn.benchmark
+        tiny.accel.tf32 = tiny.accel.cudnn_benchmark = True
+        Trainer(tiny)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.benchmark
 
 
 def test_fp16_with_gradient_penalty_keeps_d_in_fp32(tiny):
