@@ -48,6 +48,15 @@ def restored_backend_flags():
         torch.backends.cudnn.benchmark = saved[3]
 
 
+@contextlib.contextmanager
+def without_tf32():
+    """Full fp32 matrix products and convolutions inside, whatever a run's `tf32` knob or torch's
+    default says: evaluation features must not depend on them."""
+    with restored_backend_flags():
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        yield
+
+
 def autocast(precision: str, device_types: Iterable[str]) -> contextlib.AbstractContextManager:
     """Autocast on every device type a network runs on; a no-op for fp32."""
     if precision == "fp32":

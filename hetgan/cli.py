@@ -133,6 +133,11 @@ def add_eval(sub) -> None:
         help="standard FID in InceptionV3 pool3 features, weights from this local file "
         "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth); never downloaded",
     )
+    e.add_argument(
+        "--device",
+        default="cpu",
+        help="auto, cpu, cuda[:i], mps or xpu to run G and the feature network on (default cpu)",
+    )
     e.add_argument("--json", help="also write the results to this JSON file")
 
 
@@ -345,10 +350,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from hetgan.eval.score import evaluate
 
     out = json_path(args.json)
-    G = load_generator(args.run or args.artifact)
+    G = load_generator(args.run or args.artifact, args.device)
     n = args.n if args.n is not None else (2500 if len(G.shape) == 1 else 5000)
     metrics = tuple(args.metrics) if args.metrics else None
-    result = evaluate(G, n=n, seed=args.seed, metrics=metrics, evalnet=args.evalnet, inception=args.inception)
+    result = evaluate(
+        G, n=n, seed=args.seed, metrics=metrics, evalnet=args.evalnet, inception=args.inception, device=G.device
+    )
     print(format_table(result))
     write_json(out, result)
     return 0

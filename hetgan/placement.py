@@ -144,3 +144,9 @@ def input_device(model: nn.Module, default: torch.device) -> torch.device:
     """The device a network's input must be on: its first stage's, or `default`."""
     net = getattr(model, "net", None)
     return net.devices[0] if isinstance(net, StagedSequential) else default
+
+
+def output_device(model: nn.Module, default: torch.device) -> torch.device:
+    """The device a network's output comes out on: its last stage's, or `default`."""
+    net = getattr(model, "net", None)
+    return net.devices[-1] if isinstance(net, StagedSequential) else default

@@ -4,17 +4,22 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from hetgan.accel import restored_backend_flags
+from hetgan.artifact import load_generator
 from hetgan.cli import main
 from hetgan.config import DataConfig
 from hetgan.data import load_data
-from hetgan.eval.evalnet import load_evalnet, save_evalnet, train_evalnet
+from hetgan.eval.evalnet import embed_in_batches, load_evalnet, save_evalnet, train_evalnet
+from hetgan.eval.score import evaluate
 from hetgan.report.html import build_report
 from hetgan.training import Trainer, train
 from hetgan.training.monitor import Monitor
-from tests.conftest import tiny_config
+from tests.conftest import GPU, tiny_config
 
 
 @pytest.fixture
@@ -49,6 +54,53 @@ def test_eval_cli_table_and_json(digits_run, tmp_path, capsys):
     for n in ("0", "9"):  # 0 is not "unset": it used to score the default 5000
         assert main(["eval", "--run", str(digits_run), "--n", n]) == 2
         assert f"n={n}: too few samples to score; at least 10" in capsys.readouterr().err
+
+
+def test_eval_device_flag(digits_run, tmp_path, capsys):
+    """`--device` puts G and the feature network on a device; a bad name is a clear error."""
+    out = tmp_path / "m.json"
+    assert main(["eval", "--run", str(digits_run), "--n", "300", "--device", "auto", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["n_generated"] == 300
+    capsys.readouterr()
+    assert main(["eval", "--run", str(digits_run), "--n", "300", "--device", "gpu"]) == 2
+    assert "unknown device 'gpu'; use auto, cpu, cuda, cuda:N, mps or xpu" in capsys.readouterr().err
+
+
+@GPU
+def test_eval_on_a_gpu_agrees_with_the_cpu(digits_run, tmp_path):
+    """Features on a GPU run in full fp32 (no TF32, whatever torch's default), so the scores
+    agree with the CPU's; and eval during training runs where G's samples come out."""
+    on_cpu = evaluate(load_generator(digits_run), n=500)
+    with restored_backend_flags():
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # as a tf32 run leaves them
+        on_gpu = evaluate(load_generator(digits_run, "cuda"), n=500, device="cuda")
+    for key in ("fid", "precision", "recall", "coverage"):
+        assert on_gpu[key] == pytest.approx(on_cpu[key], rel=1e-3, abs=1e-3), key
+    cfg = tiny_config("mnist5k", eval_n=200)
+    cfg.accel.g_stages = "0-5@cpu,6-@cuda"  # the trainer's own device is the CPU
+    monitor = Monitor(Trainer(cfg), tmp_path)
+    assert monitor.evaluate()["fid"] > 0
+    assert next(monitor._evaluator.net.parameters()).device.type == "cuda"  # G's last stage
+
+
+def test_features_are_computed_in_full_fp32_and_the_flags_restored():
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return x.flatten(1)[:, :3] * self.w, x.flatten(1) * self.w
+
+    with restored_backend_flags():
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        feats, probs = embed_in_batches(Probe(), torch.zeros(5, 1, 2, 2), batch_size=2)
+        assert seen == [(False, False)] * 3
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    assert feats.shape == (5, 4) and feats.dtype == np.float64 and probs.shape == (5, 3)
 
 
 def test_eval_on_2d_run_reports_modes(tmp_path, capsys):

@@ -7,7 +7,14 @@ from hetgan.bench.layers import layer_table, network_tables
 from hetgan.cli import main
 from hetgan.errors import ConfigError
 from hetgan.models import build_models
-from hetgan.placement import StagedSequential, parse_stages, resolve_device, split_network
+from hetgan.placement import (
+    StagedSequential,
+    input_device,
+    output_device,
+    parse_stages,
+    resolve_device,
+    split_network,
+)
 from hetgan.training import Trainer
 from tests.conftest import GPU, assert_train_alike
 
@@ -50,6 +57,15 @@ def test_split_on_cpu_stages_equals_unsplit(tiny):
     out2.sum().backward()
     for a, b in zip(G.parameters(), G2.parameters(), strict=True):
         assert torch.equal(a.grad, b.grad)
+
+
+def test_input_and_output_devices_of_a_split_network(tiny):
+    G, _ = build_models(tiny)
+    cpu = torch.device("cpu")
+    assert input_device(G, cpu) == output_device(G, cpu) == cpu  # unsplit: the network's device
+    split_network(G, "0-2@cpu,3-@cpu")
+    G.net.devices = [cpu, torch.device("meta")]  # a stand-in for a second device on this machine
+    assert input_device(G, cpu) == cpu and output_device(G, cpu) == torch.device("meta")
 
 
 def test_trainer_with_split_networks_equals_unsplit(tiny):

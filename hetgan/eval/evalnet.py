@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from hetgan.accel import without_tf32
 from hetgan.data.sources import ImageData
 from hetgan.errors import CheckpointError, DataError
 from hetgan.fileio import atomic_write_bytes, read_safetensors
@@ -81,14 +82,17 @@ class EvalNet(nn.Module):
 
 @torch.no_grad()
 def embed_in_batches(net: nn.Module, images: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run a feature network `img -> (logits, features)` in eval mode over images in batches:
-    features as float64 [N, F] and class probabilities [N, classes]."""
+    """Run a feature network `img -> (logits, features)` in eval mode over images in batches, on
+    the network's device and in full fp32 (no TF32): features as float64 [N, F] and class
+    probabilities [N, classes], on the CPU."""
     net.eval()
+    device = next(net.parameters()).device
     feats, probs = [], []
-    for i in range(0, len(images), batch_size):
-        logits, f = net(images[i : i + batch_size].float())
-        feats.append(f.double().numpy())
-        probs.append(logits.softmax(1).double().numpy())
+    with without_tf32():
+        for i in range(0, len(images), batch_size):
+            logits, f = net(images[i : i + batch_size].to(device).float())
+            feats.append(f.float().cpu().double().numpy())  # MPS has no float64: convert on the CPU
+            probs.append(logits.softmax(1).float().cpu().double().numpy())
     return np.concatenate(feats), np.concatenate(probs)
 
 

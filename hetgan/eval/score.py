@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hetgan.accel import without_tf32
 from hetgan.artifact import Generator
 from hetgan.config import MIN_EVAL_N, TrainConfig
 from hetgan.data import Mixture, load_data
@@ -15,6 +16,7 @@ from hetgan.errors import HetganError
 from hetgan.eval import metrics as M
 from hetgan.eval.evalnet import EvalNet, load_evalnet
 from hetgan.eval.inception import load_inception
+from hetgan.placement import resolve_device
 
 IMAGE_METRICS = ("fid", "kid", "pr", "dc", "classes", "diversity")
 POINT_METRICS = ("modes",)
@@ -61,6 +63,7 @@ class Evaluator:
         seed: int = 0,
         metrics: tuple[str, ...] | None = None,
         inception: str | Path | None = None,
+        device: str | torch.device = "cpu",
     ):
         self.data = load_data(config.data)
         self.seed = seed
@@ -76,6 +79,7 @@ class Evaluator:
                 f"unknown metric(s) {sorted(unknown)} for images with this feature network; valid: {', '.join(valid)}"
             )
         self.net, self.space = feature_net_for(config, evalnet, inception)
+        self.net.to(resolve_device(str(device)))
         order = np.random.default_rng(seed).permutation(len(self.data.images))[:MAX_REAL]
         self.real = real_features(self.net, self.data.images[order])
 
@@ -85,15 +89,17 @@ class Evaluator:
                 f"n={n}: too few samples to score; at least {MIN_EVAL_N}, and FID and KID are biased "
                 "below a few thousand (the default is 5000 images, 2500 points)"
             )
+        with without_tf32():  # the generator's own numbers, whatever TF32 setting it trained under
+            samples = G.sample(n, seed=self.seed)
         if isinstance(self.data, Mixture):
-            points = G.sample(n, seed=self.seed).numpy()
+            points = samples.numpy()
             return {
                 "feature_space": "raw 2-D coordinates (PacGAN protocol)",
                 "n_generated": n,
                 "seed": self.seed,
                 **M.mode_metrics(points, self.data.modes, self.data.sigma),
             }
-        fake, probs = self.net.embed(G.sample(n, seed=self.seed))
+        fake, probs = self.net.embed(samples)
         real, wanted = self.real, self.metrics
         result: dict = {"feature_space": self.space, "n_generated": n, "n_real": len(real), "seed": self.seed}
         if "fid" in wanted:
@@ -118,9 +124,11 @@ def evaluate(
     metrics: tuple[str, ...] | None = None,
     evalnet=None,
     inception: str | Path | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Metrics of n samples (drawn with `seed`) against the generator's own training data.
 
     Features come from `evalnet` (a file from `hetgan evalnet train`), from the FID InceptionV3
-    with weights from the local file `inception`, or by default the bundled digit classifier."""
-    return Evaluator(G.config, evalnet, seed, metrics, inception)(G, n)
+    with weights from the local file `inception`, or by default the bundled digit classifier.
+    The feature network runs on `device` (a name as `--device` takes it), in full fp32."""
+    return Evaluator(G.config, evalnet, seed, metrics, inception, device)(G, n)

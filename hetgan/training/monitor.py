@@ -19,6 +19,7 @@ from hetgan.artifact import Generator, recalibrated_copy, save_generator
 from hetgan.data import Mixture
 from hetgan.eval.metrics import mean_pairwise_distance
 from hetgan.fileio import atomic_write_bytes
+from hetgan.placement import output_device
 from hetgan.training.checkpoint import save_checkpoint
 from hetgan.training.trainer import Trainer
 
@@ -101,7 +102,12 @@ class Monitor:
 
         cfg, t = self.trainer.cfg, self.trainer
         if self._evaluator is None:
-            self._evaluator = Evaluator(cfg, evalnet=cfg.train.evalnet or None, metrics=("fid", "pr", "dc", "classes"))
+            self._evaluator = Evaluator(
+                cfg,
+                evalnet=cfg.train.evalnet or None,
+                metrics=("fid", "pr", "dc", "classes"),
+                device=output_device(t.G_ema, t.g_device),  # where G's samples come out
+            )
         G = Generator(recalibrated_copy(t.G_ema, cfg.model.z_dim), cfg)
         n = 2500 if isinstance(t.data, Mixture) else cfg.train.eval_n  # PacGAN protocol for 2-D data
         result = self._evaluator(G, n)
