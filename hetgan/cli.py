@@ -267,14 +267,12 @@ def json_path(arg: str | None) -> Path | None:
 
 def write_json(path: Path | None, obj) -> None:
     """Write `obj` as JSON to `path` (if given), making its folder; a crash leaves no partial file."""
-    import json
-
-    from hetgan.fileio import atomic_write_bytes
+    from hetgan.fileio import atomic_write_bytes, strict_json
 
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+    atomic_write_bytes(path, (strict_json(obj, indent=1) + "\n").encode())
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
-"""Durable, atomic file writes (a crash leaves the old file or the new one, never a mix) and
-safetensors reads with clear errors."""
+"""Durable, atomic file writes (a crash leaves the old file or the new one, never a mix), strict
+JSON, and safetensors reads with clear errors."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
@@ -33,6 +35,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     write_bytes_durable(tmp, data)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def strict_json(obj, indent: int | None = None) -> str:
+    """JSON that every parser reads: NaN and infinities become null. Python's json would write
+    them as NaN and Infinity, which jq, JavaScript and most other readers reject."""
+    return json.dumps(_finite_or_none(obj), indent=indent, allow_nan=False)
+
+
+def _finite_or_none(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite_or_none(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_none(value) for value in obj]
+    return obj
 
 
 def read_safetensors(path: Path, what: str, fix: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

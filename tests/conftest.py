@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -26,6 +28,11 @@ def digits_npz(tmp_path):
         labels=rng.integers(0, 10, 128).astype(np.uint8),
     )
     return path
+
+
+def strict_loads(text: str):
+    """json.loads that fails on Python's non-standard NaN and Infinity, as jq or JavaScript would."""
+    return json.loads(text, parse_constant=lambda token: pytest.fail(f"non-standard JSON: {token}"))
 
 
 def tiny_config(data_spec: str, arch: str = "dcgan", **loop) -> TrainConfig:

@@ -19,7 +19,7 @@ from hetgan.eval.score import evaluate
 from hetgan.report.html import build_report
 from hetgan.training import Trainer, train
 from hetgan.training.monitor import Monitor
-from tests.conftest import GPU, tiny_config
+from tests.conftest import GPU, strict_loads, tiny_config
 
 
 @pytest.fixture
@@ -170,6 +170,27 @@ def test_best_checkpoint_ranks_nan_and_inf_scores_last(tiny, tmp_path):
         kept.append(None if monitor.best is None else monitor.best["fid"])
     assert kept == [None, math.inf, 50.0, 50.0, 50.0, 50.0, 40.0]
     assert json.loads((tmp_path / "best.json").read_text())["fid"] == 40.0
+
+
+def test_best_json_is_strict_and_an_inf_best_survives_a_resume(tiny, tmp_path):
+    trainer = Trainer(tiny)
+    Monitor(trainer, tmp_path)._keep_best({"step": 0, "kimg": 0.1, "fid": math.inf})
+    assert strict_loads((tmp_path / "best.json").read_text())["fid"] is None  # inf is written as null
+    resumed = Monitor(trainer, tmp_path)
+    assert resumed.best["fid"] == math.inf
+    resumed._keep_best({"step": 0, "kimg": 0.2, "fid": math.inf})  # no better than the best
+    assert strict_loads((tmp_path / "best.json").read_text())["kimg"] == 0.1
+    resumed._keep_best({"step": 0, "kimg": 0.3, "fid": 70.0})
+    assert strict_loads((tmp_path / "best.json").read_text())["fid"] == 70.0
+
+
+def test_eval_json_of_a_lost_2d_generator_is_strict(tmp_path):
+    """An untrained 2-D generator has no high-quality sample: its reverse KL is inf, null in the file."""
+    cfg = tiny_config("ring8", arch="mlp", kimg=0.008)
+    run = train(cfg, out=tmp_path / "r", progress=False)
+    out = tmp_path / "m.json"
+    assert main(["eval", "--run", str(run), "--json", str(out)]) == 0
+    assert strict_loads(out.read_text())["reverse_kl"] is None
 
 
 def test_report_is_self_contained(digits_run):

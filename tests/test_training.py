@@ -10,11 +10,12 @@ from safetensors.torch import load_file
 from hetgan.config import OptimConfig
 from hetgan.errors import CheckpointError, HetganError, TrainingDiverged
 from hetgan.presets import PRESETS
+from hetgan.report.html import build_report
 from hetgan.training import Trainer, run_training, train
 from hetgan.training.checkpoint import list_checkpoints, load_latest_checkpoint
 from hetgan.training.rundir import run_lock
 from hetgan.training.trainer import flag_needs_host, lr_scale
-from tests.conftest import tiny_config
+from tests.conftest import strict_loads, tiny_config
 
 
 def weights(run_dir):
@@ -360,6 +361,9 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
     with pytest.raises(TrainingDiverged, match=r"3 steps in a row had non-finite losses, the last at step \d+"):
         train(tiny, out=tmp_path / "d", progress=False)
     assert not (tmp_path / "d" / "generator.safetensors").exists()
+    records = [strict_loads(line) for line in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["loss_d"] is None for r in records)  # a non-finite loss is null: strict JSON
+    assert "not finite" in build_report(tmp_path / "d").read_text()  # plotted and shown without it
 
 
 @pytest.mark.parametrize("preset", PRESETS.names())

@@ -69,7 +69,7 @@ def metrics_table(train: list[dict], evals: list[dict], best: dict | None) -> st
     cells = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{v:.5g}</td></tr>"
         if isinstance(v, float)
-        else f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        else f"<tr><th>{html.escape(k)}</th><td>{'not finite' if v is None else html.escape(str(v))}</td></tr>"
         for k, v in rows
     )
     return f"<table>{cells}</table>"

@@ -49,7 +49,7 @@ def _plot(series: dict[str, tuple[list, list]], title: str, ylabel: str, log_y: 
 def _series(records: list[dict], keys: tuple[str, ...]) -> dict[str, tuple[list, list]]:
     out = {}
     for key in keys:
-        points = [(r["kimg"], r[key]) for r in records if key in r]
+        points = [(r["kimg"], r[key]) for r in records if r.get(key) is not None]  # null: not finite
         if points:
             out[key] = ([p[0] for p in points], [p[1] for p in points])
     return out

@@ -18,7 +18,7 @@ import torch
 from hetgan.artifact import Generator, recalibrated_copy, save_generator
 from hetgan.data import Mixture
 from hetgan.eval.metrics import mean_pairwise_distance
-from hetgan.fileio import atomic_write_bytes
+from hetgan.fileio import atomic_write_bytes, strict_json
 from hetgan.placement import output_device
 from hetgan.training.checkpoint import save_checkpoint
 from hetgan.training.trainer import Trainer
@@ -52,6 +52,8 @@ class Monitor:
         self.loss_scale: list[float] = []
         self.best_path = run_dir / "best.json"
         self.best = json.loads(self.best_path.read_text()) if self.best_path.exists() else None
+        if self.best and self.best[self.best["metric"]] is None:  # null: inf, as NaN is never best
+            self.best[self.best["metric"]] = math.inf
         self._evaluator = None
         self.real_spread = spread(self._real_reference())
 
@@ -126,7 +128,7 @@ class Monitor:
             save_checkpoint(self.run_dir / "best", t.step_count, tensors, meta, keep=1)
             save_generator(t.G_ema, t.cfg, self.run_dir / "generator-best.safetensors")
             self.best = {"step": t.step_count, "kimg": record["kimg"], key: record[key], "metric": key}
-            atomic_write_bytes(self.best_path, json.dumps(self.best, indent=1).encode())
+            atomic_write_bytes(self.best_path, strict_json(self.best, indent=1).encode())
             log.info(
                 "new best %s %.4f at step %d: best/ and generator-best.safetensors",
                 key,

@@ -27,7 +27,7 @@ import torch
 from hetgan import __version__
 from hetgan.config import TrainConfig, dump_yaml, to_dict
 from hetgan.errors import HetganError
-from hetgan.fileio import atomic_write_bytes
+from hetgan.fileio import atomic_write_bytes, strict_json
 
 log = logging.getLogger("hetgan")
 
@@ -142,7 +142,7 @@ class MetricsWriter:
 
     def write(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(strict_json(record) + "\n")
 
 
 def machine_info(device: torch.device) -> dict:
@@ -193,4 +193,4 @@ def cpu_model() -> str | None:
 
 def write_machine(run_dir: Path, device: torch.device) -> None:
     """machine_info for the report."""
-    atomic_write_bytes(run_dir / "machine.json", json.dumps(machine_info(device), indent=1).encode())
+    atomic_write_bytes(run_dir / "machine.json", strict_json(machine_info(device), indent=1).encode())
