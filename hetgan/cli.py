@@ -151,6 +151,9 @@ def add_evalnet(sub) -> None:
     et.add_argument("--resolution", type=int, default=32)
     et.add_argument("--channels", type=int, default=1, choices=[1, 3])
     et.add_argument("--epochs", type=int, default=20)
+    et.add_argument(
+        "--on-bad-image", choices=["error", "skip"], default="error", help="skip: leave unreadable files out, logged"
+    )
 
 
 def add_bench(sub) -> None:
@@ -372,7 +375,9 @@ def cmd_evalnet(args: argparse.Namespace) -> int:
     from hetgan.eval.evalnet import save_evalnet, train_evalnet
 
     out = output_path(args.out, "--out", "evalnet.safetensors")
-    data = load_data(DataConfig(spec=args.data, resolution=args.resolution, channels=args.channels))
+    data = load_data(
+        DataConfig(spec=args.data, resolution=args.resolution, channels=args.channels, on_bad_image=args.on_bad_image)
+    )
     if not isinstance(data, ImageData):
         raise HetganError(f"{args.data}: feature networks are for images, not 2-D points")
     net = train_evalnet(data, epochs=args.epochs)

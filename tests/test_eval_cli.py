@@ -14,6 +14,7 @@ from hetgan.artifact import load_generator
 from hetgan.cli import main
 from hetgan.config import DataConfig
 from hetgan.data import load_data
+from hetgan.errors import DataError, HetganError
 from hetgan.eval.evalnet import embed_in_batches, load_evalnet, save_evalnet, train_evalnet
 from hetgan.eval.score import evaluate
 from hetgan.report.html import build_report
@@ -124,6 +125,46 @@ def test_evalnet_train_any_labelled_data(digits_npz, tmp_path, caplog):
     loaded = load_evalnet(save_evalnet(net, tmp_path / "e.safetensors"))
     x = torch.rand(3, 1, 32, 32) * 2 - 1
     assert torch.equal(net.eval()(x)[1], loaded(x)[1]) and loaded.cfg.held_out_accuracy == net.cfg.held_out_accuracy
+
+
+def test_eval_during_training_needs_its_feature_network_before_the_run_begins(tiny, tmp_path, monkeypatch):
+    """Data with no feature network fails at once, leaving no run behind, not at the first eval
+    after training has begun; and the evaluator uses the trainer's data, not a second decode."""
+    tiny.train.eval_kimg = 0.04
+    with pytest.raises(HetganError, match="--set train.evalnet=evalnet.safetensors"):
+        train(tiny, out=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
+
+    def load_data_again(cfg):
+        raise AssertionError("the data was loaded a second time for evaluation")
+
+    monkeypatch.setattr("hetgan.eval.score.load_data", load_data_again)
+    cfg = tiny_config("mnist5k", kimg=0.04, eval_kimg=0.04, eval_n=100)
+    assert (train(cfg, out=tmp_path / "d", progress=False) / "best.json").is_file()
+
+
+def test_evalnet_on_a_small_dataset_holds_out_a_fifth_of_the_smallest_class(tmp_path, capsys):
+    """A class folder of 3 classes x 10 images used to hold out 50 per class, train on nothing and
+    crash in the learning-rate schedule; `--on-bad-image skip` works here as for `train`."""
+    from PIL import Image
+
+    for c in range(3):
+        (tmp_path / "d" / f"c{c}").mkdir(parents=True)
+        for i in range(10):
+            Image.new("L", (8, 8), c * 80 + i).save(tmp_path / "d" / f"c{c}" / f"{i}.png")
+    (tmp_path / "d" / "c0" / "broken.png").write_bytes(b"not an image")
+    args = ["evalnet", "train", "--data", f"folder:{tmp_path / 'd'}", "--out", str(tmp_path / "e.st"), "--epochs", "1"]
+    assert main(args) == 2
+    assert "--on-bad-image skip" in capsys.readouterr().err
+    assert main([*args, "--on-bad-image", "skip"]) == 0
+    assert load_evalnet(tmp_path / "e.st").cfg.held_out_count == 6  # 2 of each class's 10
+
+    data = load_data(DataConfig(spec=f"folder:{tmp_path / 'd'}", on_bad_image="skip"))
+    with pytest.raises(HetganError, match="epochs=0: train for at least 1 epoch"):
+        train_evalnet(data, epochs=0)
+    data.images, data.labels = data.images[9:], data.labels[9:]  # class c0 keeps 1 image
+    with pytest.raises(DataError, match="class c0 has 1 image; every class needs at least 2"):
+        train_evalnet(data, epochs=1)
 
 
 def test_evalnet_cli_needs_labels(tmp_path, capsys):

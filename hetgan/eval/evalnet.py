@@ -24,7 +24,7 @@ from torch import nn
 
 from hetgan.accel import without_tf32
 from hetgan.data.sources import ImageData
-from hetgan.errors import CheckpointError, DataError
+from hetgan.errors import CheckpointError, DataError, HetganError
 from hetgan.fileio import atomic_write_bytes, read_safetensors
 
 log = logging.getLogger("hetgan")
@@ -115,11 +115,26 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def train_evalnet(
     data: ImageData, epochs: int = 20, held_out_per_class: int = 50, seed: int = 0, batch_size: int = 64
 ) -> EvalNet:
-    """Train a feature network on labelled images; its held-out accuracy goes into its config."""
+    """Train a feature network on labelled images; its held-out accuracy goes into its config.
+
+    `held_out_per_class` items of each class are held out, but never more than a fifth of the
+    smallest class, so a small dataset still has most of its images to train on."""
     if data.labels is None:
         raise DataError(f"{data.source}: evalnet training needs labels (npz labels, class folders, MNIST, CIFAR-10)")
-    n_classes = int(data.labels.max()) + 1
-    train_idx, test_idx = held_out_split(data.labels, held_out_per_class, seed)
+    if epochs < 1:
+        raise HetganError(f"epochs={epochs}: train for at least 1 epoch")
+    counts = np.bincount(data.labels)
+    smallest = int(np.flatnonzero(counts)[counts[counts > 0].argmin()])
+    if counts[smallest] < 2:
+        name = data.class_names[smallest] if data.class_names else smallest
+        raise DataError(
+            f"{data.source}: class {name} has {counts[smallest]} image; every class needs at least 2 "
+            "(one to train on, one held out to measure accuracy)"
+        )
+    n_classes = len(counts)
+    per_class = min(held_out_per_class, max(1, int(counts[smallest]) // 5))
+    train_idx, test_idx = held_out_split(data.labels, per_class, seed)
+    batch_size = min(batch_size, len(train_idx))
     x = torch.from_numpy(np.asarray(data.images)).float().div(127.5).sub(1)  # [N, C, R, R] in [-1, 1]
     y = torch.from_numpy(data.labels)
     torch.manual_seed(seed)

@@ -11,7 +11,7 @@ from hetgan.accel import without_tf32
 from hetgan.artifact import Generator
 from hetgan.config import MIN_EVAL_N, TrainConfig
 from hetgan.data import Mixture, load_data
-from hetgan.data.sources import parse_spec
+from hetgan.data.sources import Data, parse_spec
 from hetgan.errors import HetganError
 from hetgan.eval import metrics as M
 from hetgan.eval.evalnet import EvalNet, load_evalnet
@@ -44,8 +44,10 @@ def feature_net_for(config: TrainConfig, evalnet: str | Path | None, inception: 
     else:
         raise HetganError(
             f"no feature network for data {config.data.spec!r}: train one with "
-            f"`hetgan evalnet train --data {config.data.spec} --out evalnet.safetensors` "
-            "and pass --evalnet evalnet.safetensors"
+            f"`hetgan evalnet train --data {config.data.spec} --resolution {config.data.resolution} "
+            f"--channels {config.data.channels} --out evalnet.safetensors` "
+            "and pass it: `hetgan eval --evalnet evalnet.safetensors`, or "
+            "`--set train.evalnet=evalnet.safetensors` for eval during training"
         )
     if net.cfg.channels != config.data.channels:
         raise HetganError(f"the feature network takes {net.cfg.channels} channels, the data has {config.data.channels}")
@@ -64,8 +66,9 @@ class Evaluator:
         metrics: tuple[str, ...] | None = None,
         inception: str | Path | None = None,
         device: str | torch.device = "cpu",
+        data: Data | None = None,
     ):
-        self.data = load_data(config.data)
+        self.data = load_data(config.data) if data is None else data  # a trainer passes its own
         self.seed = seed
         if isinstance(self.data, Mixture):
             self.metrics = POINT_METRICS

@@ -23,7 +23,7 @@ from hetgan.errors import CheckpointError
 from hetgan.report.plots import make_plots
 from hetgan.sampling import write_samples
 from hetgan.training.checkpoint import load_latest_checkpoint, save_checkpoint
-from hetgan.training.monitor import Monitor
+from hetgan.training.monitor import Monitor, evaluator_for
 from hetgan.training.rundir import LOCK_NAME, MetricsWriter, new_run_dir, run_lock, run_log, write_config, write_machine
 from hetgan.training.trainer import Trainer
 
@@ -95,17 +95,19 @@ def run_training(
     else:
         run_dir = Path(resume)
         cfg = resumed_config(run_dir, overrides or [])
-    locked, trainer = False, None
+    locked = began = False
     try:
         with run_lock(run_dir), run_log(run_dir):
             locked = True  # the folder is ours: another run holding it is never cleaned away
             trainer = Trainer(cfg)
             try:
-                return _run(trainer, run_dir, not fresh, allow_config_change, progress)
+                evaluator = evaluator_for(trainer) if cfg.train.eval_kimg else None
+                began = True
+                return _run(trainer, evaluator, run_dir, not fresh, allow_config_change, progress)
             finally:
                 trainer.close()
     finally:
-        if fresh and locked and trainer is None:  # the set-up failed (bad data, a device it lacks): no run began
+        if fresh and locked and not began:  # the set-up failed (bad data, a device it lacks, no feature net)
             discard_empty_run(run_dir, made_dir)
 
 
@@ -125,7 +127,7 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
     return apply_overrides(load_yaml(run_dir / "config.yaml"), overrides)
 
 
-def _run(trainer: Trainer, run_dir: Path, resuming: bool, allow_change: bool, progress: bool) -> TrainResult:
+def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_change: bool, progress: bool) -> TrainResult:
     cfg = trainer.cfg
     total_nimg = int(cfg.train.kimg * 1000)
     metrics = MetricsWriter(run_dir)
@@ -144,7 +146,7 @@ def _run(trainer: Trainer, run_dir: Path, resuming: bool, allow_change: bool, pr
     write_config(run_dir, cfg)
     write_machine(run_dir, trainer.device)
     log.info("run directory %s; %s", run_dir, describe(trainer))
-    monitor = Monitor(trainer, run_dir)
+    monitor = Monitor(trainer, run_dir, evaluator)
     if trainer.step_count == 0:
         save_grid(trainer, run_dir)
     stop = StopSignal()

@@ -44,8 +44,24 @@ def improves(value: float, best: float | None) -> bool:
     return best is None or math.isnan(best) or value < best
 
 
+def evaluator_for(trainer: Trainer):
+    """The evaluator of `--eval-every`, on the trainer's data (not decoded again) and where G's
+    samples come out (its last stage). Built before a run begins, so that data with no feature
+    network is an error then, not at the first evaluation."""
+    from hetgan.eval.score import Evaluator  # late: eval imports training-side modules
+
+    cfg = trainer.cfg
+    return Evaluator(
+        cfg,
+        evalnet=cfg.train.evalnet or None,
+        metrics=("fid", "pr", "dc", "classes"),
+        device=output_device(trainer.G_ema, trainer.g_device),
+        data=trainer.data,
+    )
+
+
 class Monitor:
-    def __init__(self, trainer: Trainer, run_dir: Path) -> None:
+    def __init__(self, trainer: Trainer, run_dir: Path, evaluator=None) -> None:
         self.trainer, self.run_dir = trainer, run_dir
         self.alarms: list[str] = []
         self.d_won_streak = 0
@@ -54,7 +70,7 @@ class Monitor:
         self.best = json.loads(self.best_path.read_text()) if self.best_path.exists() else None
         if self.best and self.best[self.best["metric"]] is None:  # null: inf, as NaN is never best
             self.best[self.best["metric"]] = math.inf
-        self._evaluator = None
+        self._evaluator = evaluator
         self.real_spread = spread(self._real_reference())
 
     def _real_reference(self) -> torch.Tensor:
@@ -100,16 +116,9 @@ class Monitor:
 
     # --- evaluation ---------------------------------------------------------------------------
     def evaluate(self) -> dict:
-        from hetgan.eval.score import Evaluator  # late: eval imports training-side modules
-
         cfg, t = self.trainer.cfg, self.trainer
         if self._evaluator is None:
-            self._evaluator = Evaluator(
-                cfg,
-                evalnet=cfg.train.evalnet or None,
-                metrics=("fid", "pr", "dc", "classes"),
-                device=output_device(t.G_ema, t.g_device),  # where G's samples come out
-            )
+            self._evaluator = evaluator_for(t)
         G = Generator(recalibrated_copy(t.G_ema, cfg.model.z_dim), cfg)
         n = 2500 if isinstance(t.data, Mixture) else cfg.train.eval_n  # PacGAN protocol for 2-D data
         result = self._evaluator(G, n)
