@@ -167,6 +167,16 @@ def test_evalnet_on_a_small_dataset_holds_out_a_fifth_of_the_smallest_class(tmp_
         train_evalnet(data, epochs=1)
 
 
+def test_eval_of_a_run_uses_the_feature_network_it_trained_with(tiny, digits_npz, tmp_path, capsys):
+    evalnet = tmp_path / "e.safetensors"
+    assert main(["evalnet", "train", "--data", f"npz:{digits_npz}", "--out", str(evalnet), "--epochs", "1"]) == 0
+    tiny.train.evalnet = str(evalnet)
+    run = train(tiny, out=tmp_path / "r", progress=False)
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--n", "50"]) == 0
+    assert f"feature space: evalnet {evalnet}" in capsys.readouterr().out
+
+
 def test_evalnet_cli_needs_labels(tmp_path, capsys):
     from PIL import Image
 

@@ -30,11 +30,13 @@ def real_features(net: EvalNet, images_uint8: np.ndarray) -> np.ndarray:
 
 
 def feature_net_for(config: TrainConfig, evalnet: str | Path | None, inception: str | Path | None = None):
-    """(network with `.embed` and `.cfg`, a description of its feature space)."""
+    """(network with `.embed` and `.cfg`, a description of its feature space). Without `evalnet`,
+    the one the run was trained with (`train.evalnet`), if any."""
     if inception is not None:
         if evalnet is not None:
             raise HetganError("pass either an evalnet or Inception weights, not both")
         return load_inception(inception), f"InceptionV3 pool3, 2048-d (FID Inception weights {inception})"
+    evalnet = evalnet or config.train.evalnet or None
     if evalnet is not None:
         net = load_evalnet(evalnet)
         name = f"evalnet {evalnet}"

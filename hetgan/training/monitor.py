@@ -50,14 +50,8 @@ def evaluator_for(trainer: Trainer):
     network is an error then, not at the first evaluation."""
     from hetgan.eval.score import Evaluator  # late: eval imports training-side modules
 
-    cfg = trainer.cfg
-    return Evaluator(
-        cfg,
-        evalnet=cfg.train.evalnet or None,
-        metrics=("fid", "pr", "dc", "classes"),
-        device=output_device(trainer.G_ema, trainer.g_device),
-        data=trainer.data,
-    )
+    device = output_device(trainer.G_ema, trainer.g_device)
+    return Evaluator(trainer.cfg, metrics=("fid", "pr", "dc", "classes"), device=device, data=trainer.data)
 
 
 class Monitor:
