@@ -91,7 +91,10 @@ def add_train(sub) -> None:
     t.add_argument("--snapshot-kimg", type=float, help="checkpoint interval in kimg")
     add_devices(t)
     t.add_argument(
-        "--eval-every", type=float, metavar="KIMG", help="metrics every KIMG; keeps the best by FID (2-D: reverse KL)"
+        "--eval-every",
+        type=float,
+        metavar="KIMG",
+        help="metrics every KIMG; keeps the best by FID (2-D: modes, high quality, reverse KL)",
     )
     t.add_argument("--on-bad-image", choices=["error", "skip"])
     add_set(t)

@@ -19,7 +19,7 @@ from hetgan.eval.evalnet import embed_in_batches, load_evalnet, save_evalnet, tr
 from hetgan.eval.score import evaluate
 from hetgan.report.html import build_report
 from hetgan.training import Trainer, train
-from hetgan.training.monitor import Monitor
+from hetgan.training.monitor import Monitor, rank
 from tests.conftest import GPU, strict_loads, tiny_config
 
 
@@ -223,12 +223,40 @@ def test_best_checkpoint_ranks_nan_and_inf_scores_last(tiny, tmp_path):
     assert json.loads((tmp_path / "best.json").read_text())["fid"] == 40.0
 
 
+def test_best_2d_checkpoint_ranks_modes_then_quality_then_reverse_kl(tmp_path):
+    """Reverse KL alone ranked 8 good samples out of 2,500, one per mode, as perfect."""
+    cfg = tiny_config("ring8", arch="mlp")
+    (tmp_path / "best.json").write_text('{"step": 0, "kimg": 0.0, "reverse_kl": 0.5, "metric": "reverse_kl"}')
+    monitor = Monitor(Trainer(cfg), tmp_path)  # a best.json of the old ranking: any record beats it
+    kept = []
+    for kimg, modes, hq, rkl in [
+        (1, 2, 0.5, 0.0),
+        (2, 8, 0.1, 1.5),  # more modes beat a lower reverse KL
+        (3, 8, 0.05, 0.1),  # fewer high-quality samples: not best
+        (4, 8, 0.1, 1.0),  # as many modes and as much quality, lower reverse KL
+        (5, 8, 0.1, math.nan),
+        (6, 7, 0.9, 0.0),
+    ]:
+        monitor._keep_best({"step": 0, "kimg": kimg, "modes_captured": modes, "high_quality": hq, "reverse_kl": rkl})
+        kept.append(monitor.best["kimg"])
+    assert kept == [1, 2, 2, 4, 4, 4]
+    best = strict_loads((tmp_path / "best.json").read_text())
+    assert best == {
+        "step": 0,
+        "kimg": 4,
+        "modes_captured": 8,
+        "high_quality": 0.1,
+        "reverse_kl": 1.0,
+        "metric": "modes",
+    }
+
+
 def test_best_json_is_strict_and_an_inf_best_survives_a_resume(tiny, tmp_path):
     trainer = Trainer(tiny)
     Monitor(trainer, tmp_path)._keep_best({"step": 0, "kimg": 0.1, "fid": math.inf})
     assert strict_loads((tmp_path / "best.json").read_text())["fid"] is None  # inf is written as null
     resumed = Monitor(trainer, tmp_path)
-    assert resumed.best["fid"] == math.inf
+    assert rank(resumed.best, "fid") == (math.inf,)
     resumed._keep_best({"step": 0, "kimg": 0.2, "fid": math.inf})  # no better than the best
     assert strict_loads((tmp_path / "best.json").read_text())["kimg"] == 0.1
     resumed._keep_best({"step": 0, "kimg": 0.3, "fid": 70.0})

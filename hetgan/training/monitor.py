@@ -36,12 +36,35 @@ def spread(x: torch.Tensor) -> float:
     return mean_pairwise_distance(x.detach().cpu().flatten(1).numpy())
 
 
-def improves(value: float, best: float | None) -> bool:
-    """Whether a score (lower is better) beats the best so far: a NaN never does, and any number
-    beats a NaN best (a comparison with NaN is always false, so one would stay best for good)."""
-    if math.isnan(value):
-        return False
-    return best is None or math.isnan(best) or value < best
+# What "best" means, as scores compared in turn, each with 1 where lower is better and -1 where
+# higher is. 2-D data follows the PacGAN protocol's headline numbers in order: a generator that
+# covers more modes beats one with a lower reverse KL, which eight good samples (one per mode)
+# out of 2,500 would bring to a perfect 0.
+RANKINGS = {
+    "fid": (("fid", 1),),
+    "modes": (("modes_captured", -1), ("high_quality", -1), ("reverse_kl", 1)),
+}
+
+
+def ranking_for(record: dict) -> str | None:
+    return "fid" if "fid" in record else "modes" if "reverse_kl" in record else None
+
+
+def rank(record: dict, ranking: str) -> tuple[float, ...] | None:
+    """A record's place under a ranking, lower is better; None where a score is missing or NaN,
+    which never ranks best (every comparison with NaN is false, so one would stay best for good).
+    null, how a JSON file stores a score that is not finite (a reverse KL of inf), ranks last."""
+    key = []
+    for name, sign in RANKINGS[ranking]:
+        value = record.get(name, math.nan)
+        if value is not None and math.isnan(value):
+            return None
+        key.append(math.inf if value is None else sign * value)
+    return tuple(key)
+
+
+def improves(key: tuple[float, ...] | None, best: tuple[float, ...] | None) -> bool:
+    return key is not None and (best is None or key < best)
 
 
 def evaluator_for(trainer: Trainer):
@@ -62,8 +85,6 @@ class Monitor:
         self.loss_scale: list[float] = []
         self.best_path = run_dir / "best.json"
         self.best = json.loads(self.best_path.read_text()) if self.best_path.exists() else None
-        if self.best and self.best[self.best["metric"]] is None:  # null: inf, as NaN is never best
-            self.best[self.best["metric"]] = math.inf
         self._evaluator = evaluator
         self.real_spread = spread(self._real_reference())
 
@@ -122,19 +143,20 @@ class Monitor:
         return record
 
     def _keep_best(self, record: dict) -> None:
-        key = "fid" if "fid" in record else "reverse_kl"  # lower is better for both
-        if key not in record:
+        ranking = ranking_for(record)
+        if ranking is None:
             return
-        if improves(record[key], None if self.best is None else self.best[key]):
+        # A best.json of another ranking (one written before 2-D runs were ranked by modes) ranks None.
+        if improves(rank(record, ranking), None if self.best is None else rank(self.best, ranking)):
             t = self.trainer
             tensors, meta = t.state()
             save_checkpoint(self.run_dir / "best", t.step_count, tensors, meta, keep=1)
             save_generator(t.G_ema, t.cfg, self.run_dir / "generator-best.safetensors")
-            self.best = {"step": t.step_count, "kimg": record["kimg"], key: record[key], "metric": key}
+            scores = {name: record[name] for name, _ in RANKINGS[ranking]}
+            self.best = {"step": t.step_count, "kimg": record["kimg"], **scores, "metric": ranking}
             atomic_write_bytes(self.best_path, strict_json(self.best, indent=1).encode())
             log.info(
-                "new best %s %.4f at step %d: best/ and generator-best.safetensors",
-                key,
-                record[key],
+                "new best at step %d (%s): best/ and generator-best.safetensors",
                 t.step_count,
+                ", ".join(f"{name} {value:.4g}" for name, value in scores.items()),
             )
