@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from hetgan.cli import main
+from hetgan.training.monitor import rank
 
 
 def run_cli(*args, **kw):
@@ -205,7 +206,8 @@ def test_eval_every_logs_metrics_and_keeps_best(tmp_path):
     assert [r["kimg"] for r in evals] == [0.2, 0.4]
     assert all(0 <= r["high_quality"] <= 1 and r["modes_total"] == 8 for r in evals)
     best = json.loads((run / "best.json").read_text())
-    assert best["metric"] == "reverse_kl" and best["reverse_kl"] == min(r["reverse_kl"] for r in evals)
+    winner = min(evals, key=lambda r: rank(r, "modes"))  # most modes, then high quality, then reverse KL
+    assert best["metric"] == "modes" and (best["kimg"], best["reverse_kl"]) == (winner["kimg"], winner["reverse_kl"])
     assert (run / "generator-best.safetensors").exists()
 
 
