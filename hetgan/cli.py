@@ -157,6 +157,7 @@ def add_evalnet(sub) -> None:
     et.add_argument(
         "--on-bad-image", choices=["error", "skip"], default="error", help="skip: leave unreadable files out, logged"
     )
+    et.add_argument("--device", default="cpu", help="auto, cpu, cuda[:i], mps or xpu to train on (default cpu)")
 
 
 def add_bench(sub) -> None:
@@ -376,14 +377,16 @@ def format_table(result: dict) -> str:
 def cmd_evalnet(args: argparse.Namespace) -> int:
     from hetgan.data import ImageData, load_data
     from hetgan.eval.evalnet import save_evalnet, train_evalnet
+    from hetgan.placement import resolve_device
 
     out = output_path(args.out, "--out", "evalnet.safetensors")
+    device = resolve_device(args.device)  # before the data is decoded
     data = load_data(
         DataConfig(spec=args.data, resolution=args.resolution, channels=args.channels, on_bad_image=args.on_bad_image)
     )
     if not isinstance(data, ImageData):
         raise HetganError(f"{args.data}: feature networks are for images, not 2-D points")
-    net = train_evalnet(data, epochs=args.epochs)
+    net = train_evalnet(data, epochs=args.epochs, device=device)
     out = save_evalnet(net, out)
     print(f"held-out accuracy {net.cfg.held_out_accuracy:.4f} on {net.cfg.held_out_count} items; wrote {out}")
     return 0

@@ -84,6 +84,15 @@ def test_eval_on_a_gpu_agrees_with_the_cpu(digits_run, tmp_path):
     assert next(monitor._evaluator.net.parameters()).device.type == "cuda"  # G's last stage
 
 
+@GPU
+def test_evalnet_trains_on_a_gpu_and_saves_from_the_cpu(tmp_path):
+    data = load_data(DataConfig(spec="mnist5k"))
+    data.images, data.labels = data.images[::4], data.labels[::4]
+    net = train_evalnet(data, epochs=3, held_out_per_class=10, device="cuda")
+    assert next(net.parameters()).device.type == "cpu" and net.cfg.held_out_accuracy > 0.8  # 0.96-0.98 on the CPU
+    assert load_evalnet(save_evalnet(net, tmp_path / "e.safetensors")).cfg == net.cfg
+
+
 def test_features_are_computed_in_full_fp32_and_the_flags_restored():
     seen = []
 
@@ -156,7 +165,9 @@ def test_evalnet_on_a_small_dataset_holds_out_a_fifth_of_the_smallest_class(tmp_
     args = ["evalnet", "train", "--data", f"folder:{tmp_path / 'd'}", "--out", str(tmp_path / "e.st"), "--epochs", "1"]
     assert main(args) == 2
     assert "--on-bad-image skip" in capsys.readouterr().err
-    assert main([*args, "--on-bad-image", "skip"]) == 0
+    assert main([*args, "--on-bad-image", "skip", "--device", "gpu"]) == 2  # refused before any decoding
+    assert "unknown device 'gpu'" in capsys.readouterr().err
+    assert main([*args, "--on-bad-image", "skip", "--device", "auto"]) == 0
     assert load_evalnet(tmp_path / "e.st").cfg.held_out_count == 6  # 2 of each class's 10
 
     data = load_data(DataConfig(spec=f"folder:{tmp_path / 'd'}", on_bad_image="skip"))

@@ -113,9 +113,15 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def train_evalnet(
-    data: ImageData, epochs: int = 20, held_out_per_class: int = 50, seed: int = 0, batch_size: int = 64
+    data: ImageData,
+    epochs: int = 20,
+    held_out_per_class: int = 50,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
 ) -> EvalNet:
-    """Train a feature network on labelled images; its held-out accuracy goes into its config.
+    """Train a feature network on labelled images, on `device`; its held-out accuracy goes into its
+    config. The images stay on the CPU and move to the device a batch at a time.
 
     `held_out_per_class` items of each class are held out, but never more than a fifth of the
     smallest class, so a small dataset still has most of its images to train on."""
@@ -145,7 +151,7 @@ def train_evalnet(
         dataset=data.source,
         class_names=data.class_names,
     )
-    net = EvalNet(cfg)
+    net = EvalNet(cfg).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     steps = epochs * (len(train_idx) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
@@ -156,7 +162,7 @@ def train_evalnet(
         order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=gen)]
         for i in range(0, len(order) - batch_size + 1, batch_size):
             idx = order[i : i + batch_size]
-            loss = F.cross_entropy(net(_augment(x[idx], gen))[0], y[idx])
+            loss = F.cross_entropy(net(_augment(x[idx], gen).to(device))[0], y[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -170,13 +176,14 @@ def train_evalnet(
             time.perf_counter() - start,
         )
     cfg.held_out_accuracy, cfg.held_out_count = acc, len(test_idx)
-    return net.eval()
+    return net.eval().cpu()
 
 
 @torch.no_grad()
 def accuracy(net: EvalNet, x: torch.Tensor, y: torch.Tensor) -> float:
     net.eval()
-    pred = torch.cat([net(x[i : i + 500])[0].argmax(1) for i in range(0, len(x), 500)])
+    device = next(net.parameters()).device
+    pred = torch.cat([net(x[i : i + 500].to(device))[0].argmax(1).cpu() for i in range(0, len(x), 500)])
     return float((pred == y).float().mean())
 
 
