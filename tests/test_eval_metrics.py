@@ -58,6 +58,32 @@ def test_precision_recall_density_coverage_extremes():
     assert p == 1.0 and r < 0.75
 
 
+def test_knn_metrics_in_blocks_equal_the_whole_matrix(monkeypatch):
+    """The k-NN metrics hold at most BLOCK_ENTRIES distances at once (a row at least), and give
+    the numbers of the whole distance matrix."""
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(60, 5)), rng.normal(0.3, 1.2, size=(45, 5))
+
+    def scores():
+        return (
+            *M.precision_recall(real, fake),
+            *M.density_coverage(real, fake),
+            M.mean_pairwise_distance(fake),
+            M.knn_radii(real, 3),
+        )
+
+    whole = scores()
+    sizes = []
+    distances = M._distances
+    monkeypatch.setattr(M, "_distances", lambda a, b: sizes.append(len(a) * len(b)) or distances(a, b))
+    monkeypatch.setattr(M, "BLOCK_ENTRIES", 200)  # 3 or 4 rows of 60 or 45 columns
+    blocked = scores()
+    assert max(sizes) <= 200 and len(sizes) > 4 * 4
+    assert blocked[:5] == pytest.approx(whole[:5], rel=1e-12)
+    assert torch.allclose(blocked[5], whole[5], rtol=1e-12)
+    assert all(0 < s < 1 for s in (*whole[:2], whole[3]))  # precision, recall, coverage: not trivially 0 or 1
+
+
 def test_mode_metrics_hand_built():
     modes = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
     sigma = 0.1
@@ -105,3 +131,17 @@ def test_digit_fid_real_halves_near_zero_noise_far():
     noise = net.embed(torch.rand(2500, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1)[0]
     real_vs_real, real_vs_noise = M.fid(feats, held), M.fid(feats, noise)
     assert real_vs_real < 0.02 * real_vs_noise, (real_vs_real, real_vs_noise)
+
+
+def test_eval_memory_benchmark_compares_whole_and_blocked():
+    """benchmarks/eval_memory.py, tiny: both sides run in child processes and agree."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cmd = [sys.executable, "benchmarks/eval_memory.py", "--real", "300", "--fake", "200", "250", "--dim", "8"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["200", "250"]
+    assert all(float(row[1]) > 0 and float(row[3]) > 0 and row[5] == "True" for row in rows)

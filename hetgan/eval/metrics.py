@@ -9,8 +9,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
+
+BLOCK_ENTRIES = 1 << 23  # distances held at once by the k-NN metrics: 64 MiB of float64
 
 
 def gaussian_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,26 +64,41 @@ def _distances(a: np.ndarray, b: np.ndarray) -> torch.Tensor:
     return torch.cdist(torch.from_numpy(np.asarray(a, np.float64)), torch.from_numpy(np.asarray(b, np.float64)))
 
 
+def distance_blocks(a: np.ndarray, b: np.ndarray) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(rows, distances from a[rows] to all of b) over a, a block of rows at a time, so that at
+    most BLOCK_ENTRIES distances are held at once: 50,000 samples against themselves would
+    otherwise take 20 GB."""
+    rows = max(1, BLOCK_ENTRIES // max(len(b), 1))
+    for start in range(0, len(a), rows):
+        block = slice(start, min(start + rows, len(a)))
+        yield block, _distances(a[block], b)
+
+
 def knn_radii(feats: np.ndarray, k: int) -> torch.Tensor:
     """Distance from each point to its k-th nearest neighbour in the same set (itself excluded)."""
-    return _distances(feats, feats).kthvalue(k + 1, dim=1).values
+    return torch.cat([d.kthvalue(k + 1, dim=1).values for _, d in distance_blocks(feats, feats)])
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
     """Precision: share of fakes inside the real k-NN manifold; recall: reals inside the fake one."""
     r_real, r_fake = knn_radii(real, k), knn_radii(fake, k)
-    d = _distances(real, fake)  # [N_real, N_fake]
-    precision = (d <= r_real[:, None]).any(0).double().mean()
-    recall = (d <= r_fake[None, :]).any(1).double().mean()
-    return float(precision), float(recall)
+    fake_inside = torch.zeros(len(fake), dtype=torch.bool)
+    real_inside = torch.zeros(len(real), dtype=torch.bool)
+    for rows, d in distance_blocks(real, fake):  # d: [rows of real, N_fake]
+        fake_inside |= (d <= r_real[rows, None]).any(0)
+        real_inside[rows] = (d <= r_fake[None, :]).any(1)
+    return float(fake_inside.double().mean()), float(real_inside.double().mean())
 
 
 def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> tuple[float, float]:
     r_real = knn_radii(real, k)
-    inside = _distances(real, fake) <= r_real[:, None]  # [N_real, N_fake]
-    density = inside.double().sum() / (k * inside.shape[1])
-    coverage = inside.any(1).double().mean()
-    return float(density), float(coverage)
+    inside_count = 0
+    covered = torch.zeros(len(real), dtype=torch.bool)
+    for rows, d in distance_blocks(real, fake):  # d: [rows of real, N_fake]
+        inside = d <= r_real[rows, None]
+        inside_count += int(inside.sum())
+        covered[rows] = inside.any(1)
+    return inside_count / (k * len(fake)), float(covered.double().mean())
 
 
 def class_histogram(probs: np.ndarray, n_classes: int) -> dict:
@@ -95,8 +114,8 @@ def class_histogram(probs: np.ndarray, n_classes: int) -> dict:
 
 def mean_pairwise_distance(x: np.ndarray) -> float:
     """Mean Euclidean distance between distinct rows of x [N, D]."""
-    d = _distances(x, x)
-    return float(d.sum() / (len(d) * (len(d) - 1)))
+    total = sum(float(d.sum()) for _, d in distance_blocks(x, x))
+    return total / (len(x) * (len(x) - 1))
 
 
 def diversity(feats: np.ndarray, real_feats: np.ndarray, n: int = 500) -> float:
