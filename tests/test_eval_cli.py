@@ -15,8 +15,9 @@ from hetgan.cli import main
 from hetgan.config import DataConfig
 from hetgan.data import load_data
 from hetgan.errors import DataError, HetganError
+from hetgan.eval import metrics as M
 from hetgan.eval.evalnet import embed_in_batches, load_evalnet, save_evalnet, train_evalnet
-from hetgan.eval.score import evaluate
+from hetgan.eval.score import Evaluator, evaluate
 from hetgan.report.html import build_report
 from hetgan.training import Trainer, train
 from hetgan.training.monitor import Monitor, rank
@@ -55,6 +56,16 @@ def test_eval_cli_table_and_json(digits_run, tmp_path, capsys):
     for n in ("0", "9"):  # 0 is not "unset": it used to score the default 5000
         assert main(["eval", "--run", str(digits_run), "--n", n]) == 2
         assert f"n={n}: too few samples to score; at least 10" in capsys.readouterr().err
+
+
+def test_eval_embeds_the_samples_a_batch_at_a_time(digits_run, monkeypatch):
+    """n generated images are never held at once (50,000 RGB 64x64 would be 2.4 GB), and the
+    features are those of the whole set."""
+    G = load_generator(digits_run)
+    evaluator = Evaluator(G.config, metrics=("fid",))
+    whole = M.fid(evaluator.net.embed(G.sample(600))[0], evaluator.real)
+    monkeypatch.setattr(type(G), "sample", lambda *args, **kwargs: pytest.fail("all n samples drawn at once"))
+    assert evaluator(G, 600)["fid"] == pytest.approx(whole, rel=1e-9)
 
 
 def test_eval_device_flag(digits_run, tmp_path, capsys):
