@@ -24,9 +24,10 @@ DIGIT_SPECS = ("mnist5k", "mnist")
 MAX_REAL = 10_000  # real images embedded for the reference statistics
 
 
-def real_features(net: EvalNet, images_uint8: np.ndarray) -> np.ndarray:
-    x = torch.from_numpy(images_uint8).float().div(127.5).sub(1)  # [N, C, R, R] in [-1, 1]
-    return net.embed(x)[0]
+def real_features(net: EvalNet, images_uint8: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Features of uint8 images [N, C, R, R], converted to [-1, 1] floats a batch at a time."""
+    batches = (images_uint8[i : i + batch_size] for i in range(0, len(images_uint8), batch_size))
+    return np.concatenate([net.embed(torch.from_numpy(b).float().div(127.5).sub(1))[0] for b in batches])
 
 
 def feature_net_for(config: TrainConfig, evalnet: str | Path | None, inception: str | Path | None = None):
