@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from hetgan import __version__
-from hetgan.config import DataConfig, apply_overrides, field_names
+from hetgan.config import DataConfig, TrainConfig, apply_overrides, field_names, load_yaml
 from hetgan.errors import HetganError
 
 log = logging.getLogger("hetgan")
@@ -83,7 +83,7 @@ def add_train(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"settable fields for --set:\n  {', '.join(field_names())}",
     )
-    t.add_argument("--preset", help=f"one of {', '.join(PRESETS.names())} (default {DEFAULT_PRESET})")
+    add_base(t, f"one of {', '.join(PRESETS.names())} (default {DEFAULT_PRESET})")
     add_data_spec(t)
     t.add_argument("--kimg", type=float, help="training length in thousands of real images")
     t.add_argument("--seed", type=int)
@@ -160,9 +160,22 @@ def add_evalnet(sub) -> None:
     et.add_argument("--device", default="cpu", help="auto, cpu, cuda[:i], mps or xpu to train on (default cpu)")
 
 
+def add_base(p: argparse.ArgumentParser, preset_help: str) -> None:
+    """--preset or --config: the config that flags and --set then change."""
+    base = p.add_mutually_exclusive_group()
+    base.add_argument("--preset", help=preset_help)
+    base.add_argument("--config", metavar="FILE", help="start from this YAML config instead, e.g. a run's config.yaml")
+
+
+def base_config(args: argparse.Namespace) -> TrainConfig:
+    from hetgan.presets import DEFAULT_PRESET, get_preset
+
+    return load_yaml(args.config) if args.config else get_preset(args.preset or DEFAULT_PRESET)
+
+
 def add_bench(sub) -> None:
     b = sub.add_parser("bench", help="steady-state img/s, phase breakdown, FLOPs, memory, vs the textbook loop")
-    b.add_argument("--preset", help="preset to measure (default dcgan_mnist)")
+    add_base(b, "preset to measure (default dcgan_mnist)")
     b.add_argument("--batch", type=int, nargs="+", help="one or more batch sizes")
     b.add_argument("--seconds", type=float, default=10.0, help="timed seconds per setup, over all rounds")
     b.add_argument("--rounds", type=int, default=3, help="timing windows, hetgan's and the textbook's in turn")
@@ -175,7 +188,7 @@ def add_bench(sub) -> None:
 
 def add_tune(sub) -> None:
     tn = sub.add_parser("tune", help="time candidate placements and knobs; pick the fastest sound one")
-    tn.add_argument("--preset", help="preset to tune (default dcgan_mnist)")
+    add_base(tn, "preset to tune (default dcgan_mnist)")
     add_data_spec(tn)
     add_devices(tn)
     add_set(tn)
@@ -186,7 +199,7 @@ def add_tune(sub) -> None:
 
 def add_layers(sub) -> None:
     ly = sub.add_parser("layers", help="list G's and D's layers with the indices stage specs use")
-    ly.add_argument("--preset", help="preset whose networks to list (default dcgan_mnist)")
+    add_base(ly, "preset whose networks to list (default dcgan_mnist)")
     add_data_spec(ly)
     add_set(ly)
 
@@ -208,7 +221,6 @@ def add_data(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hetgan.presets import DEFAULT_PRESET, get_preset
     from hetgan.training import run_training
 
     flags = {
@@ -220,8 +232,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + flag_overrides(args) + args.set
     if args.resume:
-        if args.preset:
-            raise HetganError("--preset cannot be combined with --resume: the run's config.yaml is used")
+        if args.preset or args.config:
+            raise HetganError(
+                f"{'--preset' if args.preset else '--config'} cannot be combined with --resume: the run's "
+                "config.yaml is used; change a field with --set FIELD=VALUE --allow-config-change"
+            )
         if args.placement == "auto":
             raise HetganError(
                 "--placement auto cannot be combined with --resume: the run continues with the knobs in its "
@@ -235,7 +250,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         print(result.summary())
         return 0
-    cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), overrides)
+    cfg = apply_overrides(base_config(args), overrides)
     if args.placement == "auto":
         cfg = run_tune(cfg, seconds=args.tune_seconds).config  # the choice goes into the run's config.yaml
     print(run_training(cfg, out=args.out, progress=not args.no_progress).summary())
@@ -286,10 +301,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import copy
 
     from hetgan.bench.bench import format_bench, run_bench
-    from hetgan.presets import DEFAULT_PRESET, get_preset
 
     out = json_path(args.json)
-    base = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), flag_overrides(args) + args.set)
+    base = apply_overrides(base_config(args), flag_overrides(args) + args.set)
     results = []
     for batch in args.batch or [base.train.batch_size]:
         cfg = apply_overrides(copy.deepcopy(base), [f"train.batch_size={batch}"])
@@ -300,10 +314,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from hetgan.presets import DEFAULT_PRESET, get_preset
-
     out = json_path(args.json)
-    cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), flag_overrides(args) + args.set)
+    cfg = apply_overrides(base_config(args), flag_overrides(args) + args.set)
     result = run_tune(cfg, args.seconds, args.rounds)
     if out:
         from hetgan.placement import resolve_device
@@ -316,9 +328,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     from hetgan.bench.layers import format_layers, network_tables
-    from hetgan.presets import DEFAULT_PRESET, get_preset
 
-    cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), flag_overrides(args) + args.set)
+    cfg = apply_overrides(base_config(args), flag_overrides(args) + args.set)
     tables = network_tables(cfg)  # refuses a stage spec for a network that cannot be split
     batch = cfg.train.batch_size
     print("\n\n".join(format_layers(name, *table, batch=batch) for name, table in tables.items()))

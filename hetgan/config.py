@@ -12,6 +12,7 @@ import dataclasses
 import re
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -209,27 +210,50 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(raw: dict[str, Any], where: str = "config") -> TrainConfig:
-    """Build a config from plain data (a YAML/JSON file), rejecting unknown or mistyped fields."""
+def from_dict(raw: dict[str, Any], where: str = "config", lines: dict[str, int] | None = None) -> TrainConfig:
+    """Build a config from plain data (a YAML/JSON file), rejecting unknown or mistyped fields.
+    `lines` maps a field's dotted name to its line in the file, for the error to name."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of sections, got {type(raw).__name__}")
+    lines = lines or {}
     cfg = TrainConfig()
     for key, value in raw.items():
-        if isinstance(value, dict):
-            for sub_key, sub_value in value.items():
-                set_field(cfg, f"{key}.{sub_key}", sub_value, where)
-        else:
-            set_field(cfg, key, value, where)
+        items = (
+            {f"{key}.{sub_key}": sub_value for sub_key, sub_value in value.items()}
+            if isinstance(value, dict)
+            else {key: value}
+        )
+        for name, item in items.items():
+            set_field(cfg, name, item, f"{where}, line {lines[name]}" if name in lines else where)
     return cfg.validate()
 
 
 def load_yaml(path) -> TrainConfig:
+    """A config from a YAML file (safe_load: plain data only, nothing is constructed or run)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+        text = Path(path).read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    return from_dict(raw, where=str(path))
+        mark = getattr(e, "problem_mark", None)
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    return from_dict(raw, where=str(path), lines=key_lines(text))
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """The 1-based line of each key of a YAML mapping, and of each key in its sub-mappings, by
+    dotted name: `{"train": 3, "train.kimg": 4}`."""
+    lines: dict[str, int] = {}
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    for key, value in root.value if isinstance(root, yaml.MappingNode) else []:
+        lines[str(key.value)] = key.start_mark.line + 1
+        for sub_key, _ in value.value if isinstance(value, yaml.MappingNode) else []:
+            lines[f"{key.value}.{sub_key.value}"] = sub_key.start_mark.line + 1
+    return lines
 
 
 def dump_yaml(cfg: TrainConfig) -> str:

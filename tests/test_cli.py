@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from hetgan.cli import main
+from hetgan.config import load_yaml
 from hetgan.training.monitor import rank
 
 
@@ -54,10 +55,33 @@ def test_bad_set_is_a_clear_error(capsys):
 def test_resume_refuses_flags_that_would_replace_its_config(capsys, tmp_path):
     for flags, message in [
         (["--preset", "mlp_ring8"], "--preset cannot be combined with --resume"),
+        (["--config", "c.yaml"], "--config cannot be combined with --resume"),
         (["--placement", "auto"], "--placement auto cannot be combined with --resume"),
     ]:
         assert main(["train", "--resume", str(tmp_path), *flags]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_config_file_is_a_base_for_flags_and_set(tmp_path, capsys):
+    """`--config` starts from a YAML file (a run's config.yaml, say) instead of a preset; flags and
+    --set change it as they change a preset, for train, bench, tune and layers alike."""
+    from hetgan.cli import base_config, build_parser
+
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: mine\nmodel:\n  arch: mlp\n  width: 24\ndata:\n  spec: ring8\n")
+    for command in ("train", "bench", "tune", "layers"):
+        cfg = base_config(build_parser().parse_args([command, "--config", str(path)]))
+        assert (cfg.preset, cfg.model.arch, cfg.model.width, cfg.data.spec) == ("mine", "mlp", 24, "ring8")
+    run = tmp_path / "run"
+    args = ["train", "--config", str(path), "--kimg", "0.02", "--set", "train.batch_size=10", "--out", str(run)]
+    assert main([*args, "--no-progress"]) == 0
+    written = load_yaml(run / "config.yaml")
+    assert (written.preset, written.model.width, written.train.kimg, written.train.batch_size) == ("mine", 24, 0.02, 10)
+    assert main(["layers", "--config", str(path)]) == 0
+    assert "Linear(in_features=2, out_features=48" in capsys.readouterr().out  # D's first layer: 2w units
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(path), "--preset", "mlp_ring8"])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_data_and_device_flags_become_config_overrides():

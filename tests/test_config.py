@@ -70,6 +70,24 @@ def test_yaml_cannot_construct_objects(tmp_path):
         load_yaml(path)
 
 
+def test_config_file_errors_name_the_file_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 2\n# a comment\ntrain:\n  kimg: 0.1\n  batchsize: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{path}, line 5: unknown config field 'train.batchsize'"):
+        load_yaml(path)
+    path.write_text("train:\n  kimg: lots\n")
+    with pytest.raises(ConfigError, match=rf"^{path}, line 2: train.kimg expects float, got 'lots'"):
+        load_yaml(path)
+    path.write_text("seed: [1\n")
+    with pytest.raises(ConfigError, match=rf"^{path}, line 2, column 1: not valid YAML \(expected ',' or ']'"):
+        load_yaml(path)
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'nope.yaml'}: config file does not exist$"):
+        load_yaml(tmp_path / "nope.yaml")
+    path.write_bytes(b"seed: \xff\n")
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_yaml(path)
+
+
 def test_from_dict_rejects_unknown_section():
     with pytest.raises(ConfigError, match="unknown config field 'nonsense.x'"):
         from_dict({"nonsense": {"x": 1}})
