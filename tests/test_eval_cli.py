@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import hetgan
 from hetgan.accel import restored_backend_flags
 from hetgan.artifact import load_generator
 from hetgan.cli import main
@@ -51,6 +52,7 @@ def test_eval_cli_table_and_json(digits_run, tmp_path, capsys):
     assert "feature space: digits" in table and "fid" in table and "kid_std" in table
     result = json.loads(out.read_text())
     assert result["n_generated"] == 300 and result["seed"] == 0 and 0 <= result["precision"] <= 1
+    assert hetgan.evaluate(load_generator(digits_run), n=300) == result  # the Python API's numbers
     assert main(["eval", "--run", str(digits_run), "--n", "300", "--metrics", "nope"]) == 2
     capsys.readouterr()
     for n in ("0", "9"):  # 0 is not "unset": it used to score the default 5000
