@@ -51,10 +51,14 @@ def restored_backend_flags():
 @contextlib.contextmanager
 def without_tf32():
     """Full fp32 matrix products and convolutions inside, whatever a run's `tf32` knob or torch's
-    default says: evaluation features must not depend on them."""
-    with restored_backend_flags():
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    default says: evaluation features must not depend on them. Only the two TF32 flags are saved
+    and put back: evaluation enters it once per batch of 256 samples."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
         yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def autocast(precision: str, device_types: Iterable[str]) -> contextlib.AbstractContextManager:
