@@ -105,6 +105,24 @@ def held_out_split(labels: np.ndarray, per_class: int, seed: int = 0) -> tuple[n
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
+def training_split(data: ImageData, held_out_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) indices of labelled data: `held_out_per_class` items of each class are
+    held out, but never more than a fifth of the smallest class, so a small dataset still has most
+    of its images to train on. A DataError where there are no labels or a class has one image."""
+    if data.labels is None:
+        raise DataError(f"{data.source}: evalnet training needs labels (npz labels, class folders, MNIST, CIFAR-10)")
+    counts = np.bincount(data.labels)
+    smallest = int(np.flatnonzero(counts)[counts[counts > 0].argmin()])
+    if counts[smallest] < 2:
+        name = data.class_names[smallest] if data.class_names else smallest
+        raise DataError(
+            f"{data.source}: class {name} has {counts[smallest]} image; every class needs at least 2 "
+            "(one to train on, one held out to measure accuracy)"
+        )
+    per_class = min(held_out_per_class, max(1, int(counts[smallest]) // 5))
+    return held_out_split(data.labels, per_class, seed)
+
+
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random shifts of up to 2 px (pad and crop): digits move, their shapes do not."""
     padded = F.pad(x, (2, 2, 2, 2), value=-1.0)
@@ -121,25 +139,11 @@ def train_evalnet(
     device: str | torch.device = "cpu",
 ) -> EvalNet:
     """Train a feature network on labelled images, on `device`; its held-out accuracy goes into its
-    config. The images stay on the CPU and move to the device a batch at a time.
-
-    `held_out_per_class` items of each class are held out, but never more than a fifth of the
-    smallest class, so a small dataset still has most of its images to train on."""
-    if data.labels is None:
-        raise DataError(f"{data.source}: evalnet training needs labels (npz labels, class folders, MNIST, CIFAR-10)")
+    config. The images stay on the CPU and move to the device a batch at a time."""
     if epochs < 1:
         raise HetganError(f"epochs={epochs}: train for at least 1 epoch")
-    counts = np.bincount(data.labels)
-    smallest = int(np.flatnonzero(counts)[counts[counts > 0].argmin()])
-    if counts[smallest] < 2:
-        name = data.class_names[smallest] if data.class_names else smallest
-        raise DataError(
-            f"{data.source}: class {name} has {counts[smallest]} image; every class needs at least 2 "
-            "(one to train on, one held out to measure accuracy)"
-        )
-    n_classes = len(counts)
-    per_class = min(held_out_per_class, max(1, int(counts[smallest]) // 5))
-    train_idx, test_idx = held_out_split(data.labels, per_class, seed)
+    train_idx, test_idx = training_split(data, held_out_per_class, seed)
+    n_classes = int(data.labels.max()) + 1
     batch_size = min(batch_size, len(train_idx))
     x = torch.from_numpy(np.asarray(data.images)).float().div(127.5).sub(1)  # [N, C, R, R] in [-1, 1]
     y = torch.from_numpy(data.labels)
