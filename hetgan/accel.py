@@ -61,13 +61,14 @@ def without_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def autocast(precision: str, device_types: Iterable[str]) -> contextlib.AbstractContextManager:
-    """Autocast on every device type a network runs on; a no-op for fp32."""
+def autocast(precision: str, device_types: Iterable[str], cache: bool = True) -> contextlib.AbstractContextManager:
+    """Autocast on every device type a network runs on; a no-op for fp32. `cache` False for code
+    captured in a CUDA graph, which must not keep the cast weights between replays."""
     if precision == "fp32":
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
     for device_type in sorted(set(device_types)):
-        stack.enter_context(torch.autocast(device_type=device_type, dtype=DTYPES[precision]))
+        stack.enter_context(torch.autocast(device_type=device_type, dtype=DTYPES[precision], cache_enabled=cache))
     return stack
 
 
@@ -116,25 +117,21 @@ def compiled(G: nn.Module, D: nn.Module, cfg: AccelConfig, loss: LossConfig):
     """Forward callables for G and D: compiled where asked and sound, else the modules themselves.
 
     The double backward of R1 and WGAN-GP is not supported under torch.compile, so with a
-    gradient penalty D stays eager (G is still compiled). CUDA graphs need every parameter of
-    both networks (all their stages) on CUDA devices.
+    gradient penalty D stays eager (G is still compiled). CUDA graphs (`cuda_graphs`) are not
+    torch.compile's: the trainer captures its whole step (hetgan.training.graphed).
     """
-    if cfg.cuda_graphs:
-        for name, net in (("G", G), ("D", D)):
-            off = sorted({str(p.device) for p in net.parameters() if p.device.type != "cuda"})
-            if off:
-                raise ConfigError(
-                    f"accel.cuda_graphs needs a CUDA device, but {name} has parameters on {', '.join(off)}; "
-                    "drop the setting or place G and D (and all their stages) on CUDA"
-                )
-    if not (cfg.compile or cfg.cuda_graphs):
+    if not cfg.compile:
         return G, D
-    mode = "reduce-overhead" if cfg.cuda_graphs else None
-    G_fwd = torch.compile(G, mode=mode)
+    # Each trainer compiles its own G and D from the same code; torch's default of 8 compiled
+    # versions per function is reached by the third compiled trainer of a process (tune builds
+    # several), after which it runs eager without a word.
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
+    G_fwd = torch.compile(G)
     if has_gradient_penalty(loss):
         log.info("torch.compile: D stays eager (its gradient penalty needs a double backward)")
         return G_fwd, D
-    return G_fwd, torch.compile(D, mode=mode)
+    return G_fwd, torch.compile(D)
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:

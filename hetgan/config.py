@@ -95,7 +95,7 @@ class AccelConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
     channels_last: bool = False
     compile: bool = False  # torch.compile G and D (D stays eager under R1 / WGAN-GP)
-    cuda_graphs: bool = False  # CUDA graphs via torch.compile(mode="reduce-overhead"); CUDA only
+    cuda_graphs: bool = False  # the whole step captured as one CUDA graph (one GPU, fused Adam, not fp16)
     tf32: bool = False  # TF32 matmuls and convolutions on Ampere+ GPUs
     cudnn_benchmark: bool = False
     optimizer_impl: str = "default"  # default | foreach | fused

@@ -6,8 +6,8 @@ import torch
 
 from hetgan.accel import restored_backend_flags
 from hetgan.bench.bench import flops_per_image, run_bench, textbook_flops_per_image
-from hetgan.bench.tune import Candidate, Trial, autotune, candidates_for, format_tune, tune
-from hetgan.config import DataConfig, ModelConfig, TrainConfig, apply_overrides
+from hetgan.bench.tune import Candidate, Trial, autotune, candidates_for, format_tune, tolerance, tune
+from hetgan.config import AccelConfig, DataConfig, ModelConfig, TrainConfig, apply_overrides
 from hetgan.errors import ConfigError, TuneError
 from hetgan.models import build_models
 from hetgan.presets import get_preset
@@ -81,21 +81,6 @@ def test_fp16_loss_scale_sits_with_the_parameters_never_across_host_and_accelera
     assert loss_scale_device(torch.nn.Sequential(on_meta, torch.nn.Linear(2, 2, device="meta")), "D").type == "meta"
     with pytest.raises(ConfigError, match=r"cannot scale the loss of G, whose stages are on cpu, meta.*bf16"):
         loss_scale_device(torch.nn.Sequential(on_cpu, on_meta), "G")
-
-
-def test_cuda_graphs_need_cuda(tiny):
-    tiny.accel.cuda_graphs = True
-    tiny.accel.device = "cpu"
-    with pytest.raises(ConfigError, match="needs a CUDA device, but G has parameters on cpu"):
-        Trainer(tiny)
-
-
-@GPU
-def test_cuda_graphs_refuse_a_cpu_discriminator(tiny):
-    tiny.accel.cuda_graphs = True
-    tiny.accel.device, tiny.accel.d_device = "cuda", "cpu"
-    with pytest.raises(ConfigError, match="D has parameters on cpu"):
-        Trainer(tiny)
 
 
 @pytest.mark.slow
@@ -510,6 +495,13 @@ def test_tune_tries_placements_on_an_accelerator():
     assert "channels_last + bf16" in names and not any(" on " in name for name in names)
 
 
+def test_tf32_candidates_are_judged_at_tf32_precision():
+    """TF32 keeps 10 mantissa bits: an H100 put tune's TF32 candidate 1.4e-3 off the fp32
+    reference, over the fp32 limit, so it was rejected for the rounding it is meant to have."""
+    assert tolerance(AccelConfig()) < 1.4e-3 < tolerance(AccelConfig(tf32=True))
+    assert tolerance(AccelConfig(precision="bf16", tf32=True)) == tolerance(AccelConfig(precision="bf16"))
+
+
 @GPU
 @pytest.mark.parametrize(
     "knobs",
@@ -517,7 +509,7 @@ def test_tune_tries_placements_on_an_accelerator():
         {"precision": "bf16", "channels_last": True, "optimizer_impl": "fused"},
         {"precision": "fp16"},
         {"tf32": True, "cudnn_benchmark": True},
-        {"precision": "bf16", "cuda_graphs": True},
+        {"precision": "bf16", "cuda_graphs": True, "optimizer_impl": "fused"},
     ],
 )
 def test_gpu_knobs_run_and_stay_finite(tiny, knobs):

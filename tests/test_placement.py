@@ -206,10 +206,14 @@ def test_gpu_suite_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
     done = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path / "ok")], env=env, cwd=root, timeout=500)
     assert done.returncode == 0
     outputs = {p.name for p in (tmp_path / "ok").iterdir()}
-    assert outputs == {"train_throughput.txt", "bench_bf16.txt", "bench_bf16.json", "placement.txt"}
-    bench = json.loads((tmp_path / "ok" / "bench_bf16.json").read_text())
-    assert [r["batch_size"] for r in bench] == [8, 16] and {r["accel"]["precision"] for r in bench} == {"bf16"}
+    benches = {"bench_bf16_b8": (8, 8), "bench_bf16_b16": (16, 8), "bench_bf16_wide": (16, 16)}
+    steps = {"train_throughput.txt", "step_knobs.txt", "placement.txt"}
+    assert outputs == steps | {f"{b}.{e}" for b in benches for e in ("txt", "json")}
+    for name, (batch, width) in benches.items():
+        [row] = json.loads((tmp_path / "ok" / f"{name}.json").read_text())
+        assert (row["batch_size"], row["config"]["model"]["width"], row["accel"]["precision"]) == (batch, width, "bf16")
     assert "hetgan tuned" in (tmp_path / "ok" / "train_throughput.txt").read_text()
+    assert "plain (fp32, eager)" in (tmp_path / "ok" / "step_knobs.txt").read_text()
     # A failing step is reported and the others still run; the exit status says something failed.
     env["WIDTH"] = "0"
     done = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path / "bad")], env=env, cwd=root, timeout=300)

@@ -118,7 +118,9 @@ def flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str
                 tensors[f"{prefix}.{idx}.{key}"] = value
             else:
                 scalars[f"{idx}.{key}"] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    # A captured step (StepGraph) keeps the learning rates as device tensors: saved as numbers.
+    groups = [{k: v.item() if torch.is_tensor(v) else v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
 
 
 def restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:

@@ -41,6 +41,7 @@ from hetgan.losses import build_loss
 from hetgan.models import build_models
 from hetgan.placement import input_device, resolve_device, split_network
 from hetgan.training.checkpoint import flatten_optimizer, restore_optimizer
+from hetgan.training.graphed import StepGraph
 
 log = logging.getLogger("hetgan")
 
@@ -105,6 +106,7 @@ class Trainer:
         self.sampler = make_sampler(self.data, cfg.seed, self.data_device, cfg.data.loader, cfg.data.resident_max_mb)
         self.G_fwd, self.D_fwd = compiled(self.G, self.D, accel, cfg.loss)
         self.g_precision, self.d_precision = accel.precision, d_precision(accel, cfg.loss)
+        self.graph = StepGraph(self) if accel.cuda_graphs else None  # the step captured whole
         # fp16 loss scaling on each network's own device (its loss is moved there to be scaled).
         self.scale_device = {
             name: loss_scale_device(net, name.upper()) if precision == "fp16" else None
@@ -154,18 +156,33 @@ class Trainer:
     # --- one iteration ------------------------------------------------------------------------
     def step(self) -> StepResult:
         result = StepResult()
-        batch, z_dim = self.cfg.train.batch_size, self.cfg.model.z_dim
-        if self.cfg.accel.cuda_graphs:
-            # CUDA graph trees start an iteration on a compiled call with no backward pending; G's
-            # forward keeps one pending through the D phase, so say where the iteration starts.
-            torch.compiler.cudagraph_mark_step_begin()
         self._set_learning_rates(result)
+        self.nimg += self.cfg.train.batch_size * self.loss.n_critic
+        if self.graph is not None and self.timer is None:  # a phase breakdown times the eager step
+            self.graph.run([self._inputs() for _ in range(self.loss.n_critic)], result)
+        else:
+            self.iterate(result)
+        self.step_count += 1
+        self._unsettled.append((self.step_count, result))
+        if not self.skip_on_device or len(self._unsettled) >= SETTLE_EVERY:
+            self.settle()
+        return result
+
+    def _inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A D phase's real batch and z."""
+        with self.phase("data"):
+            real = self._layout(self.sampler.next(self.cfg.train.batch_size))
+        with self.phase("g_forward"):
+            z = torch.randn(self.cfg.train.batch_size, self.cfg.model.z_dim, generator=self.rng, device=self.z_device)
+        return real, z
+
+    def iterate(self, result: StepResult, inputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """The step's work: `n_critic` D phases, then the G phase, on `inputs` (a real batch and z
+        for each D phase), or on inputs drawn as each D phase begins."""
         fake = None
         for k in range(self.loss.n_critic):
-            with self.phase("data"):
-                real = self._layout(self.sampler.next(batch))
+            real, z = inputs[k] if inputs is not None else self._inputs()
             with self.phase("g_forward"):
-                z = torch.randn(batch, z_dim, generator=self.rng, device=self.z_device)
                 # Only the last D step's fake keeps its graph: the G step reuses that forward.
                 with torch.set_grad_enabled(k == self.loss.n_critic - 1), self.autocast_G():
                     fake = self.G_fwd(z)
@@ -175,13 +192,7 @@ class Trainer:
             if self.d_precision == "fp32" and fake.dtype != torch.float32:
                 fake = fake.float()  # G ran in reduced precision, D does not autocast
             self._d_phase(real, fake, result)
-            self.nimg += batch
         self._g_phase(fake, result)
-        self.step_count += 1
-        self._unsettled.append((self.step_count, result))
-        if not self.skip_on_device or len(self._unsettled) >= SETTLE_EVERY:
-            self.settle()
-        return result
 
     def _set_learning_rates(self, result: StepResult) -> None:
         """From the config on every step, so a resumed run with changed rates uses the new ones."""
@@ -189,7 +200,10 @@ class Trainer:
         scale = lr_scale(optim, self.nimg / 1000)
         for opt, lr in ((self.opt_G, optim.g_lr), (self.opt_D, optim.d_lr)):
             for group in opt.param_groups:
-                group["lr"] = lr * scale
+                if torch.is_tensor(group["lr"]):  # read by a captured step (StepGraph)
+                    group["lr"].fill_(lr * scale)
+                else:
+                    group["lr"] = lr * scale
         if optim.lr_decay != "none":
             result.losses["lr_scale"] = scale
 
@@ -199,10 +213,10 @@ class Trainer:
         return x
 
     def autocast_G(self):
-        return autocast(self.g_precision, self.g_device_types)
+        return autocast(self.g_precision, self.g_device_types, cache=self.graph is None)
 
     def autocast_D(self):
-        return autocast(self.d_precision, self.d_device_types)
+        return autocast(self.d_precision, self.d_device_types, cache=self.graph is None)
 
     def _d_phase(self, real: torch.Tensor, fake: torch.Tensor, result: StepResult) -> None:
         with self.phase("d_forward"), self.autocast_D():
@@ -266,20 +280,28 @@ class Trainer:
             else:
                 opt.step()
 
-    @torch.no_grad()
-    def _update_ema(self, bad: bool | torch.Tensor = False) -> None:
-        """G_ema <- lerp toward G with a half-life of ema_kimg, ramped up early (Karras 2020); no
-        update where `bad`, a bool tensor from a G phase skipped on the device."""
+    def ema_rate(self) -> float:
+        """How far G_ema moves toward G this step: a half-life of ema_kimg, ramped up early
+        (Karras 2020)."""
         t = self.cfg.train
         ema_nimg = min(t.ema_kimg * 1000, self.nimg * t.ema_rampup) if t.ema_rampup else t.ema_kimg * 1000
-        beta = 0.5 ** (t.batch_size * self.loss.n_critic / max(ema_nimg, 1e-8))
-        if not torch.is_tensor(bad):
-            torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), 1.0 - beta)
-        else:
-            weight = (1.0 - beta) * (~bad).float()
-            for device, (ema_params, params) in self.ema_groups.items():
-                w = weight.to(device, non_blocking=True)  # never GPU -> CPU: see flag_needs_host
-                torch._foreach_lerp_(ema_params, params, w)
+        return 1.0 - 0.5 ** (t.batch_size * self.loss.n_critic / max(ema_nimg, 1e-8))
+
+    @torch.no_grad()
+    def _update_ema(self, bad: bool | torch.Tensor = False) -> None:
+        """G_ema <- lerp toward G by `ema_rate`; no update where `bad`, a bool tensor from a G
+        phase skipped on the device. A captured step reads the rate from a device tensor."""
+        rate = self.graph.ema_rate if self.graph is not None and self.graph.capturing else self.ema_rate()
+        if torch.is_tensor(bad):
+            rate = rate * (~bad).float()
+        for device, (ema_params, params) in self.ema_groups.items():
+            # ema += rate * (p - ema). Not _foreach_lerp_: it takes a tensor weight as a host
+            # scalar, so a device tensor there is read back (a wait for the GPU); the same sums
+            # for a host rate too, so the two ways give the same weights to the bit.
+            w = rate.to(device, non_blocking=True) if torch.is_tensor(rate) else rate  # see flag_needs_host
+            delta = torch._foreach_sub(params, ema_params)
+            torch._foreach_mul_(delta, w)
+            torch._foreach_add_(ema_params, delta)
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
             b_ema.copy_(b)
 
@@ -339,6 +361,8 @@ class Trainer:
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        if self.graph is not None:
+            self.graph.reset()  # the optimiser state a captured step reads is about to be replaced
         for name in ("G", "D", "G_ema"):
             prefix = name + "."
             sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
