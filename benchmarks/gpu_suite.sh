@@ -2,7 +2,8 @@
 # Every GPU measurement issue 4 asks for, in one go (about 8 minutes on one H100/H200), with each
 # output kept under OUTDIR. Run from the repository root in an environment where `import torch`
 # sees a CUDA GPU and hetgan's dependencies are installed (pip install -e . without --deps works
-# when torch is already there):
+# when torch is already there; on a machine with no network, PYTHONPATH=. with a `python` whose
+# torch sees the GPU, as the device tool's H100 ran it):
 #     bash benchmarks/gpu_suite.sh OUTDIR
 # Then copy the numbers, the GPU's name and the date into benchmarks/RESULTS.md.
 #
@@ -33,9 +34,9 @@ run() {  # run one step, keep its output, remember a failure and go on with the 
 if [[ $device == cuda* ]]; then
     python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible to torch')" || exit 2
     nvidia-smi >"$out/nvidia-smi.txt" 2>&1
-    graphs=(--set accel.cuda_graphs=true)
+    graphs=(--set accel.cuda_graphs=true --set accel.compile=true)  # tune's choice at batch 64 on an H100
 else
-    graphs=()  # CUDA graphs exist only on CUDA devices
+    graphs=()  # CUDA graphs exist only on CUDA devices (and compiling on a CPU dry run takes long)
 fi
 # The GPU-only tests (skipped on CPU machines), so a pass here is what counts for them.
 if [ "${TESTS:-1}" = 1 ]; then
@@ -44,11 +45,20 @@ fi
 # >= 5x the textbook loop on the same GPU at batch 64 (and what tune picks there).
 run train_throughput python benchmarks/train_throughput.py --device "$device" --rounds "$rounds" \
     --seconds "$secs" --tune-seconds "$tune_secs" --width "$width"
-# >= 25 % of the measured bf16 matrix peak at the best batch.
-# shellcheck disable=SC2086  # $batches is a list of batch sizes
-run bench_bf16 python -m hetgan bench --preset dcgan_textbook --batch $batches --seconds "$secs" --no-textbook \
-    --device "$device" --set model.width="$width" --set accel.precision=bf16 --set accel.channels_last=true \
-    --set accel.optimizer_impl=fused "${graphs[@]}" --json "$out/bench_bf16.json"
+# >= 25 % of the measured bf16 matrix peak at the best batch, each batch in a process of its own (a
+# compiled network recompiled for a second batch size turns to dynamic shapes); then the model twice
+# as wide at the largest batch.
+for batch in $batches; do
+    run "bench_bf16_b$batch" python -m hetgan bench --preset dcgan_textbook --batch "$batch" --seconds "$secs" \
+        --no-textbook --device "$device" --set model.width="$width" --set accel.precision=bf16 \
+        --set accel.optimizer_impl=fused "${graphs[@]}" --json "$out/bench_bf16_b$batch.json"
+done
+run bench_bf16_wide python -m hetgan bench --preset dcgan_textbook --batch "${batch:?}" --seconds "$secs" \
+    --no-textbook --device "$device" --set model.width="$((2 * width))" --set accel.precision=bf16 \
+    --set accel.optimizer_impl=fused "${graphs[@]}" --json "$out/bench_bf16_wide.json"
+# What each knob set is worth on its own at the first batch size (one window each).
+run step_knobs python benchmarks/step_knobs.py --device "$device" --batch "${batches%% *}" --width "$width" \
+    --seconds "$secs"
 # G on the GPU with D on the CPU, the reverse, and split networks, against all on the GPU.
 run placement python benchmarks/placement_layouts.py --device "$device" --rounds "$rounds" --seconds "$secs" \
     --width "$width"
