@@ -152,6 +152,35 @@ def test_gpu_run_resumes_on_the_cpu_and_back(tiny, caplog):
     assert not back.step().skipped and back.step_count == 3
 
 
+def resumed_through_a_file(tiny, tmp_path) -> tuple[Trainer, Trainer]:
+    a = Trainer(tiny)
+    a.step()
+    ckpt.save_checkpoint(tmp_path, 1, *a.state(), keep=1)
+    b = Trainer(tiny)
+    b.load_state(*ckpt.load_latest_checkpoint(tmp_path)[1:])
+    return a, b
+
+
+def test_resumed_optimiser_state_takes_its_parameters_layout(tiny, tmp_path):
+    """A checkpoint holds contiguous tensors; resumed into channels_last parameters, Adam's moments
+    get the parameters' strides again (CUDA's fused Adam refuses a mismatch: seen on an H100)."""
+    tiny.accel.channels_last = True
+    a, b = resumed_through_a_file(tiny, tmp_path)
+    for opt in (b.opt_G, b.opt_D):
+        convolved = [p for p in opt.state if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1]
+        assert convolved and all(p.stride() != p.contiguous().stride() for p in convolved)  # channels_last
+        for p in convolved:
+            assert opt.state[p]["exp_avg"].stride() == opt.state[p]["exp_avg_sq"].stride() == p.stride()
+    assert a.step().floats() == b.step().floats()
+
+
+@GPU
+def test_gpu_fused_channels_last_run_resumes_from_a_file(tiny, tmp_path):
+    tiny.accel.device, tiny.accel.channels_last, tiny.accel.optimizer_impl = "cuda", True, "fused"
+    a, b = resumed_through_a_file(tiny, tmp_path)
+    assert a.step().floats() == pytest.approx(b.step().floats())
+
+
 @pytest.mark.parametrize("impls", [("default", "fused"), ("fused", "default")], ids=["to-fused", "from-fused"])
 def test_a_resumed_optimiser_takes_its_settings_from_the_config_not_the_checkpoint(tiny, impls):
     """Resumed with --allow-config-change, the run's new betas and Adam implementation apply. The

@@ -141,3 +141,15 @@ def restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, me
         for saved, live in zip(meta["param_groups"], opt.param_groups, strict=True)
     ]
     opt.load_state_dict({"state": state, "param_groups": groups})
+    match_parameter_layouts(opt)
+
+
+def match_parameter_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give each state tensor its parameter's strides. Checkpoints hold contiguous tensors and
+    load_state_dict casts dtype and device only, so a channels_last parameter got a contiguous
+    exp_avg on resume, which CUDA's fused Adam refuses ("params, grads, exp_avgs, and exp_avg_sqs
+    must have same dtype, device, and layout"; seen on an H100)."""
+    for param, param_state in opt.state.items():
+        for key, value in param_state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                param_state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
