@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement issue 4 asks for, in one go (about 8 minutes on one H100/H200), with each
+# Every GPU measurement issue 4 asks for, in one go (about 11 minutes on one H100), with each
 # output kept under OUTDIR. Run from the repository root in an environment where `import torch`
 # sees a CUDA GPU and hetgan's dependencies are installed (pip install -e . without --deps works
 # when torch is already there; on a machine with no network, PYTHONPATH=. with a `python` whose
@@ -9,14 +9,19 @@
 #
 # Settings (environment), for a dry run of the whole script on a CPU (the test suite does one):
 #     DEVICE=cuda  SECONDS_PER_WINDOW=4  ROUNDS=5  TUNE_SECONDS=5  BATCHES="64 256 1024 4096"  WIDTH=64
-#     TESTS=1 (0 skips the GPU-only tests)
+#     STEPS="tests throughput bench knobs placement" (the steps to run; where one command may run
+#     for 10 minutes at most, as on the device tool's machines, run two: STEPS="tests throughput",
+#     then STEPS="bench knobs placement")    TESTS=1 (0 leaves out the GPU-only tests too)
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_suite.sh OUTDIR}
 device=${DEVICE:-cuda}
 secs=${SECONDS_PER_WINDOW:-4}
 rounds=${ROUNDS:-5}
 tune_secs=${TUNE_SECONDS:-5}
-batches=${BATCHES:-64 256 1024 4096}
+batches=${BATCHES:-64 256 1024 4096 8192}
+steps=" ${STEPS:-tests throughput bench knobs placement} "
+[ "${TESTS:-1}" = 1 ] || steps=${steps/ tests / }
+want() { [[ $steps == *" $1 "* ]]; }
 width=${WIDTH:-64}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -39,27 +44,36 @@ else
     graphs=()  # CUDA graphs exist only on CUDA devices (and compiling on a CPU dry run takes long)
 fi
 # The GPU-only tests (skipped on CPU machines), so a pass here is what counts for them.
-if [ "${TESTS:-1}" = 1 ]; then
+if want tests; then
     run gpu_tests python -m pytest -q -m gpu tests
 fi
 # >= 5x the textbook loop on the same GPU at batch 64 (and what tune picks there).
-run train_throughput python benchmarks/train_throughput.py --device "$device" --rounds "$rounds" \
-    --seconds "$secs" --tune-seconds "$tune_secs" --width "$width"
+if want throughput; then
+    run train_throughput python benchmarks/train_throughput.py --device "$device" --rounds "$rounds" \
+        --seconds "$secs" --tune-seconds "$tune_secs" --width "$width"
+fi
 # >= 25 % of the measured bf16 matrix peak at the best batch, each batch in a process of its own (a
 # compiled network recompiled for a second batch size turns to dynamic shapes); then the model twice
 # as wide at the largest batch.
-for batch in $batches; do
-    run "bench_bf16_b$batch" python -m hetgan bench --preset dcgan_textbook --batch "$batch" --seconds "$secs" \
-        --no-textbook --device "$device" --set model.width="$width" --set accel.precision=bf16 \
-        --set accel.optimizer_impl=fused "${graphs[@]}" --json "$out/bench_bf16_b$batch.json"
-done
-run bench_bf16_wide python -m hetgan bench --preset dcgan_textbook --batch "${batch:?}" --seconds "$secs" \
-    --no-textbook --device "$device" --set model.width="$((2 * width))" --set accel.precision=bf16 \
-    --set accel.optimizer_impl=fused "${graphs[@]}" --json "$out/bench_bf16_wide.json"
+if want bench; then
+    for batch in $batches; do
+        run "bench_bf16_b$batch" python -m hetgan bench --preset dcgan_textbook --batch "$batch" \
+            --seconds "$secs" --no-textbook --device "$device" --set model.width="$width" \
+            --set accel.precision=bf16 --set accel.optimizer_impl=fused "${graphs[@]}" \
+            --json "$out/bench_bf16_b$batch.json"
+    done
+    run bench_bf16_wide python -m hetgan bench --preset dcgan_textbook --batch "${batch:?}" --seconds "$secs" \
+        --no-textbook --device "$device" --set model.width="$((2 * width))" --set accel.precision=bf16 \
+        --set accel.optimizer_impl=fused "${graphs[@]}" --json "$out/bench_bf16_wide.json"
+fi
 # What each knob set is worth on its own at the first batch size (one window each).
-run step_knobs python benchmarks/step_knobs.py --device "$device" --batch "${batches%% *}" --width "$width" \
-    --seconds "$secs"
+if want knobs; then
+    run step_knobs python benchmarks/step_knobs.py --device "$device" --batch "${batches%% *}" \
+        --width "$width" --seconds "$secs"
+fi
 # G on the GPU with D on the CPU, the reverse, and split networks, against all on the GPU.
-run placement python benchmarks/placement_layouts.py --device "$device" --rounds "$rounds" --seconds "$secs" \
-    --width "$width"
+if want placement; then
+    run placement python benchmarks/placement_layouts.py --device "$device" --rounds "$rounds" \
+        --seconds "$secs" --width "$width"
+fi
 exit $status
