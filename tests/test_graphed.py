@@ -169,3 +169,23 @@ def test_gpu_cuda_graphs_refuse_what_cannot_be_captured(tiny, accel, message):
         setattr(tiny.accel, name, value)
     with pytest.raises(ConfigError, match=message):
         Trainer(tiny)
+
+
+@GPU
+def test_gpu_captured_run_resumed_from_its_run_directory_goes_on_as_the_whole_run(tiny, tmp_path):
+    """`hetgan train` with the captured step, channels_last and a decaying learning rate, stopped
+    halfway and resumed from its run directory (the resumed process warms up eagerly and captures
+    again), ends where the uninterrupted run ends."""
+    from safetensors.torch import load_file
+
+    from hetgan.training import train
+
+    tiny.accel.device, tiny.accel.optimizer_impl, tiny.accel.cuda_graphs = "cuda", "fused", True
+    tiny.accel.channels_last, tiny.optim.lr_decay, tiny.optim.decay_end_kimg = True, "linear", tiny.train.kimg
+    full = load_file(str(train(tiny, out=tmp_path / "full", progress=False) / "generator.safetensors"))
+    tiny.train.kimg /= 2
+    part = train(tiny, out=tmp_path / "part", progress=False)
+    train(resume=part, overrides=[f"train.kimg={2 * tiny.train.kimg}"], progress=False)
+    resumed = load_file(str(part / "generator.safetensors"))
+    for name in full:
+        torch.testing.assert_close(resumed[name], full[name], rtol=0, atol=1e-4)
