@@ -495,6 +495,29 @@ def test_tune_tries_placements_on_an_accelerator():
     assert "channels_last + bf16" in names and not any(" on " in name for name in names)
 
 
+def test_tune_offers_the_captured_step_only_as_it_can_run_on_a_gpu():
+    """Every CUDA-graph candidate sets what the captured step needs (fused Adam, not fp16), and no
+    compiled candidate is channels_last (torch 2.11's compiled convolution backward fails on it on
+    a GPU), even for a preset that turns channels_last on."""
+    cfg = get_preset("dcgan_mnist")
+    cands = candidates_for(cfg, torch.device("cuda"))
+    applied = {c.name: apply_overrides(copy.deepcopy(cfg), c.overrides).accel for c in cands}
+    graphed = {name for name, accel in applied.items() if accel.cuda_graphs}
+    assert graphed == {
+        "bf16 + CUDA graphs",
+        "channels_last + bf16 + CUDA graphs",
+        "bf16 + compile + CUDA graphs",
+        "channels_last + bf16 + cudnn.benchmark + CUDA graphs",
+    }
+    assert all(applied[name].optimizer_impl == "fused" and applied[name].precision == "bf16" for name in graphed)
+    assert all(not accel.channels_last for accel in applied.values() if accel.compile)
+    assert not any(
+        accel.cuda_graphs
+        for c in candidates_for(cfg, torch.device("cpu"))
+        for accel in [apply_overrides(copy.deepcopy(cfg), c.overrides).accel]
+    )
+
+
 def test_tf32_candidates_are_judged_at_tf32_precision():
     """TF32 keeps 10 mantissa bits: an H100 put tune's TF32 candidate 1.4e-3 off the fp32
     reference, over the fp32 limit, so it was rejected for the rounding it is meant to have."""
