@@ -17,6 +17,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from hetgan import __version__
+from hetgan.accel import without_tf32
 from hetgan.config import TrainConfig, from_dict, to_dict
 from hetgan.errors import CheckpointError
 from hetgan.fileio import atomic_write_bytes, read_safetensors
@@ -61,7 +62,12 @@ class Generator(nn.Module):
         write each batch instead of holding n float samples: the same z and the same numbers."""
         z = torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed))
         for i in range(0, n, batch_size):
-            yield i, self.G(z[i : i + batch_size].to(self.device)).float().cpu()
+            # Full fp32 whatever torch's default or a run's `tf32` knob left set (cuDNN convolutions
+            # are TF32 by default): samples and the scores made of them must not depend on them.
+            # The flags are restored before the yield, so the caller's code runs under its own.
+            with without_tf32():
+                batch = self.G(z[i : i + batch_size].to(self.device)).float().cpu()
+            yield i, batch
 
 
 @torch.no_grad()

@@ -42,6 +42,27 @@ def test_sample_batches_do_not_change_results(tiny, tmp_path):
     assert torch.allclose(G.sample(9, seed=1, batch_size=4), G.sample(9, seed=1, batch_size=256), atol=1e-6)
 
 
+def test_samples_are_drawn_in_full_fp32_and_the_flags_restored(tiny, tmp_path):
+    """On an NVIDIA GPU cuDNN convolves in TF32 unless told not to (torch's default): `hetgan
+    sample`, the server and eval draw G's samples with TF32 off, and give the caller its flags back
+    between batches."""
+    from hetgan.accel import restored_backend_flags
+
+    G = load_generator(save_generator(Trainer(tiny).G_ema, tiny, tmp_path / "g.safetensors"))
+    seen, forward = [], G.G.forward
+
+    def probe(z):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return forward(z)
+
+    G.G.forward = probe
+    with restored_backend_flags():
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        for _ in G.sample_batches(5, batch_size=2):
+            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    assert seen == [(False, False)] * 3
+
+
 def test_uint8_samples_batch_by_batch_equal_the_float_ones(tiny, tmp_path):
     """What `hetgan sample` writes (converted batch by batch, never holding n float samples) is
     exactly what the float samples give, in every output form."""
