@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hetgan.accel import without_tf32
 from hetgan.artifact import Generator
 from hetgan.config import MIN_EVAL_N, TrainConfig
 from hetgan.data import Mixture, load_data
@@ -95,18 +94,18 @@ class Evaluator:
                 f"n={n}: too few samples to score; at least {MIN_EVAL_N}, and FID and KID are biased "
                 "below a few thousand (the default is 5000 images, 2500 points)"
             )
-        # Sampling in full fp32: the generator's own numbers, whatever TF32 setting it trained under.
+        # Samples and features are computed in full fp32 (Generator.sample_batches and the feature
+        # networks switch TF32 off): the generator's own numbers, whatever TF32 setting it trained under.
         if isinstance(self.data, Mixture):
-            with without_tf32():
-                points = G.sample(n, seed=self.seed).numpy()
+            points = G.sample(n, seed=self.seed).numpy()
             return {
                 "feature_space": "raw 2-D coordinates (PacGAN protocol)",
                 "n_generated": n,
                 "seed": self.seed,
                 **M.mode_metrics(points, self.data.modes, self.data.sigma),
             }
-        with without_tf32():  # a batch of samples at a time into features: the n images are never held at once
-            parts = [self.net.embed(batch) for _, batch in G.sample_batches(n, seed=self.seed)]
+        # A batch of samples at a time into features: the n images are never held at once.
+        parts = [self.net.embed(batch) for _, batch in G.sample_batches(n, seed=self.seed)]
         fake, probs = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
         real, wanted = self.real, self.metrics
         result: dict = {"feature_space": self.space, "n_generated": n, "n_real": len(real), "seed": self.seed}
