@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from hetgan import __version__
-from hetgan.config import DataConfig, TrainConfig, apply_overrides, field_names, load_yaml
+from hetgan.config import DataConfig, TrainConfig, apply_overrides, dump_yaml, field_names, load_yaml
 from hetgan.errors import HetganError
 
 log = logging.getLogger("hetgan")
@@ -195,6 +195,12 @@ def add_tune(sub) -> None:
     tn.add_argument("--seconds", type=float, default=3.0, help="timed seconds per candidate, over all rounds")
     tn.add_argument("--rounds", type=int, default=3, help="timing windows per candidate, taken in turn")
     tn.add_argument("--json", help="write the table and the choice to this JSON file")
+    tn.add_argument(
+        "--save-config",
+        metavar="FILE",
+        help="write the tuned config (the input with the chosen knobs) as YAML, to train with "
+        "`hetgan train --config FILE` without tuning again",
+    )
 
 
 def add_layers(sub) -> None:
@@ -314,9 +320,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from hetgan.fileio import atomic_write_bytes
+
     out = json_path(args.json)
+    config_out = output_path(args.save_config, "--save-config", "tuned.yaml") if args.save_config else None
     cfg = apply_overrides(base_config(args), flag_overrides(args) + args.set)
     result = run_tune(cfg, args.seconds, args.rounds)
+    if config_out:
+        config_out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(config_out, dump_yaml(result.config).encode())
+        print(f"tuned config: {config_out} (train with: hetgan train --config {config_out})")
     if out:
         from hetgan.placement import resolve_device
         from hetgan.training.rundir import provenance

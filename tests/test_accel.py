@@ -429,6 +429,33 @@ def test_autotune_returns_the_config_with_the_choice_applied(tiny):
         autotune(tiny, rounds=0, candidates=cands, prepare=fake_prepare(speeds, outputs))
 
 
+def test_tune_saves_the_tuned_config_for_train(tmp_path, capsys, monkeypatch, digits_npz):
+    """`hetgan tune --save-config FILE` writes the input config with the choice applied, which
+    `--config FILE` (train, bench, tune) reads back as it was."""
+    from hetgan.bench import tune as tune_module
+    from hetgan.cli import main
+    from hetgan.config import load_yaml, to_dict
+
+    outputs = {key: (torch.ones(2), torch.ones(2)) for key in ("precision=fp32,threads=0", "precision=fp32,threads=1")}
+    speeds = {"precision=fp32,threads=0": [100.0], "precision=fp32,threads=1": [150.0]}
+    cands = [Candidate("base"), Candidate("one thread", ["accel.threads=1"])]
+    seen = []
+
+    def controlled(cfg, seconds, rounds):
+        seen.append(cfg)
+        return autotune(cfg, seconds, rounds, candidates=cands, prepare=fake_prepare(speeds, outputs))
+
+    monkeypatch.setattr(tune_module, "autotune", controlled)
+    path = tmp_path / "configs" / "tuned.yaml"  # its folder is made
+    argv = ["tune", "--preset", "mlp_ring8", "--data", f"npz:{digits_npz}", "--set", "train.batch_size=32"]
+    assert main([*argv, "--rounds", "1", "--save-config", str(path)]) == 0
+    assert f"train with: hetgan train --config {path}" in capsys.readouterr().out
+    saved = load_yaml(path)
+    assert saved.accel.threads == 1 and seen[0].accel.threads == 0
+    expected = apply_overrides(copy.deepcopy(seen[0]), ["accel.threads=1"])
+    assert to_dict(saved) == to_dict(expected)  # everything else as given: preset, data, batch size
+
+
 def test_tune_stops_when_the_reference_candidate_fails(tiny):
     def prepare(cfg):
         if cfg.accel.threads == 0:
@@ -690,6 +717,9 @@ def test_a_bad_json_path_is_refused_before_the_timing(tmp_path, capsys, monkeypa
     for path, message in [(tmp_path, "that is a folder"), (tmp_path / "afile" / "x.json", "is a file")]:
         assert main([command, "--preset", "mlp_ring8", "--json", str(path)]) == 2
         assert message in capsys.readouterr().err
+        if command == "tune":
+            assert main([command, "--preset", "mlp_ring8", "--save-config", str(path)]) == 2
+            assert message in capsys.readouterr().err
 
 
 def test_tune_reads_the_data_once_for_all_candidates(tiny, monkeypatch):
