@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hetgan.config import OptimConfig
+from hetgan.artifact import load_generator
+from hetgan.config import OptimConfig, load_yaml
 from hetgan.errors import CheckpointError, HetganError, TrainingDiverged
 from hetgan.presets import PRESETS
 from hetgan.report.html import build_report
@@ -120,6 +121,41 @@ def test_resume_refuses_other_config_unless_told(tiny, tmp_path):
     assert "g_lr: 0.001" in (run / "config.yaml").read_text()
     _, _, meta = load_latest_checkpoint(run / "checkpoints")
     assert meta["opt_G"]["param_groups"][0]["lr"] == pytest.approx(0.001)  # not the 2e-4 saved with Adam's state
+
+
+def test_a_run_stores_its_paths_absolute_and_resumes_from_anywhere(digits_npz, tmp_path, monkeypatch):
+    """data.spec's path and train.evalnet, given relative to the working directory, go into the
+    run's config as absolute paths, so the run resumes from another directory (where the relative
+    path names nothing), and a relative --data given there names the same file."""
+    monkeypatch.chdir(digits_npz.parent)
+    cfg = tiny_config("npz:digits.npz", kimg=0.08)
+    cfg.train.evalnet = "nets/features.safetensors"  # not loaded: no evaluation during this run
+    run = train(cfg, out=tmp_path / "run", progress=False)
+    saved = load_yaml(run / "config.yaml")
+    assert saved.data.spec == f"npz:{digits_npz}" and cfg.data.spec == "npz:digits.npz"  # the caller's is kept
+    assert saved.train.evalnet == str(digits_npz.parent / "nets" / "features.safetensors")
+    assert load_generator(run).config.data.spec == saved.data.spec  # eval --run reads the data from here
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert run_training(resume=run, overrides=["train.kimg=0.16"], progress=False).kimg == pytest.approx(0.16)
+    monkeypatch.chdir(digits_npz.parent)
+    overrides = ["train.kimg=0.24", "data.spec=npz:digits.npz"]
+    assert run_training(resume=run, overrides=overrides, progress=False).kimg == pytest.approx(0.24)
+
+
+def test_a_run_with_relative_paths_from_before_resumes_from_its_directory(digits_npz, tmp_path, monkeypatch):
+    """Runs made before paths were stored absolute hold them relative, in config.yaml and in their
+    checkpoints; resumed from the directory they meant, they continue without a config change."""
+    from hetgan.training import loop
+
+    monkeypatch.chdir(digits_npz.parent)
+    with monkeypatch.context() as old_version:
+        old_version.setattr(loop, "with_absolute_paths", lambda cfg: cfg)
+        run = train(tiny_config("npz:digits.npz", kimg=0.08), out=tmp_path / "run", progress=False)
+    assert "spec: npz:digits.npz" in (run / "config.yaml").read_text()
+    assert run_training(resume=run, overrides=["train.kimg=0.16"], progress=False).kimg == pytest.approx(0.16)
+    assert load_yaml(run / "config.yaml").data.spec == f"npz:{digits_npz}"
 
 
 @pytest.mark.parametrize("shape", ["linear", "cosine"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -68,14 +69,26 @@ def describe_specs() -> str:
     return "\n".join(f"  {spec:<12} {text}" for spec, text in SPEC_HELP.items())
 
 
+PATH_SPECS = {"mnist", "cifar10", "folder", "npz"}  # the specs whose argument is a file or folder
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
     name, _, arg = spec.partition(":")
-    reader_needs_arg = {"mnist", "cifar10", "folder", "npz"}
     if name not in DATASETS:
         raise DataError(f"unknown data spec {spec!r}; valid specs:\n{describe_specs()}")
-    if name in reader_needs_arg and not arg:
+    if name in PATH_SPECS and not arg:
         raise DataError(f"data spec {spec!r} needs a path, e.g. {name}:/path/to/data")
     return name, arg
+
+
+def absolute_spec(spec: str) -> str:
+    """The spec with its path made absolute (from the working directory, `~` expanded, symlinks
+    kept), so that it names the same data from anywhere; other specs, and malformed ones (which
+    `load_data` reports), as they are."""
+    name, sep, arg = spec.partition(":")
+    if name not in PATH_SPECS or not arg:
+        return spec
+    return f"{name}{sep}{os.path.abspath(os.path.expanduser(arg))}"
 
 
 def load_data(cfg: DataConfig) -> Data:

@@ -8,6 +8,7 @@ save a checkpoint and return cleanly.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ import torch
 from tqdm import tqdm
 
 from hetgan.artifact import ARTIFACT_NAME, recalibrated_copy, save_generator
-from hetgan.config import RESUMABLE_FIELDS, TrainConfig, apply_overrides, load_yaml, to_dict
-from hetgan.data import Mixture
+from hetgan.config import RESUMABLE_FIELDS, TrainConfig, apply_overrides, from_dict, load_yaml, to_dict
+from hetgan.data import Mixture, absolute_spec
 from hetgan.errors import CheckpointError
 from hetgan.report.plots import make_plots
 from hetgan.sampling import write_samples
@@ -89,7 +90,7 @@ def run_training(
     """`train`, returning how the run ended (the CLI prints its `summary()`)."""
     fresh = resume is None
     if fresh:
-        cfg = (cfg or TrainConfig()).validate()
+        cfg = with_absolute_paths((cfg or TrainConfig()).validate())
         made_dir = out is None or not Path(out).exists()
         run_dir = new_run_dir(out, cfg.preset)
     else:
@@ -124,7 +125,25 @@ def discard_empty_run(run_dir: Path, made_dir: bool) -> None:
 def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir}: not a hetgan run directory (no config.yaml)")
-    return apply_overrides(load_yaml(run_dir / "config.yaml"), overrides)
+    return with_absolute_paths(apply_overrides(load_yaml(run_dir / "config.yaml"), overrides))
+
+
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """cfg with data.spec's path and train.evalnet made absolute: the run's config.yaml (and its
+    generator's config) then names the same files whatever directory the run is resumed, sampled
+    or evaluated from. A run made before paths were stored this way meant them from the working
+    directory, as they are read here."""
+    return from_dict(absolute_paths(to_dict(cfg)))
+
+
+def absolute_paths(raw: dict) -> dict:
+    """`with_absolute_paths` on a config's dict form (a checkpoint's, which may be older)."""
+    out = {**raw, "data": dict(raw.get("data", {})), "train": dict(raw.get("train", {}))}
+    if isinstance(out["data"].get("spec"), str):
+        out["data"]["spec"] = absolute_spec(out["data"]["spec"])
+    if isinstance(out["train"].get("evalnet"), str) and out["train"]["evalnet"]:
+        out["train"]["evalnet"] = os.path.abspath(os.path.expanduser(out["train"]["evalnet"]))
+    return out
 
 
 def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_change: bool, progress: bool) -> TrainResult:
@@ -191,7 +210,7 @@ def describe(trainer: Trainer) -> str:
 
 def restore(trainer: Trainer, run_dir: Path, allow_change: bool) -> None:
     path, tensors, meta = load_latest_checkpoint(run_dir / "checkpoints")
-    changed = config_differences(meta["config"], to_dict(trainer.cfg))
+    changed = config_differences(absolute_paths(meta["config"]), to_dict(trainer.cfg))
     if changed and not allow_change:
         raise CheckpointError(
             f"{path} was written with another config ({'; '.join(changed)}); resuming would not "
