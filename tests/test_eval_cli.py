@@ -165,6 +165,20 @@ def test_eval_during_training_needs_its_feature_network_before_the_run_begins(ti
     assert (train(cfg, out=tmp_path / "d", progress=False) / "best.json").is_file()
 
 
+def test_a_finished_run_resumed_with_evaluation_computes_no_features(digits_run, monkeypatch):
+    """The real images' features are computed at the first evaluation, not when the evaluator is
+    made: resuming a finished run (nothing to do) spends nothing on them."""
+    from hetgan.eval import score
+    from hetgan.training import run_training
+
+    calls = []
+    real_features = score.real_features
+    monkeypatch.setattr(score, "real_features", lambda *a: calls.append(1) or real_features(*a))
+    assert run_training(resume=digits_run, progress=False).already_done and calls == []
+    assert run_training(resume=digits_run, overrides=["train.kimg=0.12"], progress=False).kimg == pytest.approx(0.12)
+    assert calls == [1]  # once, for the evaluation at 0.12 kimg
+
+
 def test_evalnet_on_a_small_dataset_holds_out_a_fifth_of_the_smallest_class(tmp_path, capsys):
     """A class folder of 3 classes x 10 images used to hold out 50 per class, train on nothing and
     crash in the learning-rate schedule; `--on-bad-image skip` works here as for `train`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +86,14 @@ class Evaluator:
             )
         self.net, self.space = feature_net_for(config, evalnet, inception)
         self.net.to(resolve_device(str(device)))
-        order = np.random.default_rng(seed).permutation(len(self.data.images))[:MAX_REAL]
-        self.real = real_features(self.net, self.data.images[order])
+
+    @functools.cached_property
+    def real(self) -> np.ndarray:
+        """The real images' features, computed at the first scoring: a feature network that cannot
+        be had is an error when the evaluator is made, but a resumed run that turns out finished
+        (or a `train` that stops before its first evaluation) spends nothing on them."""
+        order = np.random.default_rng(self.seed).permutation(len(self.data.images))[:MAX_REAL]
+        return real_features(self.net, self.data.images[order])
 
     def __call__(self, G: Generator, n: int) -> dict:
         if n < MIN_EVAL_N:
