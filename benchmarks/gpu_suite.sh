@@ -12,6 +12,8 @@
 #     STEPS="tests throughput bench knobs placement" (the steps to run; where one command may run
 #     for 10 minutes at most, as on the device tool's machines, run two: STEPS="tests throughput",
 #     then STEPS="bench knobs placement")    TESTS=1 (0 leaves out the GPU-only tests too)
+#     STEPS=knobs_large (not in the default): the knob survey again at the largest batch, where
+#     the bf16 share of peak is decided (a few minutes: each compiled knob set compiles anew)
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_suite.sh OUTDIR}
 device=${DEVICE:-cuda}
@@ -69,6 +71,10 @@ fi
 # What each knob set is worth on its own at the first batch size (one window each).
 if want knobs; then
     run step_knobs python benchmarks/step_knobs.py --device "$device" --batch "${batches%% *}" \
+        --width "$width" --seconds "$secs"
+fi
+if want knobs_large; then
+    run step_knobs_large python benchmarks/step_knobs.py --device "$device" --batch "${batches##* }" \
         --width "$width" --seconds "$secs"
 fi
 # G on the GPU with D on the CPU, the reverse, and split networks, against all on the GPU.
