@@ -100,6 +100,10 @@ class AccelConfig:
     cudnn_benchmark: bool = False
     optimizer_impl: str = "default"  # default | foreach | fused
     threads: int = 0  # CPU threads for torch, 0 = torch's default
+    # D's phase judges the real and the fake batch in two forwards (separate) or in one over both
+    # (joint); joint needs a D whose output for a sample depends on nothing else in its forward
+    # (no BatchNorm, no spectral norm): see `hetgan.models.layers.batch_coupled`.
+    batch_layout: str = "separate"
 
 
 @dataclass
@@ -161,6 +165,7 @@ class TrainConfig:
                 self.accel.optimizer_impl in ("default", "foreach", "fused"),
                 "accel.optimizer_impl must be default, foreach or fused",
             ),
+            (self.accel.batch_layout in ("separate", "joint"), "accel.batch_layout must be separate or joint"),
             (self.train.eval_kimg >= 0, "train.eval_kimg must be >= 0 (0 = off)"),
             (self.train.eval_n >= MIN_EVAL_N, f"train.eval_n must be >= {MIN_EVAL_N}"),
         ]

@@ -28,12 +28,13 @@ def pack(x: torch.Tensor, m: int) -> torch.Tensor:
 class GANLoss:
     """Base class: packing, R1 and the bookkeeping every objective shares."""
 
-    def __init__(self, cfg: LossConfig, generator: torch.Generator) -> None:
+    def __init__(self, cfg: LossConfig, generator: torch.Generator, joint: bool = False) -> None:
         self.pack = cfg.pack
         self.n_critic = cfg.n_critic
         self.r1_gamma = cfg.r1_gamma
         self.generator = generator  # the run's RNG, checkpointed, for any randomness in a loss
         self.augment = parse_policy(cfg.augment)
+        self.joint = joint  # D's phase judges real and fake in one forward (accel.batch_layout)
 
     def logits(self, D: nn.Module, x: torch.Tensor, augmented: bool = True) -> torch.Tensor:
         """D's logits for x, seen through the augmentation policy (unless `augmented` is False)
@@ -42,11 +43,21 @@ class GANLoss:
         # float(): objectives and penalties in fp32 whatever precision D ran in.
         return D(pack(x, self.pack)).float()
 
+    def judge(
+        self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, augmented: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's logits for the real and the fake batch: two forwards, or with `joint` one forward
+        over both (fewer, larger products; the augmentation draws for both at once)."""
+        if not self.joint:
+            return self.logits(D, real, augmented), self.logits(D, fake, augmented)
+        both = self.logits(D, torch.cat([real, fake]), augmented)
+        n = len(real) // self.pack  # judgements of real samples; a pack never mixes the two
+        return both[:n], both[n:]
+
     def d_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         if self.r1_gamma > 0:
             real = real.detach().requires_grad_(True)
-        real_logits = self.logits(D, real)
-        fake_logits = self.logits(D, fake.detach())
+        real_logits, fake_logits = self.judge(D, real, fake.detach())
         loss = self.d_objective(real_logits, fake_logits)
         stats = {
             "d_real": real_logits.detach().mean(),
@@ -105,8 +116,8 @@ class HingeLoss(GANLoss):
 class WGANGPLoss(GANLoss):
     """Wasserstein loss with gradient penalty on interpolates (Gulrajani et al. 2017)."""
 
-    def __init__(self, cfg: LossConfig, generator: torch.Generator) -> None:
-        super().__init__(cfg, generator)
+    def __init__(self, cfg: LossConfig, generator: torch.Generator, joint: bool = False) -> None:
+        super().__init__(cfg, generator, joint)
         self.gp_lambda = cfg.gp_lambda
 
     def d_loss(self, D, real, fake):
@@ -133,5 +144,5 @@ class WGANGPLoss(GANLoss):
         return (grad.norm(2, dim=1) - 1).square().mean()
 
 
-def build_loss(cfg: LossConfig, generator: torch.Generator) -> GANLoss:
-    return LOSSES.get(cfg.name)(cfg, generator)
+def build_loss(cfg: LossConfig, generator: torch.Generator, joint: bool = False) -> GANLoss:
+    return LOSSES.get(cfg.name)(cfg, generator, joint)

@@ -36,6 +36,65 @@ def test_each_knob_runs_and_stays_finite(tiny, knobs):
     assert all(torch.isfinite(p).all() for p in t.G_ema.parameters())
 
 
+@pytest.mark.parametrize(
+    "loss",
+    [{"name": "bce"}, {"name": "hinge", "r1_gamma": 1.0, "pack": 2}, {"name": "wgan-gp"}],
+    ids=["bce", "hinge-r1-pack2", "wgan-gp"],
+)
+def test_a_joint_d_batch_trains_as_the_separate_one_does(digits_npz, loss):
+    """For a D without layers that couple a forward's samples, one forward over real and fake
+    computes what two do, up to float rounding: the same losses step for step, with R1's gradient
+    through the joint forward and PacGAN packs that never mix real and fake."""
+    trainers = {}
+    for layout in ("separate", "joint"):
+        cfg = tiny_config(f"npz:{digits_npz}", arch="mlp")
+        for name, value in loss.items():
+            setattr(cfg.loss, name, value)
+        cfg.accel.batch_layout = layout
+        trainers[layout] = Trainer(cfg)
+    assert trainers["joint"].loss.joint and not trainers["separate"].loss.joint
+    for _ in range(5):
+        separate, joint = (trainers[layout].step().floats() for layout in ("separate", "joint"))
+        assert joint.keys() == separate.keys()
+        assert all(joint[k] == pytest.approx(separate[k], rel=1e-4, abs=1e-6) for k in separate), (separate, joint)
+    for a, b in zip(trainers["separate"].G_ema.parameters(), trainers["joint"].G_ema.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_joint_d_batch_with_augmentation_runs_and_stays_finite(digits_npz):
+    cfg = tiny_config(f"npz:{digits_npz}", arch="mlp")
+    cfg.loss.augment, cfg.accel.batch_layout = "translation,cutout", "joint"
+    t = Trainer(cfg)
+    for _ in range(4):
+        assert not t.step().skipped
+    assert all(torch.isfinite(p).all() for p in t.G_ema.parameters())
+
+
+@pytest.mark.slow
+def test_batch_layout_benchmark_times_both_layouts():
+    """benchmarks/batch_layout.py runs and reports the joint layout against the separate one."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cmd = [sys.executable, "benchmarks/batch_layout.py", "--presets", "mlp_ring8", "--rounds", "2", "--seconds", "0.2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert "both sides: accel.optimizer_impl=fused" in done.stdout
+    row = next(line.split() for line in done.stdout.splitlines() if line.startswith("mlp_ring8"))
+    assert row[1] == "50" and float(row[2]) > 0 and float(row[3]) > 0 and row[4].endswith("x")
+
+
+@pytest.mark.parametrize(("arch", "layer"), [("dcgan", "BatchNorm2d"), ("resnet", "spectral norm")])
+def test_a_joint_d_batch_is_refused_where_d_couples_a_forwards_samples(digits_npz, arch, layer):
+    cfg = tiny_config(f"npz:{digits_npz}", arch=arch)
+    cfg.accel.batch_layout = "joint"
+    with pytest.raises(ConfigError, match=rf"batch_layout=joint .* \({layer}: .*keep accel.batch_layout=separate"):
+        Trainer(cfg)
+    with pytest.raises(ConfigError, match=r"accel.batch_layout must be separate or joint \(got 'both'\)"):
+        apply_overrides(cfg, ["accel.batch_layout=both"]).validate()
+
+
 def test_tf32_off_switches_off_torchs_default_tf32_convolutions(tiny):
     """torch lets cuDNN convolutions use TF32 unless told otherwise; `tf32: false` must turn that
     off, or an "fp32" run and tune's fp32 reference would convolve in TF32 on an NVIDIA GPU."""
@@ -492,8 +551,25 @@ def test_tune_tries_channels_last_only_where_the_networks_convolve():
     assert "channels_last" in conv and "channels_last + compile" in conv and "channels_last + fused Adam" in conv
     mlp = candidates_for(TrainConfig(data=DataConfig(spec="ring8"), model=ModelConfig(arch="mlp")), torch.device("cpu"))
     names = [c.name for c in mlp if not c.name.startswith("threads=")]
-    assert names == ["plain (fp32, eager)", "fused Adam", "compile", "bf16"]
+    joint = ["joint D batch", "fused Adam + joint D batch", "bf16 + joint D batch"]
+    assert names == ["plain (fp32, eager)", "fused Adam", "compile", "bf16", *joint]
     assert not any("accel.channels_last=true" in c.overrides for c in mlp)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_tune_tries_the_joint_d_batch_only_where_d_allows_it(device):
+    """An MLP's D judges real and fake in one forward as well as in two; DCGAN's BatchNorm and
+    the ResNet's spectral norm would compute something else, so tune never offers it there."""
+    mlp = TrainConfig(data=DataConfig(spec="ring8"), model=ModelConfig(arch="mlp"))
+    cands = candidates_for(mlp, torch.device(device))
+    joint = {c.name: apply_overrides(copy.deepcopy(mlp), c.overrides).accel for c in cands if "joint" in c.name}
+    assert joint and all(accel.batch_layout == "joint" for accel in joint.values())
+    if device == "cuda":
+        graphed = joint["bf16 + CUDA graphs + joint D batch"]
+        assert graphed.cuda_graphs and graphed.optimizer_impl == "fused" and graphed.precision == "bf16"
+    for preset in ("dcgan_mnist", "resnet_cifar10"):
+        cfg = get_preset(preset)
+        assert not any("batch_layout" in o for c in candidates_for(cfg, torch.device(device)) for o in c.overrides)
 
 
 def test_tune_candidates_start_from_the_plain_config_whatever_the_preset_sets():

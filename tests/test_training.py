@@ -158,6 +158,29 @@ def test_a_run_with_relative_paths_from_before_resumes_from_its_directory(digits
     assert load_yaml(run / "config.yaml").data.spec == f"npz:{digits_npz}"
 
 
+def test_a_checkpoint_from_before_a_config_field_existed_resumes(digits_npz, tmp_path, monkeypatch):
+    """A field added to the config since a checkpoint was written is missing from it; the run it
+    belongs to ran as the field's default, so it resumes without a config change (a field the
+    resume does change is still refused)."""
+    from hetgan.config import to_dict
+    from hetgan.training import trainer as trainer_module
+
+    def as_before(cfg):
+        raw = to_dict(cfg)
+        del raw["accel"]["batch_layout"]
+        return raw
+
+    cfg = tiny_config(f"npz:{digits_npz}", arch="mlp", kimg=0.08)  # a D that could run joint
+    with monkeypatch.context() as old_version:
+        old_version.setattr(trainer_module, "to_dict", as_before)
+        run = train(cfg, out=tmp_path / "run", progress=False)
+    _, _, meta = load_latest_checkpoint(run / "checkpoints")
+    assert "batch_layout" not in meta["config"]["accel"]
+    with pytest.raises(CheckpointError, match=r"accel.batch_layout: checkpoint 'separate', now 'joint'"):
+        run_training(resume=run, overrides=["train.kimg=0.16", "accel.batch_layout=joint"], progress=False)
+    assert run_training(resume=run, overrides=["train.kimg=0.16"], progress=False).kimg == pytest.approx(0.16)
+
+
 @pytest.mark.parametrize("shape", ["linear", "cosine"])
 def test_lr_decay_schedule(shape):
     optim = OptimConfig(lr_decay=shape, decay_start_kimg=10, decay_end_kimg=30, lr_final_scale=0.1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 from hetgan.errors import ConfigError
 
@@ -39,3 +41,19 @@ def image_shape(shape: tuple[int, ...], family: str, resolutions: tuple[int, ...
 
 def log2_int(n: int) -> int:
     return int(round(math.log2(n)))
+
+
+def batch_coupled(net: nn.Module) -> list[str]:
+    """The layers of `net` (as "name (Type)") whose output for one sample depends on what else
+    goes through the same forward: BatchNorm in training mode normalises by the batch's statistics,
+    and spectral norm runs a step of power iteration on each forward, so one forward over a joint
+    batch computes something else than two forwards over its halves."""
+    found = []
+    for name, m in net.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            found.append(f"{name} ({type(m).__name__}: the batch's statistics)")
+        elif parametrize.is_parametrized(m) and any(
+            isinstance(p, _SpectralNorm) for plist in m.parametrizations.values() for p in plist
+        ):
+            found.append(f"{name} (spectral norm: a power-iteration step per forward)")
+    return found

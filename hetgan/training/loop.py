@@ -210,7 +210,7 @@ def describe(trainer: Trainer) -> str:
 
 def restore(trainer: Trainer, run_dir: Path, allow_change: bool) -> None:
     path, tensors, meta = load_latest_checkpoint(run_dir / "checkpoints")
-    changed = config_differences(absolute_paths(meta["config"]), to_dict(trainer.cfg))
+    changed = config_differences(absolute_paths(with_defaults(meta["config"])), to_dict(trainer.cfg))
     if changed and not allow_change:
         raise CheckpointError(
             f"{path} was written with another config ({'; '.join(changed)}); resuming would not "
@@ -221,6 +221,16 @@ def restore(trainer: Trainer, run_dir: Path, allow_change: bool) -> None:
     except CheckpointError as e:  # say which checkpoint did not fit
         raise CheckpointError(f"{path}: {e}") from e
     log.info("resumed from %s (step %d, %.1f kimg)", path, trainer.step_count, trainer.nimg / 1000)
+
+
+def with_defaults(saved: dict) -> dict:
+    """A checkpoint's config with the fields it lacks at their defaults: a checkpoint written before
+    a field existed ran as its default has it (a new field's default is the old behaviour)."""
+    filled = to_dict(TrainConfig())
+    for key, value in saved.items():
+        both_sections = isinstance(value, dict) and isinstance(filled.get(key), dict)
+        filled[key] = {**filled[key], **value} if both_sections else value
+    return filled
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:

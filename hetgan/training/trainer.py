@@ -36,9 +36,10 @@ from hetgan.config import OptimConfig, TrainConfig, to_dict
 from hetgan.data import load_data, make_sampler
 from hetgan.data.sampler import PrefetchSampler
 from hetgan.data.sources import Data
-from hetgan.errors import CheckpointError, TrainingDiverged
+from hetgan.errors import CheckpointError, ConfigError, TrainingDiverged
 from hetgan.losses import build_loss
 from hetgan.models import build_models
+from hetgan.models.layers import batch_coupled
 from hetgan.placement import input_device, resolve_device, split_network
 from hetgan.training.checkpoint import flatten_optimizer, restore_optimizer
 from hetgan.training.graphed import StepGraph
@@ -82,6 +83,22 @@ def lr_scale(optim: OptimConfig, kimg: float) -> float:
     return optim.lr_final_scale + (1.0 - optim.lr_final_scale) * shape
 
 
+def joint_batch(cfg: TrainConfig, D: nn.Module) -> bool:
+    """Whether D judges real and fake in one forward (`accel.batch_layout`); refused for a D with
+    layers that couple the samples of a forward, where it would change what D computes."""
+    if cfg.accel.batch_layout != "joint":
+        return False
+    coupled = batch_coupled(D)
+    if coupled:
+        raise ConfigError(
+            f"accel.batch_layout=joint judges real and fake images in one forward of D, but this D "
+            f"({cfg.model.arch}) has {'; '.join(coupled[:2])}{'; ...' if len(coupled) > 2 else ''}, so one "
+            "forward over both would compute something else than two; keep accel.batch_layout=separate "
+            "(the default), or use a D without such layers (mlp, maxout)"
+        )
+    return True
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, data: Data | None = None) -> None:
         self.cfg = cfg.validate()  # a config built in Python gets the checks `--set` gets
@@ -101,7 +118,7 @@ class Trainer:
         self.opt_D = make_optimizer(self.D.parameters(), cfg.optim.d_lr, betas, accel.optimizer_impl)
         self.z_device = input_device(self.G, self.g_device)
         self.rng = torch.Generator(self.z_device).manual_seed(cfg.seed + 1)
-        self.loss = build_loss(cfg.loss, self.rng)
+        self.loss = build_loss(cfg.loss, self.rng, joint=joint_batch(cfg, self.D))
         self.data_device = input_device(self.D, self.d_device)  # where real batches live
         self.sampler = make_sampler(self.data, cfg.seed, self.data_device, cfg.data.loader, cfg.data.resident_max_mb)
         self.G_fwd, self.D_fwd = compiled(self.G, self.D, accel, cfg.loss)
