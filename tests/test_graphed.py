@@ -13,7 +13,7 @@ from hetgan.training import Trainer
 from hetgan.training.checkpoint import flatten_optimizer
 from hetgan.training.graphed import WARMUP_STEPS
 from hetgan.training.trainer import StepResult
-from tests.conftest import GPU
+from tests.conftest import GPU, tiny_config
 
 STEPS = WARMUP_STEPS + 5  # warm-up, the captured step, then replays
 
@@ -70,6 +70,20 @@ def test_gpu_captured_step_trains_as_the_eager_step(tiny, precision):
     if precision == "fp32":
         assert_same_training(graphed, eager, atol=1e-5)
     assert all(torch.isfinite(p).all() for p in graphed.G_ema.parameters())
+
+
+@GPU
+def test_gpu_captured_step_with_a_joint_d_batch_trains_as_the_eager_step(digits_npz):
+    """D's real and fake batch in one forward (an MLP's D allows it) inside the captured step."""
+    cfg = tiny_config(f"npz:{digits_npz}", arch="mlp")
+    graphed, eager = graphed_and_eager(cfg, batch_layout="joint")
+    assert graphed.loss.joint and eager.loss.joint
+    for _ in range(STEPS):
+        got, want = graphed.step().floats(), eager.step().floats()
+        assert got.keys() == want.keys()
+        assert all(got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-5) for k in want), (got, want)
+    assert graphed.graph.graph is not None
+    assert_same_training(graphed, eager, atol=1e-5)
 
 
 @GPU
