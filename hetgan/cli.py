@@ -327,8 +327,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cfg = apply_overrides(base_config(args), flag_overrides(args) + args.set)
     result = run_tune(cfg, args.seconds, args.rounds)
     if config_out:
-        config_out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(config_out, dump_yaml(result.config).encode())
+        from hetgan.training.loop import with_absolute_paths
+
+        config_out.parent.mkdir(parents=True, exist_ok=True)  # its paths mean the same files from anywhere
+        atomic_write_bytes(config_out, dump_yaml(with_absolute_paths(result.config)).encode())
         print(f"tuned config: {config_out} (train with: hetgan train --config {config_out})")
     if out:
         from hetgan.placement import resolve_device

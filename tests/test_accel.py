@@ -513,6 +513,12 @@ def test_tune_saves_the_tuned_config_for_train(tmp_path, capsys, monkeypatch, di
     assert saved.accel.threads == 1 and seen[0].accel.threads == 0
     expected = apply_overrides(copy.deepcopy(seen[0]), ["accel.threads=1"])
     assert to_dict(saved) == to_dict(expected)  # everything else as given: preset, data, batch size
+    monkeypatch.chdir(digits_npz.parent)  # a relative data path is saved absolute, as a run's config.yaml has it
+    assert (
+        main(["tune", "--preset", "mlp_ring8", "--data", "npz:digits.npz", "--rounds", "1", "--save-config", str(path)])
+        == 0
+    )
+    assert load_yaml(path).data.spec == f"npz:{digits_npz}"
 
 
 def test_tune_stops_when_the_reference_candidate_fails(tiny):
