@@ -14,6 +14,8 @@
 #     then STEPS="bench knobs placement")    TESTS=1 (0 leaves out the GPU-only tests too)
 #     STEPS=knobs_large (not in the default): the knob survey again at the largest batch, where
 #     the bf16 share of peak is decided (a few minutes: each compiled knob set compiles anew)
+#     STEPS=profile (not in the default): where the device time goes at the largest batch, in
+#     matrix products and in everything else (benchmarks/profile_step.py; under a minute)
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_suite.sh OUTDIR}
 device=${DEVICE:-cuda}
@@ -76,6 +78,11 @@ fi
 if want knobs_large; then
     run step_knobs_large python benchmarks/step_knobs.py --device "$device" --batch "${batches##* }" \
         --width "$width" --seconds "$secs"
+fi
+if want profile; then  # eager kernels (a replayed graph hides its launches, not its kernels' time)
+    run profile python benchmarks/profile_step.py --device "$device" --batch "${batches##* }" --width "$width" \
+        --set accel.precision=bf16 --set accel.channels_last=true --set accel.cudnn_benchmark=true \
+        --set accel.optimizer_impl=fused
 fi
 # G on the GPU with D on the CPU, the reverse, and split networks, against all on the GPU.
 if want placement; then

@@ -192,6 +192,28 @@ def test_placement_benchmark_times_every_layout():
 
 
 @pytest.mark.slow
+def test_step_profile_splits_the_step_into_matrix_products_and_the_rest():
+    """benchmarks/profile_step.py on the CPU: the step's op time, split by kind, and the top ops,
+    among them the convolutions a DCGAN step is made of."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cmd = [sys.executable, "benchmarks/profile_step.py", "--device", "cpu", "--width", "8", "--batch", "16"]
+    cmd += ["--steps", "3", "--set", "accel.channels_last=true"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "knobs: accel.channels_last=true" in out
+    split = [line for line in out.splitlines() if line.startswith("  in ")]
+    shares = {line.split()[1]: float(line.split("(")[1].rstrip("%)")) for line in split}
+    assert set(shares) == {"matrix", "everything"} and sum(shares.values()) == pytest.approx(100, abs=1)
+    assert 0 < shares["matrix"] < 100
+    top = [line for line in out.splitlines() if line.rstrip().endswith(("convolution", "convolution_backward"))]
+    assert top and all(" matrix " in line for line in top)
+
+
+@pytest.mark.slow
 def test_gpu_suite_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
     """benchmarks/gpu_suite.sh with DEVICE=cpu and tiny settings: every step runs and writes its
     output, so the first session with a GPU does not lose its measurements to a broken script."""
@@ -215,10 +237,10 @@ def test_gpu_suite_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
     assert "hetgan tuned" in (tmp_path / "ok" / "train_throughput.txt").read_text()
     assert "plain (fp32, eager)" in (tmp_path / "ok" / "step_knobs.txt").read_text()
     # A failing step is reported and the others still run; the exit status says something failed.
-    env.update(WIDTH="0", STEPS="throughput knobs_large placement")  # and only the steps named run
+    env.update(WIDTH="0", STEPS="throughput knobs_large profile placement")  # and only the steps named run
     done = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path / "bad")], env=env, cwd=root, timeout=300)
     failed = (tmp_path / "bad" / "failed.txt").read_text()
-    ran = ("train_throughput", "step_knobs_large", "placement")
+    ran = ("train_throughput", "step_knobs_large", "profile", "placement")
     assert done.returncode == 1 and all(f"'{step}' failed" in failed for step in ran)
     assert {p.name for p in (tmp_path / "bad").iterdir()} == {"failed.txt", *(f"{step}.txt" for step in ran)}
     assert "batch 16" in (tmp_path / "bad" / "step_knobs_large.txt").read_text()  # the largest of BATCHES
