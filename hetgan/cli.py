@@ -293,14 +293,20 @@ def json_path(arg: str | None) -> Path | None:
     return output_path(arg, "--json", "results.json") if arg else None
 
 
-def write_json(path: Path | None, obj) -> None:
-    """Write `obj` as JSON to `path` (if given), making its folder; a crash leaves no partial file."""
-    from hetgan.fileio import atomic_write_bytes, strict_json
+def write_output(path: Path, text: str) -> None:
+    """Write `text` to `path`, making its folder; a crash leaves no partial file."""
+    from hetgan.fileio import atomic_write_bytes
 
-    if path is None:
-        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (strict_json(obj, indent=1) + "\n").encode())
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path | None, obj) -> None:
+    """Write `obj` as JSON to `path`, if given (`write_output`)."""
+    from hetgan.fileio import strict_json
+
+    if path is not None:
+        write_output(path, strict_json(obj, indent=1) + "\n")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -320,8 +326,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from hetgan.fileio import atomic_write_bytes
-
     out = json_path(args.json)
     config_out = output_path(args.save_config, "--save-config", "tuned.yaml") if args.save_config else None
     cfg = apply_overrides(base_config(args), flag_overrides(args) + args.set)
@@ -329,8 +333,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if config_out:
         from hetgan.training.loop import with_absolute_paths
 
-        config_out.parent.mkdir(parents=True, exist_ok=True)  # its paths mean the same files from anywhere
-        atomic_write_bytes(config_out, dump_yaml(with_absolute_paths(result.config)).encode())
+        # Absolute paths, as in a run's config.yaml: they name the same files from any folder.
+        write_output(config_out, dump_yaml(with_absolute_paths(result.config)))
         print(f"tuned config: {config_out} (train with: hetgan train --config {config_out})")
     if out:
         from hetgan.placement import resolve_device

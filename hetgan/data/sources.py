@@ -81,14 +81,18 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return name, arg
 
 
+def absolute_path(path: str) -> str:
+    """`path` from the working directory, `~` expanded, symlinks kept: the same file from anywhere."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def absolute_spec(spec: str) -> str:
-    """The spec with its path made absolute (from the working directory, `~` expanded, symlinks
-    kept), so that it names the same data from anywhere; other specs, and malformed ones (which
-    `load_data` reports), as they are."""
+    """The spec with its path made absolute (`absolute_path`); other specs, and malformed ones
+    (which `load_data` reports), as they are."""
     name, sep, arg = spec.partition(":")
     if name not in PATH_SPECS or not arg:
         return spec
-    return f"{name}{sep}{os.path.abspath(os.path.expanduser(arg))}"
+    return f"{name}{sep}{absolute_path(arg)}"
 
 
 def load_data(cfg: DataConfig) -> Data:

@@ -8,7 +8,6 @@ save a checkpoint and return cleanly.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from tqdm import tqdm
 
 from hetgan.artifact import ARTIFACT_NAME, recalibrated_copy, save_generator
 from hetgan.config import RESUMABLE_FIELDS, TrainConfig, apply_overrides, from_dict, load_yaml, to_dict
-from hetgan.data import Mixture, absolute_spec
+from hetgan.data import Mixture, absolute_path, absolute_spec
 from hetgan.errors import CheckpointError
 from hetgan.report.plots import make_plots
 from hetgan.sampling import write_samples
@@ -142,7 +141,7 @@ def absolute_paths(raw: dict) -> dict:
     if isinstance(out["data"].get("spec"), str):
         out["data"]["spec"] = absolute_spec(out["data"]["spec"])
     if isinstance(out["train"].get("evalnet"), str) and out["train"]["evalnet"]:
-        out["train"]["evalnet"] = os.path.abspath(os.path.expanduser(out["train"]["evalnet"]))
+        out["train"]["evalnet"] = absolute_path(out["train"]["evalnet"])
     return out
 
 
