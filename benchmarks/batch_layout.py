@@ -7,7 +7,9 @@ interleaved rounds in one process.
 
 Both sides run each preset's own config plus the `--set` overrides (default: fused Adam, which tune
 picks with the joint batch on our CPU); the only difference is `accel.batch_layout`. It prints each
-side's median img/s and the joint side's ratio to the separate one within each round.
+side's median img/s and the joint side's ratio to the separate one within each round, then D's
+phase alone (its forward with the loss, and its backward: bench's phase breakdown, the median of
+as many 20-step runs as rounds, taken in turn) in ms per step on each side.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import statistics
 
 import torch
 
-from hetgan.bench.bench import interleaved, ratio_spread, trainer_timer
+from hetgan.bench.bench import interleaved, phase_breakdown, ratio_spread, trainer_timer
 from hetgan.config import apply_overrides
 from hetgan.presets import get_preset
 from hetgan.training import Trainer
@@ -35,7 +37,8 @@ def main() -> None:
     overrides = args.set if args.set is not None else ["accel.optimizer_impl=fused"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; both sides: {' '.join(overrides) or '-'}")
     ratio = "joint vs separate: median (min-max)"
-    print(f"{'preset':<14}{'batch':>6}{'separate img/s':>16}{'joint img/s':>13}{ratio:>38}")
+    header = f"{'preset':<14}{'batch':>6}{'separate img/s':>16}{'joint img/s':>13}{ratio:>38}"
+    print(f"{header}{'D phase ms: separate':>23}{'joint':>8}{'ratio':>8}")
     for preset in args.presets:
         cfg = apply_overrides(get_preset(preset), [f"accel.device={args.device}", *overrides])
         trainers = {
@@ -44,14 +47,22 @@ def main() -> None:
         }
         try:
             speeds = interleaved({k: trainer_timer(t, args.seconds) for k, t in trainers.items()}, args.rounds)
+            d_phase = interleaved({k: lambda _, t=t: d_phase_ms(t) for k, t in trainers.items()}, args.rounds)
         finally:
             for trainer in trainers.values():
                 trainer.close()
         separate, joint = speeds["separate"], speeds["joint"]
+        d_separate, d_joint = (statistics.median(d_phase[k]) for k in ("separate", "joint"))
         print(
             f"{preset:<14}{cfg.train.batch_size:>6}{statistics.median(separate):>16.1f}"
             f"{statistics.median(joint):>13.1f}{ratio_spread(joint, separate):>38}"
+            f"{d_separate:>23.2f}{d_joint:>8.2f}{d_separate / d_joint:>7.2f}x"
         )
+
+
+def d_phase_ms(trainer: Trainer) -> float:
+    phases = phase_breakdown(trainer, steps=20)
+    return phases["d_forward"] + phases["d_backward"]
 
 
 if __name__ == "__main__":

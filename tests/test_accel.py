@@ -83,6 +83,7 @@ def test_batch_layout_benchmark_times_both_layouts():
     assert "both sides: accel.optimizer_impl=fused" in done.stdout
     row = next(line.split() for line in done.stdout.splitlines() if line.startswith("mlp_ring8"))
     assert row[1] == "50" and float(row[2]) > 0 and float(row[3]) > 0 and row[4].endswith("x")
+    assert float(row[6]) > 0 and float(row[7]) > 0 and row[8].endswith("x")  # D's phase alone, ms per step
 
 
 @pytest.mark.parametrize(("arch", "layer"), [("dcgan", "BatchNorm2d"), ("resnet", "spectral norm")])
