@@ -119,7 +119,7 @@ def cpu_candidates(make: CandidateMaker) -> list[Candidate]:
     # Adam's fused CPU kernel: the default per-parameter loop is a quarter of an MLP's step.
     out += [make.with_layout("fused Adam", optimizer_impl="fused")]
     out += [make.with_layout("compile", compile=True), make.with_layout("bf16", precision="bf16")]
-    if make.joint:  # D judges real and fake in one forward: fewer, larger products (1.98x D's phase, mlp_mnist)
+    if make.joint:  # D judges real and fake in one forward: fewer, larger products (1.2x D's phase, mlp_mnist)
         joint = {"batch_layout": "joint"}
         out += [
             make.with_layout("joint D batch", **joint),
