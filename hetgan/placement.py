@@ -2,7 +2,7 @@
 contiguous stages on different devices (e.g. conv layers on the GPU, the dense head on the CPU).
 
 Stage spec, one per network: comma-separated `FIRST-LAST@DEVICE` ranges over the indices of the
-network's layer list (`net` in the dcgan, mlp and maxout families; `hetgan layers` lists them),
+network's layer list (`net` in every model family; `hetgan layers` lists them),
 LAST may be left open:
 
     "0-8@cuda:0,9-@cpu"     layers 0..8 on cuda:0, layers 9..end on the CPU
@@ -127,9 +127,9 @@ def layer_list(model: nn.Module, who: str = "") -> nn.Sequential:
     layers = getattr(model, "net", None)
     if not isinstance(layers, nn.Sequential):
         raise ConfigError(
-            f"{who or qualname(model)} has no `net` layer list to split; "
-            "stage specs work for the dcgan, mlp and maxout families: drop the stage spec, or pick one "
-            "of those with --set model.arch=..."
+            f"{who or qualname(model)} has no `net` layer list to split; stage specs work for every "
+            "hetgan model family (dcgan, mlp, maxout, resnet), and a network of your own needs its layers "
+            "in an nn.Sequential named `net`: drop the stage spec, or pick a family with --set model.arch=..."
         )
     return layers
 

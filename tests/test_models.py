@@ -1,6 +1,12 @@
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from hetgan.artifact import load_generator
+from hetgan.cli import main
 from hetgan.config import TrainConfig
 from hetgan.errors import ConfigError
 from hetgan.losses import pack
@@ -111,3 +117,19 @@ def test_maxout_unit_is_max_over_its_pieces():
     pre = unit.linear(x)  # [5, 8]: unit j owns pieces 4j .. 4j+3
     expected = torch.stack([pre[:, :4].max(1).values, pre[:, 4:].max(1).values], dim=1)
     assert torch.equal(unit(x), expected)
+
+
+def test_resnet_runs_from_before_its_layer_list_resume_exactly(tmp_path):
+    """tests/fixtures/resnet_split_parts: a resnet run checkpointed halfway by hetgan at commit
+    67608c0, when G kept `linear`, `blocks`, `out` and D `blocks`, `head` apart, and the generator
+    of the same run trained without a stop. Resumed now, it must end at the same weights."""
+    fixture = Path(__file__).parent / "fixtures" / "resnet_split_parts"
+    old_keys = load_file(fixture / "uninterrupted.safetensors")
+    assert {"linear.weight", "blocks.2.conv2.bias", "out.2.weight"} <= set(old_keys)  # the old layout
+    run = shutil.copytree(fixture / "run", tmp_path / "run")
+    assert main(["train", "--resume", str(run), "--kimg", "0.016", "--no-progress"]) == 0
+    resumed = load_generator(run / "generator.safetensors")
+    uninterrupted = load_generator(fixture / "uninterrupted.safetensors")
+    assert "net.7.weight" in resumed.G.state_dict()
+    for (name, a), b in zip(resumed.G.state_dict().items(), uninterrupted.G.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

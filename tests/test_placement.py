@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from hetgan.bench.layers import layer_table, network_tables
 from hetgan.cli import main
@@ -74,11 +75,24 @@ def test_trainer_with_split_networks_equals_unsplit(tiny):
     assert_train_alike(plain, Trainer(tiny), steps=3)
 
 
-def test_split_needs_a_layer_list(tiny):
+def test_split_resnet_trains_as_unsplit(tiny):
+    """The residual blocks on one device and the rest on another (each block is one layer)."""
     tiny.model.arch = "resnet"
-    tiny.data.channels = 1
-    with pytest.raises(ConfigError, match="no `net` layer list"):
-        split_network(build_models(tiny)[0], "0-@cpu")
+    plain = Trainer(tiny)
+    tiny.accel.g_stages, tiny.accel.d_stages = "0-3@cpu,4-@cpu", "0-1@cpu,2-4@cpu,5-@cpu"
+    split = Trainer(tiny)
+    assert [type(split.D.net[i]).__name__ for i in range(4)] == ["DBlock"] * 4
+    assert_train_alike(plain, split, steps=2)
+
+
+def test_split_needs_a_layer_list():
+    class Custom(nn.Module):  # a network of the user's own, without a `net`
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(2, 2)
+
+    with pytest.raises(ConfigError, match="Custom has no `net` layer list.*an nn.Sequential named `net`"):
+        split_network(Custom(), "0-@cpu")
 
 
 def test_layer_table_counts_each_layer_by_hand(tiny):
@@ -113,17 +127,23 @@ def test_layers_plans_a_split_for_devices_this_machine_lacks(tiny):
         format_layers("D", "Discriminator", rows, spec="0-4@tpu,5-@cpu")
 
 
-def test_layer_table_says_when_a_network_cannot_be_split(tiny, capsys):
-    tiny.model.arch = "resnet"
-    assert layer_table(build_models(tiny)[0], torch.zeros(1, tiny.model.z_dim)) is None
-    assert main(["layers", "--preset", "resnet_cifar10"]) == 0
-    out = capsys.readouterr().out
-    assert "Generator): no `net` layer list, so it cannot be split" in out and "split with" not in out
-    assert main(["layers", "--preset", "resnet_cifar10", "--set", "accel.g_stages=0-2@cpu"]) == 2
-    assert "accel.g_stages is set, but G (hetgan.models.resnet.Generator) has no `net`" in capsys.readouterr().err
+def test_layer_table_says_when_a_network_cannot_be_split(capsys):
+    from hetgan.bench.layers import format_layers
+
+    assert layer_table(nn.Linear(2, 2), torch.zeros(1, 2)) is None
+    assert format_layers("G", "my.Net", None) == "G (my.Net): no `net` layer list, so it cannot be split into stages"
     assert main(["layers", "--preset", "mlp_ring8", "--set", "loss.pack=2"]) == 0
     out = capsys.readouterr().out
     assert "13 layers, stage spec indices 0..12" in out and "Linear(in_features=4, out_features=512" in out
+
+
+def test_layers_lists_resnet_blocks(capsys):
+    assert main(["layers", "--preset", "resnet_cifar10", "--set", "accel.d_stages=0-3@cuda,4-@cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "G (hetgan.models.resnet.Generator): 9 layers" in out and "D (hetgan.models.resnet.Discriminator): 7" in out
+    assert "  2  GBlock(256, up=2)  " in out and "  0  DBlock(3, 128, down=True, first=True)  " in out
+    # After the last block D's activation is 128x8x8 fp32, 32 KB per sample.
+    assert "accel.d_stages '0-3@cuda,4-@cpu': after layer 3, cuda -> cpu: 32.0 KB per sample" in out
 
 
 @GPU
