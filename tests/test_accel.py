@@ -157,6 +157,18 @@ def test_compile_runs_finite_and_keeps_d_eager_under_penalty(digits_npz):
     assert not t.step().skipped
 
 
+@pytest.mark.slow
+def test_compile_trains_resnet(digits_npz):
+    """Its D is spectrally normalised and judges the real and the fake batch before one backward,
+    which torch's spectral norm does not survive under compile (tests/test_models.py)."""
+    cfg = tiny_config(f"npz:{digits_npz}", arch="resnet")
+    cfg.accel.compile = True
+    t = Trainer(cfg)
+    for _ in range(3):
+        assert not t.step().skipped
+    assert t.D_fwd is not t.D and t.G_fwd is not t.G
+
+
 class FakeTrial:
     """A candidate whose outputs and per-window speeds the test controls."""
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 from hetgan.config import ModelConfig
 from hetgan.models import MODELS
-from hetgan.models.layers import image_shape
+from hetgan.models.layers import image_shape, spectral_norm
 
 
 class GBlock(nn.Module):
