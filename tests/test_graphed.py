@@ -87,6 +87,22 @@ def test_gpu_captured_step_with_a_joint_d_batch_trains_as_the_eager_step(digits_
 
 
 @GPU
+@pytest.mark.parametrize("compiled", [False, True])
+def test_gpu_captured_resnet_step_trains_as_the_eager_step(digits_npz, compiled):
+    """The resnet D's spectral norm runs its power iteration outside torch.compile and writes u
+    and v into its buffers: each replay must do so too, as the eager step does."""
+    cfg = tiny_config(f"npz:{digits_npz}", arch="resnet")
+    graphed, eager = graphed_and_eager(cfg, compile=compiled)
+    for _ in range(STEPS):
+        got, want = graphed.step().floats(), eager.step().floats()
+        assert all(got[k] == pytest.approx(want[k], rel=1e-3, abs=1e-4) for k in want), (got, want)
+    assert graphed.graph.graph is not None
+    assert_same_training(graphed, eager, atol=1e-4)
+    for x, y in zip(graphed.D.buffers(), eager.D.buffers(), strict=True):  # u and v of each layer
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-4)
+
+
+@GPU
 def test_gpu_replays_never_wait_for_the_gpu(tiny):
     tiny.accel.device, tiny.accel.optimizer_impl, tiny.accel.cuda_graphs = "cuda", "fused", True
     t = Trainer(tiny)
