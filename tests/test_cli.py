@@ -96,9 +96,15 @@ def test_data_and_device_flags_become_config_overrides():
     assert flag_overrides(build_parser().parse_args(["train"])) == []
 
 
-def test_missing_data_is_a_clear_error(capsys, tmp_path):
+def test_missing_data_is_a_clear_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the resnet preset looks for data/cifar-10-batches-bin
     assert main(["train", "--data", f"folder:{tmp_path}/nope", "--out", str(tmp_path / "r")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert f"{tmp_path}/nope: image folder does not exist; give a folder of PNG" in capsys.readouterr().err
+    # The resnet preset reads CIFAR-10, which is not shipped: the error says where to put it.
+    assert main(["train", "--preset", "resnet_cifar10", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "data/cifar-10-batches-bin: CIFAR-10 folder does not exist; extract CIFAR-10's binary" in err
+    assert "--data cifar10:DIR" in err and not (tmp_path / "r").exists()
 
 
 def test_train_then_sample_all_forms(digits_npz, tmp_path, capsys):

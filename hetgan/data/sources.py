@@ -112,7 +112,7 @@ def read_mnist5k(arg: str, cfg: DataConfig) -> ImageData:
 
 @DATASETS.register("npz")
 def read_npz(arg: str, cfg: DataConfig) -> ImageData:
-    path = _existing(arg, "npz file")
+    path = _existing(arg, "npz file", "give the path of a .npz file holding a uint8 `images` array: --data npz:FILE")
     try:
         arrays = np.load(path, allow_pickle=False)
     except NPZ_READ_ERRORS as e:
@@ -159,7 +159,12 @@ IDX_FILES = {
 
 @DATASETS.register("mnist")
 def read_mnist(arg: str, cfg: DataConfig) -> ImageData:
-    root = _existing(arg, "MNIST folder")
+    root = _existing(
+        arg,
+        "MNIST folder",
+        "give the folder holding the four MNIST IDX files (gzipped or not): --data mnist:DIR; "
+        "the bundled digits need no files: --data mnist5k",
+    )
     images, labels = [], []
     for split, (img_name, lbl_name) in IDX_FILES.items():
         img = read_idx(_find_idx(root, img_name), expected_ndim=3)
@@ -214,7 +219,12 @@ CIFAR_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".sp
 
 @DATASETS.register("cifar10")
 def read_cifar10(arg: str, cfg: DataConfig) -> ImageData:
-    root = _existing(arg, "CIFAR-10 folder")
+    root = _existing(
+        arg,
+        "CIFAR-10 folder",
+        "extract CIFAR-10's binary version (cifar-10-binary.tar.gz) there, or give the folder that holds "
+        "its data_batch_*.bin files: --data cifar10:DIR",
+    )
     files = sorted(root.glob("data_batch_*.bin")) or sorted(root.glob("*/data_batch_*.bin"))
     if not files:
         raise DataError(f"{root}: no data_batch_*.bin files; expected CIFAR-10's binary version")
@@ -243,7 +253,7 @@ def read_cifar_file(path: Path) -> np.ndarray:
 # --- image folders ---------------------------------------------------------------------------
 @DATASETS.register("folder")
 def read_folder(arg: str, cfg: DataConfig) -> ImageData:
-    root = _existing(arg, "image folder")
+    root = _existing(arg, "image folder", FOLDER_HINT)
     files = list_image_files(root)
     if not files:
         raise DataError(f"{root}: no images found (looked recursively for .png, .jpg, .jpeg, .webp, .bmp)")
@@ -287,10 +297,13 @@ def grid25(arg: str, cfg: DataConfig) -> Mixture:
     return Mixture("grid25", modes, 0.05)
 
 
-def _existing(arg: str, what: str) -> Path:
+FOLDER_HINT = "give a folder of PNG/JPEG/WebP/BMP images (subfolders name classes): --data folder:DIR"
+
+
+def _existing(arg: str, what: str, fix: str) -> Path:
     path = Path(arg).expanduser()
     if not path.exists():
-        raise DataError(f"{path}: {what} does not exist")
+        raise DataError(f"{path}: {what} does not exist; {fix}")
     return path
 
 
@@ -298,7 +311,7 @@ def check_spec(cfg: DataConfig) -> list[tuple[str, str]]:
     """Decode every item of a dataset; return [(file, reason)] for each bad one."""
     name, arg = parse_spec(cfg.spec)
     if name == "folder":
-        files = list_image_files(_existing(arg, "image folder"))
+        files = list_image_files(_existing(arg, "image folder", FOLDER_HINT))
         if not files:
             return [(arg, "no images found")]
         _, _, bad = decode_files(files, cfg.resolution, cfg.channels, "skip", warn=False)  # the caller reports them
