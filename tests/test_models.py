@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 from hetgan.artifact import load_generator
 from hetgan.cli import main
@@ -12,6 +13,7 @@ from hetgan.config import TrainConfig
 from hetgan.errors import ConfigError
 from hetgan.losses import pack
 from hetgan.models import MODELS, build_models
+from hetgan.models.layers import spectral_norm
 
 
 def config_for(arch: str, resolution: int = 32, channels: int = 1, spec: str = "mnist5k", p: int = 1):
@@ -138,10 +140,6 @@ def test_resnet_runs_from_before_its_layer_list_resume_exactly(tmp_path):
 
 def sn_pair(make):
     """The same layer twice from one seed: with torch's spectral norm and with hetgan's."""
-    from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
-
-    from hetgan.models.layers import spectral_norm
-
     torch.manual_seed(0)
     theirs = torch_spectral_norm(make())
     torch.manual_seed(0)
