@@ -16,6 +16,8 @@
 #     the bf16 share of peak is decided (a few minutes: each compiled knob set compiles anew)
 #     STEPS=profile (not in the default): where the device time goes at the largest batch, in
 #     matrix products and in everything else (benchmarks/profile_step.py; under a minute)
+#     STEPS=placement_resnet (not in the default): the placement layouts again for the SNGAN ResNet
+#     (resnet_cifar10 at WIDTH on the bundled digits): its D split puts the residual blocks on the GPU
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_suite.sh OUTDIR}
 device=${DEVICE:-cuda}
@@ -88,5 +90,9 @@ fi
 if want placement; then
     run placement python benchmarks/placement_layouts.py --device "$device" --rounds "$rounds" \
         --seconds "$secs" --width "$width"
+fi
+if want placement_resnet; then
+    run placement_resnet python benchmarks/placement_layouts.py --device "$device" --rounds "$rounds" \
+        --seconds "$secs" --width "$width" --preset resnet_cifar10
 fi
 exit $status

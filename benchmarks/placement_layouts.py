@@ -1,16 +1,21 @@
-"""Placement layouts against all-on-one-device: the same DCGAN-32, batch and loss trained with G and
+"""Placement layouts against all-on-one-device: the same model, batch and loss trained with G and
 D on different devices and with each network split into stages, timed in interleaved rounds.
 
     python benchmarks/placement_layouts.py [--device cuda] [--rounds 5] [--seconds 4] [--batch 64] [--width 64]
+                                           [--preset dcgan_textbook | resnet_cifar10] [--data mnist5k]
 
 Layouts (DEV is --device, default auto):
   all on DEV                   the reference
   G on DEV, D on cpu           the seed's layout: fakes go to the CPU, D's gradient comes back
   D on DEV, G on cpu           the reverse
-  D split: convs on DEV, head on cpu     d_stages: every layer but the last on DEV
-  G split: stem on cpu, rest on DEV      g_stages: the first ConvTranspose block on the CPU
+  D split: convs on DEV, head on cpu     d_stages: every layer but the last (the dcgan's 4x4 conv,
+                                         the resnet's linear head) on DEV
+  G split: stem on cpu, rest on DEV      g_stages: the stem (dcgan: ConvTranspose, BatchNorm, ReLU;
+                                         resnet: linear and reshape) on the CPU
 It prints each layout's median img/s and its ratio to all-on-DEV within each round. With
---device cpu every layout is on the CPU; that checks the script, not the placement.
+--device cpu every layout is on the CPU; that checks the script, not the placement. The default is
+DCGAN-32 (dcgan_textbook); --preset resnet_cifar10 times the SNGAN ResNet (on --data, the bundled
+digits by default, as CIFAR-10 is not shipped).
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from hetgan.placement import resolve_device
 from hetgan.presets import get_preset
 from hetgan.training import Trainer
 
+STEM = {"dcgan": 3, "resnet": 2}  # G's first layers: ConvTranspose + BatchNorm + ReLU; Linear + Unflatten
+
 
 def layouts(cfg: TrainConfig, dev: str) -> dict[str, list[str]]:
     G, D = build_models(cfg)
-    d_last, g_stem = len(D.net) - 1, 3  # D's final 4x4 conv; G's ConvTranspose + BatchNorm + ReLU
+    d_last, g_stem = len(D.net) - 1, STEM[cfg.model.arch]
     return {
         f"all on {dev}": [],
         f"G on {dev}, D on cpu": ["accel.d_device=cpu"],
@@ -49,13 +56,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per layout per round")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--preset", default="dcgan_textbook", choices=["dcgan_textbook", "resnet_cifar10"])
+    parser.add_argument("--data", default="mnist5k")
     args = parser.parse_args()
     dev = str(resolve_device(args.device))
-    cfg = get_preset("dcgan_textbook")
+    cfg = get_preset(args.preset)
     cfg.model.width, cfg.train.batch_size, cfg.accel.device = args.width, args.batch, dev
+    cfg.data.spec = args.data
     cfg = cfg.validate()
     name = torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or platform.machine()
-    print(f"device {dev} ({name}), torch {torch.__version__}; DCGAN-32 width {args.width}, batch {args.batch}")
+    print(f"device {dev} ({name}), torch {torch.__version__}; {args.preset} width {args.width}, batch {args.batch}")
     trainers = {
         label: Trainer(apply_overrides(copy.deepcopy(cfg), overrides)) for label, overrides in layouts(cfg, dev).items()
     }

@@ -188,7 +188,8 @@ def test_split_across_gpu_and_cpu_equals_all_gpu(tiny):
 
 
 @pytest.mark.slow
-def test_placement_benchmark_times_every_layout():
+@pytest.mark.parametrize("preset", ["dcgan_textbook", "resnet_cifar10"])
+def test_placement_benchmark_times_every_layout(preset):
     """benchmarks/placement_layouts.py on the CPU: every layout builds, trains and is reported
     against the all-on-one-device reference (on a GPU the same script measures the real layouts)."""
     import subprocess
@@ -196,7 +197,7 @@ def test_placement_benchmark_times_every_layout():
     from pathlib import Path
 
     cmd = [sys.executable, "benchmarks/placement_layouts.py", "--device", "cpu", "--rounds", "1"]
-    cmd += ["--seconds", "0.2", "--width", "8"]
+    cmd += ["--seconds", "0.2", "--width", "8", "--batch", "16", "--preset", preset]
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
     assert done.returncode == 0, done.stderr
@@ -257,10 +258,10 @@ def test_gpu_suite_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
     assert "hetgan tuned" in (tmp_path / "ok" / "train_throughput.txt").read_text()
     assert "plain (fp32, eager)" in (tmp_path / "ok" / "step_knobs.txt").read_text()
     # A failing step is reported and the others still run; the exit status says something failed.
-    env.update(WIDTH="0", STEPS="throughput knobs_large profile placement")  # and only the steps named run
+    env.update(WIDTH="0", STEPS="throughput knobs_large profile placement placement_resnet")  # only these run
     done = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path / "bad")], env=env, cwd=root, timeout=300)
     failed = (tmp_path / "bad" / "failed.txt").read_text()
-    ran = ("train_throughput", "step_knobs_large", "profile", "placement")
+    ran = ("train_throughput", "step_knobs_large", "profile", "placement", "placement_resnet")
     assert done.returncode == 1 and all(f"'{step}' failed" in failed for step in ran)
     assert {p.name for p in (tmp_path / "bad").iterdir()} == {"failed.txt", *(f"{step}.txt" for step in ran)}
     assert "batch 16" in (tmp_path / "bad" / "step_knobs_large.txt").read_text()  # the largest of BATCHES
