@@ -25,12 +25,18 @@ from hetgan.training.monitor import Monitor, rank
 from tests.conftest import GPU, strict_loads, tiny_config
 
 
-@pytest.fixture
-def digits_run(tmp_path):
-    """A tiny run on the bundled digits with evaluation during training."""
+@pytest.fixture(scope="module")
+def trained_digits_run(tmp_path_factory):
+    """A tiny run on the bundled digits with evaluation during training, trained once (about 14 s)."""
     cfg = tiny_config("mnist5k")
     cfg.train.kimg, cfg.train.eval_kimg, cfg.train.eval_n = 0.08, 0.04, 200
-    return train(cfg, out=tmp_path / "run", progress=False)
+    return train(cfg, out=tmp_path_factory.mktemp("digits") / "run", progress=False)
+
+
+@pytest.fixture
+def digits_run(trained_digits_run, tmp_path):
+    """Each test's own copy of that run, which it may resume, evaluate or report into."""
+    return shutil.copytree(trained_digits_run, tmp_path / "run")
 
 
 def test_eval_during_training_logs_metrics_and_keeps_best(digits_run):
