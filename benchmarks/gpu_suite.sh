@@ -18,6 +18,8 @@
 #     matrix products and in everything else (benchmarks/profile_step.py; under a minute)
 #     STEPS=placement_resnet (not in the default): the placement layouts again for the SNGAN ResNet
 #     (resnet_cifar10 at WIDTH on the bundled digits): its D split puts the residual blocks on the GPU
+#     STEPS=overlap (not in the default): whether the prefetch loader hides the data path, against
+#     resident data and an inline loader (benchmarks/loader_overlap.py: DCGAN-64, RGB, batch 1024)
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_suite.sh OUTDIR}
 device=${DEVICE:-cuda}
@@ -94,5 +96,9 @@ fi
 if want placement_resnet; then
     run placement_resnet python benchmarks/placement_layouts.py --device "$device" --rounds "$rounds" \
         --seconds "$secs" --width "$width" --preset resnet_cifar10
+fi
+if want overlap; then
+    run overlap python benchmarks/loader_overlap.py --device "$device" --rounds "$rounds" --seconds "$secs" \
+        --width "$width"
 fi
 exit $status

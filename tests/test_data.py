@@ -357,6 +357,39 @@ def test_decode_benchmark_runs_and_reports_both_settings():
     assert rows[0][-2] == "1.00x" and all(float(row[2]) > 0 for row in rows)
 
 
+@pytest.mark.slow
+def test_loader_overlap_benchmark_compares_the_same_batches():
+    """benchmarks/loader_overlap.py, tiny: its three loaders draw the same batches in the same
+    order (so only where the data path runs differs), and each is timed against resident."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import loader_overlap
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    args = loader_overlap.build_parser().parse_args(["--batch", "4", "--resolution", "32", "--channels", "1"])
+    args.images, args.width = 10, 4
+    trainers = loader_overlap.trainers(args, "cpu")
+    assert type(trainers["inline"].sampler).__name__ == "InlineSampler"
+    assert type(trainers["prefetch"].sampler).__name__ == "PrefetchSampler"
+    batches = {name: [t.sampler.next(4) for _ in range(4)] for name, t in trainers.items()}  # past an epoch
+    for name in ("prefetch", "inline"):
+        assert all(torch.equal(a, b) for a, b in zip(batches["resident"], batches[name], strict=True)), name
+    trainers["prefetch"].close()
+
+    cmd = [sys.executable, "benchmarks/loader_overlap.py", "--device", "cpu", "--rounds", "1", "--seconds", "0.2"]
+    cmd += ["--batch", "8", "--resolution", "32", "--channels", "1", "--images", "64", "--width", "4"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.endswith(")") and "x (" in line]
+    assert [row[0] for row in rows] == ["resident", "prefetch", "inline"]
+    assert rows[0][-2] == "1.00x" and all(float(row[1]) > 0 for row in rows)
+
+
 def digit_folder(root, n=24):
     """n distinct small PNGs in two class folders."""
     for i in range(n):
