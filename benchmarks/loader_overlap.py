@@ -81,8 +81,12 @@ def main() -> None:
         f"device {dev} ({name}), torch {torch.__version__}; DCGAN-{args.resolution} width {args.width}, "
         f"batch {args.batch} ({batch_mb:.1f} MiB of uint8 per batch), {args.images} images"
     )
-    timers = {loader: trainer_timer(t, args.seconds) for loader, t in trainers(args, dev).items()}
-    speeds = interleaved(timers, args.rounds)
+    made = trainers(args, dev)
+    try:
+        speeds = interleaved({loader: trainer_timer(t, args.seconds) for loader, t in made.items()}, args.rounds)
+    finally:
+        for trainer in made.values():
+            trainer.close()  # the prefetch loader's worker thread
     reference = speeds["resident"]
     print(f"{'loader':<12}{'median img/s':>13}{'vs resident: median (min-max)':>32}")
     for loader, values in speeds.items():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +30,16 @@ def digits_npz(tmp_path):
         labels=rng.integers(0, 10, 128).astype(np.uint8),
     )
     return path
+
+
+def benchmark_module(name: str):
+    """benchmarks/NAME.py imported as a module (the folder is not a package), for a test that calls
+    a benchmark's functions rather than running the script."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def strict_loads(text: str):

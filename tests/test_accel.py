@@ -12,7 +12,7 @@ from hetgan.errors import ConfigError, TuneError
 from hetgan.models import build_models
 from hetgan.presets import get_preset
 from hetgan.training import Trainer
-from tests.conftest import GPU, tiny_config
+from tests.conftest import GPU, benchmark_module, tiny_config
 
 KNOBS = [
     {"precision": "bf16"},
@@ -332,15 +332,9 @@ def test_conv_primitives_benchmark_sees_every_forward_convolution():
     """benchmarks/conv_primitives.py, tiny: the forward convolutions oneDNN reports for one step
     add up to G's forward once and D's three times (real, fake, fake again in the G step), as
     torch's FLOP counter counts them; all three propagations are there."""
-    import importlib.util
-    from pathlib import Path
-
     from torch.utils.flop_counter import FlopCounterMode
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "conv_primitives.py"
-    spec = importlib.util.spec_from_file_location("conv_primitives", path)
-    conv_primitives = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conv_primitives)
+    conv_primitives = benchmark_module("conv_primitives")
     times = conv_primitives.measure(["--batch", "4", "--width", "8", "--steps", "2"], steps=2)
     assert {p for kind, _, p, _ in times if kind == "convolution"} == {
         "forward_training",

@@ -11,6 +11,7 @@ from hetgan.config import DataConfig
 from hetgan.data import check_spec, load_data, make_sampler
 from hetgan.data.images import MAX_IMAGE_PIXELS, LazyImages, decode_files, list_image_files
 from hetgan.errors import DataError
+from tests.conftest import benchmark_module
 
 
 def cfg(spec, resolution=32, channels=1, on_bad_image="error"):
@@ -365,12 +366,7 @@ def test_loader_overlap_benchmark_compares_the_same_batches():
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "benchmarks"))
-    try:
-        import loader_overlap
-    finally:
-        sys.path.remove(str(root / "benchmarks"))
+    loader_overlap = benchmark_module("loader_overlap")
     args = loader_overlap.build_parser().parse_args(["--batch", "4", "--resolution", "32", "--channels", "1"])
     args.images, args.width = 10, 4
     trainers = loader_overlap.trainers(args, "cpu")
@@ -379,11 +375,12 @@ def test_loader_overlap_benchmark_compares_the_same_batches():
     batches = {name: [t.sampler.next(4) for _ in range(4)] for name, t in trainers.items()}  # past an epoch
     for name in ("prefetch", "inline"):
         assert all(torch.equal(a, b) for a, b in zip(batches["resident"], batches[name], strict=True)), name
-    trainers["prefetch"].close()
+    for trainer in trainers.values():
+        trainer.close()
 
     cmd = [sys.executable, "benchmarks/loader_overlap.py", "--device", "cpu", "--rounds", "1", "--seconds", "0.2"]
     cmd += ["--batch", "8", "--resolution", "32", "--channels", "1", "--images", "64", "--width", "4"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines() if line.endswith(")") and "x (" in line]
     assert [row[0] for row in rows] == ["resident", "prefetch", "inline"]

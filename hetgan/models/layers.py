@@ -41,7 +41,7 @@ class SpectralNorm(_SpectralNorm):
             return super().forward(weight)
         weight_mat = self._reshape_weight_to_matrix(weight)  # [out, in * k * k]
         if self.training:
-            u, v = self._power_iteration(weight_mat.detach())
+            u, v = self._power_iteration(weight_mat)
         else:
             u, v = self._u.clone(), self._v.clone()
         sigma = torch.vdot(u, torch.mv(weight_mat, v))
