@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,16 @@ def benchmark_module(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_benchmark(name: str, *args: str, timeout: float = 300) -> str:
+    """Run benchmarks/NAME.py with ARGS as a user would (its own process, from the repository
+    root), require a clean exit and return what it printed."""
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, f"benchmarks/{name}.py", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def strict_loads(text: str):

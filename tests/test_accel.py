@@ -12,7 +12,7 @@ from hetgan.errors import ConfigError, TuneError
 from hetgan.models import build_models
 from hetgan.presets import get_preset
 from hetgan.training import Trainer
-from tests.conftest import GPU, benchmark_module, tiny_config
+from tests.conftest import GPU, benchmark_module, run_benchmark, tiny_config
 
 KNOBS = [
     {"precision": "bf16"},
@@ -73,15 +73,9 @@ def test_a_joint_d_batch_with_augmentation_runs_and_stays_finite(digits_npz):
 @pytest.mark.slow
 def test_batch_layout_benchmark_times_both_layouts():
     """benchmarks/batch_layout.py runs and reports the joint layout against the separate one."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    cmd = [sys.executable, "benchmarks/batch_layout.py", "--presets", "mlp_ring8", "--rounds", "2", "--seconds", "0.2"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
-    assert done.returncode == 0, done.stderr
-    assert "both sides: accel.optimizer_impl=fused" in done.stdout
-    row = next(line.split() for line in done.stdout.splitlines() if line.startswith("mlp_ring8"))
+    out = run_benchmark("batch_layout", "--presets", "mlp_ring8", "--rounds", "2", "--seconds", "0.2")
+    assert "both sides: accel.optimizer_impl=fused" in out
+    row = next(line.split() for line in out.splitlines() if line.startswith("mlp_ring8"))
     assert row[1] == "50" and float(row[2]) > 0 and float(row[3]) > 0 and row[4].endswith("x")
     assert float(row[6]) > 0 and float(row[7]) > 0 and row[8].endswith("x")  # D's phase alone, ms per step
 
@@ -313,18 +307,12 @@ def test_textbook_step_costs_more_flops_than_hetgans(tiny):
 def test_page_fault_benchmark_times_both_allocator_settings():
     """benchmarks/page_faults.py, tiny: a child process per setting trains and reports its
     windows, and the two settings' step times give a ratio."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    cmd = [sys.executable, "benchmarks/page_faults.py", "--pairs", "1", "--rounds", "2", "--seconds", "0.3"]
-    cmd += ["--batch", "8", "--width", "8"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=Path(__file__).resolve().parents[1])
-    assert done.returncode == 0, done.stderr
-    rows = {line[:20].strip(): line[20:].split() for line in done.stdout.splitlines()[2:4]}
+    args = ["--pairs", "1", "--rounds", "2", "--seconds", "0.3", "--batch", "8", "--width", "8"]
+    out = run_benchmark("page_faults", *args, timeout=180)
+    rows = {line[:20].strip(): line[20:].split() for line in out.splitlines()[2:4]}
     assert set(rows) == {"glibc defaults", "keep freed memory"}
     assert all(float(ms) > 0 and float(img_s) > 0 for ms, img_s, *_ in rows.values())
-    assert "(mean of 2 windows each)" in done.stdout
+    assert "(mean of 2 windows each)" in out
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")

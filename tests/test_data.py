@@ -11,7 +11,7 @@ from hetgan.config import DataConfig
 from hetgan.data import check_spec, load_data, make_sampler
 from hetgan.data.images import MAX_IMAGE_PIXELS, LazyImages, decode_files, list_image_files
 from hetgan.errors import DataError
-from tests.conftest import benchmark_module
+from tests.conftest import benchmark_module, run_benchmark
 
 
 def cfg(spec, resolution=32, channels=1, on_bad_image="error"):
@@ -345,15 +345,8 @@ def test_auto_loader_keeps_small_data_resident(digits_npz):
 
 def test_decode_benchmark_runs_and_reports_both_settings():
     """benchmarks/decode_folder.py, tiny: both worker counts decode every file and get a ratio."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    cmd = [sys.executable, "benchmarks/decode_folder.py", "--images", "12", "--size", "48"]
-    cmd += ["--resolution", "16", "--rounds", "2"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
-    assert done.returncode == 0, done.stderr
-    rows = [line.split() for line in done.stdout.splitlines() if "img/s" in line]
+    out = run_benchmark("decode_folder", "--images", "12", "--size", "48", "--resolution", "16", "--rounds", "2")
+    rows = [line.split() for line in out.splitlines() if "img/s" in line]
     assert [row[:2] for row in rows][0] == ["1", "worker"] and len(rows) == 2
     assert rows[0][-2] == "1.00x" and all(float(row[2]) > 0 for row in rows)
 
@@ -362,10 +355,6 @@ def test_decode_benchmark_runs_and_reports_both_settings():
 def test_loader_overlap_benchmark_compares_the_same_batches():
     """benchmarks/loader_overlap.py, tiny: its three loaders draw the same batches in the same
     order (so only where the data path runs differs), and each is timed against resident."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     loader_overlap = benchmark_module("loader_overlap")
     args = loader_overlap.build_parser().parse_args(["--batch", "4", "--resolution", "32", "--channels", "1"])
     args.images, args.width = 10, 4
@@ -378,11 +367,10 @@ def test_loader_overlap_benchmark_compares_the_same_batches():
     for trainer in trainers.values():
         trainer.close()
 
-    cmd = [sys.executable, "benchmarks/loader_overlap.py", "--device", "cpu", "--rounds", "1", "--seconds", "0.2"]
-    cmd += ["--batch", "8", "--resolution", "32", "--channels", "1", "--images", "64", "--width", "4"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
-    assert done.returncode == 0, done.stderr
-    rows = [line.split() for line in done.stdout.splitlines() if line.endswith(")") and "x (" in line]
+    args = ["--device", "cpu", "--rounds", "1", "--seconds", "0.2"]
+    args += ["--batch", "8", "--resolution", "32", "--channels", "1", "--images", "64", "--width", "4"]
+    out = run_benchmark("loader_overlap", *args)
+    rows = [line.split() for line in out.splitlines() if line.endswith(")") and "x (" in line]
     assert [row[0] for row in rows] == ["resident", "prefetch", "inline"]
     assert rows[0][-2] == "1.00x" and all(float(row[1]) > 0 for row in rows)
 

@@ -10,6 +10,7 @@ from hetgan.data import load_data
 from hetgan.eval import metrics as M
 from hetgan.eval.evalnet import load_evalnet
 from hetgan.eval.score import real_features
+from tests.conftest import run_benchmark
 
 
 def scipy_fid(a, b):
@@ -135,13 +136,7 @@ def test_digit_fid_real_halves_near_zero_noise_far():
 
 def test_eval_memory_benchmark_compares_whole_and_blocked():
     """benchmarks/eval_memory.py, tiny: both sides run in child processes and agree."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    cmd = [sys.executable, "benchmarks/eval_memory.py", "--real", "300", "--fake", "200", "250", "--dim", "8"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=Path(__file__).resolve().parents[1])
-    assert done.returncode == 0, done.stderr
-    rows = [line.split() for line in done.stdout.splitlines()[2:]]
+    out = run_benchmark("eval_memory", "--real", "300", "--fake", "200", "250", "--dim", "8", timeout=180)
+    rows = [line.split() for line in out.splitlines()[2:]]
     assert [row[0] for row in rows] == ["200", "250"]
     assert all(float(row[1]) > 0 and float(row[3]) > 0 and row[5] == "True" for row in rows)

@@ -17,7 +17,7 @@ from hetgan.placement import (
     split_network,
 )
 from hetgan.training import Trainer
-from tests.conftest import GPU, assert_train_alike
+from tests.conftest import GPU, assert_train_alike, run_benchmark
 
 
 def test_parse_stages():
@@ -192,16 +192,9 @@ def test_split_across_gpu_and_cpu_equals_all_gpu(tiny):
 def test_placement_benchmark_times_every_layout(preset):
     """benchmarks/placement_layouts.py on the CPU: every layout builds, trains and is reported
     against the all-on-one-device reference (on a GPU the same script measures the real layouts)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    cmd = [sys.executable, "benchmarks/placement_layouts.py", "--device", "cpu", "--rounds", "1"]
-    cmd += ["--seconds", "0.2", "--width", "8", "--batch", "16", "--preset", preset]
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
-    assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.endswith(")") and "x (" in line]
+    args = ["--device", "cpu", "--rounds", "1", "--seconds", "0.2", "--width", "8", "--batch", "16"]
+    out = run_benchmark("placement_layouts", *args, "--preset", preset)
+    rows = [line for line in out.splitlines() if line.endswith(")") and "x (" in line]
     assert [row.split("  ")[0] for row in rows] == [
         "all on cpu",
         "G on cpu, D on cpu",
@@ -216,15 +209,8 @@ def test_placement_benchmark_times_every_layout(preset):
 def test_step_profile_splits_the_step_into_matrix_products_and_the_rest():
     """benchmarks/profile_step.py on the CPU: the step's op time, split by kind, and the top ops,
     among them the convolutions a DCGAN step is made of."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    cmd = [sys.executable, "benchmarks/profile_step.py", "--device", "cpu", "--width", "8", "--batch", "16"]
-    cmd += ["--steps", "3", "--set", "accel.channels_last=true"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
+    args = ["--device", "cpu", "--width", "8", "--batch", "16", "--steps", "3", "--set", "accel.channels_last=true"]
+    out = run_benchmark("profile_step", *args)
     assert "knobs: accel.channels_last=true" in out
     split = [line for line in out.splitlines() if line.startswith("  in ")]
     shares = {line.split()[1]: float(line.split("(")[1].rstrip("%)")) for line in split}
