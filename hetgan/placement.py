@@ -23,8 +23,9 @@ from hetgan.errors import ConfigError
 STAGE_RE = re.compile(r"^(\d+)-(\d*)@(.+)$")
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA, then MPS, then XPU, then the CPU; other names must be available."""
+def resolve_device(name: str, field: str = "") -> torch.device:
+    """'auto' picks CUDA, then MPS, then XPU, then the CPU; other names must be available. A
+    ConfigError names `field` (the config field or option the name came from) where given."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -33,7 +34,7 @@ def resolve_device(name: str) -> torch.device:
         if hasattr(torch, "xpu") and torch.xpu.is_available():
             return torch.device("xpu")
         return torch.device("cpu")
-    device = device_from_name(name)
+    device = device_from_name(name, field)
     available = {
         "cpu": lambda: True,
         "cuda": lambda: torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
@@ -41,42 +42,67 @@ def resolve_device(name: str) -> torch.device:
         "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
     }.get(device.type, lambda: False)
     if not available():
-        raise ConfigError(f"device {name!r} is not available on this machine; use --device auto or cpu")
+        raise ConfigError(
+            f"{located(field)}device {name!r} is not available on this machine "
+            f"(available: {', '.join(available_devices())}); use one of those, or auto"
+        )
     return device
 
 
-def device_from_name(name: str) -> torch.device:
+def available_devices() -> list[str]:
+    """The devices this process can use, by the names the device options take."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        names.append("mps")
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        names.append("xpu")
+    return names
+
+
+def located(field: str) -> str:
+    """The prefix that says where a bad value came from: 'accel.d_stages: ', or nothing."""
+    return f"{field}: " if field else ""
+
+
+def device_from_name(name: str, field: str = "") -> torch.device:
     """A device name checked for form only (cpu, cuda, cuda:N, mps, xpu), not for availability."""
     try:
         device = torch.device(name)
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda", "mps", "xpu"):
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N, mps or xpu")
+        raise ConfigError(f"{located(field)}unknown device {name!r}; use auto, cpu, cuda, cuda:N, mps or xpu")
     return device
 
 
-def parse_stages(spec: str, n_layers: int, available_only: bool = True) -> list[tuple[int, int, torch.device]]:
+def parse_stages(
+    spec: str, n_layers: int, available_only: bool = True, field: str = ""
+) -> list[tuple[int, int, torch.device]]:
     """'0-8@cuda,9-@cpu' -> [(0, 9, cuda), (9, n_layers, cpu)]: contiguous, covering every layer.
-    With available_only=False the devices are checked for form only (to plan a split elsewhere)."""
-    stages, expected_start = [], 0
+    With available_only=False the devices are checked for form only (to plan a split elsewhere).
+    Errors name `field` (accel.g_stages or accel.d_stages) where given."""
+    stages, expected_start, where = [], 0, located(field)
     for part in spec.split(","):
         m = STAGE_RE.match(part.strip())
         if not m:
-            raise ConfigError(f"stage {part!r} in {spec!r}: expected FIRST-LAST@DEVICE, e.g. 0-8@cuda,9-@cpu")
+            raise ConfigError(f"{where}stage {part!r} in {spec!r}: expected FIRST-LAST@DEVICE, e.g. 0-8@cuda,9-@cpu")
         first, last = int(m.group(1)), int(m.group(2)) if m.group(2) else n_layers - 1
         problem = stage_problem(first, last, expected_start, n_layers)
         if problem:
             raise ConfigError(
-                f"stage {part!r} in {spec!r} {problem}; the stages must cover layers 0..{n_layers - 1} "
+                f"{where}stage {part!r} in {spec!r} {problem}; the stages must cover layers 0..{n_layers - 1} "
                 f"in order without gaps or overlaps (`hetgan layers` with the same --preset/--set lists them)"
             )
-        device = resolve_device(m.group(3)) if available_only else device_from_name(m.group(3))
+        at = f"{field} stage {part!r}" if field else f"stage {part!r}"
+        device = resolve_device(m.group(3), at) if available_only else device_from_name(m.group(3), at)
         stages.append((first, last + 1, device))
         expected_start = last + 1
     if expected_start != n_layers:
         raise ConfigError(
-            f"stages {spec!r} stop at layer {expected_start - 1} but the network's last layer is {n_layers - 1}; "
+            f"{where}stages {spec!r} stop at layer {expected_start - 1} "
+            f"but the network's last layer is {n_layers - 1}; "
             f"end the last stage open, e.g. '{expected_start}-@cpu'"
         )
     return stages
@@ -102,8 +128,8 @@ class StagedSequential(nn.Sequential):
     checkpoints move freely between placements.
     """
 
-    def __init__(self, layers: nn.Sequential, spec: str) -> None:
-        stages = parse_stages(spec, len(layers))
+    def __init__(self, layers: nn.Sequential, spec: str, field: str = "") -> None:
+        stages = parse_stages(spec, len(layers), field=field)
         super().__init__(*[layers[i].to(device) for start, stop, device in stages for i in range(start, stop)])
         self.spec = spec
         self.stages = [(start, stop) for start, stop, _ in stages]
@@ -134,9 +160,10 @@ def layer_list(model: nn.Module, who: str = "") -> nn.Sequential:
     return layers
 
 
-def split_network(model: nn.Module, spec: str) -> nn.Module:
-    """Replace `model.net` with a StagedSequential following `spec`."""
-    model.net = StagedSequential(layer_list(model), spec)
+def split_network(model: nn.Module, spec: str, field: str = "") -> nn.Module:
+    """Replace `model.net` with a StagedSequential following `spec` (errors name `field`)."""
+    who = f"{field} is set, but {qualname(model)}" if field else ""
+    model.net = StagedSequential(layer_list(model, who), spec, field)
     return model
 
 

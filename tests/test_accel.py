@@ -525,7 +525,7 @@ def test_tune_stops_when_the_reference_candidate_fails(tiny):
     with pytest.raises(TuneError, match=r"reference candidate 'base' failed: ValueError: no such device"):
         tune(tiny, [Candidate("base"), Candidate("one", ["accel.threads=1"])], rounds=1, prepare=prepare)
     tiny.accel.g_device = "tpu"  # the user's config itself is wrong: its own error, not tune's
-    with pytest.raises(ConfigError, match=r"^unknown device 'tpu'; use auto, cpu"):
+    with pytest.raises(ConfigError, match=r"^accel.g_device: unknown device 'tpu'; use auto, cpu"):
         autotune(tiny, seconds=0.1, rounds=1)
 
 

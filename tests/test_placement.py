@@ -34,13 +34,32 @@ def test_parse_stages():
     ]:
         with pytest.raises(ConfigError, match=phrase):
             parse_stages(bad, 10)
+        with pytest.raises(ConfigError, match=rf"^accel.d_stages(:| stage '0-@tpu':) .*{phrase}"):
+            parse_stages(bad, 10, field="accel.d_stages")  # which of the two specs is wrong
 
 
 def test_unavailable_device_is_a_clear_error():
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="not available on this machine"):
-            resolve_device("cuda:0")
+    """The error names the option the device came from and the devices this machine has."""
+    missing = f"cuda:{torch.cuda.device_count()}"
+    have = "cpu" + "".join(f", cuda:{i}" for i in range(torch.cuda.device_count()))
+    with pytest.raises(ConfigError, match=rf"^device '{missing}' is not available on this machine \(available: {have}"):
+        resolve_device(missing)
+    with pytest.raises(ConfigError, match=rf"^accel.g_device: device '{missing}' is not available"):
+        resolve_device(missing, "accel.g_device")
     assert resolve_device("auto").type in ("cpu", "cuda", "mps", "xpu")
+
+
+def test_a_trainers_placement_errors_name_the_field(tiny):
+    for field, value, phrase in [
+        ("d_device", "tpu", "unknown device 'tpu'"),
+        ("d_stages", "0-3@cpu", "stages '0-3@cpu' stop at layer 3"),
+        ("g_stages", "0-2@cpu,2-@cpu", "layers up to 2 are already placed"),
+        ("g_stages", "0-@tpu", "stage '0-@tpu': unknown device 'tpu'"),
+    ]:
+        cfg = copy.deepcopy(tiny)
+        setattr(cfg.accel, field, value)
+        with pytest.raises(ConfigError, match=rf"^accel.{field}:? .*{phrase}"):
+            Trainer(cfg)
 
 
 def test_split_on_cpu_stages_equals_unsplit(tiny):

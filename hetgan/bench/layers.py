@@ -100,7 +100,7 @@ def format_layers(name: str, model_type: str, rows: list[LayerRow] | None, spec:
     """The table; with a stage spec, each layer's device and what crosses each boundary per step."""
     if rows is None:
         return f"{name} ({model_type}): no `net` layer list, so it cannot be split into stages"
-    stages = parse_stages(spec, len(rows), available_only=False) if spec else []
+    stages = parse_stages(spec, len(rows), available_only=False, field=f"accel.{name.lower()}_stages") if spec else []
     device = {i: str(dev) for start, stop, dev in stages for i in range(start, stop)}
     lines = [
         f"{name} ({model_type}): {len(rows)} layers, stage spec indices 0..{len(rows) - 1}",

@@ -104,9 +104,9 @@ class Trainer:
         self.cfg = cfg.validate()  # a config built in Python gets the checks `--set` gets
         accel = cfg.accel
         apply_backend_flags(accel)
-        self.device = resolve_device(accel.device)
-        self.g_device = resolve_device(accel.g_device) if accel.g_device else self.device
-        self.d_device = resolve_device(accel.d_device) if accel.d_device else self.device
+        self.device = resolve_device(accel.device, "accel.device")
+        self.g_device = resolve_device(accel.g_device, "accel.g_device") if accel.g_device else self.device
+        self.d_device = resolve_device(accel.d_device, "accel.d_device") if accel.d_device else self.device
         torch.manual_seed(cfg.seed)  # model init
         self.data = data if data is not None else load_data(cfg.data)
         self.G, self.D = self._place(*build_models(cfg))
@@ -160,9 +160,9 @@ class Trainer:
         accel = self.cfg.accel
         G, D = G.to(self.g_device), D.to(self.d_device)
         if accel.g_stages:
-            G = split_network(G, accel.g_stages)
+            G = split_network(G, accel.g_stages, "accel.g_stages")
         if accel.d_stages:
-            D = split_network(D, accel.d_stages)
+            D = split_network(D, accel.d_stages, "accel.d_stages")
         if accel.channels_last:
             G, D = to_channels_last(G), to_channels_last(D)
         return G, D
