@@ -1,7 +1,10 @@
-"""The README's set-up commands are the ones CI runs, and the install files pin torch."""
+"""The README's set-up commands are the ones CI runs, what it shows `train` printing is what it
+prints, and the install files pin torch."""
 
 import re
 from pathlib import Path
+
+from hetgan.training import TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,6 +20,14 @@ def test_readme_has_two_setup_commands_and_ci_runs_the_test_one():
     assert "pytest" in test and "ruff check" in test
     ci = (ROOT / ".ci" / "run").read_text()
     assert test in ci.splitlines(), "CI must run exactly the README's test command"
+
+
+def test_readme_shows_what_train_prints_at_the_end():
+    """The default run: 200 kimg at batch 128 is 1563 steps, in the first numbered run directory."""
+    readme = (ROOT / "README.md").read_text()
+    shown = re.search(r"`hetgan train` prints where everything went:\n\n```\n(.*?)\n```", readme, re.S).group(1)
+    run = TrainResult(Path("runs/00000-dcgan_mnist"), steps=1563, kimg=200.0, stopped_by=None, nonfinite_steps=0)
+    assert shown == run.summary()
 
 
 def test_torch_is_pinned():
