@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hetgan.errors import ConfigError
+from hetgan.models.layers import SpectralNorm
 from hetgan.training import Trainer
 from hetgan.training.checkpoint import flatten_optimizer
 from hetgan.training.graphed import WARMUP_STEPS
@@ -89,10 +90,12 @@ def test_gpu_captured_step_with_a_joint_d_batch_trains_as_the_eager_step(digits_
 @GPU
 @pytest.mark.parametrize("compiled", [False, True])
 def test_gpu_captured_resnet_step_trains_as_the_eager_step(digits_npz, compiled):
-    """The resnet D's spectral norm runs its power iteration outside torch.compile and writes u
-    and v into its buffers: each replay must do so too, as the eager step does."""
+    """The resnet D's spectral norm writes u and v into its buffers in place under CUDA graphs
+    (outside torch.compile, where compiled): each replay must advance them, as the eager step does."""
     cfg = tiny_config(f"npz:{digits_npz}", arch="resnet")
     graphed, eager = graphed_and_eager(cfg, compile=compiled)
+    norms = [m for m in graphed.D.modules() if isinstance(m, SpectralNorm)]
+    assert norms and all(m.in_place for m in norms)
     for _ in range(STEPS):
         got, want = graphed.step().floats(), eager.step().floats()
         assert all(got[k] == pytest.approx(want[k], rel=1e-3, abs=1e-4) for k in want), (got, want)

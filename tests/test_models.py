@@ -14,6 +14,7 @@ from hetgan.errors import ConfigError
 from hetgan.losses import pack
 from hetgan.models import MODELS, build_models
 from hetgan.models.layers import spectral_norm
+from tests.conftest import run_benchmark
 
 
 def config_for(arch: str, resolution: int = 32, channels: int = 1, spec: str = "mnist5k", p: int = 1):
@@ -173,16 +174,39 @@ def test_spectral_norm_computes_torchs_numbers():
 
 
 @pytest.mark.slow
-def test_spectral_norm_compiles_where_torchs_fails():
+@pytest.mark.parametrize("in_place", [False, True])
+def test_spectral_norm_compiles_where_torchs_fails(in_place):
     """torch.compile of torch's spectral norm fails when a layer whose weight matrix is taller
     than wide is called twice before backward (in torch 2.13: the buffer v saved for backward is
-    modified in place); hetgan's trains, close to its eager numbers."""
+    modified in place); hetgan's trains, close to its eager numbers. By default the layer is one
+    graph (u and v become new tensors); with `in_place` (for CUDA graphs) the power iteration
+    runs outside it, one graph break."""
+    from torch._dynamo.utils import counters
+
     theirs, ours = sn_pair(lambda: torch.nn.Conv2d(3, 8, 1))  # weight matrix [8, 3]
     torch._dynamo.reset()
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         judge_twice_then_step(copy.deepcopy(theirs), compiled=True)
     compiled = copy.deepcopy(ours)
+    compiled.parametrizations.weight[0].in_place = in_place
+    torch._dynamo.reset()
+    counters.clear()
     judge_twice_then_step(compiled, compiled=True)
+    assert (sum(counters["graph_break"].values()) > 0) == in_place, dict(counters["graph_break"])
     judge_twice_then_step(ours)
     for x, y in zip(compiled.state_dict().values(), ours.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_spectral_norm_compile_benchmark_times_three_setups():
+    """benchmarks/spectral_norm_compile.py, tiny: eager, compiled with the power iteration outside
+    the graph (a break per layer) and compiled in one graph, each timed against eager."""
+    out = run_benchmark("spectral_norm_compile", "--rounds", "1", "--seconds", "0.2", "--width", "8", "--batch", "8")
+    rows = [line.split("  ") for line in out.splitlines() if line.endswith(")") and "x (" in line]
+    rows = [[cell.strip() for cell in row if cell.strip()] for row in rows]
+    assert [row[0] for row in rows] == ["eager", "compiled, iteration outside", "compiled, one graph"]
+    layers = int(out.split("D has ")[1].split()[0])
+    eager, outside, one_graph = (int(row[1]) for row in rows)
+    assert eager == one_graph == 0 and outside >= layers  # each layer's iteration breaks the graph
+    assert rows[0][3].startswith("1.00x") and all(float(row[2]) > 0 for row in rows)

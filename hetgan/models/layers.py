@@ -26,38 +26,65 @@ def dcgan_init(module: nn.Module) -> None:
 
 
 class SpectralNorm(_SpectralNorm):
-    """torch's spectral norm (Miyato et al. 2018), with its power iteration outside torch.compile.
+    """torch's spectral norm (Miyato et al. 2018), made safe to compile.
 
-    The power iteration updates the u and v buffers in place. Compiled, those updates happen
-    inside the graph, which may then save the buffers themselves for backward; a D called twice
-    before one backward (D(real), then D(fake)) fails: "modified by an inplace operation". Here
-    the iteration always runs eagerly and hands fresh u and v to the (compiled) rest, which never
-    sees the buffers in training. In eager mode it computes torch's numbers to the bit, and its
-    state_dict keys are torch's.
+    Each training forward takes one power-iteration step, which updates the u and v buffers.
+    torch's version updates them in place. Compiled, that update happens inside the graph, which
+    may then save the buffers themselves for backward, and a D called twice before one backward
+    (D(real), then D(fake)) fails: "modified by an inplace operation". Here:
+
+    - compiled, the step binds u and v to new tensors, so what an earlier forward saved for its
+      backward is left as it was, and the whole layer stays in one graph;
+    - eager, or with `in_place` set, the step runs eagerly (outside any compiled graph: one graph
+      break per layer) and writes the buffers in place, as torch does. A step captured as a CUDA
+      graph needs this: its replays read and write the tensors it captured, so u and v must stay
+      the same tensors (the trainer sets `in_place` under accel.cuda_graphs; set it too for
+      torch.compile's own CUDA graphs, mode="reduce-overhead", which reuse their output memory).
+
+    Either way it computes torch's numbers (eager: to the bit), with torch's state_dict keys.
     """
+
+    in_place = False
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.ndim == 1:
             return super().forward(weight)
         weight_mat = self._reshape_weight_to_matrix(weight)  # [out, in * k * k]
-        if self.training:
-            u, v = self._power_iteration(weight_mat)
-        else:
+        if not self.training:
             u, v = self._u.clone(), self._v.clone()
+        elif torch.compiler.is_compiling() and not self.in_place:
+            u, v = self._iterate(weight_mat, self._u, self._v)
+            self._u, self._v = u, v  # new tensors: the buffers an earlier graph saved stay unchanged
+        else:
+            u, v = self._power_iteration(weight_mat)
         sigma = torch.vdot(u, torch.mv(weight_mat, v))
         return weight / sigma
+
+    @torch.no_grad()
+    def _iterate(self, weight_mat: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """torch's power-iteration step (one per forward), from u and v to new u and v."""
+        for _ in range(self.n_power_iterations):
+            u = F.normalize(torch.mv(weight_mat, v), dim=0, eps=self.eps)
+            v = F.normalize(torch.mv(weight_mat.H, u), dim=0, eps=self.eps)
+        return u, v
 
     @torch.compiler.disable
     @torch.no_grad()
     def _power_iteration(self, weight_mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step per forward, as torch does: new u and v, also written to the buffers."""
-        u, v = self._u, self._v
-        for _ in range(self.n_power_iterations):
-            u = F.normalize(torch.mv(weight_mat, v), dim=0, eps=self.eps)
-            v = F.normalize(torch.mv(weight_mat.H, u), dim=0, eps=self.eps)
+        """`_iterate`, eagerly, with the buffers updated in place."""
+        u, v = self._iterate(weight_mat, self._u, self._v)
         self._u.copy_(u)
         self._v.copy_(v)
         return u, v
+
+
+def update_in_place(model: nn.Module) -> nn.Module:
+    """Set `in_place` on every SpectralNorm in `model` (see SpectralNorm): for a step that is
+    captured as a CUDA graph, whose replays must advance the same u and v tensors."""
+    for module in model.modules():
+        if isinstance(module, SpectralNorm):
+            module.in_place = True
+    return model
 
 
 def spectral_norm(module: nn.Conv2d | nn.Linear) -> nn.Module:

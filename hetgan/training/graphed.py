@@ -14,7 +14,9 @@ that each replay draws fresh numbers.
 
 The first `WARMUP_STEPS` steps run eagerly on a side stream (cuDNN picks its algorithms, the
 optimisers create their state), the next is captured, and every step from then on is a replay.
-Loading a checkpoint drops the graph: the optimiser state it read is replaced.
+Loading a checkpoint drops the graph: the optimiser state it read is replaced. Spectral norm (the
+resnet D) updates its power-iteration vectors in place here, so each replay advances the vectors
+the graph captured (see hetgan.models.layers.SpectralNorm).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from hetgan.errors import ConfigError
+from hetgan.models.layers import update_in_place
 
 if TYPE_CHECKING:
     from hetgan.training.trainer import StepResult, Trainer
@@ -69,6 +72,7 @@ class StepGraph:
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self.device = check_graphable(trainer)
+        update_in_place(trainer.D)  # spectral norm's u and v: replays advance the captured tensors
         self.random_loss = bool(trainer.loss.augment) or trainer.cfg.loss.name == "wgan-gp"
         if self.random_loss and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
             raise ConfigError(
