@@ -26,25 +26,17 @@ STAGE_RE = re.compile(r"^(\d+)-(\d*)@(.+)$")
 def resolve_device(name: str, field: str = "") -> torch.device:
     """'auto' picks CUDA, then MPS, then XPU, then the CPU; other names must be available. A
     ConfigError names `field` (the config field or option the name came from) where given."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        if hasattr(torch, "xpu") and torch.xpu.is_available():
-            return torch.device("xpu")
-        return torch.device("cpu")
-    device = device_from_name(name, field)
-    available = {
-        "cpu": lambda: True,
-        "cuda": lambda: torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
-        "mps": lambda: getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
-        "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
-    }.get(device.type, lambda: False)
-    if not available():
+    device = None if name == "auto" else device_from_name(name, field)
+    if device is not None and device.type == "cpu":
+        return device
+    names = available_devices()
+    kinds = [n.split(":")[0] for n in names]
+    if device is None:
+        return torch.device(next((kind for kind in ("cuda", "mps", "xpu") if kind in kinds), "cpu"))
+    if device.type not in kinds or (device.type == "cuda" and f"cuda:{device.index or 0}" not in names):
         raise ConfigError(
             f"{located(field)}device {name!r} is not available on this machine "
-            f"(available: {', '.join(available_devices())}); use one of those, or auto"
+            f"(available: {', '.join(names)}); use one of those, or auto"
         )
     return device
 
