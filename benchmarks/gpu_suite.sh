@@ -20,6 +20,8 @@
 #     (resnet_cifar10 at WIDTH on the bundled digits): its D split puts the residual blocks on the GPU
 #     STEPS=overlap (not in the default): whether the prefetch loader hides the data path, against
 #     resident data and an inline loader (benchmarks/loader_overlap.py: DCGAN-64, RGB, batch 1024)
+#     STEPS=sn_compile (not in the default): the resnet trainer compiled with spectral norm in one
+#     graph, against its power iteration outside the graph and eager (benchmarks/spectral_norm_compile.py)
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_suite.sh OUTDIR}
 device=${DEVICE:-cuda}
@@ -100,5 +102,9 @@ fi
 if want overlap; then
     run overlap python benchmarks/loader_overlap.py --device "$device" --rounds "$rounds" --seconds "$secs" \
         --width "$width"
+fi
+if want sn_compile; then
+    run sn_compile python benchmarks/spectral_norm_compile.py --device "$device" --rounds "$rounds" \
+        --seconds "$secs" --width "$width" --batch "${batches%% *}"
 fi
 exit $status

@@ -263,10 +263,10 @@ def test_gpu_suite_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
     assert "hetgan tuned" in (tmp_path / "ok" / "train_throughput.txt").read_text()
     assert "plain (fp32, eager)" in (tmp_path / "ok" / "step_knobs.txt").read_text()
     # A failing step is reported and the others still run; the exit status says something failed.
-    env.update(WIDTH="0", STEPS="throughput knobs_large profile placement placement_resnet overlap")  # only these
+    env.update(WIDTH="0", STEPS="throughput knobs_large profile placement placement_resnet overlap sn_compile")
+    ran = ("train_throughput", "step_knobs_large", "profile", "placement", "placement_resnet", "overlap", "sn_compile")
     done = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path / "bad")], env=env, cwd=root, timeout=300)
     failed = (tmp_path / "bad" / "failed.txt").read_text()
-    ran = ("train_throughput", "step_knobs_large", "profile", "placement", "placement_resnet", "overlap")
     assert done.returncode == 1 and all(f"'{step}' failed" in failed for step in ran)
     assert {p.name for p in (tmp_path / "bad").iterdir()} == {"failed.txt", *(f"{step}.txt" for step in ran)}
     assert "batch 16" in (tmp_path / "bad" / "step_knobs_large.txt").read_text()  # the largest of BATCHES
