@@ -1,6 +1,8 @@
 import json
 import logging
 import math
+import os
+import signal
 import threading
 
 import pytest
@@ -12,7 +14,7 @@ from hetgan.config import OptimConfig, load_yaml
 from hetgan.errors import CheckpointError, HetganError, TrainingDiverged
 from hetgan.presets import PRESETS
 from hetgan.report.html import build_report
-from hetgan.training import Trainer, run_training, train
+from hetgan.training import Trainer, loop, run_training, train
 from hetgan.training.checkpoint import list_checkpoints, load_latest_checkpoint
 from hetgan.training.rundir import run_lock
 from hetgan.training.trainer import flag_needs_host, lr_scale
@@ -56,6 +58,52 @@ def test_resuming_a_finished_run_changes_nothing(tiny, tmp_path):
     assert "is finished at 0.2 kimg (train.kimg=0.08): nothing to do" in (run / "log.txt").read_text()
     result = run_training(resume=run, overrides=["train.kimg=0.24"], progress=False)  # extending still trains
     assert not result.already_done and result.steps == 30
+
+
+def test_a_run_killed_while_finishing_is_finished_by_its_resume(tiny, tmp_path, monkeypatch):
+    """The generator artifact is written last, so a run that dies among its final outputs (here
+    in the plots: a crash, or a SIGKILL) has none, and its resume, with no steps left, writes them
+    all rather than saying there is nothing to do."""
+
+    def crash(run_dir):
+        raise RuntimeError("killed while plotting")
+
+    monkeypatch.setattr(loop, "make_plots", crash)
+    with pytest.raises(RuntimeError, match="killed while plotting"):
+        train(tiny, out=tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert (run / "samples" / "final.png").is_file() and not (run / "generator.safetensors").exists()
+    monkeypatch.undo()
+    result = run_training(resume=run, progress=False)
+    assert not result.already_done and result.stopped_by is None and result.steps == 20
+    assert (run / "generator.safetensors").is_file() and (run / "plots" / "losses.png").is_file()
+    assert "done: 20 steps" in (run / "log.txt").read_text()
+
+
+def test_a_signal_while_finishing_waits_for_the_final_outputs(tiny, tmp_path, monkeypatch):
+    """Ctrl-C after the last step (here during the plots) lets the final outputs be written, and
+    the run ends finished, not stopped."""
+
+    class PastTheRun(Exception):
+        """What SIGINT raises if it reaches the handler in place before training began."""
+
+    def before_training(signum, frame):
+        raise PastTheRun
+
+    plots = loop.make_plots
+
+    def interrupted(run_dir):
+        os.kill(os.getpid(), signal.SIGINT)
+        return plots(run_dir)
+
+    monkeypatch.setattr(loop, "make_plots", interrupted)
+    previous = signal.signal(signal.SIGINT, before_training)
+    try:
+        result = run_training(tiny, out=tmp_path / "run", progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert result.stopped_by is None and "training finished" in result.summary()
+    assert (result.run_dir / "generator.safetensors").is_file() and (result.run_dir / "plots" / "losses.png").is_file()
 
 
 def test_resuming_with_another_network_names_the_checkpoint_and_keeps_the_run(tiny, tmp_path):
@@ -147,7 +195,6 @@ def test_a_run_stores_its_paths_absolute_and_resumes_from_anywhere(digits_npz, t
 def test_a_run_with_relative_paths_from_before_resumes_from_its_directory(digits_npz, tmp_path, monkeypatch):
     """Runs made before paths were stored absolute hold them relative, in config.yaml and in their
     checkpoints; resumed from the directory they meant, they continue without a config change."""
-    from hetgan.training import loop
 
     monkeypatch.chdir(digits_npz.parent)
     with monkeypatch.context() as old_version:

@@ -189,13 +189,14 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
             maintain(trainer, run_dir, before, monitor, metrics)
             if monitor.alarms:
                 bar.set_description(f"ALARM x{len(monitor.alarms)} (see log)")
-    trainer.settle()
-    if stop.requested:
-        snapshot(trainer, run_dir)
-        log.info("stopped by %s at step %d; checkpoint saved", stop.requested, trainer.step_count)
-    else:
-        finish(trainer, run_dir)
-    return TrainResult(run_dir, trainer.step_count, trainer.nimg / 1000, stop.requested, trainer.nonfinite_total)
+        trainer.settle()
+        stopped_by = stop.requested
+        if stopped_by:
+            snapshot(trainer, run_dir)
+            log.info("stopped by %s at step %d; checkpoint saved", stopped_by, trainer.step_count)
+        else:  # a signal from here on waits for the final outputs: the run has trained all it was asked
+            finish(trainer, run_dir)
+    return TrainResult(run_dir, trainer.step_count, trainer.nimg / 1000, stopped_by, trainer.nonfinite_total)
 
 
 def describe(trainer: Trainer) -> str:
@@ -313,11 +314,13 @@ def snapshot(trainer: Trainer, run_dir: Path) -> Path:
 
 
 def finish(trainer: Trainer, run_dir: Path) -> None:
+    """The final checkpoint, grid, plots and, last, the generator artifact: a run directory with
+    an artifact is finished. One killed before that resumes into `finish` again (no steps left)."""
     if trainer.saved_step != trainer.step_count:
         snapshot(trainer, run_dir)
-    artifact = save_generator(trainer.G_ema, trainer.cfg, run_dir / ARTIFACT_NAME)
     save_grid(trainer, run_dir, "final.png")
     make_plots(run_dir)
+    artifact = save_generator(trainer.G_ema, trainer.cfg, run_dir / ARTIFACT_NAME)
     log.info(
         "done: %d steps, %.1f kimg, %d non-finite steps skipped; generator %s",
         trainer.step_count,
