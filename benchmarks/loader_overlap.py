@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 
 import numpy as np
@@ -27,6 +26,7 @@ from hetgan.data.sources import ImageData
 from hetgan.placement import resolve_device
 from hetgan.presets import get_preset
 from hetgan.training import Trainer
+from hetgan.training.rundir import device_name
 
 
 class InlineSampler(ImageSampler):
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     dev = str(resolve_device(args.device))
-    name = torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or platform.machine()
+    name = device_name(torch.device(dev))
     batch_mb = args.batch * args.channels * args.resolution**2 / 2**20
     print(
         f"device {dev} ({name}), torch {torch.__version__}; DCGAN-{args.resolution} width {args.width}, "

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 
 import torch
@@ -33,6 +32,7 @@ from hetgan.models import build_models
 from hetgan.placement import resolve_device
 from hetgan.presets import get_preset
 from hetgan.training import Trainer
+from hetgan.training.rundir import device_name
 
 STEM = {"dcgan": 3, "resnet": 2}  # G's first layers: ConvTranspose + BatchNorm + ReLU; Linear + Unflatten
 
@@ -64,7 +64,7 @@ def main() -> None:
     cfg.model.width, cfg.train.batch_size, cfg.accel.device = args.width, args.batch, dev
     cfg.data.spec = args.data
     cfg = cfg.validate()
-    name = torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or platform.machine()
+    name = device_name(torch.device(dev))
     print(f"device {dev} ({name}), torch {torch.__version__}; {args.preset} width {args.width}, batch {args.batch}")
     trainers = {
         label: Trainer(apply_overrides(copy.deepcopy(cfg), overrides)) for label, overrides in layouts(cfg, dev).items()

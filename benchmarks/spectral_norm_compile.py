@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 
 import torch
@@ -28,6 +27,7 @@ from hetgan.models.layers import SpectralNorm, update_in_place
 from hetgan.placement import resolve_device
 from hetgan.presets import get_preset
 from hetgan.training import Trainer
+from hetgan.training.rundir import device_name
 
 SETUPS = {
     "eager": {"compile": False, "in_place": False},
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     dev = str(resolve_device(args.device))
-    name = torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or platform.machine()
+    name = device_name(torch.device(dev))
     print(
         f"device {dev} ({name}), torch {torch.__version__}; resnet_cifar10 width {args.width}, batch {args.batch}, "
         f"channels_last {args.channels_last}"

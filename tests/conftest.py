@@ -14,6 +14,8 @@ import torch
 
 from hetgan.config import TrainConfig
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+
 
 def GPU(test):
     """A test that needs a CUDA GPU: skipped without one; `pytest -m gpu` runs them all, as
@@ -37,7 +39,7 @@ def digits_npz(tmp_path):
 def benchmark_module(name: str):
     """benchmarks/NAME.py imported as a module (the folder is not a package), for a test that calls
     a benchmark's functions rather than running the script."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    path = ROOT / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -47,9 +49,8 @@ def benchmark_module(name: str):
 def run_benchmark(name: str, *args: str, timeout: float = 300) -> str:
     """Run benchmarks/NAME.py with ARGS as a user would (its own process, from the repository
     root), require a clean exit and return what it printed."""
-    root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, f"benchmarks/{name}.py", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -150,7 +150,7 @@ def machine_info(device: torch.device) -> dict:
     and every GPU the machine has, with the CUDA version."""
     info = {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": processor(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -167,6 +167,16 @@ def machine_info(device: torch.device) -> dict:
         info["cuda"] = torch.version.cuda
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
+
+
+def processor() -> str:
+    """The processor as Python names it (x86_64 where it names none)."""
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    """What a benchmark's header calls the device: the GPU's name, or the processor."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else processor()
 
 
 def provenance(cfg: TrainConfig, device: torch.device) -> dict:
