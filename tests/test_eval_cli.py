@@ -155,6 +155,36 @@ def test_evalnet_train_any_labelled_data(digits_npz, tmp_path, caplog):
     assert torch.equal(net.eval()(x)[1], loaded(x)[1]) and loaded.cfg.held_out_accuracy == net.cfg.held_out_accuracy
 
 
+def test_a_feature_network_no_better_than_guessing_is_flagged(tmp_path, monkeypatch, caplog):
+    """Within two standard errors of guessing (1/classes) a feature network is flagged when it is
+    trained and in the feature space of every score made with it: distances in features that do
+    not tell the images apart say little. A network that does better is not flagged."""
+    from hetgan.eval import evalnet
+    from hetgan.eval.score import feature_net_for
+
+    bar = 0.1 + 2 * math.sqrt(0.1 * 0.9 / 500)  # 10 classes, 500 held-out items: 0.1268
+    cfg = evalnet.EvalNetConfig(n_classes=10, held_out_count=500)
+    for accuracy, flagged in ((0.1, True), (bar - 1e-4, True), (bar + 1e-4, False), (0.99, False), (None, False)):
+        cfg.held_out_accuracy = accuracy
+        assert (evalnet.chance_warning(cfg) is not None) == flagged, accuracy
+    data = load_data(DataConfig(spec="mnist5k"))
+    data.images, data.labels = data.images[::50], data.labels[::50]  # 100 digits, 10 of each
+    monkeypatch.setattr(evalnet, "accuracy", lambda *args: 0.2)  # 2 of 10 held out: within 2 SE of 0.1
+    with caplog.at_level("WARNING", logger="hetgan"):
+        net = train_evalnet(data, epochs=1, held_out_per_class=5)
+    assert "held-out accuracy 0.2000 is no better than guessing (0.1000 for 10 classes" in caplog.text
+    config = tiny_config("mnist5k")
+    config.train.evalnet = str(save_evalnet(net, tmp_path / "e.safetensors"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hetgan"):
+        _, space = feature_net_for(config, None)
+    assert space.endswith("held-out accuracy 0.2000 (no better than guessing: metrics in it mean little)")
+    assert "--inception" in caplog.text
+    caplog.clear()
+    _, space = feature_net_for(config, str(evalnet.resources.files("hetgan.eval") / evalnet.DIGITS_EVALNET))
+    assert "guessing" not in space and not caplog.text  # the bundled digit network: 0.99
+
+
 def test_eval_during_training_needs_its_feature_network_before_the_run_begins(tiny, tmp_path, monkeypatch):
     """Data with no feature network fails at once, leaving no run behind, not at the first eval
     after training has begun; and the evaluator uses the trainer's data, not a second decode."""

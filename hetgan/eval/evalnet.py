@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -180,7 +181,29 @@ def train_evalnet(
             time.perf_counter() - start,
         )
     cfg.held_out_accuracy, cfg.held_out_count = acc, len(test_idx)
+    if warning := chance_warning(cfg):
+        log.warning("%s", warning)
     return net.eval().cpu()
+
+
+def chance_warning(cfg: EvalNetConfig) -> str | None:
+    """A warning when the held-out accuracy is within two standard errors of guessing (1 / the
+    number of classes: the held-out split has as many items of each class). Such a network has not
+    learnt what tells the images apart, and distances in its features (FID, KID, precision and
+    recall) say little about them; None for a network that does better."""
+    if cfg.held_out_accuracy is None or not cfg.held_out_count:
+        return None
+    chance = 1 / cfg.n_classes
+    bar = chance + 2 * math.sqrt(chance * (1 - chance) / cfg.held_out_count)
+    if cfg.held_out_accuracy >= bar:
+        return None
+    return (
+        f"the feature network's held-out accuracy {cfg.held_out_accuracy:.4f} is no better than guessing "
+        f"({chance:.4f} for {cfg.n_classes} classes; below {bar:.4f}, two standard errors above it on "
+        f"{cfg.held_out_count} held-out items): its features do not tell these images apart, so FID, KID "
+        "and precision/recall measured in them mean little. Train it for more epochs (--epochs) or on "
+        "more images per class, or give `hetgan eval` Inception weights (--inception)"
+    )
 
 
 @torch.no_grad()

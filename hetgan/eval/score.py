@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ from hetgan.data import Mixture, load_data
 from hetgan.data.sources import Data, parse_spec
 from hetgan.errors import HetganError
 from hetgan.eval import metrics as M
-from hetgan.eval.evalnet import EvalNet, load_evalnet
+from hetgan.eval.evalnet import EvalNet, chance_warning, load_evalnet
 from hetgan.eval.inception import load_inception
 from hetgan.placement import resolve_device
 
+log = logging.getLogger("hetgan")
 IMAGE_METRICS = ("fid", "kid", "pr", "dc", "classes", "diversity")
 POINT_METRICS = ("modes",)
 DIGIT_SPECS = ("mnist5k", "mnist")
@@ -54,8 +56,11 @@ def feature_net_for(config: TrainConfig, evalnet: str | Path | None, inception: 
         )
     if net.cfg.channels != config.data.channels:
         raise HetganError(f"the feature network takes {net.cfg.channels} channels, the data has {config.data.channels}")
-    acc = net.cfg.held_out_accuracy
-    return net, f"{name}; penultimate layer, {net.cfg.feature_dim}-d; held-out accuracy {acc:.4f}"
+    space = f"{name}; penultimate layer, {net.cfg.feature_dim}-d; held-out accuracy {net.cfg.held_out_accuracy:.4f}"
+    if warning := chance_warning(net.cfg):
+        log.warning("%s", warning)
+        space += " (no better than guessing: metrics in it mean little)"
+    return net, space
 
 
 class Evaluator:
