@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 
 from hetgan.config import DataConfig
-from hetgan.data import check_spec, load_data, make_sampler
+from hetgan.data import check_spec, colour_warning, describe_data, load_data, make_sampler
 from hetgan.data.images import MAX_IMAGE_PIXELS, LazyImages, decode_files, list_image_files
 from hetgan.errors import DataError
+from hetgan.training import train
 from tests.conftest import benchmark_module, run_benchmark
 
 
@@ -158,6 +159,52 @@ def test_folder_with_classes_and_formats(tmp_path):
     data = load_data(cfg(f"folder:{tmp_path}", resolution=8, channels=3))
     assert data.images.shape == (4, 3, 8, 8)
     assert data.class_names == ["cats", "dogs"] and data.labels.tolist() == [0, 0, 1, 1]
+
+
+def test_colour_data_read_in_grayscale_is_named(tmp_path):
+    """Each reader names an item stored in colour where data.channels=1 reads the data in
+    grayscale (a folder by its files' headers), and nothing where the data is grey or read in colour."""
+    (tmp_path / "grey").mkdir()
+    for i in range(1, 40):
+        Image.new("L", (12, 12), i).save(tmp_path / "grey" / f"{i:02d}.png")
+    assert load_data(cfg(f"folder:{tmp_path / 'grey'}")).colour_item is None
+    Image.new("P", (12, 12)).save(tmp_path / "grey" / "10p.png")  # a palette: may be grey, not named
+    assert load_data(cfg(f"folder:{tmp_path / 'grey'}")).colour_item is None
+    save_img(tmp_path / "grey" / "20.jpg")  # among 16 headers spread over the 42 files
+    for loader in ("auto", "stream"):
+        folder = DataConfig(spec=f"folder:{tmp_path / 'grey'}", loader=loader)
+        assert load_data(folder).colour_item == str(tmp_path / "grey" / "20.jpg")
+    assert load_data(cfg(f"folder:{tmp_path / 'grey'}", channels=3)).colour_item is None
+    np.savez(tmp_path / "rgb.npz", images=np.zeros((2, 8, 8, 3), np.uint8))
+    np.savez(tmp_path / "grey.npz", images=np.zeros((2, 8, 8), np.uint8))
+    assert load_data(cfg(f"npz:{tmp_path / 'rgb.npz'}")).colour_item == str(tmp_path / "rgb.npz")
+    assert load_data(cfg(f"npz:{tmp_path / 'rgb.npz'}", channels=3)).colour_item is None
+    assert load_data(cfg(f"npz:{tmp_path / 'grey.npz'}")).colour_item is None
+    make_cifar(tmp_path)
+    assert load_data(cfg(f"cifar10:{tmp_path}")).colour_item == str(tmp_path)
+    assert load_data(cfg(f"cifar10:{tmp_path}", channels=3)).colour_item is None
+    assert colour_warning(load_data(cfg("mnist5k"))) is None
+
+
+def test_a_run_logs_what_it_trains_on_and_warns_of_colour_read_in_grayscale(tmp_path, caplog):
+    from tests.conftest import tiny_config
+
+    for i in range(4):
+        save_img(tmp_path / "pics" / ("a" if i % 2 else "b") / f"{i}.png", color=40 * i)
+    for channels, warned in ((1, True), (3, False)):
+        caplog.clear()
+        config = tiny_config(f"folder:{tmp_path / 'pics'}", kimg=0.008)
+        config.data.channels = channels
+        with caplog.at_level("INFO", logger="hetgan"):
+            train(config, out=tmp_path / f"run{channels}", progress=False)
+        shown = f"data folder:{tmp_path / 'pics'}: 4 images, 2 classes, 32x32 {'grayscale' if warned else 'colour'}"
+        assert shown in caplog.messages
+        warning = f"{tmp_path / 'pics' / 'a' / '1.png'} is stored in colour, but data.channels=1"
+        assert (warning in caplog.text) == warned
+    ring = "ring8: 2-D mixture of 8 Gaussians, sigma 0.01, sampled on the fly"
+    assert describe_data(load_data(cfg("ring8")), "ring8") == ring
+    streamed = load_data(DataConfig(spec=f"folder:{tmp_path / 'pics'}", loader="stream", resolution=8, channels=3))
+    assert describe_data(streamed, "S") == "S: 4 files, decoded as training reaches them, 2 classes, 8x8 colour"
 
 
 def test_empty_folder(tmp_path):

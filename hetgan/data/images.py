@@ -93,6 +93,25 @@ def arrays_to_model(images: np.ndarray, resolution: int, channels: int, where: s
     return out.transpose(0, 3, 1, 2).copy()  # [N, C, R, R]
 
 
+# Pillow modes that hold colour. A palette ("P") image may be grey or not: it is left out.
+COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"})
+
+
+def colour_file(files: list[Path], sample: int = 16) -> str | None:
+    """The first of up to `sample` files, spread over `files`, that is stored in colour (only
+    each header is read); None if none is. Unreadable files are left to the decoder to report."""
+    for path in files[:: max(1, len(files) // sample)][:sample]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    if img.mode in COLOUR_MODES:
+                        return str(path)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            continue
+    return None
+
+
 def list_image_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 

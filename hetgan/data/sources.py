@@ -23,6 +23,7 @@ from hetgan.config import DataConfig
 from hetgan.data.images import (
     LazyImages,
     arrays_to_model,
+    colour_file,
     decode_files,
     list_image_files,
     require_mostly_good,
@@ -37,6 +38,9 @@ class ImageData:
     labels: np.ndarray | None  # int64 [N] or None
     class_names: list[str] | None
     source: str
+    # An item stored in colour (a file, or the array's source), where data.channels=1 reads the
+    # data in grayscale: the run says so, since that is rarely what colour data was meant for.
+    colour_item: str | None = None
     # The images as a torch tensor on each device a sampler has put them on, shared by every
     # trainer on this data (tune builds one per candidate): one copy per device, not per trainer.
     device_copies: dict = field(default_factory=dict, repr=False, compare=False)
@@ -138,8 +142,9 @@ def _read_npz_arrays(arrays, cfg: DataConfig, where: str) -> ImageData:
     labels = _npz_member(arrays, "labels", where).astype(np.int64) if "labels" in arrays.files else None
     if labels is not None and len(labels) != len(images):
         raise DataError(f"{where}: {len(images)} images but {len(labels)} labels; counts must match")
+    colour = where if cfg.channels == 1 and images.ndim == 4 and images.shape[3] in (3, 4) else None
     images = arrays_to_model(images, cfg.resolution, cfg.channels, where)
-    return ImageData(images, labels, None, where)
+    return ImageData(images, labels, None, where, colour)
 
 
 def _npz_member(arrays, name: str, where: str) -> np.ndarray:
@@ -233,7 +238,7 @@ def read_cifar10(arg: str, cfg: DataConfig) -> ImageData:
     labels = data[:, 0].astype(np.int64)
     images = data[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # [N, H, W, C]
     images = arrays_to_model(images, cfg.resolution, cfg.channels, str(root))
-    return ImageData(images, labels, CIFAR_CLASSES, str(root))
+    return ImageData(images, labels, CIFAR_CLASSES, str(root), str(root) if cfg.channels == 1 else None)
 
 
 def read_cifar_file(path: Path) -> np.ndarray:
@@ -257,6 +262,7 @@ def read_folder(arg: str, cfg: DataConfig) -> ImageData:
     files = list_image_files(root)
     if not files:
         raise DataError(f"{root}: no images found (looked recursively for .png, .jpg, .jpeg, .webp, .bmp)")
+    colour = colour_file(files) if cfg.channels == 1 else None
     if cfg.loader == "stream":  # decoded as training reaches each file
         class_names, labels = _folder_labels(root, files)
         return ImageData(
@@ -264,12 +270,13 @@ def read_folder(arg: str, cfg: DataConfig) -> ImageData:
             labels,
             class_names,
             str(root),
+            colour,
         )
     arrays, kept, bad = decode_files(files, cfg.resolution, cfg.channels, cfg.on_bad_image)
     require_mostly_good(len(files), bad)
     images = np.stack(arrays).transpose(0, 3, 1, 2).copy()  # [N, C, R, R]
     class_names, labels = _folder_labels(root, [files[i] for i in kept])
-    return ImageData(images, labels, class_names, str(root))
+    return ImageData(images, labels, class_names, str(root), colour)
 
 
 def _folder_labels(root: Path, files: list[Path]) -> tuple[list[str] | None, np.ndarray | None]:
@@ -280,6 +287,27 @@ def _folder_labels(root: Path, files: list[Path]) -> tuple[list[str] | None, np.
     class_names = sorted({p[0] for p in parts})
     index = {name: i for i, name in enumerate(class_names)}
     return class_names, np.array([index[p[0]] for p in parts], dtype=np.int64)
+
+
+def describe_data(data: Data, spec: str) -> str:
+    """One line on what a run trains on, e.g. `mnist5k: 5000 images, 10 classes, 32x32 grayscale`."""
+    if isinstance(data, Mixture):
+        return f"{spec}: 2-D mixture of {len(data.modes)} Gaussians, sigma {data.sigma:g}, sampled on the fly"
+    n, channels, resolution = data.images.shape[:3]
+    what = f"{n} files, decoded as training reaches them" if isinstance(data.images, LazyImages) else f"{n} images"
+    classes = "unlabelled" if data.labels is None else f"{len(np.unique(data.labels))} classes"
+    return f"{spec}: {what}, {classes}, {resolution}x{resolution} {'grayscale' if channels == 1 else 'colour'}"
+
+
+def colour_warning(data: Data) -> str | None:
+    """What to tell a user whose colour data a run reads in grayscale (None if it does not)."""
+    item = getattr(data, "colour_item", None)
+    if item is None:
+        return None
+    return (
+        f"{item} is stored in colour, but data.channels=1 trains in grayscale; "
+        "pass --set data.channels=3 to train in colour"
+    )
 
 
 # --- 2-D Gaussian mixtures -------------------------------------------------------------------

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from hetgan.artifact import ARTIFACT_NAME, recalibrated_copy, save_generator
 from hetgan.config import RESUMABLE_FIELDS, TrainConfig, apply_overrides, from_dict, load_yaml, to_dict
-from hetgan.data import Mixture, absolute_path, absolute_spec
+from hetgan.data import Mixture, absolute_path, absolute_spec, colour_warning, describe_data
 from hetgan.errors import CheckpointError
 from hetgan.report.plots import make_plots
 from hetgan.sampling import write_samples
@@ -164,6 +164,9 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
     write_config(run_dir, cfg)
     write_machine(run_dir, trainer.device)
     log.info("run directory %s; %s", run_dir, describe(trainer))
+    log.info("data %s", describe_data(trainer.data, cfg.data.spec))
+    if warning := colour_warning(trainer.data):
+        log.warning("%s", warning)
     monitor = Monitor(trainer, run_dir, evaluator)
     if trainer.step_count == 0:
         save_grid(trainer, run_dir)
