@@ -173,6 +173,23 @@ def test_spectral_norm_computes_torchs_numbers():
         assert torch.equal(theirs.eval().weight, ours.eval().weight)
 
 
+def test_a_generator_without_spectral_norm_runs_without_importing_the_compiler():
+    """torch._dynamo takes over a second to import, which `hetgan sample` of a DCGAN never needs:
+    hetgan's spectral norm makes its eager power iteration (torch.compiler.disable, which imports
+    the compiler) when the first one is built, not when hetgan is imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from hetgan.cli import main; from hetgan.config import TrainConfig\n"
+        "from hetgan.models import build_models; from hetgan.models.layers import spectral_norm\n"
+        "G, D = build_models(TrainConfig()); G.eval()(torch.randn(2, G.z_dim))\n"
+        "assert 'torch._dynamo' not in sys.modules, 'imported with hetgan or by a DCGAN'\n"
+        "spectral_norm(torch.nn.Linear(3, 2)); assert 'torch._dynamo' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=Path(__file__).parents[1])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("in_place", [False, True])
 def test_spectral_norm_compiles_where_torchs_fails(in_place):

@@ -46,6 +46,12 @@ class SpectralNorm(_SpectralNorm):
 
     in_place = False
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        global _power_iteration_eagerly
+        if _power_iteration_eagerly is None:
+            _power_iteration_eagerly = torch.compiler.disable(_power_iteration_in_place)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.ndim == 1:
             return super().forward(weight)
@@ -56,7 +62,7 @@ class SpectralNorm(_SpectralNorm):
             u, v = self._iterate(weight_mat, self._u, self._v)
             self._u, self._v = u, v  # new tensors: the buffers an earlier graph saved stay unchanged
         else:
-            u, v = self._power_iteration(weight_mat)
+            u, v = _power_iteration_eagerly(self, weight_mat)
         sigma = torch.vdot(u, torch.mv(weight_mat, v))
         return weight / sigma
 
@@ -68,14 +74,20 @@ class SpectralNorm(_SpectralNorm):
             v = F.normalize(torch.mv(weight_mat.H, u), dim=0, eps=self.eps)
         return u, v
 
-    @torch.compiler.disable
-    @torch.no_grad()
-    def _power_iteration(self, weight_mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`_iterate`, eagerly, with the buffers updated in place."""
-        u, v = self._iterate(weight_mat, self._u, self._v)
-        self._u.copy_(u)
-        self._v.copy_(v)
-        return u, v
+
+@torch.no_grad()
+def _power_iteration_in_place(norm: SpectralNorm, weight_mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`norm._iterate` with its buffers updated in place."""
+    u, v = norm._iterate(weight_mat, norm._u, norm._v)
+    norm._u.copy_(u)
+    norm._v.copy_(v)
+    return u, v
+
+
+# `_power_iteration_in_place` run outside any compiled graph (torch.compiler.disable), made when
+# the first SpectralNorm is: making it imports torch._dynamo (over a second), which a command that
+# builds no spectral norm (`hetgan sample`, `eval`, `--help`) need not wait for.
+_power_iteration_eagerly = None
 
 
 def update_in_place(model: nn.Module) -> nn.Module:
