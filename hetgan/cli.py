@@ -362,12 +362,13 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from hetgan.artifact import load_generator
     from hetgan.data import Mixture, load_data
-    from hetgan.sampling import output_form, sample_uint8, write_samples
+    from hetgan.sampling import check_memory, output_form, sample_uint8, write_samples
 
     if args.n < 1:
         raise HetganError(f"--n must be at least 1, got {args.n}")
-    output_form(output_path(args.out, "--out", "samples.png"), args.out)  # before the sampling
+    form = output_form(output_path(args.out, "--out", "samples.png"), args.out)  # before the sampling
     G = load_generator(args.run or args.artifact, device=args.device)
+    check_memory(G, args.n, form)
     modes = None
     if len(G.shape) == 1:
         samples = G.sample(args.n, seed=args.seed)
@@ -460,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except HetganError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError as e:  # numpy's names the array it could not allocate
+        print(f"error: out of memory ({e}); ask for less: fewer samples, a smaller batch", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C in bench, tune, eval...: `train` saves and stops on its own
         print("interrupted", file=sys.stderr)

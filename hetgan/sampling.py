@@ -83,6 +83,42 @@ def scatter_png(points: torch.Tensor, modes: np.ndarray | None, title: str = "")
     return buf.getvalue()
 
 
+def memory_needed(G, n: int, form: str) -> int:
+    """Bytes `hetgan sample` holds for n samples of `G` written in `form`: the latent codes
+    (float32, drawn at once so that a seed gives the same samples whatever n), the samples (uint8
+    images or float32 points) and, for a grid or an .npz, the copy built before it is written."""
+    codes = n * G.z_dim * 4
+    samples = n * math.prod(G.shape) * (4 if len(G.shape) == 1 else 1)
+    return codes + samples * (1 if form == "folder" else 2)
+
+
+def available_memory() -> int | None:
+    """Bytes that can be allocated without swapping (Linux's MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(G, n: int, form: str) -> None:
+    """Refuse, before sampling, an n whose samples would not fit in this machine's free memory."""
+    need, free = memory_needed(G, n, form), available_memory()
+    if free is not None and need > free:
+        raise HetganError(
+            f"--n {n}: {n} samples written as {form} take about {size(need)} of memory (latent codes "
+            f"and samples), more than the {size(free)} free on this machine; ask for fewer samples "
+            "(runs with other --seed values give more)"
+        )
+
+
+def size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.2f} MiB"
+
+
 def output_form(out: Path, text: str) -> str:
     """The form of an --out given as `text`: "folder", "npz" or "png"; anything else is an error."""
     if text.endswith(("/", "\\")):

@@ -135,6 +135,36 @@ def test_train_then_sample_all_forms(digits_npz, tmp_path, capsys):
     assert len(list((tmp_path / "dir").glob("*.png"))) == 3
 
 
+def test_sample_refuses_an_n_whose_samples_do_not_fit_in_memory(digits_npz, tmp_path, capsys, monkeypatch):
+    """`--n 100000000` used to end in numpy's traceback (1.1 TiB). An n whose latent codes and
+    samples (twice for a grid or an .npz, which build a copy) exceed the free memory is refused
+    before sampling; an allocation that fails all the same is a clear error too."""
+    from hetgan import sampling
+    from hetgan.artifact import load_generator
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"npz:{digits_npz}", "--kimg", "0.008", "--out", str(run), *TINY]) == 0
+    G = load_generator(run)
+    for form, out, copies in (("png", "g.png", 2), ("npz", "a.npz", 2), ("folder", "d/", 1)):
+        need = 10 * G.z_dim * 4 + 10 * 32 * 32 * copies  # float32 codes, uint8 [1, 32, 32] samples
+        assert sampling.memory_needed(G, 10, form) == need
+        monkeypatch.setattr(sampling, "available_memory", lambda need=need: need - 1)
+        capsys.readouterr()
+        assert main(["sample", "--run", str(run), "--n", "10", "--out", f"{tmp_path}/{out}"]) == 2
+        assert f"--n 10: 10 samples written as {form} take about " in capsys.readouterr().err
+        assert not (tmp_path / out).exists()
+        monkeypatch.setattr(sampling, "available_memory", lambda need=need: need)
+        assert main(["sample", "--run", str(run), "--n", "10", "--out", f"{tmp_path}/{out}"]) == 0
+
+    def allocation_fails(*args, **kwargs):
+        raise MemoryError("Unable to allocate 1.12 TiB for an array")
+
+    monkeypatch.setattr(sampling, "available_memory", lambda: None)  # not known: no check
+    monkeypatch.setattr(sampling, "sample_uint8", allocation_fails)
+    assert main(["sample", "--run", str(run), "--n", "10", "--out", str(tmp_path / "b.npz")]) == 2
+    assert "error: out of memory (Unable to allocate 1.12 TiB for an array); ask for less" in capsys.readouterr().err
+
+
 def test_data_check_exit_codes(tmp_path, capsys, caplog):
     (tmp_path / "bad.png").write_bytes(b"nope")
     assert main(["data", "check", f"folder:{tmp_path}"]) == 1
