@@ -35,6 +35,13 @@ def test_readme_shows_what_train_prints_at_the_end():
     assert shown == run.summary()
 
 
+def test_readme_says_how_far_past_its_kimg_a_resnet_step_goes():
+    cfg = get_preset("resnet_cifar10")
+    per_step = cfg.train.batch_size * cfg.loss.n_critic
+    readme = " ".join((ROOT / "README.md").read_text().split())  # lines joined
+    assert f"(`loss.n_critic` of them: {per_step} for `resnet_cifar10`)" in readme
+
+
 def test_torch_is_pinned():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"torch==2.13.0"' in pyproject
