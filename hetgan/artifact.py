@@ -28,22 +28,23 @@ ARTIFACT_NAME = "generator.safetensors"
 FORMAT = "hetgan.generator/1"
 
 
-class Generator(nn.Module):
-    """A trained generator: `forward(z)` and seeded `sample(n)`, built from its own config."""
+class Sampling:
+    """Seeded sampling shared by every generator, whatever runs it (torch here, ONNX Runtime and
+    OpenVINO in hetgan.deploy): z is drawn on the CPU from the seed, batch by batch through
+    `generate`, so a seed gives the same z on every device and backend.
 
-    def __init__(self, G: nn.Module, config: TrainConfig) -> None:
-        super().__init__()
-        self.G = G.eval()
-        self.config = config
-        self.z_dim = config.model.z_dim
-        self.shape = sample_shape(config)
+    A subclass sets `config`, `z_dim`, `shape` ((C, H, W) or (2,)) and implements `generate`."""
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.G.parameters()).device
+    config: TrainConfig
+    z_dim: int
+    shape: tuple[int, ...]
+    backend = "torch"
+    precision = "fp32"
+    run_id: str | None = None  # the training run's directory name, where known
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.G(z)
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, z_dim] float32 on the CPU -> samples [B, *shape] float32 on the CPU."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
@@ -62,12 +63,33 @@ class Generator(nn.Module):
         write each batch instead of holding n float samples: the same z and the same numbers."""
         z = torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed))
         for i in range(0, n, batch_size):
-            # Full fp32 whatever torch's default or a run's `tf32` knob left set (cuDNN convolutions
-            # are TF32 by default): samples and the scores made of them must not depend on them.
-            # The flags are restored before the yield, so the caller's code runs under its own.
-            with without_tf32():
-                batch = self.G(z[i : i + batch_size].to(self.device)).float().cpu()
-            yield i, batch
+            yield i, self.generate(z[i : i + batch_size])
+
+
+class Generator(Sampling, nn.Module):
+    """A trained generator in eager PyTorch: `forward(z)` and seeded `sample(n)`, built from its own config."""
+
+    def __init__(self, G: nn.Module, config: TrainConfig) -> None:
+        super().__init__()
+        self.G = G.eval()
+        self.config = config
+        self.z_dim = config.model.z_dim
+        self.shape = sample_shape(config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.G.parameters()).device
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.G(z)
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        # Full fp32 whatever torch's default or a run's `tf32` knob left set (cuDNN convolutions
+        # are TF32 by default): samples and the scores made of them must not depend on them.
+        # The flags are restored on return, so the caller's code runs under its own.
+        with without_tf32():
+            return self.G(z.to(self.device)).float().cpu()
 
 
 @torch.no_grad()
@@ -92,8 +114,9 @@ def recalibrated_copy(G_ema: nn.Module, z_dim: int, n_batches: int = 8, batch_si
     return G.eval()
 
 
-def save_generator(G_ema: nn.Module, config: TrainConfig, path: Path) -> Path:
-    """Write the artifact atomically: recalibrated G_ema weights + config + version."""
+def save_generator(G_ema: nn.Module, config: TrainConfig, path: Path, run_id: str | None = None) -> Path:
+    """Write the artifact atomically: recalibrated G_ema weights + config + version (+ the id of
+    the run that trained it, which exported models carry on)."""
     G = recalibrated_copy(G_ema, config.model.z_dim)
     tensors = {k: v.detach().cpu().contiguous() for k, v in G.state_dict().items()}
     metadata = {
@@ -101,21 +124,51 @@ def save_generator(G_ema: nn.Module, config: TrainConfig, path: Path) -> Path:
         "hetgan_version": __version__,
         "config": json.dumps(to_dict(config)),
     }
+    if run_id:
+        metadata["run_id"] = run_id
     atomic_write_bytes(path, save_safetensors(tensors, metadata=metadata))
     return path
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """Load an artifact file, or a run directory's `generator.safetensors`.
+def load_generator(
+    path: str | Path, device: str | torch.device = "cpu", backend: str | None = None, threads: int | None = None
+) -> Sampling:
+    """Load a generator to sample from, whatever runs it.
+
+    `path`: a run directory, a `generator.safetensors` artifact, an exported `.onnx` file or an
+    OpenVINO IR `.xml` (hetgan export/quantize). `backend`: torch, onnxruntime, openvino or
+    tensorrt; by default the one the file is for (torch for a run or a .safetensors). A run or
+    artifact asked for on another backend is exported in memory first, with the same check as
+    `hetgan export`. Every backend gives the same samples for a seed within its tolerance.
 
     For a run directory that has not finished (no artifact yet), G_ema comes from its newest
     valid checkpoint. `device`: a name as `--device` takes it (auto, cpu, cuda[:i], mps, xpu).
+    `threads`: CPU threads of an inference runtime (default: the cores this process may use).
     """
-    device = resolve_device(str(device))  # a clear error for a device this machine lacks
     path = Path(path)
+    from hetgan.deploy.runtimes import file_backend, load_runtime  # late: deploy imports this module
+
+    backend = backend or file_backend(path)
+    if backend != "torch":
+        return load_runtime(path, backend, str(device), threads)
+    if file_backend(path) != "torch":
+        raise CheckpointError(
+            f"{path}: an exported model runs on onnxruntime or openvino, not torch; pass --backend "
+            "onnxruntime|openvino, or the run's generator.safetensors for torch"
+        )
+    return load_torch_generator(path, device)
+
+
+def load_torch_generator(path: Path, device: str | torch.device = "cpu") -> Generator:
+    """The eager PyTorch generator of a run directory or a `generator.safetensors` artifact."""
+    device = resolve_device(str(device))  # a clear error for a device this machine lacks
+    run_id = None
     if path.is_dir():
+        run_id = path.resolve().name
         if not (path / ARTIFACT_NAME).exists() and (path / "checkpoints").is_dir():
-            return _from_checkpoint(path / "checkpoints", device)
+            G = _from_checkpoint(path / "checkpoints", device)
+            G.run_id = run_id
+            return G
         path = path / ARTIFACT_NAME
     fix = "pass the generator.safetensors written by `hetgan train` (or its run directory)"
     tensors, metadata = read_safetensors(path, "generator artifact", fix)
@@ -126,7 +179,9 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
     config = from_dict(json.loads(metadata["config"]), where=f"{path} metadata")
     G, _ = build_models(config)
     G.load_state_dict(tensors)
-    return Generator(G, config).to(device)
+    generator = Generator(G, config).to(device)
+    generator.run_id = metadata.get("run_id") or run_id
+    return generator
 
 
 def _from_checkpoint(root: Path, device: torch.device) -> Generator:

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hetgan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_train, add_sample, add_eval, add_evalnet, add_bench, add_tune, add_layers, add_report, add_data):
+    adders = (add_train, add_sample, add_eval, add_evalnet, add_bench, add_tune, add_layers, add_report, add_data)
+    for add in (*adders, add_export, add_quantize):
         add(sub)
     return parser
 
@@ -68,10 +69,25 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
     return [f"{field}={value}" for field, value in flags.items() if value is not None]
 
 
-def add_source(p: argparse.ArgumentParser) -> None:
+def add_source(p: argparse.ArgumentParser, exported: bool = False) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="a run directory")
-    src.add_argument("--artifact", help="a generator.safetensors file")
+    if exported:
+        src.add_argument("--artifact", help="a generator.safetensors, an exported .onnx or an OpenVINO .xml")
+    else:
+        src.add_argument("--artifact", help="a generator.safetensors file")
+
+
+def add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime", "openvino", "tensorrt"],
+        help="what runs G (default: the file's: torch for a run or .safetensors, onnxruntime for .onnx, "
+        "openvino for .xml); a run on another backend is exported in memory first",
+    )
+    p.add_argument(
+        "--threads", type=int, help="CPU threads of onnxruntime/openvino (default: all this process may use)"
+    )
 
 
 def add_train(sub) -> None:
@@ -116,7 +132,8 @@ def add_train(sub) -> None:
 
 def add_sample(sub) -> None:
     s = sub.add_parser("sample", help="write samples from a trained generator")
-    add_source(s)
+    add_source(s, exported=True)
+    add_backend(s)
     s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="FILE.png (grid or 2-D scatter), FILE.npz, or DIR/ (PNGs)")
@@ -125,7 +142,8 @@ def add_sample(sub) -> None:
 
 def add_eval(sub) -> None:
     e = sub.add_parser("eval", help="FID/KID/precision-recall/coverage or 2-D mode metrics")
-    add_source(e)
+    add_source(e, exported=True)
+    add_backend(e)
     e.add_argument("--n", type=int, default=None, help="samples (default 5000 images, 2500 points)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--metrics", nargs="+", help="subset of: fid kid pr dc classes diversity (images)")
@@ -160,6 +178,26 @@ def add_evalnet(sub) -> None:
     et.add_argument("--device", default="cpu", help="auto, cpu, cuda[:i], mps or xpu to train on (default cpu)")
 
 
+def add_export(sub) -> None:
+    x = sub.add_parser("export", help="export a trained generator to ONNX or OpenVINO IR, verified against PyTorch")
+    add_source(x)
+    x.add_argument("--format", required=True, help="onnx (one .onnx file) or openvino (.xml + .bin)")
+    x.add_argument("--out", required=True, help="FILE.onnx or FILE.xml")
+    x.add_argument("--fp16-weights", action="store_true", help="openvino: store weights in fp16 (half the size)")
+
+
+def add_quantize(sub) -> None:
+    q = sub.add_parser("quantize", help="int8 of a trained generator, calibrated on its own z, quality measured")
+    add_source(q)
+    q.add_argument(
+        "--out", required=True, help="FILE.xml (OpenVINO + NNCF, int8 convolutions) or FILE.onnx (ONNX Runtime)"
+    )
+    q.add_argument("--calibration-n", type=int, default=512, help="z draws to calibrate on (default 512)")
+    q.add_argument("--quality-n", type=int, default=2000, help="samples to score int8 against fp32 (0: skip)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the scored samples")
+    q.add_argument("--evalnet", help="feature network for FID (default: the run's, or the digit classifier)")
+
+
 def add_base(p: argparse.ArgumentParser, preset_help: str) -> None:
     """--preset or --config: the config that flags and --set then change."""
     base = p.add_mutually_exclusive_group()
@@ -184,6 +222,19 @@ def add_bench(sub) -> None:
     add_set(b)
     b.add_argument("--no-textbook", action="store_true", help="skip the textbook-loop comparison")
     b.add_argument("--json", help="write all results to this JSON file")
+    d = b.add_argument_group("deployment (--deploy): a trained generator on every backend and precision")
+    d.add_argument("--deploy", action="store_true", help="bench inference of a trained generator instead of training")
+    d.add_argument("--run", help="with --deploy: the run whose generator to measure")
+    d.add_argument(
+        "--artifact",
+        nargs="+",
+        metavar="PATH",
+        help="with --deploy: a generator.safetensors, then any exported .onnx/.xml files to add as rows",
+    )
+    d.add_argument("--n", type=int, default=2000, help="with --deploy: samples scored per row (default 2000)")
+    d.add_argument("--evalnet", help="with --deploy: feature network for FID (default: the run's, or digits)")
+    d.add_argument("--threads", type=int, help="with --deploy: CPU threads for every backend (default: all)")
+    d.add_argument("--no-int8", action="store_true", help="with --deploy: leave out the int8 rows")
 
 
 def add_tune(sub) -> None:
@@ -315,6 +366,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from hetgan.bench.bench import format_bench, run_bench
 
     out = json_path(args.json)
+    if args.deploy or args.run or args.artifact:
+        return cmd_bench_deploy(args, out)
     base = apply_overrides(base_config(args), flag_overrides(args) + args.set)
     results = []
     for batch in args.batch or [base.train.batch_size]:
@@ -322,6 +375,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
         results.append(run_bench(cfg, args.seconds, textbook=not args.no_textbook, rounds=args.rounds))
         print(format_bench(results[-1]))
     write_json(out, results)
+    return 0
+
+
+def cmd_bench_deploy(args: argparse.Namespace, out: Path | None) -> int:
+    from hetgan.deploy.bench import format_deploy, run_deploy_bench
+
+    if not args.deploy or not (args.run or args.artifact) or (args.run and args.artifact):
+        raise HetganError(
+            "bench --deploy takes a trained generator: --deploy with --run RUN or --artifact PATH [PATH ...]"
+        )
+    training = {
+        "--preset": args.preset,
+        "--config": args.config,
+        "--batch": args.batch,
+        "--data": args.data,
+        "--set": args.set,
+    }
+    if given := [flag for flag, value in training.items() if value]:
+        raise HetganError(
+            f"{', '.join(given)}: training settings; bench --deploy measures a trained generator as it is"
+        )
+    source, *extra = [args.run] if args.run else args.artifact
+    record = run_deploy_bench(
+        source,
+        extra,
+        args.seconds,
+        args.rounds,
+        args.n,
+        evalnet=args.evalnet,
+        int8=not args.no_int8,
+        threads=args.threads,
+    )
+    print(format_deploy(record))
+    write_json(out, record)
     return 0
 
 
@@ -367,7 +454,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise HetganError(f"--n must be at least 1, got {args.n}")
     form = output_form(output_path(args.out, "--out", "samples.png"), args.out)  # before the sampling
-    G = load_generator(args.run or args.artifact, device=args.device)
+    G = load_generator(args.run or args.artifact, device=args.device, backend=args.backend, threads=args.threads)
     check_memory(G, args.n, form)
     modes = None
     if len(G.shape) == 1:
@@ -386,7 +473,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from hetgan.eval.score import evaluate
 
     out = json_path(args.json)
-    G = load_generator(args.run or args.artifact, args.device)
+    G = load_generator(args.run or args.artifact, args.device, backend=args.backend, threads=args.threads)
     n = args.n if args.n is not None else (2500 if len(G.shape) == 1 else 5000)
     metrics = tuple(args.metrics) if args.metrics else None
     result = evaluate(
@@ -403,6 +490,28 @@ def format_table(result: dict) -> str:
         if key != "feature_space":
             lines.append(f"  {key:<18} {value:.4f}" if isinstance(value, float) else f"  {key:<18} {value}")
     return "\n".join(lines)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hetgan.artifact import load_torch_generator
+    from hetgan.deploy.export import FORMATS, export
+
+    if args.format not in FORMATS:
+        raise HetganError(f"--format {args.format}: unknown export format; valid: {', '.join(FORMATS)}")
+    out = output_path(args.out, "--out", "generator.onnx")
+    result = export(load_torch_generator(Path(args.run or args.artifact)), args.format, out, args.fp16_weights)
+    print(result.summary())
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from hetgan.artifact import load_torch_generator
+    from hetgan.deploy.quantize import quantize
+
+    out = output_path(args.out, "--out", "generator-int8.xml")
+    G = load_torch_generator(Path(args.run or args.artifact))
+    print(quantize(G, out, args.calibration_n, args.quality_n, args.seed, args.evalnet).summary())
+    return 0
 
 
 def cmd_evalnet(args: argparse.Namespace) -> int:
@@ -456,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         "tune": cmd_tune,
         "layers": cmd_layers,
         "data": cmd_data,
+        "export": cmd_export,
+        "quantize": cmd_quantize,
     }
     try:
         return handlers[args.command](args)

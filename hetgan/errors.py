@@ -23,3 +23,7 @@ class TrainingDiverged(HetganError):
 
 class TuneError(HetganError):
     """`hetgan tune` has nothing sound to choose: the reference configuration itself fails."""
+
+
+class ExportError(HetganError):
+    """An exported or quantised model that fails its check against PyTorch, or cannot be written."""

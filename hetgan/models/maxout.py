@@ -30,7 +30,7 @@ class Maxout(nn.Module):
         self.linear = nn.Linear(n_in, n_out * pieces)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x).view(len(x), self.n_out, self.pieces).amax(dim=-1)
+        return self.linear(x).view(x.shape[0], self.n_out, self.pieces).amax(dim=-1)
 
 
 class Generator(FlatGenerator):

@@ -27,7 +27,7 @@ class FlatGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(len(z), *self.shape)
+        return self.net(z).view(z.shape[0], *self.shape)  # not len(z): exporters would fix the batch size
 
 
 def hidden_layers(widths: list[int]) -> list[nn.Module]:

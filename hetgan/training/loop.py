@@ -323,7 +323,7 @@ def finish(trainer: Trainer, run_dir: Path) -> None:
         snapshot(trainer, run_dir)
     save_grid(trainer, run_dir, "final.png")
     make_plots(run_dir)
-    artifact = save_generator(trainer.G_ema, trainer.cfg, run_dir / ARTIFACT_NAME)
+    artifact = save_generator(trainer.G_ema, trainer.cfg, run_dir / ARTIFACT_NAME, run_dir.name)
     log.info(
         "done: %d steps, %.1f kimg, %d non-finite steps skipped; generator %s",
         trainer.step_count,

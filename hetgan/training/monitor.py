@@ -151,7 +151,7 @@ class Monitor:
             t = self.trainer
             tensors, meta = t.state()
             save_checkpoint(self.run_dir / "best", t.step_count, tensors, meta, keep=1)
-            save_generator(t.G_ema, t.cfg, self.run_dir / "generator-best.safetensors")
+            save_generator(t.G_ema, t.cfg, self.run_dir / "generator-best.safetensors", self.run_dir.name)
             scores = {name: record[name] for name, _ in RANKINGS[ranking]}
             self.best = {"step": t.step_count, "kimg": record["kimg"], **scores, "metric": ranking}
             atomic_write_bytes(self.best_path, strict_json(self.best, indent=1).encode())

@@ -1,0 +1,116 @@
+"""Exact rewrites of a generator's layers into forms inference runtimes run faster on a CPU.
+
+A DCGAN generator starts with a transposed convolution of a 1x1 input and ends with one of few
+output channels; oneDNN (OpenVINO, PyTorch) runs both far below its speed on the layers between
+(benchmarks/RESULTS.md: 35 and 7 GMAC/s against 140-180 in the middle layers). Both have an
+equivalent that it runs well:
+
+- `ConvTranspose2d(k=K, s=1, p=0)` of a 1x1 input is a matrix product: z [B, C_in] times the
+  weights [C_in, C_out*K*K], reshaped to [B, C_out, K, K] (`Linear` + `Unflatten`).
+- `ConvTranspose2d(k=4, s=2, p=1)` is a sub-pixel convolution (Shi et al. 2016): each of the four
+  output pixel parities (a, b) sums a 2x2 input neighbourhood with its own 2x2 slice of the
+  kernel, so one 3x3 convolution with 4*C_out output channels (zero where a parity has no tap),
+  then `PixelShuffle(2)`, gives the same output. It does 9/4 the multiply-adds, so it pays only
+  where C_out is small: the output layer (C_out <= OUTPUT_CHANNELS_MAX), and on OpenVINO only
+  (ONNX Runtime's 3x3 convolution with so few channels was slower than its transposed one).
+
+The rewritten copy is what gets exported; the export check compares it with the original
+generator, so a mistake here is an error, never a silent file.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+OUTPUT_CHANNELS_MAX = 4
+# For output row parity a: {input row offset dy: kernel row ky} (the same for columns), from
+# y = 2*i - 1 + k for ConvTranspose2d(k=4, s=2, p=1).
+TAPS = {0: {0: 1, -1: 3}, 1: {1: 0, 0: 2}}
+
+
+class SubPixelConv(nn.Module):
+    """ConvTranspose2d(k=4, s=2, p=1) as Conv2d(3x3, 4*C_out) + PixelShuffle(2), exactly."""
+
+    def __init__(self, deconv: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        W = deconv.weight.detach()  # [C_in, C_out, 4, 4]
+        c_in, c_out = W.shape[:2]
+        K = torch.zeros(c_out, 2, 2, c_in, 3, 3, dtype=W.dtype)
+        for a, rows in TAPS.items():
+            for b, cols in TAPS.items():
+                for dy, ky in rows.items():
+                    for dx, kx in cols.items():
+                        K[:, a, b, :, dy + 1, dx + 1] = W[:, :, ky, kx].T
+        self.conv = nn.Conv2d(c_in, 4 * c_out, 3, 1, 1, bias=deconv.bias is not None, dtype=W.dtype)
+        self.conv.weight.data.copy_(K.reshape(4 * c_out, c_in, 3, 3))  # channel o*4 + a*2 + b
+        if deconv.bias is not None:
+            self.conv.bias.data.copy_(deconv.bias.detach().repeat_interleave(4))
+        self.shuffle = nn.PixelShuffle(2)  # channel o*4 + a*2 + b -> pixel (2m + a, 2n + b) of o
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+
+def linear_from_deconv(deconv: nn.ConvTranspose2d) -> nn.Sequential:
+    """ConvTranspose2d(k=K, s=1, p=0) of a [B, C_in, 1, 1] input as [B, C_in] -> Linear -> [B, C_out, K, K];
+    the caller drops the input's two unit axes."""
+    c_in, c_out, kh, kw = deconv.weight.shape
+    linear = nn.Linear(c_in, c_out * kh * kw, bias=deconv.bias is not None, dtype=deconv.weight.dtype)
+    linear.weight.data.copy_(deconv.weight.detach().reshape(c_in, -1).T)
+    if deconv.bias is not None:
+        linear.bias.data.copy_(deconv.bias.detach().repeat_interleave(kh * kw))
+    return nn.Sequential(linear, nn.Unflatten(1, (c_out, kh, kw)))
+
+
+def is_upsampling_deconv(m: nn.Module) -> bool:
+    return (
+        isinstance(m, nn.ConvTranspose2d)
+        and m.kernel_size == (4, 4)
+        and m.stride == (2, 2)
+        and m.padding == (1, 1)
+        and m.output_padding == (0, 0)
+        and m.dilation == (1, 1)
+        and m.groups == 1
+    )
+
+
+class LatentDeconv(nn.Module):
+    """A DCGAN generator's network with its first layer as a matrix product: z [B, z_dim] in."""
+
+    def __init__(self, first: nn.Sequential, rest: nn.Sequential) -> None:
+        super().__init__()
+        self.first, self.rest = first, rest
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.first(z))
+
+
+def for_inference(G: nn.Module, subpixel_output: bool = True) -> nn.Module:
+    """An eval-mode copy of G on the CPU with the rewrites above where they apply (DCGAN
+    generators; the sub-pixel output layer if `subpixel_output`); any other network comes back as
+    a plain copy. `forward(z)` is G's, to float round-off."""
+    from hetgan.models import dcgan
+
+    G = copy.deepcopy(G).cpu().eval()
+    if not isinstance(G, dcgan.Generator):
+        return G
+    layers = list(G.net)
+    for i, layer in enumerate(layers):
+        if subpixel_output and is_upsampling_deconv(layer) and layer.out_channels <= OUTPUT_CHANNELS_MAX:
+            layers[i] = SubPixelConv(layer)
+    first = layers[0]
+    if first.stride == (1, 1) and first.padding == (0, 0) and first.groups == 1 and first.dilation == (1, 1):
+        return LatentDeconv(linear_from_deconv(first), nn.Sequential(*layers[1:])).eval()
+    return _Unsqueezed(nn.Sequential(*layers)).eval()
+
+
+class _Unsqueezed(nn.Module):
+    def __init__(self, net: nn.Sequential) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, :, None, None])  # [B, z_dim] -> [B, z_dim, 1, 1]

@@ -1,0 +1,258 @@
+"""Export to ONNX and OpenVINO IR, the runtimes behind load_generator, and the layer rewrites."""
+
+import json
+import logging
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import hetgan
+from hetgan.artifact import load_generator, save_generator
+from hetgan.cli import main
+from hetgan.deploy import export as E
+from hetgan.deploy.rewrite import SubPixelConv, for_inference, linear_from_deconv
+from hetgan.deploy.runtimes import OnnxRuntimeGenerator, OpenVINOGenerator
+from hetgan.errors import CheckpointError, ConfigError, ExportError, HetganError
+from hetgan.models import build_models
+from tests.conftest import GPU, tiny_config
+
+FAMILIES = {
+    "mlp-points": ("mlp", "ring8", 1, 32),
+    "maxout-points": ("maxout", "grid25", 1, 32),
+    "mlp-images": ("mlp", "npz", 1, 32),
+    "dcgan32-grey": ("dcgan", "npz", 1, 32),
+    "dcgan64-rgb": ("dcgan", "npz", 3, 64),
+    "resnet-rgb": ("resnet", "npz", 3, 32),
+}
+
+
+def artifact(tmp_path, digits_npz, arch, spec, channels, resolution):
+    """A generator artifact with random weights and BatchNorm statistics that are not the identity."""
+    cfg = tiny_config(f"npz:{digits_npz}" if spec == "npz" else spec, arch=arch)
+    cfg.data.channels, cfg.data.resolution = channels, resolution
+    G, _ = build_models(cfg.validate())
+    return save_generator(G, cfg, tmp_path / "g.safetensors", run_id="00007-tiny")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_exports_to_both_formats_and_samples_alike(family, tmp_path, digits_npz):
+    path = artifact(tmp_path, digits_npz, *FAMILIES[family])
+    G = load_generator(path)
+    want = G.sample(70, seed=4)  # 256 per batch: batches of 70 through the dynamic axis
+    for fmt, name in (("onnx", "g.onnx"), ("openvino", "g.xml")):
+        result = E.export(G, fmt, tmp_path / name)
+        assert set(result.check.errors) == {1, 2, 64} and result.check.max_abs_error <= E.TOLERANCE
+        exported = load_generator(tmp_path / name)
+        assert exported.backend == {"onnx": "onnxruntime", "openvino": "openvino"}[fmt]
+        got = exported.sample(70, seed=4)
+        assert got.shape == want.shape and (got - want).abs().max() <= E.TOLERANCE
+        assert exported.config == G.config and exported.run_id == "00007-tiny" and exported.precision == "fp32"
+    assert not (tmp_path / "g.onnx.data").exists()  # one self-contained file
+
+
+def test_onnx_metadata_says_what_the_file_is(tmp_path, digits_npz):
+    G = load_generator(artifact(tmp_path, digits_npz, "dcgan", "npz", 3, 64))
+    E.export(G, "onnx", tmp_path / "g.onnx")
+    model = onnx.load(tmp_path / "g.onnx")
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert (
+        meta["hetgan.format"] == "hetgan.exported-generator/1" and meta["hetgan.hetgan_version"] == hetgan.__version__
+    )
+    assert json.loads(meta["hetgan.config"])["model"]["arch"] == "dcgan" and meta["hetgan.z_dim"] == "8"
+    assert json.loads(meta["hetgan.output"]) == {"name": "sample", "shape": ["batch", 3, 64, 64], "range": [-1, 1]}
+    assert meta["hetgan.run_id"] == "00007-tiny"
+    (z,) = model.graph.input
+    assert z.name == "z" and z.type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch axis
+
+
+def test_run_directory_exports_carry_its_name(tmp_path, tiny):
+    run = hetgan.train(tiny, out=tmp_path / "00003-tiny", progress=False)
+    assert main(["export", "--run", str(run), "--format", "onnx", "--out", str(tmp_path / "x" / "g.onnx")]) == 0
+    assert load_generator(tmp_path / "x" / "g.onnx").run_id == "00003-tiny"
+
+
+def test_rewrites_are_exact():
+    torch.manual_seed(0)
+    for bias in (False, True):
+        up = nn.ConvTranspose2d(6, 3, 4, 2, 1, bias=bias).double()
+        x = torch.randn(2, 6, 5, 7, dtype=torch.double)
+        assert torch.allclose(SubPixelConv(up)(x), up(x), atol=1e-12, rtol=0)
+        first = nn.ConvTranspose2d(5, 4, 4, 1, 0, bias=bias).double()
+        z = torch.randn(3, 5, dtype=torch.double)
+        assert torch.allclose(linear_from_deconv(first)(z), first(z[:, :, None, None]), atol=1e-12, rtol=0)
+
+
+def test_inference_copy_of_a_dcgan_generator_is_the_same_function(tmp_path, digits_npz):
+    G = load_generator(artifact(tmp_path, digits_npz, "dcgan", "npz", 1, 32)).G
+    fast = for_inference(G)
+    assert not any(isinstance(m, nn.ConvTranspose2d) and m.out_channels == 1 for m in fast.modules())
+    assert isinstance(fast.first[0], nn.Linear)
+    z = torch.randn(9, 8)
+    with torch.no_grad():
+        assert (fast(z) - G(z)).abs().max() < 1e-5
+    assert isinstance(G.net[0], nn.ConvTranspose2d)  # the original is left as it was
+
+
+def test_exports_are_checked_and_the_unoptimised_graph_is_the_fallback(tmp_path, digits_npz, monkeypatch, caplog):
+    """An exporter that folds BatchNorm wrongly (as reported upstream) must not yield a silent file."""
+    G = load_generator(artifact(tmp_path, digits_npz, "dcgan", "npz", 1, 32))
+    trace = E.trace_onnx
+
+    def broken_when_optimised(G, optimize, target="onnxruntime"):
+        model = trace(G, optimize, target)
+        if optimize:  # a folding bug: one weight off
+            init = model.graph.initializer[0]
+            arr = onnx.numpy_helper.to_array(init) + 0.5
+            init.CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), init.name))
+        return model
+
+    monkeypatch.setattr(E, "trace_onnx", broken_when_optimised)
+    with caplog.at_level(logging.WARNING, logger="hetgan"):
+        result = E.export(G, "onnx", tmp_path / "g.onnx")
+    assert "failed its check" in caplog.text and result.check.max_abs_error <= E.TOLERANCE
+    assert (load_generator(tmp_path / "g.onnx").sample(8) - G.sample(8)).abs().max() <= E.TOLERANCE
+
+    monkeypatch.setattr(E, "trace_onnx", lambda G, optimize, target="onnxruntime": broken_when_optimised(G, True))
+    (tmp_path / "old.onnx").write_bytes(b"the previous export")
+    with pytest.raises(ExportError, match="does not match PyTorch.*max abs error.*Nothing was written"):
+        E.export(G, "onnx", tmp_path / "old.onnx")
+    assert (tmp_path / "old.onnx").read_bytes() == b"the previous export"
+
+
+def test_corrupt_or_foreign_model_files_are_clear_errors(tmp_path, digits_npz):
+    G = load_generator(artifact(tmp_path, digits_npz, "mlp", "ring8", 1, 32))
+    E.export(G, "onnx", tmp_path / "g.onnx")
+    E.export(G, "openvino", tmp_path / "g.xml")
+    data = (tmp_path / "g.onnx").read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cut.onnx: ONNX Runtime cannot load this model .*hetgan export"):
+        load_generator(tmp_path / "cut.onnx")
+    foreign = onnx.load_from_string(data)
+    del foreign.metadata_props[:]
+    (tmp_path / "foreign.onnx").write_bytes(foreign.SerializeToString())
+    with pytest.raises(CheckpointError, match="foreign.onnx: not a hetgan generator"):
+        load_generator(tmp_path / "foreign.onnx")
+    E.export(load_generator(artifact(tmp_path, digits_npz, "mlp", "ring8", 1, 32)), "openvino", tmp_path / "h.xml")
+    (tmp_path / "g.bin").write_bytes((tmp_path / "h.bin").read_bytes())  # another export's weights
+    with pytest.raises(CheckpointError, match="g.bin is not the weights file exported with it"):
+        load_generator(tmp_path / "g.xml")
+    (tmp_path / "h.bin").unlink()
+    with pytest.raises(CheckpointError, match="its weights file h.bin is missing"):
+        load_generator(tmp_path / "h.xml")
+    (tmp_path / "junk.xml").write_text("<not a model")
+    (tmp_path / "junk.bin").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="junk.xml: OpenVINO cannot read this model"):
+        load_generator(tmp_path / "junk.xml")
+    with pytest.raises(CheckpointError, match="an exported model runs on onnxruntime or openvino, not torch"):
+        load_generator(tmp_path / "g.onnx", backend="torch")
+    with pytest.raises(ConfigError, match="an OpenVINO IR runs on the openvino backend only"):
+        load_generator(tmp_path / "h.xml", backend="onnxruntime")
+
+
+def test_wrong_shaped_input_is_a_clear_error(tmp_path, digits_npz):
+    G = load_generator(artifact(tmp_path, digits_npz, "dcgan", "npz", 1, 32))
+    E.export(G, "onnx", tmp_path / "g.onnx")
+    for runtime in (load_generator(tmp_path / "g.onnx"), load_generator(tmp_path / "g.onnx", backend="openvino")):
+        for z in (torch.randn(4, 9), torch.randn(4), torch.zeros(2, 8, dtype=torch.long)):
+            with pytest.raises(HetganError, match=r"z must be a float tensor \[batch, 8\]"):
+                runtime.generate(z)
+
+
+def test_a_run_on_another_backend_is_exported_in_memory(tmp_path, digits_npz):
+    path = artifact(tmp_path, digits_npz, "resnet", "npz", 3, 32)
+    want = load_generator(path).sample(5, seed=1)
+    for backend, kind in (("onnxruntime", OnnxRuntimeGenerator), ("openvino", OpenVINOGenerator)):
+        G = load_generator(path, backend=backend, threads=1)
+        assert isinstance(G, kind) and (G.sample(5, seed=1) - want).abs().max() <= E.TOLERANCE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.npz", "g.safetensors"]  # nothing written
+
+
+def test_bad_export_requests(tmp_path, digits_npz, capsys):
+    path = str(artifact(tmp_path, digits_npz, "mlp", "ring8", 1, 32))
+    (tmp_path / "file").write_text("")
+    cases = {
+        ("--format", "tflite", "--out", str(tmp_path / "g.onnx")): "unknown export format; valid: onnx, openvino",
+        ("--format", "onnx", "--out", str(tmp_path / "g.xml")): "a onnx export is a .onnx file; name it e.g.",
+        ("--format", "onnx", "--out", str(tmp_path / "file" / "g.onnx")): "is a file, so no folder can be made there",
+        ("--format", "onnx", "--out", str(tmp_path)): "that is a folder; name a file in it",
+        ("--format", "onnx", "--fp16-weights", "--out", str(tmp_path / "g.onnx")): "fp16 weights are an OpenVINO",
+    }
+    for args, message in cases.items():
+        assert main(["export", "--artifact", path, *args]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "notgen.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    assert (
+        main(["export", "--artifact", str(tmp_path / "notgen.safetensors"), "--format", "onnx", "--out", "x.onnx"]) == 2
+    )
+    assert "not a hetgan generator artifact" in capsys.readouterr().err
+    assert not (tmp_path / "g.onnx").exists()
+
+
+def test_a_missing_runtime_names_the_extra_to_install(tmp_path, digits_npz, monkeypatch, capsys):
+    path = str(artifact(tmp_path, digits_npz, "mlp", "ring8", 1, 32))
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed: import raises ImportError
+    assert main(["export", "--artifact", path, "--format", "openvino", "--out", str(tmp_path / "g.xml")]) == 2
+    err = capsys.readouterr().err
+    assert "needs the package 'openvino', which is not installed" in err and "pip install 'hetgan[deploy]'" in err
+
+
+def test_fp16_weights_halve_the_ir_and_stay_close(tmp_path, digits_npz):
+    G = load_generator(artifact(tmp_path, digits_npz, "dcgan", "npz", 3, 64))
+    E.export(G, "openvino", tmp_path / "f32.xml")
+    result = E.export(G, "openvino", tmp_path / "f16.xml", fp16_weights=True)
+    assert result.check.max_abs_error <= E.FP16_WEIGHTS_TOLERANCE
+    ratio = (tmp_path / "f16.bin").stat().st_size / (tmp_path / "f32.bin").stat().st_size
+    assert 0.45 < ratio < 0.55
+    assert load_generator(tmp_path / "f16.xml").precision == "fp16-weights"
+
+
+def test_sample_and_eval_with_a_backend_match_torch(tmp_path, capsys):
+    run = hetgan.train(tiny_config("mnist5k"), out=tmp_path / "run", progress=False)
+    E.export(load_generator(run), "onnx", tmp_path / "g.onnx")
+    outs = {}
+    for name, args in {
+        "torch": ["--run", str(run)],
+        "ort": ["--artifact", str(tmp_path / "g.onnx")],
+        "ov": ["--run", str(run), "--backend", "openvino", "--threads", "1"],
+    }.items():
+        assert main(["sample", *args, "--n", "40", "--seed", "3", "--out", str(tmp_path / f"{name}.npz")]) == 0
+        outs[name] = np.load(tmp_path / f"{name}.npz")["images"].astype(int)
+    for name in ("ort", "ov"):  # uint8 images: a rounding boundary may move one level
+        assert np.abs(outs[name] - outs["torch"]).max() <= 1 and (outs[name] != outs["torch"]).mean() < 0.01
+    capsys.readouterr()
+    scores = {}
+    for name, args in {"torch": ["--run", str(run)], "ort": ["--artifact", str(tmp_path / "g.onnx")]}.items():
+        assert main(["eval", *args, "--n", "200", "--metrics", "fid", "--json", str(tmp_path / f"{name}.json")]) == 0
+        scores[name] = json.loads((tmp_path / f"{name}.json").read_text())["fid"]
+    assert scores["ort"] == pytest.approx(scores["torch"], rel=1e-3)
+
+
+def test_tensorrt_without_a_gpu_build_names_the_install(tmp_path, digits_npz):
+    import onnxruntime
+
+    if "TensorrtExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this ONNX Runtime has TensorRT")
+    path = artifact(tmp_path, digits_npz, "mlp", "ring8", 1, 32)
+    with pytest.raises(ConfigError, match="no TensorrtExecutionProvider.*pip install onnxruntime-gpu"):
+        load_generator(path, backend="tensorrt")
+
+
+@GPU
+def test_onnxruntime_cuda_and_tensorrt_match_torch(tmp_path, digits_npz):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu")
+    path = artifact(tmp_path, digits_npz, "dcgan", "npz", 3, 64)
+    want = load_generator(path).sample(64, seed=2)
+    cuda = load_generator(path, backend="onnxruntime", device="cuda")
+    assert cuda.providers[0] == "CUDAExecutionProvider"
+    assert (cuda.sample(64, seed=2) - want).abs().max() < 1e-3
+    if "TensorrtExecutionProvider" in onnxruntime.get_available_providers():
+        trt = load_generator(path, backend="tensorrt", device="cuda")
+        assert (trt.sample(64, seed=2) - want).abs().max() < 2e-2  # fp16
+        assert any((tmp_path / "g.trt-cache").iterdir())

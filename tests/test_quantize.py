@@ -1,0 +1,145 @@
+"""int8: OpenVINO + NNCF and ONNX Runtime, its recorded calibration and quality, which kernels
+really run in int8, and `hetgan bench --deploy`."""
+
+import json
+
+import numpy as np
+import pytest
+
+import hetgan
+from hetgan.artifact import load_generator, save_generator
+from hetgan.cli import main
+from hetgan.deploy.bench import layer_kernels
+from hetgan.deploy.quantize import CALIBRATION_SEED, quantize
+from hetgan.errors import ExportError, HetganError
+from hetgan.models import build_models
+from tests.conftest import run_benchmark, strict_loads, tiny_config
+
+FID_BOUND_PCT = 10  # int8 FID within 10 % of fp32's for the small digit generator below (n=500)
+
+
+@pytest.fixture(scope="module")
+def digits_generator(tmp_path_factory):
+    """A small DCGAN trained briefly on the bundled digits (~25 s): blurry strokes, but trained
+    weights and BatchNorm statistics, whose int8 ranges calibration must find."""
+    cfg = tiny_config("mnist5k")
+    cfg.model.width, cfg.model.z_dim = 16, 32
+    cfg.train.batch_size, cfg.train.kimg, cfg.train.snapshot_kimg = 32, 3.2, 3.2
+    cfg.loss.name, cfg.optim.g_lr, cfg.optim.d_lr = "hinge", 1e-3, 1e-3
+    return hetgan.train(cfg.validate(), out=tmp_path_factory.mktemp("q") / "run", progress=False)
+
+
+def test_openvino_int8_keeps_quality_and_records_it(digits_generator, tmp_path):
+    G = load_generator(digits_generator)
+    result = quantize(G, tmp_path / "g8.xml", calibration_n=256, quality_n=500)
+    q = result.quality
+    assert q["n"] == 500 and "digits" in q["feature_space"]
+    assert abs(q["fid_delta_pct"]) <= FID_BOUND_PCT, q
+    assert q["class_tv"] < 0.1
+    G8 = load_generator(tmp_path / "g8.xml")
+    assert G8.precision == "int8" and G8.config == G.config
+    recorded = json.loads(G8.metadata["quantization"])
+    assert recorded["calibration"] == {"n": 256, "seed": CALIBRATION_SEED, "batch": 16, "law": "N(0, 1)"}
+    assert "NNCF" in recorded["method"] and json.loads(G8.metadata["quality"]) == q
+    fp32_bytes = 4 * sum(p.numel() for p in G.G.parameters())
+    assert (tmp_path / "g8.bin").stat().st_size < 0.4 * fp32_bytes  # int8 weights: about a quarter
+    # The same z gives nearly the same images, not just the same statistics.
+    a, b = G.sample(64, seed=9), G8.sample(64, seed=9)
+    assert (a - b).abs().mean() < 0.05
+
+
+def test_openvino_runs_transposed_convolutions_in_int8(digits_generator, tmp_path):
+    """The claim the README makes, checked in OpenVINO's own profile of the compiled model."""
+    quantize(load_generator(digits_generator), tmp_path / "g8.xml", calibration_n=64, quality_n=0)
+    kernels = layer_kernels(load_generator(tmp_path / "g8.xml"))
+    convs = [k for k in kernels if k["op"] in ("ConvolutionBackpropData", "Convolution", "FullyConnected")]
+    assert len(convs) >= 3 and all(k["kernel"].lower().endswith("i8") for k in convs), convs
+
+
+def test_onnxruntime_int8_of_a_conv_generator_keeps_transposed_convolutions_in_fp32(digits_generator, tmp_path):
+    result = quantize(load_generator(digits_generator), tmp_path / "g8.onnx", calibration_n=64, quality_n=0)
+    assert "QDQ" in result.method and result.quality == {"measured": False}
+    ops = {k["op"] for k in layer_kernels(load_generator(tmp_path / "g8.onnx"))}
+    assert "ConvTranspose" in ops and "DequantizeLinear" in ops  # dequantise -> fp32 ConvTranspose
+
+
+def test_onnxruntime_dynamic_int8_for_linear_generators(tmp_path):
+    cfg = tiny_config("ring8", arch="mlp")
+    G, _ = build_models(cfg)
+    path = save_generator(G, cfg, tmp_path / "g.safetensors")
+    result = quantize(load_generator(path), tmp_path / "g8.onnx", quality_n=500)
+    assert "dynamic" in result.method and result.calibration["n"] == 0
+    assert result.quality["modes_fp32"] >= 0 and "modes_int8" in result.quality
+    G8 = load_generator(tmp_path / "g8.onnx")
+    ops = {k["op"] for k in layer_kernels(G8)}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}, ops  # the products run in int8
+    assert (G8.sample(100, seed=1) - load_generator(path).sample(100, seed=1)).abs().max() < 0.05
+
+
+def test_bad_quantize_requests(tmp_path, digits_npz, capsys):
+    cfg = tiny_config(f"npz:{digits_npz}")
+    G, _ = build_models(cfg)
+    path = str(save_generator(G, cfg, tmp_path / "g.safetensors"))
+    with pytest.raises(ExportError, match="int8 goes to FILE.xml .* or FILE.onnx"):
+        quantize(load_generator(path), tmp_path / "g.pt")
+    with pytest.raises(HetganError, match="--calibration-n must be at least 1, got 0"):
+        quantize(load_generator(path), tmp_path / "g.xml", calibration_n=0)
+    assert main(["quantize", "--artifact", path, "--out", str(tmp_path / "g.xml")]) == 2
+    err = capsys.readouterr().err
+    assert "no feature network for data" in err and "pass --quality-n 0" in err
+    assert not (tmp_path / "g.xml").exists() and not (tmp_path / "g.bin").exists()
+    assert main(["quantize", "--artifact", path, "--out", str(tmp_path / "g.xml"), "--quality-n", "0"]) == 0
+    assert "quality: not measured" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_deploy_table_and_json(digits_generator, tmp_path, capsys):
+    (tmp_path / "extra").mkdir()
+    main(["export", "--run", str(digits_generator), "--format", "onnx", "--out", str(tmp_path / "extra" / "mine.onnx")])
+    capsys.readouterr()
+    out = tmp_path / "deploy.json"
+    args = ["--artifact", str(digits_generator / "generator.safetensors"), str(tmp_path / "extra" / "mine.onnx")]
+    assert (
+        main(["bench", "--deploy", *args, "--seconds", "0.6", "--rounds", "2", "--n", "100", "--json", str(out)]) == 0
+    )
+    table = capsys.readouterr().out
+    record = strict_loads(out.read_text())
+    rows = {r["name"]: r for r in record["deploy"]["rows"]}
+    expected = ["torch fp32", "onnxruntime fp32", "openvino fp32", "openvino int8", "onnxruntime int8"]
+    assert list(rows) == [*expected, "mine.onnx (onnxruntime)"]
+    assert rows["torch fp32"]["speedup_64"] == 1 and rows["torch fp32"]["max_abs_error"] == 0
+    for name, row in rows.items():
+        assert row["img_per_s_64"] > 0 and row["img_per_s_256"] > 0 and name in table
+        assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"]
+        assert row["size_mib"] > 0 and row["peak_rss_mib"] > 10 and row["quality"] > 0
+    for name in ("onnxruntime fp32", "openvino fp32", "mine.onnx (onnxruntime)"):
+        assert rows[name]["max_abs_error"] < 1e-4
+        assert rows[name]["quality"] == pytest.approx(rows["torch fp32"]["quality"], rel=1e-3)
+    assert rows["openvino int8"]["size_mib"] < 0.5 * rows["openvino fp32"]["size_mib"]
+    # torch and hetgan are not imported by a runtime's memory probe: it needs far less.
+    assert rows["onnxruntime fp32"]["peak_rss_mib"] < rows["torch fp32"]["peak_rss_mib"]
+    assert record["machine"]["hetgan"] == hetgan.__version__ and np.isfinite(rows["openvino int8"]["speedup_64"])
+
+
+def test_bench_deploy_refuses_training_flags_and_exported_references(tmp_path, capsys):
+    assert main(["bench", "--deploy", "--run", str(tmp_path), "--preset", "mlp_mnist"]) == 2
+    assert "--preset: training settings" in capsys.readouterr().err
+    (tmp_path / "g.onnx").write_bytes(b"")
+    assert main(["bench", "--deploy", "--artifact", str(tmp_path / "g.onnx")]) == 2
+    assert "needs the run or its generator.safetensors first" in capsys.readouterr().err
+    assert main(["bench", "--run", str(tmp_path)]) == 2
+    assert "--deploy with --run RUN" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_deploy_benchmark_script_runs_end_to_end(digits_generator, tmp_path):
+    """benchmarks/deploy_runtimes.py on a small run, so that the script cannot rot."""
+    run = str(digits_generator)
+    out = run_benchmark(
+        "deploy_runtimes", "--default-run", run, "--textbook-run", run, "--seconds", "0.4", "--rounds", "2",
+        "--n", "100", "--out", str(tmp_path), timeout=600,
+    )  # fmt: skip
+    assert out.count("targets:") == 2 and out.count("best fp32 at batch 64:") == 2
+    assert "openvino int8: " in out and "ConvolutionBackpropData" in out and "ConvTranspose" in out
+    record = strict_loads((tmp_path / "deploy-dcgan_mnist.json").read_text())
+    assert [r["name"] for r in record["deploy"]["rows"]][0] == "torch fp32"
