@@ -9,8 +9,10 @@ against eager PyTorch fp32 in the same process), then the issue's targets, each 
 - best fp32 runtime >= 2x eager PyTorch img/s at batch 64, and >= 3x at batch-1 latency (p50),
   with max abs error <= 1e-4;
 - int8 >= 1.5x the best fp32 runtime at batch 64, with FID (digits) at most 3 % above fp32's.
-Then which kernel ran each layer and for how long (OpenVINO's and ONNX Runtime's own profilers),
-for fp32 and int8: where the time goes when a target is missed, and which layers ran in int8.
+Then what bounds the fp32 rows (G's FLOPs per sample, each row's achieved GFLOP/s against the fp32
+matrix-product peak measured on the spot) and which kernel ran each layer and for how long
+(OpenVINO's and ONNX Runtime's own profilers), for fp32 and int8: where the time goes when a
+target is missed, and which layers ran in int8.
 
 Without --default-run / --textbook-run it trains them first (about 5 and 3 minutes on 2 cores)
 under --out. Results go to OUT/deploy-<model>.json.
@@ -23,7 +25,10 @@ import json
 import tempfile
 from pathlib import Path
 
+import torch
+
 import hetgan
+from hetgan.bench.bench import FlopCount, matmul_peak
 from hetgan.deploy.bench import format_deploy, layer_kernels, run_deploy_bench
 from hetgan.deploy.export import export
 from hetgan.deploy.quantize import quantize
@@ -65,6 +70,25 @@ def verdicts(record: dict) -> list[str]:
         f"int8 FID {int8['quality']:.2f} vs fp32 {best64['quality']:.2f} (eager {ref_fid:.2f}): {fid_up:+.2f} % "
         f"(target <= +3 %): {ok[fid_up <= 3]}",
     ]
+
+
+def compute_bound(run: Path, record: dict) -> list[str]:
+    """Each fp32 row's achieved GFLOP/s against the fp32 matrix-product peak measured now: how far
+    from the machine's limit eager PyTorch already is, so what a 2x speed-up would need."""
+    G = hetgan.load_generator(run)
+    with FlopCount() as counter, torch.no_grad():
+        G.G(torch.randn(1, G.z_dim))
+    peak = matmul_peak(torch.device("cpu"), torch.float32, seconds=2.0)
+    lines = [f"G: {counter.total / 1e6:.1f} MFLOP per sample; fp32 matrix-product peak here {peak / 1e9:.0f} GFLOP/s"]
+    for row in record["deploy"]["rows"]:
+        if row["precision"] == "fp32":
+            achieved = counter.total * row["img_per_s_64"]
+            lines.append(
+                f"  {row['name']:<18} {achieved / 1e9:6.0f} GFLOP/s at batch 64 ({100 * achieved / peak:.0f} % of it)"
+            )
+    eager = counter.total * record["deploy"]["rows"][0]["img_per_s_64"]
+    lines.append(f"  2x eager would need {2 * eager / 1e9:.0f} GFLOP/s ({200 * eager / peak:.0f} % of the peak)")
+    return lines
 
 
 def kernel_profile(run: Path) -> str:
@@ -115,6 +139,8 @@ def main() -> None:
         print("\n".join(f"  {line}" for line in verdicts(record)))
         spread = [r["speedup_64_range"] for r in record["deploy"]["rows"]]
         print(f"  (per-round ratio ranges at batch 64: {', '.join(f'{lo:.2f}-{hi:.2f}' for lo, hi in spread)})")
+        print("compute bound:")
+        print("\n".join(compute_bound(run, record)))
         print("kernels per layer (top 8 by time):")
         print(kernel_profile(run))
     machine = record["machine"]

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hetgan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     adders = (add_train, add_sample, add_eval, add_evalnet, add_bench, add_tune, add_layers, add_report, add_data)
-    for add in (*adders, add_export, add_quantize):
+    for add in (*adders, add_export, add_quantize, add_serve):
         add(sub)
     return parser
 
@@ -196,6 +196,35 @@ def add_quantize(sub) -> None:
     q.add_argument("--quality-n", type=int, default=2000, help="samples to score int8 against fp32 (0: skip)")
     q.add_argument("--seed", type=int, default=0, help="seed of the scored samples")
     q.add_argument("--evalnet", help="feature network for FID (default: the run's, or the digit classifier)")
+
+
+def add_serve(sub) -> None:
+    from hetgan.serve.limits import ServeLimits
+
+    s = sub.add_parser("serve", help="serve samples over HTTP, with a web page (bounded, batched, observable)")
+    add_source(s, exported=True)
+    add_backend(s)
+    s.add_argument("--device", default="cpu", help="auto, cpu, cuda[:i], mps or xpu to run G on (default cpu)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--token", help="require `Authorization: Bearer TOKEN` (default: $HETGAN_SERVE_TOKEN, if set)")
+    defaults = ServeLimits()
+    for name, value in vars(defaults).items():
+        flag = "--" + name.replace("_", "-")
+        s.add_argument(flag, type=type(value), default=value, help=f"{LIMIT_HELP[name]} (default {value:g})")
+
+
+LIMIT_HELP = {
+    "max_n": "samples per request",
+    "max_frames": "interpolation frames per request",
+    "max_body_bytes": "request body size",
+    "max_batch": "samples per generator call (dynamic batching)",
+    "max_wait_ms": "how long a queued request waits for others to batch with",
+    "max_queue": "queued pieces of at most --max-batch samples; beyond it: 503",
+    "timeout_s": "seconds per request, queue wait included; beyond it: 504",
+    "warmup": "generator calls at --max-batch before /readyz says ready",
+    "max_connections": "open connections; beyond it: 503",
+}
 
 
 def add_base(p: argparse.ArgumentParser, preset_help: str) -> None:
@@ -514,6 +543,16 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hetgan.serve.limits import ServeLimits
+    from hetgan.serve.server import serve
+
+    limits = ServeLimits(**{name: getattr(args, name) for name in vars(ServeLimits())})
+    token = args.token or os.environ.get("HETGAN_SERVE_TOKEN") or None
+    serve(args.run or args.artifact, args.backend, args.device, args.threads, args.host, args.port, token, limits)
+    return 0
+
+
 def cmd_evalnet(args: argparse.Namespace) -> int:
     from hetgan.data import ImageData, load_data
     from hetgan.eval.evalnet import save_evalnet, train_evalnet
@@ -567,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": cmd_data,
         "export": cmd_export,
         "quantize": cmd_quantize,
+        "serve": cmd_serve,
     }
     try:
         return handlers[args.command](args)

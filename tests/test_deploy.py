@@ -90,7 +90,8 @@ def test_inference_copy_of_a_dcgan_generator_is_the_same_function(tmp_path, digi
     G = load_generator(artifact(tmp_path, digits_npz, "dcgan", "npz", 1, 32)).G
     fast = for_inference(G)
     assert not any(isinstance(m, nn.ConvTranspose2d) and m.out_channels == 1 for m in fast.modules())
-    assert isinstance(fast.first[0], nn.Linear)
+    assert isinstance(fast.first[0], nn.Linear) and isinstance(fast.first[1], nn.ReLU)  # BN folded into it
+    assert not isinstance(fast.rest[0], nn.BatchNorm2d)
     z = torch.randn(9, 8)
     with torch.no_grad():
         assert (fast(z) - G(z)).abs().max() < 1e-5

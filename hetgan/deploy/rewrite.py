@@ -6,7 +6,9 @@ output channels; oneDNN (OpenVINO, PyTorch) runs both far below its speed on the
 equivalent that it runs well:
 
 - `ConvTranspose2d(k=K, s=1, p=0)` of a 1x1 input is a matrix product: z [B, C_in] times the
-  weights [C_in, C_out*K*K], reshaped to [B, C_out, K, K] (`Linear` + `Unflatten`).
+  weights [C_in, C_out*K*K], reshaped to [B, C_out, K, K] (`Linear` + `Unflatten`). The
+  BatchNorm after it is folded into that product and its ReLU moved before the reshape, where
+  the runtimes fuse both into the product (across the reshape OpenVINO ran BN as its own op).
 - `ConvTranspose2d(k=4, s=2, p=1)` is a sub-pixel convolution (Shi et al. 2016): each of the four
   output pixel parities (a, b) sums a 2x2 input neighbourhood with its own 2x2 slice of the
   kernel, so one 3x3 convolution with 4*C_out output channels (zero where a parity has no tap),
@@ -102,9 +104,30 @@ def for_inference(G: nn.Module, subpixel_output: bool = True) -> nn.Module:
         if subpixel_output and is_upsampling_deconv(layer) and layer.out_channels <= OUTPUT_CHANNELS_MAX:
             layers[i] = SubPixelConv(layer)
     first = layers[0]
-    if first.stride == (1, 1) and first.padding == (0, 0) and first.groups == 1 and first.dilation == (1, 1):
-        return LatentDeconv(linear_from_deconv(first), nn.Sequential(*layers[1:])).eval()
-    return _Unsqueezed(nn.Sequential(*layers)).eval()
+    if not (first.stride == (1, 1) and first.padding == (0, 0) and first.groups == 1 and first.dilation == (1, 1)):
+        return _Unsqueezed(nn.Sequential(*layers)).eval()
+    linear, unflatten = linear_from_deconv(first)
+    head, rest = [linear], layers[1:]
+    if rest and isinstance(rest[0], nn.BatchNorm2d):  # fold it: the runtimes cannot across the reshape
+        fold_batchnorm(linear, rest.pop(0), per_channel=unflatten.unflattened_size[1] * unflatten.unflattened_size[2])
+    if rest and isinstance(rest[0], nn.ReLU):  # elementwise, so before the reshape, where it fuses into the product
+        head.append(nn.ReLU())
+        rest.pop(0)
+    return LatentDeconv(nn.Sequential(*head, unflatten), nn.Sequential(*rest)).eval()
+
+
+def fold_batchnorm(linear: nn.Linear, bn: nn.BatchNorm2d, per_channel: int) -> None:
+    """Fold eval-mode BatchNorm of channels that each span `per_channel` consecutive outputs of
+    `linear` into its weights and bias: BN(Wz + b) = s * (Wz + b) + t per channel."""
+    gamma = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_var)
+    beta = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_mean)
+    scale = gamma / torch.sqrt(bn.running_var + bn.eps)  # [C]
+    shift = beta - bn.running_mean * scale
+    scale, shift = scale.repeat_interleave(per_channel), shift.repeat_interleave(per_channel)
+    bias = linear.bias.detach() if linear.bias is not None else torch.zeros_like(scale)
+    with torch.no_grad():
+        linear.weight.mul_(scale[:, None])
+        linear.bias = nn.Parameter(bias * scale + shift)
 
 
 class _Unsqueezed(nn.Module):

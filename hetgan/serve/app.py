@@ -1,0 +1,327 @@
+"""The HTTP service: FastAPI over one generator and a dynamic batcher.
+
+    POST /v1/generate     {n, seed, truncation?, format: png|npz|json} -> a PNG grid, an npz, or base64 PNGs
+    POST /v1/interpolate  {seed_a, seed_b, frames, truncation?, format: png|json} -> frames from z_a to z_b
+    GET  /                the web page (no external assets)
+    GET  /healthz         alive;  GET /readyz  model loaded and warmed up (503 before)
+    GET  /v1/model        what is served: config, backend, precision, the quality figures it carries
+    GET  /metrics         Prometheus text: requests by status, latency, batch sizes, queue depth
+
+Every request is bounded: its body size (413), n and frames (422, the message names the limit),
+its place in a bounded queue (503 with Retry-After), its time (504). With a token, every endpoint
+but the health checks needs `Authorization: Bearer TOKEN` (or HTTP Basic with TOKEN as the
+password, which is how a browser asks for the page).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import io
+import json
+import logging
+import math
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from importlib import resources
+from typing import Literal
+
+import numpy as np
+import torch
+
+from hetgan.serve import require
+from hetgan.serve.batcher import Batcher, QueueFull
+from hetgan.serve.limits import ServeLimits
+
+fastapi = require("fastapi")
+pydantic = require("pydantic")
+prometheus = require("prometheus_client")
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.responses import HTMLResponse, JSONResponse, Response  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field, ValidationError  # noqa: E402
+
+log = logging.getLogger("hetgan")
+OPEN_PATHS = ("/healthz", "/readyz")
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    n: int = Field(ge=1, le=2**31)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    truncation: float | None = Field(default=None, gt=0, le=1)
+    format: Literal["png", "npz", "json"] = "png"
+
+
+class InterpolateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    seed_a: int = Field(ge=0, lt=2**63)
+    seed_b: int = Field(ge=0, lt=2**63)
+    frames: int = Field(default=8, ge=2, le=2**31)
+    truncation: float | None = Field(default=None, gt=0, le=1)
+    format: Literal["png", "json"] = "png"
+
+
+def latent(n: int, z_dim: int, seed: int, truncation: float | None) -> np.ndarray:
+    """z for n samples of `seed`, as `hetgan sample --seed` draws it; truncation psi scales z toward
+    its mean 0 (psi < 1 trades variety for typical samples)."""
+    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+    return (z * truncation if truncation is not None else z).numpy()
+
+
+def slerp(a: np.ndarray, b: np.ndarray, frames: int) -> np.ndarray:
+    """Spherical interpolation from a to b [z_dim] in `frames` steps: intermediate codes keep the
+    norm a Gaussian z has, which a straight line between two draws would shrink."""
+    omega = math.acos(float(np.clip(np.dot(a / np.linalg.norm(a), b / np.linalg.norm(b)), -1, 1)))
+    t = np.linspace(0, 1, frames)[:, None]
+    if omega < 1e-6:
+        out = (1 - t) * a + t * b
+    else:
+        out = (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / math.sin(omega)
+    out[0], out[-1] = a, b  # the ends are the two seeds' own codes, not their round-off
+    return out.astype(np.float32)
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self, batcher_depth) -> None:
+        self.registry = prometheus.CollectorRegistry()
+        self.requests = prometheus.Counter(
+            "hetgan_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=self.registry
+        )
+        self.latency = prometheus.Histogram(
+            "hetgan_request_seconds",
+            "request latency",
+            ["endpoint"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.batch = prometheus.Histogram(
+            "hetgan_batch_samples", "samples per generator call", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )  # fmt: skip
+        self.generate = prometheus.Histogram(
+            "hetgan_generate_seconds", "time of one generator call", registry=self.registry
+        )
+        depth = prometheus.Gauge("hetgan_queue_depth", "queued pieces waiting for a batch", registry=self.registry)
+        depth.set_function(batcher_depth)
+
+    def on_batch(self, samples: int, seconds: float) -> None:
+        self.batch.observe(samples)
+        self.generate.observe(seconds)
+
+
+def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def authorised(request: Request, token: str) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return hmac.compare_digest(value.strip().encode(), token.encode())
+    if scheme.lower() == "basic":  # a browser's login prompt: any user name, the token as password
+        try:
+            password = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return hmac.compare_digest(password.encode(), token.encode())
+    return False
+
+
+async def read_json(request: Request, limit: int) -> dict | JSONResponse:
+    """The body as a JSON object, read no further than `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return error(413, f"request body of {declared} bytes; the limit is {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return error(413, f"request body over the limit of {limit} bytes")
+    try:
+        value = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return error(400, f'the body is not valid JSON ({e}); send e.g. {{"n": 16, "seed": 0}}')
+    if not isinstance(value, dict):
+        return error(422, f"the body must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def validation_message(e: ValidationError) -> str:
+    parts = []
+    for item in e.errors():
+        where = ".".join(str(x) for x in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']} (got {item.get('input')!r})")
+    return "; ".join(parts)
+
+
+def png_images(samples: np.ndarray, G, per_image: bool) -> list[bytes]:
+    """PNG bytes: one grid (or a scatter plot for 2-D points), or one PNG per image."""
+    from hetgan.sampling import grid_image, png_bytes, scatter_png, to_uint8
+
+    if samples.ndim == 2:
+        return [scatter_png(torch.from_numpy(samples), getattr(G, "modes", None))]
+    uint8 = to_uint8(torch.from_numpy(samples))
+    if not per_image:
+        return [png_bytes(grid_image(uint8))]
+    return [png_bytes(grid_image(uint8[i : i + 1], ncol=1, pad=0)) for i in range(len(uint8))]
+
+
+def encode(samples: np.ndarray, fmt: str, G, seed_info: dict) -> Response:
+    from hetgan.sampling import to_uint8
+
+    if fmt == "png":
+        return Response(png_images(samples, G, per_image=False)[0], media_type="image/png")
+    if fmt == "npz":
+        buf = io.BytesIO()
+        if samples.ndim == 2:
+            np.savez(buf, points=samples.astype(np.float32))
+        else:
+            np.savez(buf, images=to_uint8(torch.from_numpy(samples)))
+        return Response(buf.getvalue(), media_type="application/octet-stream")
+    if samples.ndim == 2:
+        return JSONResponse({**seed_info, "points": samples.tolist()})
+    pngs = [base64.b64encode(p).decode() for p in png_images(samples, G, per_image=True)]
+    return JSONResponse({**seed_info, "images": pngs, "media_type": "image/png"})
+
+
+def create_app(G, limits: ServeLimits | None = None, token: str | None = None, description: dict | None = None):
+    """The FastAPI app serving generator G (any backend: `hetgan.load_generator`)."""
+    limits = limits or ServeLimits()
+    batcher = Batcher(G.generate, limits.max_batch, limits.max_wait_ms / 1000, limits.max_queue)
+    metrics = Metrics(lambda: batcher.depth)
+    batcher.on_batch = metrics.on_batch
+    state = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        warm = asyncio.get_running_loop().create_task(warm_up())
+        yield
+        warm.cancel()
+        await batcher.stop()  # uvicorn has finished the accepted requests by now
+
+    async def warm_up() -> None:
+        z = np.zeros((limits.max_batch, G.z_dim), dtype=np.float32)
+        for _ in range(limits.warmup):
+            await batcher.submit(z)
+        state["ready"] = True
+        log.info("warmed up: %d generator calls at batch %d; ready", limits.warmup, limits.max_batch)
+
+    app = FastAPI(title="hetgan", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.limits, app.state.batcher, app.state.metrics = limits, batcher, metrics
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        path = request.url.path
+        endpoint = path if path in ENDPOINTS else "other"
+        start = time.perf_counter()
+        if token and path not in OPEN_PATHS and not authorised(request, token):
+            scheme = 'Basic realm="hetgan"' if path == "/" else 'Bearer realm="hetgan"'
+            response = error(
+                401, "this server needs its token: Authorization: Bearer TOKEN", {"WWW-Authenticate": scheme}
+            )
+        else:
+            response = await call_next(request)
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        return response
+
+    async def run(z: np.ndarray) -> np.ndarray | JSONResponse:
+        try:
+            return await asyncio.wait_for(batcher.submit(z), limits.timeout_s)
+        except QueueFull as e:
+            return error(503, f"the server is at capacity ({e}); retry shortly", {"Retry-After": "1"})
+        except TimeoutError:
+            return error(504, f"the request did not finish within {limits.timeout_s:g} s")
+
+    @app.post("/v1/generate")
+    async def generate(request: Request):
+        body = await read_json(request, limits.max_body_bytes)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            req = GenerateRequest.model_validate(body)
+        except ValidationError as e:
+            return error(422, validation_message(e))
+        if req.n > limits.max_n:
+            return error(413, f"n={req.n} is over this server's limit of {limits.max_n} samples per request")
+        out = await run(latent(req.n, G.z_dim, req.seed, req.truncation))
+        if isinstance(out, JSONResponse):
+            return out
+        return encode(out, req.format, G, {"n": req.n, "seed": req.seed, "truncation": req.truncation})
+
+    @app.post("/v1/interpolate")
+    async def interpolate(request: Request):
+        body = await read_json(request, limits.max_body_bytes)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            req = InterpolateRequest.model_validate(body)
+        except ValidationError as e:
+            return error(422, validation_message(e))
+        if req.frames > limits.max_frames:
+            return error(413, f"frames={req.frames} is over this server's limit of {limits.max_frames}")
+        a, b = (latent(1, G.z_dim, seed, req.truncation)[0] for seed in (req.seed_a, req.seed_b))
+        out = await run(slerp(a, b, req.frames))
+        if isinstance(out, JSONResponse):
+            return out
+        info = {"seed_a": req.seed_a, "seed_b": req.seed_b, "frames": req.frames}
+        if req.format == "png" and out.ndim == 4:
+            from hetgan.sampling import grid_image, png_bytes
+
+            return Response(png_bytes(grid_image(torch.from_numpy(out), ncol=req.frames)), media_type="image/png")
+        return encode(out, req.format, G, info)
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if not state["ready"]:
+            return error(503, "warming up", {"Retry-After": "1"})
+        return {"status": "ready"}
+
+    @app.get("/v1/model")
+    async def model():
+        return description or describe(G, limits)
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(prometheus.generate_latest(metrics.registry), media_type=prometheus.CONTENT_TYPE_LATEST)
+
+    @app.get("/")
+    async def page():
+        return HTMLResponse(resources.files("hetgan.serve").joinpath("page.html").read_text(encoding="utf-8"))
+
+    return app
+
+
+ENDPOINTS = ("/", "/healthz", "/readyz", "/v1/generate", "/v1/interpolate", "/v1/model", "/metrics")
+
+
+def describe(G, limits: ServeLimits) -> dict:
+    """What `GET /v1/model` says: the generator's config and where it runs, and the limits."""
+    from hetgan.config import to_dict
+
+    info = {
+        "arch": G.config.model.arch,
+        "z_dim": G.z_dim,
+        "sample_shape": list(G.shape),
+        "output_range": [-1, 1] if len(G.shape) == 3 else None,
+        "backend": G.backend,
+        "precision": G.precision,
+        "run_id": G.run_id,
+        "config": to_dict(G.config),
+        "limits": asdict(limits),
+    }
+    metadata = getattr(G, "metadata", {})
+    for key in ("quality", "quantization"):
+        if metadata.get(key):
+            info[key] = json.loads(metadata[key])
+    return info

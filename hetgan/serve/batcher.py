@@ -1,0 +1,144 @@
+"""Dynamic batching: concurrent requests' latent codes merged into one generator call.
+
+Each request's z is drawn from its own seed exactly as `hetgan sample` draws it (all n codes at
+once, on the CPU), cut into pieces of at most `max_batch`, and queued. One worker takes the first
+waiting piece, adds more until `max_batch` samples or until `max_wait` has passed since it took
+the first, runs the generator once on the concatenated codes in a worker thread, and hands each
+piece its own rows. A request therefore gets its seed's samples whatever it was batched with.
+
+The queue is bounded in pieces: a request that does not fit is refused at once (`QueueFull`,
+HTTP 503) instead of waiting behind work the server cannot finish in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+class QueueFull(Exception):
+    """The request queue is at its bound; the caller should retry later."""
+
+
+@dataclass
+class Piece:
+    z: np.ndarray  # [k, z_dim] float32, k <= max_batch
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """Merges queued pieces into generator calls. `generate(z [B, z_dim]) -> samples [B, ...]`
+    runs in one worker thread: the runtimes use every core themselves."""
+
+    def __init__(
+        self,
+        generate: Callable[[torch.Tensor], torch.Tensor],
+        max_batch: int = 64,
+        max_wait: float = 0.005,
+        max_queue: int = 64,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.generate = generate
+        self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
+        self.on_batch = on_batch  # (samples, seconds) after each generator call, for metrics
+        self.queue: asyncio.Queue[Piece] | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hetgan-generate")
+        self.task: asyncio.Task | None = None
+        self.carry: Piece | None = None  # taken from the queue, too big for the batch it was taken for
+
+    @property
+    def depth(self) -> int:
+        """Pieces waiting (not yet taken into a batch)."""
+        return self.queue.qsize() if self.queue is not None else 0
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue(maxsize=self.max_queue)
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the worker."""
+        if self.task is None:
+            return
+        await self.queue.join()
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, z: np.ndarray) -> np.ndarray:
+        """Samples for codes z [n, z_dim], in order. Raises QueueFull when its pieces do not fit."""
+        pieces = [z[i : i + self.max_batch] for i in range(0, len(z), self.max_batch)]
+        if self.queue.maxsize - self.queue.qsize() < len(pieces):
+            raise QueueFull(f"{self.queue.qsize()} of {self.queue.maxsize} queue places taken")
+        loop = asyncio.get_running_loop()
+        futures = []
+        for part in pieces:
+            piece = Piece(part, loop.create_future())
+            self.queue.put_nowait(piece)
+            futures.append(piece.future)
+        try:
+            parts = await asyncio.gather(*futures)
+        except asyncio.CancelledError:  # the request timed out or its client left: drop its pieces
+            for future in futures:
+                future.cancel()
+            raise
+        return np.concatenate(parts)
+
+    async def _next_batch(self) -> list[Piece]:
+        first = self.carry or await self.queue.get()
+        self.carry = None
+        batch, size = [first], len(first.z)
+        deadline = time.perf_counter() + self.max_wait
+        while size < self.max_batch:
+            try:
+                if self.queue.qsize():
+                    piece = self.queue.get_nowait()
+                else:
+                    piece = await asyncio.wait_for(self.queue.get(), max(deadline - time.perf_counter(), 0))
+            except TimeoutError:
+                break
+            if size + len(piece.z) > self.max_batch:
+                self.carry = piece  # it starts the next batch
+                break
+            batch.append(piece)
+            size += len(piece.z)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            live = [p for p in batch if not p.future.cancelled()]
+            try:
+                if live:
+                    z = torch.from_numpy(np.concatenate([p.z for p in live]))
+                    start = time.perf_counter()
+                    out = await loop.run_in_executor(self.executor, self.generate, z)
+                    if self.on_batch:
+                        self.on_batch(len(z), time.perf_counter() - start)
+                    self._hand_out(live, out.numpy())
+            except Exception as e:  # a failed call fails its requests, not the server
+                for piece in live:
+                    if not piece.future.done():
+                        piece.future.set_exception(e)
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+
+    @staticmethod
+    def _hand_out(pieces: list[Piece], out: np.ndarray) -> None:
+        i = 0
+        for piece in pieces:
+            rows = out[i : i + len(piece.z)]
+            i += len(piece.z)
+            if not piece.future.done():
+                piece.future.set_result(rows)

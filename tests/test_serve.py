@@ -1,0 +1,327 @@
+"""`hetgan serve` as a real process on a free loopback port, exercised over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from hetgan.artifact import load_generator, save_generator
+from hetgan.models import build_models
+from hetgan.sampling import to_uint8
+from hetgan.serve.server import bind_warning
+from tests.conftest import run_benchmark, tiny_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(source, *flags: str, env: dict | None = None, ready: bool = True):
+    """`hetgan serve` started as a user would, on a free loopback port; stopped with SIGTERM."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "hetgan", "serve", "--artifact", str(source), "--port", str(port), *flags]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        wait_for(client, "/readyz" if ready else "/healthz", proc)
+        yield client, proc
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def wait_for(client: httpx.Client, path: str, proc, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        with contextlib.suppress(httpx.TransportError):
+            if client.get(path).status_code == 200:
+                return
+        time.sleep(0.1)
+    pytest.fail(f"{path} did not answer 200 within {seconds} s")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, digits_npz_module):
+    """A small DCGAN artifact (random weights, recalibrated BatchNorm) and its eager generator."""
+    cfg = tiny_config(f"npz:{digits_npz_module}")
+    G, _ = build_models(cfg)
+    path = save_generator(G, cfg, tmp_path_factory.mktemp("serve") / "g.safetensors", run_id="00001-serve")
+    return path, load_generator(path)
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory, digits_npz_module):
+    """A wider 64 px RGB DCGAN, slow enough on a CPU that requests queue behind one another."""
+    cfg = tiny_config(f"npz:{digits_npz_module}")
+    cfg.model.width, cfg.model.z_dim, cfg.data.channels, cfg.data.resolution = 64, 100, 3, 64
+    G, _ = build_models(cfg.validate())
+    return save_generator(G, cfg, tmp_path_factory.mktemp("wide") / "g.safetensors")
+
+
+@pytest.fixture(scope="module")
+def digits_npz_module(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "digits.npz"
+    np.savez(path, images=rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), labels=rng.integers(0, 10, 64))
+    return path
+
+
+def expected(G, n: int, seed: int) -> np.ndarray:
+    return to_uint8(G.sample(n, seed=seed))
+
+
+def npz_images(response: httpx.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.load(io.BytesIO(response.content))["images"]
+
+
+def test_generate_in_every_format_gives_the_seeds_samples(small, tmp_path):
+    path, G = small
+    with server(path) as (client, _):
+        images = npz_images(client.post("/v1/generate", json={"n": 16, "seed": 5, "format": "npz"}))
+        assert np.array_equal(images, expected(G, 16, 5))
+        subprocess.run(
+            [sys.executable, "-m", "hetgan", "sample", "--artifact", str(path), "--n", "16", "--seed", "5",
+             "--out", str(tmp_path / "s.png")], check=True, capture_output=True,
+        )  # fmt: skip
+        png = client.post("/v1/generate", json={"n": 16, "seed": 5})
+        assert png.headers["content-type"] == "image/png"
+        assert np.array_equal(
+            np.asarray(Image.open(io.BytesIO(png.content))), np.asarray(Image.open(tmp_path / "s.png"))
+        )
+        body = client.post("/v1/generate", json={"n": 3, "seed": 5, "format": "json"}).json()
+        decoded = [np.asarray(Image.open(io.BytesIO(base64.b64decode(b)))) for b in body["images"]]
+        assert body["seed"] == 5 and np.array_equal(np.stack(decoded), expected(G, 3, 5)[..., 0])
+        truncated = npz_images(
+            client.post("/v1/generate", json={"n": 4, "seed": 5, "truncation": 0.5, "format": "npz"})
+        )
+        assert not np.array_equal(truncated, images[:4])
+        walk = client.post("/v1/interpolate", json={"seed_a": 5, "seed_b": 6, "frames": 5, "format": "json"}).json()
+        frames = [np.asarray(Image.open(io.BytesIO(base64.b64decode(b)))) for b in walk["images"]]
+        assert len(frames) == 5
+        # The walk starts at seed_a's sample and ends at seed_b's (batched with the others: one grey level).
+        assert np.abs(frames[0].astype(int) - expected(G, 1, 5)[0, ..., 0]).max() <= 1
+        assert np.abs(frames[-1].astype(int) - expected(G, 1, 6)[0, ..., 0]).max() <= 1
+        assert np.abs(frames[2].astype(int) - frames[0]).max() > 1
+
+
+def test_same_seed_same_samples_under_concurrent_load(small):
+    path, G = small
+    rng = np.random.default_rng(1)
+    asks = [(int(n), int(seed)) for n, seed in zip(rng.integers(1, 40, 48), rng.integers(0, 1000, 48), strict=True)]
+    with server(path, "--max-batch", "32", "--max-wait-ms", "20") as (client, _):
+
+        def ask(item):
+            n, seed = item
+            return npz_images(client.post("/v1/generate", json={"n": n, "seed": seed, "format": "npz"}))
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(ask, asks))
+        batches = client.get("/metrics").text
+    for (n, seed), images in zip(asks, results, strict=True):
+        want = expected(G, n, seed)
+        # Batched with other requests, a sample may come from another batch size's kernels: at
+        # most one grey level apart, on a rounding boundary.
+        assert images.shape == want.shape and np.abs(images.astype(int) - want).max() <= 1
+    count = float(next(x.split()[-1] for x in batches.splitlines() if x.startswith("hetgan_batch_samples_count")))
+    assert count < len(asks), "requests were never merged into one generator call"
+
+
+def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(small):
+    path, _ = small
+    with server(path, "--max-n", "64") as (client, _):
+        cases = [
+            ({"json": {"n": 65}}, 413, "n=65 is over this server's limit of 64"),
+            ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+            ({"json": {"n": "16"}}, 422, "n: Input should be a valid integer"),
+            ({"json": {"n": -3}}, 422, "n: Input should be greater than or equal to 1"),
+            ({"json": {"n": 10**30}}, 422, "n:"),
+            ({"json": {"n": 4, "format": "gif"}}, 422, "format: Input should be 'png', 'npz' or 'json'"),
+            ({"json": {"n": 4, "colour": "red"}}, 422, "colour: Extra inputs are not permitted"),
+            ({"json": {"seed": 1}}, 422, "n: Field required"),
+            ({"json": [1, 2]}, 422, "must be a JSON object"),
+            ({"json": {"n": 4, "truncation": 2}}, 422, "truncation: Input should be less than or equal to 1"),
+            ({"content": b"{" + b" " * 5000 + b"}"}, 413, "the limit is 4096 bytes"),
+        ]
+        for kwargs, status, message in cases:
+            response = client.post("/v1/generate", **kwargs)
+            assert response.status_code == status and message in response.json()["error"], (kwargs, response.text)
+        frames = client.post("/v1/interpolate", json={"seed_a": 0, "seed_b": 1, "frames": 33})
+        assert frames.status_code == 413 and "limit of 32" in frames.json()["error"]
+        assert client.get("/v1/nothing").status_code == 404
+        assert client.post("/v1/generate", json={"n": 2}).status_code == 200
+        metrics = client.get("/metrics").text
+    assert 'hetgan_requests_total{endpoint="/v1/generate",status="422"} 8.0' in metrics
+    assert 'status="500"' not in metrics
+
+
+def test_a_full_queue_is_refused_at_once_with_retry_after(small):
+    path, _ = small
+    with server(path, "--max-batch", "4", "--max-queue", "8") as (client, _):
+        start = time.perf_counter()
+        response = client.post("/v1/generate", json={"n": 36})  # 9 pieces of 4: more than the queue holds
+        elapsed = time.perf_counter() - start
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "at capacity" in response.json()["error"] and elapsed < 0.5
+        assert client.post("/v1/generate", json={"n": 32}).status_code == 200  # 8 pieces fit
+
+
+def test_a_request_over_its_time_gets_504(wide):
+    with server(wide, "--max-batch", "8", "--timeout-s", "0.05", "--warmup", "0") as (client, _):
+        response = client.post("/v1/generate", json={"n": 256})
+        assert response.status_code == 504 and "within 0.05 s" in response.json()["error"]
+        assert client.get("/healthz").status_code == 200
+
+
+def test_token_guards_everything_but_the_health_checks(small):
+    path, _ = small
+    with server(path, env={"HETGAN_SERVE_TOKEN": "s3cret"}) as (client, _):
+        assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+        for method, url in (("POST", "/v1/generate"), ("GET", "/v1/model"), ("GET", "/metrics"), ("GET", "/")):
+            denied = client.request(method, url, json={"n": 1})
+            assert denied.status_code == 401 and "needs its token" in denied.json()["error"]
+            wrong = client.request(method, url, json={"n": 1}, headers={"Authorization": "Bearer guess"})
+            assert wrong.status_code == 401
+            ok = client.request(method, url, json={"n": 1}, headers={"Authorization": "Bearer s3cret"})
+            assert ok.status_code == 200
+        assert client.get("/").headers["www-authenticate"].startswith("Basic")  # the browser asks for it
+        assert client.get("/", auth=("me", "s3cret")).status_code == 200
+
+
+def test_not_ready_until_warmed_up(wide):
+    with server(wide, "--warmup", "40", ready=False) as (client, proc):
+        first = client.get("/readyz")
+        assert first.status_code == 503 and first.json()["error"] == "warming up"
+        assert client.get("/healthz").status_code == 200
+        wait_for(client, "/readyz", proc)
+        model = client.get("/v1/model").json()
+    assert model["arch"] == "dcgan" and model["sample_shape"] == [3, 64, 64] and model["backend"] == "torch"
+    assert model["limits"]["warmup"] == 40
+
+
+def test_sigterm_finishes_accepted_requests(wide):
+    with server(wide, "--max-batch", "8", "--warmup", "1") as (client, proc):
+        with ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(client.post, "/v1/generate", json={"n": 32, "format": "npz"}) for _ in range(12)]
+            time.sleep(0.5)  # sent and queued: the first batches are running
+            proc.send_signal(signal.SIGTERM)
+            results = []
+            for f in futures:
+                try:
+                    results.append(f.result().status_code)
+                except httpx.TransportError:
+                    results.append("refused")
+        assert proc.wait(timeout=60) == 0
+    answered = [r for r in results if r != "refused"]
+    assert answered and all(r == 200 for r in answered), results
+
+
+def test_an_exported_model_is_served_on_its_runtime(small, tmp_path):
+    path, G = small
+    subprocess.run(
+        [sys.executable, "-m", "hetgan", "export", "--artifact", str(path), "--format", "onnx",
+         "--out", str(tmp_path / "g.onnx")], check=True, capture_output=True,
+    )  # fmt: skip
+    with server(tmp_path / "g.onnx") as (client, _):
+        model = client.get("/v1/model").json()
+        assert model["backend"] == "onnxruntime" and model["run_id"] == "00001-serve"
+        images = npz_images(client.post("/v1/generate", json={"n": 8, "seed": 2, "format": "npz"}))
+        assert np.abs(images.astype(int) - expected(G, 8, 2)).max() <= 1
+
+
+def test_binding_beyond_loopback_warns():
+    assert bind_warning("127.0.0.1", None) is None and bind_warning("localhost", None) is None
+    assert bind_warning("::1", None) is None
+    assert "reachable from other machines, with no token" in bind_warning("0.0.0.0", None)
+    assert "no token" not in bind_warning("0.0.0.0", "t")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_web_page_in_headless_chromium(small, tmp_path):
+    """A person's path through the page: it loads offline, a click gives a grid that decodes, the
+    seed steps, an interpolation strip appears, a bad n shows the server's message."""
+    from playwright.sync_api import sync_playwright
+
+    path, _ = small
+    with server(path, "--max-n", "100", env={"HETGAN_SERVE_TOKEN": "pw"}) as (client, _), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(http_credentials={"username": "me", "password": "pw"})
+        outside = []
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(str(client.base_url)) else None)
+        page.goto(str(client.base_url) + "/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('dcgan generator')")
+        page.fill("#n", "9")
+        page.fill("#seed", "4")
+        page.click("#generate")
+        page.wait_for_function("document.getElementById('grid').naturalWidth > 0")
+        # 9 samples of 32 px: a 3x3 grid with 2 px gaps
+        assert page.evaluate("[grid.naturalWidth, grid.naturalHeight]") == [104, 104]
+        assert "9 samples of seed 4" in page.inner_text("#status")
+        assert page.get_attribute("#download", "download") == "samples-seed4-n9.png"
+        page.click("#next")
+        page.wait_for_function("document.getElementById('status').textContent.includes('seed 5')")
+        assert page.input_value("#seed") == "5"
+        page.fill("#frames", "6")
+        page.click("#interpolate")
+        page.wait_for_function("document.getElementById('walk').naturalWidth > 0")
+        assert page.evaluate("[walk.naturalWidth, walk.naturalHeight]") == [6 * 34 + 2, 36]
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        page.fill("#n", "1000")
+        page.click("#generate")
+        page.wait_for_function("document.getElementById('status').className === 'error'")
+        assert "413: n=1000 is over this server's limit of 100" in page.inner_text("#status")
+        browser.close()
+    assert outside == []  # no CDN, nothing from outside the server
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+    shutil.copy(tmp_path / "page.png", path.parent / "page_screenshot.png")
+
+
+@pytest.mark.slow
+def test_serve_load_benchmark_runs_end_to_end(small):
+    """benchmarks/serve_load.py with small bounds, so that the script cannot rot."""
+    path, _ = small
+    out = run_benchmark(
+        "serve_load", "--artifact", str(path), "--backend", "torch", "--seconds", "1", "--clients", "1", "4",
+        "--soak-requests", "1200", timeout=300,
+    )  # fmt: skip
+    assert "offline torch at batch 64" in out and " 4 clients:" in out and "soak: 1200 requests" in out
+    assert "overload (16 clients, --max-queue 8)" in out
