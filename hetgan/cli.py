@@ -223,7 +223,6 @@ LIMIT_HELP = {
     "max_queue": "queued pieces of at most --max-batch samples; beyond it: 503",
     "timeout_s": "seconds per request, queue wait included; beyond it: 504",
     "warmup": "generator calls at --max-batch before /readyz says ready",
-    "max_connections": "open connections; beyond it: 503",
 }
 
 

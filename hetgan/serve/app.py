@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import gc
 import hmac
 import io
 import json
@@ -159,21 +160,29 @@ def validation_message(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def uint8_images(samples: np.ndarray) -> np.ndarray:
+    """[N, C, H, W] float32 in [-1, 1] -> uint8 [N, H, W, C], the numbers hetgan.sampling.to_uint8
+    gives (float32 arithmetic, round half to even), in numpy: for a request's few images torch's
+    per-op dispatch and its thread pool, busy beside the runtime's, cost more than the work."""
+    x = np.clip(samples, -1, 1)
+    x += 1
+    x *= np.float32(127.5)
+    return np.rint(x).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
 def png_images(samples: np.ndarray, G, per_image: bool) -> list[bytes]:
     """PNG bytes: one grid (or a scatter plot for 2-D points), or one PNG per image."""
-    from hetgan.sampling import grid_image, png_bytes, scatter_png, to_uint8
+    from hetgan.sampling import grid_image, png_bytes, scatter_png
 
     if samples.ndim == 2:
         return [scatter_png(torch.from_numpy(samples), getattr(G, "modes", None))]
-    uint8 = to_uint8(torch.from_numpy(samples))
+    uint8 = uint8_images(samples)
     if not per_image:
         return [png_bytes(grid_image(uint8))]
     return [png_bytes(grid_image(uint8[i : i + 1], ncol=1, pad=0)) for i in range(len(uint8))]
 
 
 def encode(samples: np.ndarray, fmt: str, G, seed_info: dict) -> Response:
-    from hetgan.sampling import to_uint8
-
     if fmt == "png":
         return Response(png_images(samples, G, per_image=False)[0], media_type="image/png")
     if fmt == "npz":
@@ -181,12 +190,50 @@ def encode(samples: np.ndarray, fmt: str, G, seed_info: dict) -> Response:
         if samples.ndim == 2:
             np.savez(buf, points=samples.astype(np.float32))
         else:
-            np.savez(buf, images=to_uint8(torch.from_numpy(samples)))
+            np.savez(buf, images=uint8_images(samples))
         return Response(buf.getvalue(), media_type="application/octet-stream")
     if samples.ndim == 2:
         return JSONResponse({**seed_info, "points": samples.tolist()})
     pngs = [base64.b64encode(p).decode() for p in png_images(samples, G, per_image=True)]
     return JSONResponse({**seed_info, "images": pngs, "media_type": "image/png"})
+
+
+class Guard:
+    """Plain ASGI middleware in front of every request (starlette's BaseHTTPMiddleware costs a
+    task and a stream per request): the token check, the status and latency metrics, and a 503 at
+    once when the queue is already full, before the body is read. Under overload that keeps the
+    answer to the excess a few microseconds of work instead of a request's."""
+
+    def __init__(self, app, token: str | None, metrics: Metrics, batcher: Batcher) -> None:
+        self.app, self.token, self.metrics, self.batcher = app, token, metrics, batcher
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        endpoint = path if path in ENDPOINTS else "other"
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_and_count(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        early = None
+        if self.token and path not in OPEN_PATHS and not authorised(Request(scope), self.token):
+            scheme = 'Basic realm="hetgan"' if path == "/" else 'Bearer realm="hetgan"'
+            early = error(401, "this server needs its token: Authorization: Bearer TOKEN", {"WWW-Authenticate": scheme})
+        elif path in QUEUED_PATHS and self.batcher.full:
+            early = error(503, "the server is at capacity (its queue is full); retry shortly", {"Retry-After": "1"})
+        try:
+            if early is not None:
+                await early(scope, receive, send_and_count)
+            else:
+                await self.app(scope, receive, send_and_count)
+        finally:
+            self.metrics.requests.labels(endpoint, str(status["code"])).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
 def create_app(G, limits: ServeLimits | None = None, token: str | None = None, description: dict | None = None):
@@ -209,27 +256,18 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
         z = np.zeros((limits.max_batch, G.z_dim), dtype=np.float32)
         for _ in range(limits.warmup):
             await batcher.submit(z)
+        # What is loaded by now (torch, the runtime, the model) lives as long as the server: out of
+        # the collector's sight, a full collection no longer walks its millions of objects while
+        # holding the GIL, which stalled every request by a few hundred ms (benchmarks/RESULTS.md).
+        gc.collect()
+        gc.freeze()
         state["ready"] = True
         log.info("warmed up: %d generator calls at batch %d; ready", limits.warmup, limits.max_batch)
 
     app = FastAPI(title="hetgan", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.limits, app.state.batcher, app.state.metrics = limits, batcher, metrics
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        path = request.url.path
-        endpoint = path if path in ENDPOINTS else "other"
-        start = time.perf_counter()
-        if token and path not in OPEN_PATHS and not authorised(request, token):
-            scheme = 'Basic realm="hetgan"' if path == "/" else 'Bearer realm="hetgan"'
-            response = error(
-                401, "this server needs its token: Authorization: Bearer TOKEN", {"WWW-Authenticate": scheme}
-            )
-        else:
-            response = await call_next(request)
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(Guard, token=token, metrics=metrics, batcher=batcher)
 
     async def run(z: np.ndarray) -> np.ndarray | JSONResponse:
         try:
@@ -303,6 +341,7 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
 
 
 ENDPOINTS = ("/", "/healthz", "/readyz", "/v1/generate", "/v1/interpolate", "/v1/model", "/metrics")
+QUEUED_PATHS = ("/v1/generate", "/v1/interpolate")
 
 
 def describe(G, limits: ServeLimits) -> dict:

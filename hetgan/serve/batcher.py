@@ -58,6 +58,10 @@ class Batcher:
         """Pieces waiting (not yet taken into a batch)."""
         return self.queue.qsize() if self.queue is not None else 0
 
+    @property
+    def full(self) -> bool:
+        return self.queue is not None and self.queue.full()
+
     def start(self) -> None:
         self.queue = asyncio.Queue(maxsize=self.max_queue)
         self.task = asyncio.get_running_loop().create_task(self._run())

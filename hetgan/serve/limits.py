@@ -12,12 +12,11 @@ class ServeLimits:
     max_n: int = 256  # samples per request
     max_frames: int = 32  # interpolation frames per request
     max_body_bytes: int = 4096  # a request body is a few small JSON fields
-    max_batch: int = 64  # samples per generator call
-    max_wait_ms: float = 5.0  # how long the first queued piece waits for others
+    max_batch: int = 256  # samples per generator call: 256 served 1.3x the img/s of 64 (benchmarks/RESULTS.md)
+    max_wait_ms: float = 2.0  # how long the first queued piece waits for others
     max_queue: int = 64  # queued pieces (of at most max_batch samples each)
     timeout_s: float = 30.0  # per request, queue wait included
     warmup: int = 3  # generator calls at max_batch before /readyz says ready
-    max_connections: int = 256  # open connections (uvicorn's limit_concurrency)
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():

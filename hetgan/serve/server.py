@@ -42,7 +42,10 @@ def serve(
         host=host,
         port=port,
         log_level="warning",
-        limit_concurrency=limits.max_connections,
+        access_log=False,
+        # No limit_concurrency: uvicorn counts open connections against it and, past it, answers
+        # every request on every connection 503, so a crowd of keep-alive clients got nothing at
+        # all (benchmarks/RESULTS.md). The queue bound above refuses the excess instead.
         timeout_graceful_shutdown=int(limits.timeout_s) + 1,  # accepted requests finish or time out first
         h11_max_incomplete_event_size=16 * 1024,  # request line and headers
     )
