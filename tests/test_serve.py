@@ -316,6 +316,7 @@ def test_web_page_in_headless_chromium(small, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="Debian's wrk is not installed (.ci/run installs it)")
 def test_serve_load_benchmark_runs_end_to_end(small):
     """benchmarks/serve_load.py with small bounds, so that the script cannot rot."""
     path, _ = small

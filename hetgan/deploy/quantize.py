@@ -19,6 +19,7 @@ for images, the mode metrics for 2-D points, and the max abs difference of the s
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,10 @@ def openvino_int8(onnx_fp32: bytes, batches: list[np.ndarray]):
     """NNCF's post-training static int8 of the OpenVINO model: per-channel weights, per-tensor
     activations, statistics from the calibration batches."""
     ov = require("openvino", "OpenVINO int8")
+    # NNCF sends usage telemetry (to Google Analytics) unless it runs in CI or a developer's
+    # environment, or the user ran its opt-out script: a model compressed on a user's server must
+    # not phone home. NNCF_CI is the switch it reads when imported, and stubs its telemetry.
+    os.environ.setdefault("NNCF_CI", "1")
     nncf = require("nncf", "OpenVINO int8")
     model = ov.Core().read_model(onnx_fp32)
     with quiet_libraries():
