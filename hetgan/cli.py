@@ -502,7 +502,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     out = json_path(args.json)
     G = load_generator(args.run or args.artifact, args.device, backend=args.backend, threads=args.threads)
-    n = args.n if args.n is not None else (2500 if len(G.shape) == 1 else 5000)
+    from hetgan.eval.score import default_eval_n
+
+    n = args.n if args.n is not None else default_eval_n(G)
     metrics = tuple(args.metrics) if args.metrics else None
     result = evaluate(
         G, n=n, seed=args.seed, metrics=metrics, evalnet=args.evalnet, inception=args.inception, device=G.device
@@ -558,6 +560,7 @@ def cmd_evalnet(args: argparse.Namespace) -> int:
     from hetgan.placement import resolve_device
 
     out = output_path(args.out, "--out", "evalnet.safetensors")
+    out.parent.mkdir(parents=True, exist_ok=True)  # now, not after minutes of training
     device = resolve_device(args.device)  # before the data is decoded
     data = load_data(
         DataConfig(spec=args.data, resolution=args.resolution, channels=args.channels, on_bad_image=args.on_bad_image)
@@ -580,19 +583,43 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from hetgan.data import check_spec
+    from hetgan.data.sources import inspect_spec
 
     cfg = DataConfig(spec=args.spec, resolution=args.resolution, channels=args.channels)
-    bad = check_spec(cfg)
+    bad, described = inspect_spec(cfg)
     for where, reason in bad:
         print(f"BAD {where}: {reason.removeprefix(f'{where}: ')}")  # the reason may start with the file
+    if described:
+        print(described + (" (the good items)" if bad else ""))
     print(f"{args.spec}: {'no problems found' if not bad else f'{len(bad)} bad item(s)'}")
     return 1 if bad else 0
 
 
+def unknown_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str]) -> str:
+    """'unrecognized arguments: --kimgg 3 (did you mean --kimg?)', from the subcommand's own flags."""
+    import difflib
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    command = sub.choices[args.command]
+    if nested_command := getattr(args, "evalnet_command", None) or getattr(args, "data_command", None):
+        nested = next(a for a in command._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+        command = nested.choices[nested_command]
+    flags = [s for action in command._actions for s in action.option_strings if s.startswith("--")]  # noqa: SLF001
+    hints = []
+    for token in unknown:
+        close = difflib.get_close_matches(token.split("=")[0], flags, n=1) if token.startswith("--") else []
+        if close:
+            hints.append(f"{token}: did you mean {close[0]}?")
+    text = f"unrecognized arguments: {' '.join(unknown)}"
+    return text + (f" ({'; '.join(hints)})" if hints else f" (see hetgan {args.command} --help)")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(unknown_flags(parser, args, unknown))
     handlers = {
         "train": cmd_train,
         "sample": cmd_sample,

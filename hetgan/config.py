@@ -9,6 +9,7 @@ defaults.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import typing
 from dataclasses import dataclass, field
@@ -278,6 +279,16 @@ def field_names(cfg: TrainConfig | None = None) -> list[str]:
     return names
 
 
+def did_you_mean(name: str, valid: list[str]) -> str:
+    """'; did you mean train.batch_size?' for the closest valid name, else the whole list."""
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    if not close:  # a field's own name without its section: `batch_size` for train.batch_size
+        close = [v for v in valid if v.rsplit(".", 1)[-1] == name][:1]
+    if close:
+        return f"; did you mean {close[0]}? (all fields: hetgan train --help)"
+    return f"; valid fields: {', '.join(valid)}"
+
+
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     """Apply `section.field=value` strings; values are parsed as YAML scalars and type-checked."""
     for item in overrides:
@@ -311,7 +322,7 @@ def _field(cfg: TrainConfig, name: str, where: str) -> tuple[Any, str, type]:
             break
     leaf = parts[-1]
     if not dataclasses.is_dataclass(target) or leaf not in {f.name for f in dataclasses.fields(target)}:
-        raise ConfigError(f"{where}: unknown config field {name!r}; valid fields: {', '.join(field_names())}")
+        raise ConfigError(f"{where}: unknown config field {name!r}{did_you_mean(name, field_names())}")
     expected = typing.get_type_hints(type(target))[leaf]
     if dataclasses.is_dataclass(expected):
         raise ConfigError(f"{where}: {name!r} is a section; set one of its fields, e.g. {name}.X=V")

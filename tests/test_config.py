@@ -22,10 +22,14 @@ def test_int_is_accepted_for_float_field():
     assert cfg.train.kimg == 3.0 and isinstance(cfg.train.kimg, float)
 
 
-def test_unknown_field_lists_valid_fields():
-    with pytest.raises(ConfigError) as e:
-        apply_overrides(TrainConfig(), ["train.batch=128"])
-    assert "train.batch" in str(e.value) and "train.batch_size" in str(e.value)
+def test_unknown_field_suggests_the_closest_valid_one():
+    for typo, meant in (("train.batch=128", "train.batch_size"), ("batch_size=128", "train.batch_size"),
+                        ("loss.nam=hinge", "loss.name"), ("optim.glr=1e-3", "optim.g_lr")):  # fmt: skip
+        with pytest.raises(ConfigError) as e:
+            apply_overrides(TrainConfig(), [typo])
+        assert f"did you mean {meant}?" in str(e.value) and "model.width" not in str(e.value)
+    with pytest.raises(ConfigError, match="'zzzz'; valid fields: preset, seed, model.arch"):  # nothing close: the list
+        apply_overrides(TrainConfig(), ["zzzz=1"])
 
 
 def test_wrong_type_names_field_and_value():

@@ -337,15 +337,29 @@ def _existing(arg: str, what: str, fix: str) -> Path:
 
 def check_spec(cfg: DataConfig) -> list[tuple[str, str]]:
     """Decode every item of a dataset; return [(file, reason)] for each bad one."""
+    return inspect_spec(cfg)[0]
+
+
+def inspect_spec(cfg: DataConfig) -> tuple[list[tuple[str, str]], str | None]:
+    """Decode every item of a dataset: [(file, reason)] for each bad one, and the line a run's log
+    gives for what it trains on (`describe_data`, over the good items; None if nothing loads)."""
     name, arg = parse_spec(cfg.spec)
     if name == "folder":
-        files = list_image_files(_existing(arg, "image folder", FOLDER_HINT))
+        root = _existing(arg, "image folder", FOLDER_HINT)
+        files = list_image_files(root)
         if not files:
-            return [(arg, "no images found")]
-        _, _, bad = decode_files(files, cfg.resolution, cfg.channels, "skip", warn=False)  # the caller reports them
-        return [(str(path), reason) for path, reason in bad]
+            return [(arg, "no images found")], None
+        arrays, kept, bad = decode_files(
+            files, cfg.resolution, cfg.channels, "skip", warn=False
+        )  # reported by the caller
+        if not arrays:
+            return [(str(path), reason) for path, reason in bad], None
+        class_names, labels = _folder_labels(root, [files[i] for i in kept])
+        images = np.stack(arrays[:1]).transpose(0, 3, 1, 2)  # one item gives the shape
+        data = ImageData(np.broadcast_to(images, (len(arrays), *images.shape[1:])), labels, class_names, str(root))
+        return [(str(path), reason) for path, reason in bad], describe_data(data, cfg.spec)
     try:
-        load_data(cfg)
+        data = load_data(cfg)
     except DataError as e:
-        return [(arg or name, str(e))]
-    return []
+        return [(arg or name, str(e))], None
+    return [], describe_data(data, cfg.spec)

@@ -51,8 +51,9 @@ def feature_net_for(config: TrainConfig, evalnet: str | Path | None, inception: 
             f"no feature network for data {config.data.spec!r}: train one with "
             f"`hetgan evalnet train --data {config.data.spec} --resolution {config.data.resolution} "
             f"--channels {config.data.channels} --out evalnet.safetensors` "
-            "and pass it: `hetgan eval --evalnet evalnet.safetensors`, or "
-            "`--set train.evalnet=evalnet.safetensors` for eval during training"
+            "and pass it: `hetgan eval --evalnet evalnet.safetensors` (from Python: "
+            "`hetgan.evaluate(G, evalnet='evalnet.safetensors')`), or `--set train.evalnet=evalnet.safetensors` "
+            "for eval during training"
         )
     if net.cfg.channels != config.data.channels:
         raise HetganError(f"the feature network takes {net.cfg.channels} channels, the data has {config.data.channels}")
@@ -138,7 +139,7 @@ class Evaluator:
 
 def evaluate(
     G: Generator,
-    n: int = 5000,
+    n: int | None = None,
     seed: int = 0,
     metrics: tuple[str, ...] | None = None,
     evalnet=None,
@@ -147,7 +148,15 @@ def evaluate(
 ) -> dict:
     """Metrics of n samples (drawn with `seed`) against the generator's own training data.
 
+    `n` defaults to what `hetgan eval` uses: 5000 images, 2500 points (2-D data).
     Features come from `evalnet` (a file from `hetgan evalnet train`), from the FID InceptionV3
     with weights from the local file `inception`, or by default the bundled digit classifier.
     The feature network runs on `device` (a name as `--device` takes it), in full fp32."""
+    if n is None:
+        n = default_eval_n(G)
     return Evaluator(G.config, evalnet, seed, metrics, inception, device)(G, n)
+
+
+def default_eval_n(G) -> int:
+    """5000 samples of images, 2500 of 2-D points (PacGAN's protocol)."""
+    return 2500 if len(G.shape) == 1 else 5000

@@ -122,6 +122,8 @@ def discard_empty_run(run_dir: Path, made_dir: bool) -> None:
 
 
 def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
+    if not run_dir.exists():
+        raise CheckpointError(f"{run_dir}: no such run directory; check the path, or start a new run with --out DIR")
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir}: not a hetgan run directory (no config.yaml)")
     return with_absolute_paths(apply_overrides(load_yaml(run_dir / "config.yaml"), overrides))
