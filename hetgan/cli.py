@@ -137,6 +137,9 @@ def add_sample(sub) -> None:
     s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="FILE.png (grid or 2-D scatter), FILE.npz, or DIR/ (PNGs)")
+    kept = s.add_mutually_exclusive_group()
+    kept.add_argument("--append", action="store_true", help="DIR/ that holds samples: add after them, numbering on")
+    kept.add_argument("--overwrite", action="store_true", help="DIR/ that holds samples: replace them")
     s.add_argument("--device", default="cpu", help="auto, cpu, cuda[:i], mps or xpu to run G on (default cpu)")
 
 
@@ -482,6 +485,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise HetganError(f"--n must be at least 1, got {args.n}")
     form = output_form(output_path(args.out, "--out", "samples.png"), args.out)  # before the sampling
+    start = folder_start(Path(args.out), args.append, args.overwrite) if form == "folder" else 0
     G = load_generator(args.run or args.artifact, device=args.device, backend=args.backend, threads=args.threads)
     check_memory(G, args.n, form)
     modes = None
@@ -491,9 +495,37 @@ def cmd_sample(args: argparse.Namespace) -> int:
         modes = data.modes if isinstance(data, Mixture) else None
     else:
         samples = sample_uint8(G, args.n, seed=args.seed)  # the same samples, a quarter of the memory
-    out = write_samples(samples, args.out, modes)
-    print(f"wrote {args.n} samples to {out}")
+    out = write_samples(samples, args.out, modes, start=start)
+    print(f"wrote {args.n} samples to {out}" + (f" (numbered from {start})" if start else ""))
     return 0
+
+
+def folder_start(folder: Path, append: bool, overwrite: bool) -> int:
+    """The first number for samples written into `folder`: 0 for a new or empty one; after the
+    last sample already there with --append; 0 after removing them with --overwrite. A folder that
+    holds anything else, or samples without either flag, is refused: nothing is overwritten silently."""
+    from hetgan.sampling import numbered_pngs
+
+    if not folder.is_dir():
+        return 0
+    samples = numbered_pngs(folder)
+    others = [p for p in folder.iterdir() if p not in samples]
+    if others and not append:
+        raise HetganError(
+            f"--out {folder}/: it holds {len(others)} other files (e.g. {others[0].name}); pick a new folder"
+        )
+    if not samples:
+        return 0
+    if append:
+        return max(int(p.stem) for p in samples) + 1
+    if overwrite:
+        for p in samples:
+            p.unlink()
+        return 0
+    raise HetganError(
+        f"--out {folder}/: it already holds {len(samples)} samples; pass --append to add after them "
+        "(numbering goes on) or --overwrite to replace them"
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -128,7 +128,14 @@ def output_form(out: Path, text: str) -> str:
     raise HetganError(f"{out}: unknown output form {out.suffix!r}; use FILE.png (grid), FILE.npz or DIR/ (PNGs)")
 
 
-def write_samples(samples: torch.Tensor | np.ndarray, out: str | Path, modes: np.ndarray | None = None) -> Path:
+def numbered_pngs(folder: Path) -> list[Path]:
+    """The sample files `hetgan sample --out DIR/` writes into a folder: 00000.png, 00001.png, ..."""
+    return sorted(p for p in folder.iterdir() if p.suffix == ".png" and p.stem.isdigit() and len(p.stem) >= 5)
+
+
+def write_samples(
+    samples: torch.Tensor | np.ndarray, out: str | Path, modes: np.ndarray | None = None, start: int = 0
+) -> Path:
     """Write samples by the form of `out`: `.png` grid or scatter, `.npz`, or a folder `dir/`.
     Images come as [N, C, H, W] in [-1, 1] or as uint8 [N, H, W, C] (`sample_uint8`).
 
@@ -141,7 +148,7 @@ def write_samples(samples: torch.Tensor | np.ndarray, out: str | Path, modes: np
     if form == "folder":
         if is_points:
             raise HetganError(f"{out}: 2-D samples cannot be written as a folder of PNGs; use .npz or .png")
-        return _write_folder(samples, Path(text.rstrip("/\\")))
+        return _write_folder(samples, Path(text.rstrip("/\\")), start)
     out.parent.mkdir(parents=True, exist_ok=True)
     if form == "npz":
         buf = io.BytesIO()
@@ -156,10 +163,10 @@ def write_samples(samples: torch.Tensor | np.ndarray, out: str | Path, modes: np
     return out
 
 
-def _write_folder(samples: torch.Tensor | np.ndarray, folder: Path) -> Path:
+def _write_folder(samples: torch.Tensor | np.ndarray, folder: Path, start: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    digits = max(5, len(str(len(samples))))
-    for i, arr in enumerate(as_uint8(samples)):
+    digits = max(5, len(str(start + len(samples))))
+    for i, arr in enumerate(as_uint8(samples), start):
         img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
         atomic_write_bytes(folder / f"{i:0{digits}d}.png", png_bytes(img))
     return folder

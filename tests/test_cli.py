@@ -389,3 +389,26 @@ def test_evaluate_defaults_to_the_cli_sample_count(tmp_path):
     from_cli, from_python = json.loads((tmp_path / "e.json").read_text()), hetgan.evaluate(G)
     for key in ("n_generated", "modes_captured", "high_quality", "mode_counts"):
         assert from_cli[key] == from_python[key]
+
+
+def test_sample_into_a_folder_never_overwrites_silently(tiny, tmp_path, capsys):
+    from hetgan.artifact import save_generator
+    from hetgan.models import build_models
+
+    path = str(save_generator(build_models(tiny)[0], tiny, tmp_path / "g.safetensors"))
+    out = str(tmp_path / "pngs") + "/"
+    assert main(["sample", "--artifact", path, "--n", "3", "--seed", "1", "--out", out]) == 0
+    first = (tmp_path / "pngs" / "00000.png").read_bytes()
+    assert main(["sample", "--artifact", path, "--n", "2", "--seed", "2", "--out", out]) == 2
+    assert "already holds 3 samples; pass --append" in capsys.readouterr().err
+    assert (tmp_path / "pngs" / "00000.png").read_bytes() == first  # untouched
+    assert main(["sample", "--artifact", path, "--n", "2", "--seed", "2", "--out", out, "--append"]) == 0
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == [f"{i:05d}.png" for i in range(5)]
+    assert (tmp_path / "pngs" / "00000.png").read_bytes() == first
+    assert main(["sample", "--artifact", path, "--n", "2", "--seed", "2", "--out", out, "--overwrite"]) == 0
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["00000.png", "00001.png"]
+    assert (tmp_path / "pngs" / "00000.png").read_bytes() != first
+    (tmp_path / "pngs" / "notes.txt").write_text("mine")
+    assert main(["sample", "--artifact", path, "--n", "2", "--out", out, "--overwrite"]) == 2
+    assert "holds 1 other files (e.g. notes.txt)" in capsys.readouterr().err
+    assert (tmp_path / "pngs" / "notes.txt").read_text() == "mine"
