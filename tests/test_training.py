@@ -494,3 +494,17 @@ def test_every_preset_trains_a_few_steps(preset, tmp_path):
     run = train(apply_overrides(cfg, shrink), out=tmp_path / "run", progress=False)
     assert (run / "generator.safetensors").is_file()
     assert not any(json.loads(line)["nonfinite_total"] for line in (run / "metrics.jsonl").read_text().splitlines())
+
+
+def test_every_run_ends_with_a_metrics_record(tiny, tmp_path):
+    """A run shorter than a log interval wrote no metrics.jsonl, which its summary listed; and a
+    run whose last step fell between log lines had no record of it (issue 26)."""
+    import json
+
+    tiny.train.log_interval = 2
+    for kimg, steps in ((0.008, 1), (0.024, 3)):
+        tiny.train.kimg = kimg
+        run = train(tiny, out=tmp_path / f"run-{steps}", progress=False)
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == list(range(2, steps, 2)) + [steps]
+        assert records[-1]["img_per_s"] > 0 and "loss_d" in records[-1]

@@ -180,7 +180,7 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
         disable=not progress or None,
         dynamic_ncols=True,
     )
-    timer = time.perf_counter()
+    timer, logged_nimg = time.perf_counter(), trainer.nimg
     with stop, bar:
         while trainer.nimg < total_nimg and not stop.requested:
             before = trainer.nimg
@@ -189,12 +189,16 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
             if trainer.step_count % cfg.train.log_interval == 0:
                 elapsed, timer = time.perf_counter() - timer, time.perf_counter()
                 img_s = cfg.train.log_interval * (trainer.nimg - before) / elapsed
+                logged_nimg = trainer.nimg
                 trainer.settle()
                 monitor.check_record(log_metrics(trainer, result.floats(), img_s, metrics, bar))
             maintain(trainer, run_dir, before, monitor, metrics)
             if monitor.alarms:
                 bar.set_description(f"ALARM x{len(monitor.alarms)} (see log)")
         trainer.settle()
+        if trainer.nimg > logged_nimg:  # steps since the last log line (all of a short run's): their record
+            img_s = (trainer.nimg - logged_nimg) / (time.perf_counter() - timer)
+            monitor.check_record(log_metrics(trainer, result.floats(), img_s, metrics, bar))
         stopped_by = stop.requested
         if stopped_by:
             snapshot(trainer, run_dir)
