@@ -2,6 +2,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import threading
 
@@ -508,3 +509,19 @@ def test_every_run_ends_with_a_metrics_record(tiny, tmp_path):
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records] == list(range(2, steps, 2)) + [steps]
         assert records[-1]["img_per_s"] > 0 and "loss_d" in records[-1]
+
+
+def test_progress_bar_counts_whole_images_and_stops_at_its_total(tiny, tmp_path, capsys, monkeypatch):
+    """It showed float round-off (10.240000000000007/60.0) and ended past 100 % with tqdm's
+    'clamping frac' warning (issue 26). 0.02 kimg at batch 8 is 3 steps, 24 images: past 20."""
+    import sys
+    import warnings
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # tqdm draws only on a terminal
+    tiny.train.kimg = 0.02
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # TqdmWarning would fail the run
+        train(tiny, out=tmp_path / "run", progress=True)
+    err = capsys.readouterr().err
+    assert "20.0/20.0 [" in err and "img/s" in err and "24.0/20.0" not in err
+    assert not re.search(r"\d\.\d{6,}/", err)  # no round-off in the count

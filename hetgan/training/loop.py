@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hetgan.artifact import ARTIFACT_NAME, recalibrated_copy, save_generator
 from hetgan.config import RESUMABLE_FIELDS, TrainConfig, apply_overrides, from_dict, load_yaml, to_dict
@@ -173,19 +174,22 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
     if trainer.step_count == 0:
         save_grid(trainer, run_dir)
     stop = StopSignal()
+    # Counted in whole images and shown scaled (12.3k/200k img): float kimg added up step by step
+    # showed round-off (10.240000000000007/60.0), and the last step's overshoot went past 100 %.
     bar = tqdm(
-        total=round(total_nimg / 1000, 3),
-        initial=round(trainer.nimg / 1000, 3),
-        unit="kimg",
+        total=total_nimg,
+        initial=min(trainer.nimg, total_nimg),
+        unit="img",
+        unit_scale=True,
         disable=not progress or None,
         dynamic_ncols=True,
     )
     timer, logged_nimg = time.perf_counter(), trainer.nimg
-    with stop, bar:
+    with stop, bar, logging_redirect_tqdm():  # log lines above the bar, not written onto it
         while trainer.nimg < total_nimg and not stop.requested:
             before = trainer.nimg
             result = trainer.step()
-            bar.update(round((trainer.nimg - before) / 1000, 3))
+            bar.update(min(trainer.nimg, total_nimg) - bar.n)
             if trainer.step_count % cfg.train.log_interval == 0:
                 elapsed, timer = time.perf_counter() - timer, time.perf_counter()
                 img_s = cfg.train.log_interval * (trainer.nimg - before) / elapsed
