@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch import nn
 from hetgan import __version__
 from hetgan.accel import without_tf32
 from hetgan.config import TrainConfig, from_dict, to_dict
-from hetgan.errors import CheckpointError
+from hetgan.errors import CheckpointError, HetganError
 from hetgan.fileio import atomic_write_bytes, read_safetensors
 from hetgan.models import build_models, sample_shape
 from hetgan.placement import resolve_device
@@ -46,24 +47,59 @@ class Sampling:
         """z [B, z_dim] float32 on the CPU -> samples [B, *shape] float32 on the CPU."""
         raise NotImplementedError
 
+    def latent(self, n: int, seed: int = 0, truncation: float | None = None) -> torch.Tensor:
+        """z [n, z_dim] for `seed`, drawn on the CPU (the same on every device and backend).
+        `truncation` psi in (0, 1] scales z toward its mean 0: the truncation trick for a z-space
+        GAN, trading variety for typical samples (psi 1 or None: z as drawn)."""
+        if truncation is not None and not 0 < truncation <= 1:
+            raise HetganError(f"truncation must be in (0, 1], got {truncation}")
+        z = torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed))
+        return z if truncation is None or truncation == 1 else z * truncation
+
     @torch.no_grad()
-    def sample(self, n: int, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
+    def sample(self, n: int, seed: int = 0, batch_size: int = 256, truncation: float | None = None) -> torch.Tensor:
         """n samples [n, *shape] (images in [-1, 1], points unbounded), on the CPU.
 
         z is drawn on the CPU from `seed`, so a seed gives the same z on every device.
         """
         out = torch.empty(n, *self.shape)  # filled batch by batch: no second copy to concatenate
-        for i, batch in self.sample_batches(n, seed, batch_size):
+        for i, batch in self.sample_batches(n, seed, batch_size, truncation):
             out[i : i + len(batch)] = batch
         return out
 
     @torch.no_grad()
-    def sample_batches(self, n: int, seed: int = 0, batch_size: int = 256) -> Iterator[tuple[int, torch.Tensor]]:
+    def sample_batches(
+        self, n: int, seed: int = 0, batch_size: int = 256, truncation: float | None = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         """`sample(n, seed)` as (index of the first, batch) pairs, for callers that convert or
         write each batch instead of holding n float samples: the same z and the same numbers."""
-        z = torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed))
+        z = self.latent(n, seed, truncation)
         for i in range(0, n, batch_size):
             yield i, self.generate(z[i : i + batch_size])
+
+    @torch.no_grad()
+    def interpolate(self, seed_a: int, seed_b: int, frames: int = 8, truncation: float | None = None) -> torch.Tensor:
+        """[frames, *shape]: from seed_a's first sample to seed_b's, along the great circle between
+        their z (spherical interpolation keeps the norm a Gaussian z has; a straight line between
+        two draws would pass through improbably short codes)."""
+        if frames < 2:
+            raise HetganError(f"an interpolation needs at least 2 frames, got {frames}")
+        a, b = (self.latent(1, seed, truncation)[0] for seed in (seed_a, seed_b))
+        return self.generate(slerp(a, b, frames))
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, frames: int) -> torch.Tensor:
+    """`frames` codes [frames, z_dim] from a to b [z_dim] along the great circle; the ends are a
+    and b exactly."""
+    omega = torch.acos(torch.clamp(torch.dot(a / a.norm(), b / b.norm()), -1, 1)).item()
+    t = torch.linspace(0, 1, frames, dtype=torch.float64)[:, None]
+    a64, b64 = a.double(), b.double()
+    if omega < 1e-6:
+        out = (1 - t) * a64 + t * b64
+    else:
+        out = (torch.sin((1 - t) * omega) * a64 + torch.sin(t * omega) * b64) / math.sin(omega)
+    out[0], out[-1] = a64, b64
+    return out.float()
 
 
 class Generator(Sampling, nn.Module):

@@ -137,6 +137,15 @@ def add_sample(sub) -> None:
     s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="FILE.png (grid or 2-D scatter), FILE.npz, or DIR/ (PNGs)")
+    s.add_argument("--truncation", type=float, metavar="PSI", help="scale z by PSI in (0, 1]: typical over varied")
+    s.add_argument(
+        "--interpolate",
+        type=int,
+        nargs=2,
+        metavar=("SEED_A", "SEED_B"),
+        help="a latent walk from SEED_A's sample to SEED_B's: --out walk.gif (animation) or walk.png (strip)",
+    )
+    s.add_argument("--frames", type=int, default=16, help="with --interpolate: frames (default 16)")
     kept = s.add_mutually_exclusive_group()
     kept.add_argument("--append", action="store_true", help="DIR/ that holds samples: add after them, numbering on")
     kept.add_argument("--overwrite", action="store_true", help="DIR/ that holds samples: replace them")
@@ -484,19 +493,38 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise HetganError(f"--n must be at least 1, got {args.n}")
+    if args.interpolate:
+        return sample_walk(args)
     form = output_form(output_path(args.out, "--out", "samples.png"), args.out)  # before the sampling
     start = folder_start(Path(args.out), args.append, args.overwrite) if form == "folder" else 0
     G = load_generator(args.run or args.artifact, device=args.device, backend=args.backend, threads=args.threads)
     check_memory(G, args.n, form)
     modes = None
     if len(G.shape) == 1:
-        samples = G.sample(args.n, seed=args.seed)
+        samples = G.sample(args.n, seed=args.seed, truncation=args.truncation)
         data = load_data(G.config.data)
         modes = data.modes if isinstance(data, Mixture) else None
     else:
-        samples = sample_uint8(G, args.n, seed=args.seed)  # the same samples, a quarter of the memory
+        samples = sample_uint8(G, args.n, args.seed, args.truncation)  # the same samples, a quarter of the memory
     out = write_samples(samples, args.out, modes, start=start)
     print(f"wrote {args.n} samples to {out}" + (f" (numbered from {start})" if start else ""))
+    return 0
+
+
+def sample_walk(args: argparse.Namespace) -> int:
+    """`hetgan sample --interpolate A B`: the frames from seed A's sample to seed B's."""
+    from hetgan.artifact import load_generator
+    from hetgan.sampling import write_walk
+
+    out = output_path(args.out, "--out", "walk.gif")
+    if out.suffix not in (".gif", ".png"):
+        raise HetganError(f"--out {out}: a latent walk is FILE.gif (an animation) or FILE.png (a strip)")
+    G = load_generator(args.run or args.artifact, device=args.device, backend=args.backend, threads=args.threads)
+    if len(G.shape) != 3:
+        raise HetganError("--interpolate draws images; this generator makes 2-D points")
+    frames = G.interpolate(*args.interpolate, frames=args.frames, truncation=args.truncation)
+    write_walk(frames, out)
+    print(f"wrote {args.frames} frames from seed {args.interpolate[0]} to seed {args.interpolate[1]} to {out}")
     return 0
 
 

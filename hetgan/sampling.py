@@ -29,11 +29,11 @@ def as_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
     return images if isinstance(images, np.ndarray) else to_uint8(images)
 
 
-def sample_uint8(G, n: int, seed: int = 0) -> np.ndarray:
+def sample_uint8(G, n: int, seed: int = 0, truncation: float | None = None) -> np.ndarray:
     """n image samples of generator `G` (hetgan.artifact.Generator) as uint8 [N, H, W, C],
     converted batch by batch: memory for the uint8 images only, a quarter of n float samples."""
     out = np.empty((n, *G.shape[1:], G.shape[0]), dtype=np.uint8)
-    for i, batch in G.sample_batches(n, seed):
+    for i, batch in G.sample_batches(n, seed, truncation=truncation):
         out[i : i + len(batch)] = to_uint8(batch)
     return out
 
@@ -126,6 +126,23 @@ def output_form(out: Path, text: str) -> str:
     if out.suffix in (".npz", ".png"):
         return out.suffix[1:]
     raise HetganError(f"{out}: unknown output form {out.suffix!r}; use FILE.png (grid), FILE.npz or DIR/ (PNGs)")
+
+
+def write_walk(frames: torch.Tensor, out: Path, frame_ms: int = 120) -> Path:
+    """A latent walk [F, C, H, W] in [-1, 1]: an animated GIF (there and back, looping) for
+    `.gif`, a strip of the frames for `.png`."""
+    if out.suffix == ".png":
+        atomic_write_bytes(out, png_bytes(grid_image(frames, ncol=len(frames))))
+        return out
+    images = [Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a) for a in to_uint8(frames)]
+    scale = max(1, 128 // images[0].width)  # 32 px digits are hard to see at 1x
+    images = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in images]
+    loop = images + images[-2:0:-1]  # back again, so the loop has no jump
+    buf = io.BytesIO()
+    loop[0].save(buf, format="GIF", save_all=True, append_images=loop[1:], duration=frame_ms, loop=0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
 
 
 def numbered_pngs(folder: Path) -> list[Path]:

@@ -157,3 +157,50 @@ def test_load_evalnet_rejects_bad_files(tmp_path):
         load_evalnet(tmp_path / "x.safetensors")
     with pytest.raises(CheckpointError, match="cannot read evalnet file"):
         load_evalnet(tmp_path / "missing.safetensors")
+
+
+def test_truncation_and_latent_walks(tiny, tmp_path, capsys):
+    """Truncation scales the seed's z; a walk runs from one seed's sample to the other's, in the
+    Python API and `hetgan sample --truncation/--interpolate` alike (issue 26)."""
+    from hetgan.cli import main
+
+    path = save_generator(Trainer(tiny).G_ema, tiny, tmp_path / "g.safetensors")
+    G = load_generator(path)
+    z = G.latent(6, seed=3)
+    assert torch.equal(G.latent(6, seed=3, truncation=0.5), 0.5 * z) and torch.equal(G.latent(6, 3, 1.0), z)
+    assert torch.allclose(G.sample(6, seed=3, truncation=0.5), G.generate(0.5 * z))
+    with pytest.raises(HetganError, match=r"truncation must be in \(0, 1\], got 1.5"):
+        G.sample(2, truncation=1.5)
+    walk = G.interpolate(3, 4, frames=7)
+    assert walk.shape == (7, 1, 32, 32)
+    assert torch.allclose(walk[0], G.sample(1, seed=3)[0], atol=1e-5)
+    assert torch.allclose(walk[-1], G.sample(1, seed=4)[0], atol=1e-5)
+    assert (walk[1:] - walk[:-1]).abs().mean() < (walk[-1] - walk[0]).abs().mean()  # steps, not a jump
+    with pytest.raises(HetganError, match="at least 2 frames"):
+        G.interpolate(0, 1, frames=1)
+
+    assert main(["sample", "--artifact", str(path), "--interpolate", "3", "4", "--frames", "7",
+                 "--out", str(tmp_path / "walk.gif")]) == 0  # fmt: skip
+    gif = Image.open(tmp_path / "walk.gif")
+    assert gif.n_frames == 12 and gif.size == (128, 128)  # there and back; 32 px shown at 4x
+    assert main(["sample", "--artifact", str(path), "--interpolate", "3", "4", "--frames", "7",
+                 "--out", str(tmp_path / "walk.png")]) == 0  # fmt: skip
+    assert Image.open(tmp_path / "walk.png").size == (7 * 34 + 2, 36)
+    assert main(["sample", "--artifact", str(path), "--n", "6", "--seed", "3", "--truncation", "0.5",
+                 "--out", str(tmp_path / "t.npz")]) == 0  # fmt: skip
+    from hetgan.sampling import to_uint8
+
+    assert np.array_equal(np.load(tmp_path / "t.npz")["images"], to_uint8(G.sample(6, seed=3, truncation=0.5)))
+    assert main(["sample", "--artifact", str(path), "--interpolate", "1", "2", "--out", str(tmp_path / "w.mp4")]) == 2
+    assert "FILE.gif (an animation) or FILE.png (a strip)" in capsys.readouterr().err
+
+
+def test_report_shows_latent_walks_for_images_only(tmp_path):
+    from hetgan.report.html import build_report
+
+    run = train(tiny_config("ring8", arch="mlp"), out=tmp_path / "ring", progress=False)
+    assert "Latent walks" not in build_report(run).read_text()
+    cfg = tiny_config("mnist5k")
+    cfg.train.kimg = 0.016
+    page = build_report(train(cfg, out=tmp_path / "digits", progress=False)).read_text()
+    assert page.count('alt="walk seed') == 3

@@ -41,6 +41,29 @@ def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
+def latent_walks(run_dir: Path, pairs=((0, 1), (2, 3), (4, 5)), frames: int = 10) -> str:
+    """Figures of G_ema's walks from one seed's sample to another's (`hetgan sample --interpolate`):
+    a smooth walk says G maps nearby z to nearby images; jumps or repeats say it does not. Empty
+    for 2-D data and for a run with no generator yet."""
+    from hetgan.artifact import load_generator
+    from hetgan.errors import CheckpointError
+    from hetgan.sampling import grid_image, png_bytes
+
+    try:
+        G = load_generator(run_dir)
+    except CheckpointError:
+        return ""
+    if len(G.shape) != 3:
+        return ""
+    figures = []
+    for a, b in pairs:
+        strip = png_bytes(grid_image(G.interpolate(a, b, frames), ncol=frames))
+        uri = "data:image/png;base64," + base64.b64encode(strip).decode()
+        label = f"seed {a} to seed {b}"
+        figures.append(f'<figure><img src="{uri}" alt="walk {label}"><figcaption>{label}</figcaption></figure>')
+    return "<h2>Latent walks (G_ema, spherical interpolation of z)</h2>" + "".join(figures)
+
+
 def pick_grids(run_dir: Path) -> list[Path]:
     grids = sorted((run_dir / "samples").glob("step-*.png"))
     if len(grids) > MAX_GRIDS:  # evenly spaced, always keeping the first and last
@@ -103,6 +126,7 @@ def build_report(run_dir: Path, out: Path | None = None) -> Path:
 <p>{len(train)} training records, {len(evals)} evaluations.</p>
 {alarm_html}
 <h2>Samples over training (fixed z, G_ema)</h2><div class="grids">{grids}</div>
+{latent_walks(run_dir)}
 <h2>Plots</h2><div class="plots">{plot_imgs or "<p>No metrics yet.</p>"}</div>
 <h2>Metrics</h2>{metrics_table(train, evals, best)}
 <h2>Config</h2><pre>{html.escape((run_dir / "config.yaml").read_text())}</pre>

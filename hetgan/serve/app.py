@@ -23,7 +23,6 @@ import hmac
 import io
 import json
 import logging
-import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -33,6 +32,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from hetgan.artifact import slerp
 from hetgan.serve import require
 from hetgan.serve.batcher import Batcher, QueueFull
 from hetgan.serve.limits import ServeLimits
@@ -63,26 +63,6 @@ class InterpolateRequest(BaseModel):
     frames: int = Field(default=8, ge=2, le=2**31)
     truncation: float | None = Field(default=None, gt=0, le=1)
     format: Literal["png", "json"] = "png"
-
-
-def latent(n: int, z_dim: int, seed: int, truncation: float | None) -> np.ndarray:
-    """z for n samples of `seed`, as `hetgan sample --seed` draws it; truncation psi scales z toward
-    its mean 0 (psi < 1 trades variety for typical samples)."""
-    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
-    return (z * truncation if truncation is not None else z).numpy()
-
-
-def slerp(a: np.ndarray, b: np.ndarray, frames: int) -> np.ndarray:
-    """Spherical interpolation from a to b [z_dim] in `frames` steps: intermediate codes keep the
-    norm a Gaussian z has, which a straight line between two draws would shrink."""
-    omega = math.acos(float(np.clip(np.dot(a / np.linalg.norm(a), b / np.linalg.norm(b)), -1, 1)))
-    t = np.linspace(0, 1, frames)[:, None]
-    if omega < 1e-6:
-        out = (1 - t) * a + t * b
-    else:
-        out = (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / math.sin(omega)
-    out[0], out[-1] = a, b  # the ends are the two seeds' own codes, not their round-off
-    return out.astype(np.float32)
 
 
 class Metrics:
@@ -288,7 +268,7 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
             return error(422, validation_message(e))
         if req.n > limits.max_n:
             return error(413, f"n={req.n} is over this server's limit of {limits.max_n} samples per request")
-        out = await run(latent(req.n, G.z_dim, req.seed, req.truncation))
+        out = await run(G.latent(req.n, req.seed, req.truncation).numpy())
         if isinstance(out, JSONResponse):
             return out
         return encode(out, req.format, G, {"n": req.n, "seed": req.seed, "truncation": req.truncation})
@@ -304,8 +284,8 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
             return error(422, validation_message(e))
         if req.frames > limits.max_frames:
             return error(413, f"frames={req.frames} is over this server's limit of {limits.max_frames}")
-        a, b = (latent(1, G.z_dim, seed, req.truncation)[0] for seed in (req.seed_a, req.seed_b))
-        out = await run(slerp(a, b, req.frames))
+        a, b = (G.latent(1, seed, req.truncation)[0] for seed in (req.seed_a, req.seed_b))
+        out = await run(slerp(a, b, req.frames).numpy())
         if isinstance(out, JSONResponse):
             return out
         info = {"seed_a": req.seed_a, "seed_b": req.seed_b, "frames": req.frames}
