@@ -84,6 +84,7 @@ class LoopConfig:
     eval_kimg: float = 0.0  # metrics interval during training (--eval-every), 0 = off
     eval_n: int = 2000  # samples per evaluation during training
     evalnet: str = ""  # feature network file for FID; "" = the bundled digits net where it applies
+    tensorboard: bool = False  # also log scalars, grids and evals for TensorBoard (RUN_DIR/tensorboard)
 
 
 @dataclass

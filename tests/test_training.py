@@ -525,3 +525,24 @@ def test_progress_bar_counts_whole_images_and_stops_at_its_total(tiny, tmp_path,
     err = capsys.readouterr().err
     assert "20.0/20.0 [" in err and "img/s" in err and "24.0/20.0" not in err
     assert not re.search(r"\d\.\d{6,}/", err)  # no round-off in the count
+
+
+def test_tensorboard_gets_scalars_grids_and_evals(tmp_path):
+    """--set train.tensorboard=true: the standard SummaryWriter's event files, read back with
+    TensorBoard's own reader (issue 26)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config("mnist5k")
+    cfg.train.tensorboard, cfg.train.eval_kimg, cfg.train.eval_n = True, 0.08, 100
+    run = train(cfg, out=tmp_path / "run", progress=False)
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"train/loss_d", "train/loss_g", "train/d_acc", "eval/fid"} <= set(scalars)
+    assert [e.step for e in events.Scalars("eval/fid")] == [10, 20]
+    assert [e.step for e in events.Scalars("train/loss_d")] == list(range(2, 21, 2))
+    assert len(events.Images("samples")) == 2  # a grid each 0.08 kimg
+    assert not (tmp_path / "plain").exists()
+    cfg.train.tensorboard = False
+    assert not (train(cfg, out=tmp_path / "plain", progress=False) / "tensorboard").exists()

@@ -7,6 +7,7 @@ save a checkpoint and return cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -26,6 +27,7 @@ from hetgan.sampling import write_samples
 from hetgan.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from hetgan.training.monitor import Monitor, evaluator_for
 from hetgan.training.rundir import LOCK_NAME, MetricsWriter, new_run_dir, run_lock, run_log, write_config, write_machine
+from hetgan.training.tensorboard import Board
 from hetgan.training.trainer import Trainer
 
 log = logging.getLogger("hetgan")
@@ -164,6 +166,7 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
             )
             return TrainResult(run_dir, trainer.step_count, trainer.nimg / 1000, None, trainer.nonfinite_total, True)
         metrics.truncate_after(trainer.step_count)
+    metrics.board = Board(run_dir, cfg.train.tensorboard, trainer.step_count)
     write_config(run_dir, cfg)
     write_machine(run_dir, trainer.device)
     log.info("run directory %s; %s", run_dir, describe(trainer))
@@ -185,7 +188,8 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
         dynamic_ncols=True,
     )
     timer, logged_nimg = time.perf_counter(), trainer.nimg
-    with stop, bar, logging_redirect_tqdm():  # log lines above the bar, not written onto it
+    # Log lines go above the bar, not onto it; TensorBoard's events are flushed however the loop ends.
+    with stop, bar, logging_redirect_tqdm(), contextlib.closing(metrics.board):
         while trainer.nimg < total_nimg and not stop.requested:
             before = trainer.nimg
             result = trainer.step()
@@ -279,7 +283,9 @@ def crossed(before: int, after: int, interval_kimg: float) -> bool:
 def maintain(trainer: Trainer, run_dir: Path, before: int, monitor: Monitor, metrics: MetricsWriter) -> None:
     t = trainer.cfg.train
     if crossed(before, trainer.nimg, t.grid_kimg):
-        monitor.check_samples(save_grid(trainer, run_dir))
+        samples = save_grid(trainer, run_dir)
+        monitor.check_samples(samples)
+        metrics.board.grid(samples, trainer.step_count)
     if crossed(before, trainer.nimg, t.snapshot_kimg):
         snapshot(trainer, run_dir)
     if t.eval_kimg and crossed(before, trainer.nimg, t.eval_kimg):

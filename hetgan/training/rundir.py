@@ -124,8 +124,9 @@ def run_log(run_dir: Path) -> Iterator[None]:
 class MetricsWriter:
     """Appends one JSON line per record to metrics.jsonl, flushed so a crash loses at most one."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, board=None) -> None:
         self.path = run_dir / "metrics.jsonl"
+        self.board = board  # hetgan.training.tensorboard.Board: each record goes there too
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop records newer than the checkpoint, which the resumed run will redo."""
@@ -143,6 +144,8 @@ class MetricsWriter:
     def write(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(strict_json(record) + "\n")
+        if self.board is not None:
+            self.board.record(record)
 
 
 def machine_info(device: torch.device) -> dict:
