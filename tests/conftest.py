@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,19 @@ import torch
 from hetgan.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
+
+# Debian's Chromium, which .ci/run installs, and the flags it runs headless with here: no sandbox
+# as root, and none of its background connections (this machine has no network to give them).
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def GPU(test):

@@ -22,7 +22,7 @@ from hetgan.eval.score import Evaluator, evaluate
 from hetgan.report.html import build_report
 from hetgan.training import Trainer, train
 from hetgan.training.monitor import Monitor, rank
-from tests.conftest import GPU, strict_loads, tiny_config
+from tests.conftest import CHROMIUM, CHROMIUM_FLAGS, GPU, strict_loads, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -376,25 +376,11 @@ def test_report_is_self_contained(digits_run):
     assert "train:" in page and "evalnet" in page and "torch" in page  # config and machine sections
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_report_renders_in_headless_chromium(digits_run, tmp_path):
     report = build_report(digits_run)
-    flags = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ]
+    flags = [CHROMIUM, "--headless", *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run(
         [*flags, "--virtual-time-budget=5000", "--dump-dom", report.as_uri()],
         capture_output=True,

@@ -23,7 +23,7 @@ from hetgan.artifact import load_generator, save_generator
 from hetgan.models import build_models
 from hetgan.sampling import to_uint8
 from hetgan.serve.server import bind_warning
-from tests.conftest import run_benchmark, tiny_config
+from tests.conftest import CHROMIUM, CHROMIUM_FLAGS, run_benchmark, tiny_config
 
 
 def free_port() -> int:
@@ -260,18 +260,6 @@ def test_binding_beyond_loopback_warns():
     assert bind_warning("::1", None) is None
     assert "reachable from other machines, with no token" in bind_warning("0.0.0.0", None)
     assert "no token" not in bind_warning("0.0.0.0", "t")
-
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.mark.slow

@@ -257,15 +257,21 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
         except TimeoutError:
             return error(504, f"the request did not finish within {limits.timeout_s:g} s")
 
-    @app.post("/v1/generate")
-    async def generate(request: Request):
+    async def parse(request: Request, model: type[BaseModel]):
+        """The request's body as `model`, or the 4xx response that says what is wrong with it."""
         body = await read_json(request, limits.max_body_bytes)
         if isinstance(body, JSONResponse):
             return body
         try:
-            req = GenerateRequest.model_validate(body)
+            return model.model_validate(body)
         except ValidationError as e:
             return error(422, validation_message(e))
+
+    @app.post("/v1/generate")
+    async def generate(request: Request):
+        req = await parse(request, GenerateRequest)
+        if isinstance(req, JSONResponse):
+            return req
         if req.n > limits.max_n:
             return error(413, f"n={req.n} is over this server's limit of {limits.max_n} samples per request")
         out = await run(G.latent(req.n, req.seed, req.truncation).numpy())
@@ -275,13 +281,9 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
 
     @app.post("/v1/interpolate")
     async def interpolate(request: Request):
-        body = await read_json(request, limits.max_body_bytes)
-        if isinstance(body, JSONResponse):
-            return body
-        try:
-            req = InterpolateRequest.model_validate(body)
-        except ValidationError as e:
-            return error(422, validation_message(e))
+        req = await parse(request, InterpolateRequest)
+        if isinstance(req, JSONResponse):
+            return req
         if req.frames > limits.max_frames:
             return error(413, f"frames={req.frames} is over this server's limit of {limits.max_frames}")
         a, b = (G.latent(1, seed, req.truncation)[0] for seed in (req.seed_a, req.seed_b))
