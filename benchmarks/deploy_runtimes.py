@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import torch
 
 import hetgan
 from hetgan.bench.bench import FlopCount, matmul_peak
-from hetgan.deploy.bench import format_deploy, layer_kernels, run_deploy_bench
-from hetgan.deploy.export import export
-from hetgan.deploy.quantize import quantize
+from hetgan.deploy.bench import format_deploy, run_deploy_bench
 
 
 def trained(run: str | None, preset: str, kimg: float | None, out: Path) -> Path:
@@ -91,25 +88,20 @@ def compute_bound(run: Path, record: dict) -> list[str]:
     return lines
 
 
-def kernel_profile(run: Path) -> str:
-    """Per layer: the kernel and its milliseconds at batch 64, for each runtime and precision."""
-    G = hetgan.load_generator(run)
+def kernel_profile(record: dict) -> str:
+    """Per layer: the kernel and its milliseconds at batch 64, for each runtime and precision (the
+    rows' `kernels`, profiled by bench --deploy on the files it timed)."""
     lines = []
-    with tempfile.TemporaryDirectory() as tmp:
-        files = {"openvino fp32": Path(tmp) / "g.xml", "onnxruntime fp32": Path(tmp) / "g.onnx"}
-        for path in files.values():
-            export(G, "onnx" if path.suffix == ".onnx" else "openvino", path)
-        files |= {"openvino int8": Path(tmp) / "g8.xml", "onnxruntime int8": Path(tmp) / "g8.onnx"}
-        for name in ("openvino int8", "onnxruntime int8"):
-            quantize(G, files[name], quality_n=0)
-        for name, path in files.items():
-            kernels = [k for k in layer_kernels(hetgan.load_generator(path)) if k["ms"] > 0]
-            total = sum(k["ms"] for k in kernels)
-            lines.append(f"{name}: {total:.3f} ms per batch of 64 in its profiler")
-            for k in sorted(kernels, key=lambda k: -k["ms"])[:8]:
-                lines.append(
-                    f"  {k['ms']:7.3f} ms {100 * k['ms'] / total:5.1f} %  {k['op']:<24} {k['kernel']:<28} {k['layer']}"
-                )
+    for row in record["deploy"]["rows"]:
+        kernels = [k for k in row.get("kernels", []) if k["ms"] > 0]
+        if not kernels:
+            continue
+        total = sum(k["ms"] for k in kernels)
+        lines.append(f"{row['name']}: {total:.3f} ms per batch of 64 in its profiler")
+        for k in sorted(kernels, key=lambda k: -k["ms"])[:8]:
+            lines.append(
+                f"  {k['ms']:7.3f} ms {100 * k['ms'] / total:5.1f} %  {k['op']:<24} {k['kernel']:<28} {k['layer']}"
+            )
     return "\n".join(lines)
 
 
@@ -142,7 +134,7 @@ def main() -> None:
         print("compute bound:")
         print("\n".join(compute_bound(run, record)))
         print("kernels per layer (top 8 by time):")
-        print(kernel_profile(run))
+        print(kernel_profile(record))
     machine = record["machine"]
     print(f"\nmachine: {machine.get('cpu_model')}, {machine['cpu_count']} cores, torch {machine['torch']}")
 

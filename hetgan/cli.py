@@ -79,9 +79,11 @@ def add_source(p: argparse.ArgumentParser, exported: bool = False) -> None:
 
 
 def add_backend(p: argparse.ArgumentParser) -> None:
+    from hetgan.deploy.runtimes import BACKENDS
+
     p.add_argument(
         "--backend",
-        choices=["torch", "onnxruntime", "openvino", "tensorrt"],
+        choices=BACKENDS,
         help="what runs G (default: the file's: torch for a run or .safetensors, onnxruntime for .onnx, "
         "openvino for .xml); a run on another backend is exported in memory first",
     )
@@ -558,12 +560,10 @@ def folder_start(folder: Path, append: bool, overwrite: bool) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from hetgan.artifact import load_generator
-    from hetgan.eval.score import evaluate
+    from hetgan.eval.score import default_eval_n, evaluate
 
     out = json_path(args.json)
     G = load_generator(args.run or args.artifact, args.device, backend=args.backend, threads=args.threads)
-    from hetgan.eval.score import default_eval_n
-
     n = args.n if args.n is not None else default_eval_n(G)
     metrics = tuple(args.metrics) if args.metrics else None
     result = evaluate(

@@ -12,7 +12,9 @@ given. For each row:
 - the peak resident memory of a fresh process that loads the model and generates a batch of 256,
   importing only what that backend needs (numpy and the runtime; torch and hetgan for PyTorch);
 - the max abs error against PyTorch fp32 on fixed z (batch 1, 2, 64), and FID (2-D data: modes
-  captured) of n samples of the same z in the data's feature space.
+  captured) of n samples of the same z in the data's feature space;
+- for the ONNX Runtime and OpenVINO rows, which kernel ran each layer and for how long at batch
+  64 (`layer_kernels`, in the JSON only).
 """
 
 from __future__ import annotations
@@ -213,6 +215,8 @@ def run_deploy_bench(
         summarise(rows)
         for row in rows:
             row.result["peak_rss_mib"] = peak_memory_mib(row, threads)
+            if row.G.backend in ("onnxruntime", "openvino"):  # eager PyTorch has its own profiler script
+                row.result["kernels"] = layer_kernels(row.G)
     record = provenance(G.config, torch.device("cpu"))
     record["deploy"] = {
         "source": str(source),
