@@ -546,3 +546,14 @@ def test_tensorboard_gets_scalars_grids_and_evals(tmp_path):
     assert not (tmp_path / "plain").exists()
     cfg.train.tensorboard = False
     assert not (train(cfg, out=tmp_path / "plain", progress=False) / "tensorboard").exists()
+
+
+def test_tensorboard_without_its_package_fails_the_set_up_and_leaves_no_run(tiny, tmp_path, monkeypatch):
+    import sys
+
+    for module in ("tensorboard", "torch.utils.tensorboard"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it raises
+    tiny.train.tensorboard = True
+    with pytest.raises(HetganError, match=r"needs the package 'tensorboard'.*pip install 'hetgan\[tensorboard\]'"):
+        train(tiny, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

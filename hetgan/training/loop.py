@@ -27,7 +27,7 @@ from hetgan.sampling import write_samples
 from hetgan.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from hetgan.training.monitor import Monitor, evaluator_for
 from hetgan.training.rundir import LOCK_NAME, MetricsWriter, new_run_dir, run_lock, run_log, write_config, write_machine
-from hetgan.training.tensorboard import Board
+from hetgan.training.tensorboard import Board, summary_writer
 from hetgan.training.trainer import Trainer
 
 log = logging.getLogger("hetgan")
@@ -105,6 +105,8 @@ def run_training(
             trainer = Trainer(cfg)
             try:
                 evaluator = evaluator_for(trainer) if cfg.train.eval_kimg else None
+                if cfg.train.tensorboard:
+                    summary_writer()  # a missing package fails the set-up, not the first step
                 began = True
                 return _run(trainer, evaluator, run_dir, not fresh, allow_config_change, progress)
             finally:

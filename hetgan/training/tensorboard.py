@@ -16,22 +16,27 @@ from hetgan.errors import HetganError
 SKIPPED = ("step", "kimg", "eval")
 
 
+def summary_writer():
+    """torch's SummaryWriter, or an error naming the install: a run checks this in its set-up,
+    so a missing package leaves no run directory behind."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise HetganError(
+            "train.tensorboard=true needs the package 'tensorboard', which is not installed; "
+            "pip install 'hetgan[tensorboard]', or --set train.tensorboard=false"
+        ) from None
+    return SummaryWriter
+
+
 class Board:
     """A run's SummaryWriter, or nothing when the run does not ask for one."""
 
     def __init__(self, run_dir: Path, enabled: bool, step: int = 0) -> None:
         self.writer = None
-        if not enabled:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise HetganError(
-                "train.tensorboard=true needs the package 'tensorboard', which is not installed; "
-                "pip install 'hetgan[tensorboard]', or --set train.tensorboard=false"
-            ) from None
-        # A resumed run drops what was logged after its checkpoint, which it is about to redo.
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step or None)
+        if enabled:
+            # A resumed run drops what was logged after its checkpoint, which it is about to redo.
+            self.writer = summary_writer()(str(run_dir / "tensorboard"), purge_step=step or None)
 
     def record(self, record: dict) -> None:
         if self.writer is None:
