@@ -69,6 +69,7 @@ class Server:
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
+        self.proc.kill()
         raise SystemExit("the server did not become ready within 120 s")
 
     def rss_mib(self) -> float:
@@ -76,8 +77,15 @@ class Server:
         return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
 
     def stop(self) -> None:
+        """SIGTERM (it finishes what it accepted), then SIGKILL if it has not gone in 60 s: the
+        benchmark never leaves a server behind."""
         self.proc.terminate()
-        self.proc.wait(timeout=60)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            print("the server did not stop within 60 s of SIGTERM; killed", file=sys.stderr)
 
 
 def offline_img_per_s(source: str, backend: str | None, seconds: float, batch: int = 64) -> float:
