@@ -2,7 +2,9 @@
 
 D sees every image, real or generated, through the same random, differentiable transforms, so it
 cannot memorise a few thousand training images and G still gets gradients through them. All
-randomness comes from the run's checkpointed generator, so resumed runs stay bit-exact.
+randomness comes from the run's checkpointed generator, so resumed runs stay bit-exact; it is drawn
+for the global batch and a data-parallel rank keeps its part (`hetgan.shard`), so the images a
+rank sees are transformed as they would be in one process.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from hetgan.errors import ConfigError
+from hetgan.shard import WHOLE, Shard
 
 POLICIES = ("translation", "cutout")
 
@@ -24,21 +27,38 @@ def parse_policy(text: str) -> tuple[str, ...]:
     return names
 
 
-def augment(x: torch.Tensor, policy: tuple[str, ...], gen: torch.Generator) -> torch.Tensor:
-    """Apply each transform of `policy` to images [B, C, H, W]; other shapes pass through."""
+def augment(
+    x: torch.Tensor, policy: tuple[str, ...], gen: torch.Generator, shard: Shard = WHOLE, segments: int = 1
+) -> torch.Tensor:
+    """Apply each transform of `policy` to images [B, C, H, W] (this rank's part of a global batch
+    of `segments` equal parts, see Shard.part); other shapes pass through."""
     if x.dim() != 4:
         return x
+    draw = Draw(gen, shard, segments)
     for name in policy:
-        x = translation(x, gen) if name == "translation" else cutout(x, gen)
+        x = translation(x, draw) if name == "translation" else cutout(x, draw)
     return x
 
 
-def translation(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.125) -> torch.Tensor:
+class Draw:
+    """Integers drawn per image of the global batch from the run's generator; this rank's part."""
+
+    def __init__(self, gen: torch.Generator, shard: Shard = WHOLE, segments: int = 1) -> None:
+        self.gen, self.shard, self.segments = gen, shard, segments
+
+    def randint(self, low: int, high: int, B: int, device: torch.device) -> torch.Tensor:
+        """[B, 1, 1] integers in [low, high) on `device`, for this rank's B images."""
+        g = self.gen
+        values = torch.randint(low, high, (B * self.shard.world, 1, 1), generator=g, device=g.device)
+        return self.shard.part(values, self.segments).to(device)
+
+
+def translation(x: torch.Tensor, draw: Draw, ratio: float = 0.125) -> torch.Tensor:
     """Shift each image by up to `ratio` of its size, filling with -1 (black)."""
     B, C, H, W = x.shape
     sh, sw = int(H * ratio + 0.5), int(W * ratio + 0.5)
-    dy = torch.randint(-sh, sh + 1, (B, 1, 1), generator=gen, device=gen.device).to(x.device)
-    dx = torch.randint(-sw, sw + 1, (B, 1, 1), generator=gen, device=gen.device).to(x.device)
+    dy = draw.randint(-sh, sh + 1, B, x.device)
+    dx = draw.randint(-sw, sw + 1, B, x.device)
     rows = torch.arange(H, device=x.device).view(1, H, 1) + dy + sh  # [B, H, 1] into the padded image
     cols = torch.arange(W, device=x.device).view(1, 1, W) + dx + sw  # [B, 1, W]
     padded = F.pad(x, [sw, sw, sh, sh], value=-1.0)
@@ -46,12 +66,12 @@ def translation(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.125) -> 
     return padded[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous(memory_format=_format(x))  # [B, C, H, W]
 
 
-def cutout(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.5) -> torch.Tensor:
+def cutout(x: torch.Tensor, draw: Draw, ratio: float = 0.5) -> torch.Tensor:
     """Set one random square of `ratio` of the size per image to 0 (mid grey)."""
     B, C, H, W = x.shape
     ch, cw = int(H * ratio + 0.5), int(W * ratio + 0.5)
-    cy = torch.randint(0, H + (1 - ch % 2), (B, 1, 1), generator=gen, device=gen.device).to(x.device)
-    cx = torch.randint(0, W + (1 - cw % 2), (B, 1, 1), generator=gen, device=gen.device).to(x.device)
+    cy = draw.randint(0, H + (1 - ch % 2), B, x.device)
+    cx = draw.randint(0, W + (1 - cw % 2), B, x.device)
     top, left = cy - ch // 2, cx - cw // 2  # the square may hang over the border
     rows = torch.arange(H, device=x.device).view(1, H, 1)
     cols = torch.arange(W, device=x.device).view(1, 1, W)

@@ -116,7 +116,12 @@ def add_train(sub) -> None:
     )
     t.add_argument("--on-bad-image", choices=["error", "skip"])
     add_set(t)
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        help="continue an interrupted run exactly; `--out DIR --resume auto` continues DIR if it has a "
+        "checkpoint and starts it otherwise (for restarts: torchrun --max-restarts, Slurm requeues)",
+    )
     t.add_argument(
         "--allow-config-change",
         action="store_true",
@@ -321,6 +326,7 @@ def add_data(sub) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from hetgan.training import run_training
+    from hetgan.training.distributed import launched
 
     flags = {
         "train.kimg": args.kimg,
@@ -330,7 +336,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         "data.on_bad_image": args.on_bad_image,
     }
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + flag_overrides(args) + args.set
-    if args.resume:
+    auto = args.resume == "auto"
+    if auto and not args.out:
+        raise HetganError("--resume auto continues or starts the run directory given by --out: pass --out DIR")
+    if args.placement == "auto" and launched():
+        raise HetganError(
+            "--placement auto would tune on every rank, and the ranks could choose differently; run "
+            "`hetgan tune` once, outside torchrun, and pass the knobs it prints with --set"
+        )
+    if args.resume and not auto:
         if args.preset or args.config:
             raise HetganError(
                 f"{'--preset' if args.preset else '--config'} cannot be combined with --resume: the run's "
@@ -347,12 +361,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             allow_config_change=args.allow_config_change,
             progress=not args.no_progress,
         )
-        print(result.summary())
+        if result.main:
+            print(result.summary())
         return 0
     cfg = apply_overrides(base_config(args), overrides)
     if args.placement == "auto":
         cfg = run_tune(cfg, seconds=args.tune_seconds).config  # the choice goes into the run's config.yaml
-    print(run_training(cfg, out=args.out, progress=not args.no_progress).summary())
+    result = run_training(cfg, out=args.out, resume="auto" if auto else None, progress=not args.no_progress)
+    if result.main:  # one summary, from rank 0, however many ranks trained
+        print(result.summary())
     return 0
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from hetgan.augment import augment, parse_policy
 from hetgan.config import LossConfig
 from hetgan.registry import Registry
+from hetgan.shard import WHOLE, Shard
 
 Stats = dict[str, torch.Tensor]
 
@@ -28,20 +29,22 @@ def pack(x: torch.Tensor, m: int) -> torch.Tensor:
 class GANLoss:
     """Base class: packing, R1 and the bookkeeping every objective shares."""
 
-    def __init__(self, cfg: LossConfig, generator: torch.Generator, joint: bool = False) -> None:
+    def __init__(self, cfg: LossConfig, generator: torch.Generator, joint: bool = False, shard: Shard = WHOLE) -> None:
         self.pack = cfg.pack
         self.n_critic = cfg.n_critic
         self.r1_gamma = cfg.r1_gamma
         self.generator = generator  # the run's RNG, checkpointed, for any randomness in a loss
         self.augment = parse_policy(cfg.augment)
         self.joint = joint  # D's phase judges real and fake in one forward (accel.batch_layout)
+        self.shard = shard  # this rank's part of the global batch: random draws are made for all of it
 
-    def logits(self, D: nn.Module, x: torch.Tensor, augmented: bool = True) -> torch.Tensor:
-        """D's logits for x, seen through the augmentation policy (unless `augmented` is False)
-        and packed."""
-        x = augment(x, self.augment, self.generator) if augmented else x
-        # float(): objectives and penalties in fp32 whatever precision D ran in.
-        return D(pack(x, self.pack)).float()
+    def logits(self, D: nn.Module, x: torch.Tensor, augmented: bool = True, segments: int = 1) -> torch.Tensor:
+        """D's logits for x (`segments` equal parts, as Shard.part has them), seen through the
+        augmentation policy (unless `augmented` is False) and packed."""
+        x = augment(x, self.augment, self.generator, self.shard, segments) if augmented else x
+        logits = D(pack(x, self.pack))
+        # Objectives and penalties in fp32 (or float64) whatever precision D ran in.
+        return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
     def judge(
         self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, augmented: bool = True
@@ -50,7 +53,7 @@ class GANLoss:
         over both (fewer, larger products; the augmentation draws for both at once)."""
         if not self.joint:
             return self.logits(D, real, augmented), self.logits(D, fake, augmented)
-        both = self.logits(D, torch.cat([real, fake]), augmented)
+        both = self.logits(D, torch.cat([real, fake]), augmented, segments=2)
         n = len(real) // self.pack  # judgements of real samples; a pack never mixes the two
         return both[:n], both[n:]
 
@@ -116,8 +119,8 @@ class HingeLoss(GANLoss):
 class WGANGPLoss(GANLoss):
     """Wasserstein loss with gradient penalty on interpolates (Gulrajani et al. 2017)."""
 
-    def __init__(self, cfg: LossConfig, generator: torch.Generator, joint: bool = False) -> None:
-        super().__init__(cfg, generator, joint)
+    def __init__(self, cfg: LossConfig, generator: torch.Generator, joint: bool = False, shard: Shard = WHOLE) -> None:
+        super().__init__(cfg, generator, joint, shard)
         self.gp_lambda = cfg.gp_lambda
 
     def d_loss(self, D, real, fake):
@@ -135,7 +138,8 @@ class WGANGPLoss(GANLoss):
     def gradient_penalty(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         # One mixing weight per packed judgement, so a pack mixes consistently.
         n = len(real) // self.pack
-        eps = torch.rand(n, generator=self.generator, device=self.generator.device)
+        eps = torch.rand(n * self.shard.world, generator=self.generator, device=self.generator.device)
+        eps = self.shard.part(eps)
         # Drawn where the generator is (G's input device), used where D is.
         eps = eps.repeat_interleave(self.pack).view(-1, *([1] * (real.dim() - 1))).to(real.device, real.dtype)
         mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
@@ -144,5 +148,5 @@ class WGANGPLoss(GANLoss):
         return (grad.norm(2, dim=1) - 1).square().mean()
 
 
-def build_loss(cfg: LossConfig, generator: torch.Generator, joint: bool = False) -> GANLoss:
-    return LOSSES.get(cfg.name)(cfg, generator, joint)
+def build_loss(cfg: LossConfig, generator: torch.Generator, joint: bool = False, shard: Shard = WHOLE) -> GANLoss:
+    return LOSSES.get(cfg.name)(cfg, generator, joint, shard)

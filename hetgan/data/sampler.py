@@ -14,16 +14,19 @@ import torch
 
 from hetgan.data.images import LazyImages
 from hetgan.data.sources import Data, ImageData, Mixture
+from hetgan.shard import WHOLE, Shard
 
 
 class ImageSampler:
     """Shuffled epochs over a uint8 [N, C, H, W] tensor; batches are float in [-1, 1].
 
     The order of epoch e is a function of (seed, e) alone, so the position (epoch, offset) is the
-    whole sampler state: a resumed run draws exactly the batches the uninterrupted run would.
+    whole sampler state: a resumed run draws exactly the batches the uninterrupted run would. A
+    data-parallel rank (`shard`) walks the same order and keeps its part of each global batch.
     """
 
-    def __init__(self, data: ImageData, seed: int, device: torch.device) -> None:
+    def __init__(self, data: ImageData, seed: int, device: torch.device, shard: Shard = WHOLE) -> None:
+        self.shard = shard
         if isinstance(data.images, LazyImages):  # decoded batch by batch, on the CPU
             self.images, self.device = data.images, torch.device("cpu")
         else:
@@ -43,7 +46,8 @@ class ImageSampler:
         return to_device(perm, self.device)
 
     def next(self, batch_size: int) -> torch.Tensor:
-        """The next batch, float [B, C, H, W] in [-1, 1] on the sampler's device."""
+        """This rank's part of the next global batch of `batch_size`: float [B / world, C, H, W] in
+        [-1, 1] on the sampler's device."""
         return to_unit_range(self.next_uint8(batch_size))
 
     def next_uint8(self, batch_size: int) -> torch.Tensor:
@@ -56,7 +60,7 @@ class ImageSampler:
             if self.offset == len(self.images):
                 self.epoch, self.offset = self.epoch + 1, 0
                 self._perm = self._permutation(self.epoch)
-        index = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        index = self.shard.part(chunks[0] if len(chunks) == 1 else torch.cat(chunks))
         if isinstance(self.images, LazyImages):
             return torch.from_numpy(self.images[index.numpy()])
         return self.images[index]  # [B, C, H, W] uint8
@@ -74,7 +78,8 @@ class ImageSampler:
 class MixtureSampler:
     """Fresh points from a 2-D Gaussian mixture for every batch; state is its RNG state."""
 
-    def __init__(self, data: Mixture, seed: int, device: torch.device) -> None:
+    def __init__(self, data: Mixture, seed: int, device: torch.device, shard: Shard = WHOLE) -> None:
+        self.shard = shard
         self.modes = torch.from_numpy(data.modes)
         self.sigma = data.sigma
         self.device = device
@@ -83,7 +88,8 @@ class MixtureSampler:
     def next(self, batch_size: int) -> torch.Tensor:
         which = torch.randint(len(self.modes), (batch_size,), generator=self.generator)
         noise = torch.randn(batch_size, 2, generator=self.generator) * self.sigma
-        return to_device(self.modes[which] + noise, self.device)  # [B, 2]
+        points = self.shard.part(self.modes[which] + noise).to(torch.get_default_dtype())
+        return to_device(points, self.device)  # [B / world, 2]
 
     def state_dict(self) -> dict:
         return {"rng": self.generator.get_state()}
@@ -101,7 +107,8 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(127.5).sub_(1.0)
+    """uint8 in [0, 255] -> [-1, 1], in torch's default dtype (float32 unless set otherwise)."""
+    return images.to(torch.get_default_dtype()).div_(127.5).sub_(1.0)
 
 
 class PrefetchSampler:
@@ -112,8 +119,8 @@ class PrefetchSampler:
     checkpointable position as ImageSampler.
     """
 
-    def __init__(self, data: ImageData, seed: int, device: torch.device, depth: int = 3) -> None:
-        self.cpu = ImageSampler(data, seed, torch.device("cpu"))  # the order logic, on the host
+    def __init__(self, data: ImageData, seed: int, device: torch.device, depth: int = 3, shard: Shard = WHOLE) -> None:
+        self.cpu = ImageSampler(data, seed, torch.device("cpu"), shard)  # the order logic, on the host
         self.device = device
         self.depth = depth
         self._state = self.cpu.state_dict()  # position after the last batch handed out
@@ -184,15 +191,20 @@ class PrefetchSampler:
 
 
 def make_sampler(
-    data: Data, seed: int, device: torch.device, loader: str = "auto", resident_max_mb: int = 2048
+    data: Data,
+    seed: int,
+    device: torch.device,
+    loader: str = "auto",
+    resident_max_mb: int = 2048,
+    shard: Shard = WHOLE,
 ) -> ImageSampler | MixtureSampler | PrefetchSampler:
     """Mixtures are sampled directly; images live on the device unless they are larger than
     `resident_max_mb` on an accelerator (loader 'auto'), loader is 'prefetch', or they are
     decoded as they are needed (loader 'stream': LazyImages), always ahead of the step."""
     device = torch.device(device)
     if isinstance(data, Mixture):
-        return MixtureSampler(data, seed, device)
+        return MixtureSampler(data, seed, device, shard)
     too_big = device.type != "cpu" and data.images.nbytes > resident_max_mb * 2**20
     if loader in ("prefetch", "stream") or (loader == "auto" and too_big):
-        return PrefetchSampler(data, seed, device)
-    return ImageSampler(data, seed, device)
+        return PrefetchSampler(data, seed, device, shard=shard)
+    return ImageSampler(data, seed, device, shard)

@@ -21,10 +21,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from hetgan.artifact import ARTIFACT_NAME, recalibrated_copy, save_generator
 from hetgan.config import RESUMABLE_FIELDS, TrainConfig, apply_overrides, from_dict, load_yaml, to_dict
 from hetgan.data import Mixture, absolute_path, absolute_spec, colour_warning, describe_data
-from hetgan.errors import CheckpointError
+from hetgan.errors import CheckpointError, HetganError
+from hetgan.placement import resolve_device
 from hetgan.report.plots import make_plots
 from hetgan.sampling import write_samples
-from hetgan.training.checkpoint import load_latest_checkpoint, save_checkpoint
+from hetgan.training import distributed
+from hetgan.training.checkpoint import list_checkpoints, load_latest_checkpoint, read_checkpoint, save_checkpoint
+from hetgan.training.distributed import Distributed
 from hetgan.training.monitor import Monitor, evaluator_for
 from hetgan.training.rundir import LOCK_NAME, MetricsWriter, new_run_dir, run_lock, run_log, write_config, write_machine
 from hetgan.training.tensorboard import Board, summary_writer
@@ -59,6 +62,7 @@ class TrainResult:
     stopped_by: str | None  # "SIGINT"/"SIGTERM" when interrupted, None when finished
     nonfinite_steps: int
     already_done: bool = False  # resumed a finished run that had reached train.kimg: nothing ran
+    main: bool = True  # rank 0 (or a single process): the rank that wrote the run directory
 
     def summary(self) -> str:
         if self.already_done:
@@ -89,31 +93,68 @@ def run_training(
     allow_config_change: bool = False,
     progress: bool = True,
 ) -> TrainResult:
-    """`train`, returning how the run ended (the CLI prints its `summary()`)."""
-    fresh = resume is None
-    if fresh:
+    """`train`, returning how the run ended (the CLI prints its `summary()`).
+
+    `resume="auto"` with `out`: continue `out` from its last checkpoint if it has one, else start
+    it (again) from step 0, so that the same call both starts a run and continues it after a
+    restart (torchrun --max-restarts, a Slurm requeue). Under torchrun, or in an initialised
+    process group, every rank calls this and the run is trained data-parallel (distributed.py).
+    """
+    auto = str(resume) == "auto"
+    if auto and out is None:
+        raise HetganError("resume='auto' continues or starts the run directory `out`: pass out=DIR (--out DIR)")
+    if resume is None or auto:
         cfg = with_absolute_paths((cfg or TrainConfig()).validate())
-        made_dir = out is None or not Path(out).exists()
-        run_dir = new_run_dir(out, cfg.preset)
     else:
-        run_dir = Path(resume)
-        cfg = resumed_config(run_dir, overrides or [])
+        cfg = resumed_config(Path(resume), overrides or [])
+    dist = distributed.setup(resolve_device(cfg.accel.device, "accel.device"))
+    try:
+        dist.name_logs()
+        return _train_in(cfg, out, resume, allow_config_change, progress and dist.is_main, dist)
+    finally:
+        dist.close()
+
+
+def _train_in(cfg: TrainConfig, out, resume, allow_change: bool, progress: bool, dist: Distributed) -> TrainResult:
+    """Open the run directory (rank 0 makes it, every rank learns where it is), then train in it."""
+    run_dir, resuming, made_dir = open_run_dir(cfg, out, resume, dist)
+    main = dist.is_main
     locked = began = False
     try:
-        with run_lock(run_dir), run_log(run_dir):
+        idle = contextlib.nullcontext()  # the other ranks neither lock nor log into the run directory
+        with run_lock(run_dir) if main else idle, run_log(run_dir) if main else idle:
             locked = True  # the folder is ours: another run holding it is never cleaned away
-            trainer = Trainer(cfg)
+            trainer = Trainer(cfg, dist=dist)
             try:
-                evaluator = evaluator_for(trainer) if cfg.train.eval_kimg else None
+                evaluator = evaluator_for(trainer) if cfg.train.eval_kimg and main else None
                 if cfg.train.tensorboard:
                     summary_writer()  # a missing package fails the set-up, not the first step
                 began = True
-                return _run(trainer, evaluator, run_dir, not fresh, allow_config_change, progress)
+                return _run(trainer, evaluator, run_dir, resuming, allow_change, progress)
             finally:
                 trainer.close()
     finally:
-        if fresh and locked and not began:  # the set-up failed (bad data, a device it lacks, no feature net)
+        # The set-up failed (bad data, a device it lacks, no feature net): leave no empty run behind.
+        if main and not resuming and locked and not began:
             discard_empty_run(run_dir, made_dir)
+
+
+def open_run_dir(cfg: TrainConfig, out, resume, dist: Distributed) -> tuple[Path, bool, bool]:
+    """(run directory, whether it resumes, whether this call made the folder), decided on rank 0."""
+
+    def decide() -> str:
+        if resume is not None and str(resume) != "auto":
+            return f"{resume}\n1\n0"
+        made = not Path(out).exists() if out is not None else True
+        if str(resume) == "auto" and list_checkpoints(Path(out) / "checkpoints"):
+            return f"{out}\n1\n0"
+        if str(resume) == "auto" and Path(out).is_dir() and (Path(out) / "config.yaml").is_file():
+            log.info("%s has no committed checkpoint yet: its run starts again from step 0", out)
+            return f"{out}\n0\n0"
+        return f"{new_run_dir(out, cfg.preset)}\n0\n{int(made)}"
+
+    path, resuming, made = dist.from_main(decide).split("\n")
+    return Path(path), resuming == "1", made == "1"
 
 
 def discard_empty_run(run_dir: Path, made_dir: bool) -> None:
@@ -153,9 +194,9 @@ def absolute_paths(raw: dict) -> dict:
 
 
 def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_change: bool, progress: bool) -> TrainResult:
-    cfg = trainer.cfg
+    cfg, main = trainer.cfg, trainer.dist.is_main
     total_nimg = int(cfg.train.kimg * 1000)
-    metrics = MetricsWriter(run_dir)
+    metrics = MetricsWriter(run_dir, enabled=main)  # rank 0 writes the run directory
     if resuming:
         restore(trainer, run_dir, allow_change)
         if trainer.nimg >= total_nimg and (run_dir / ARTIFACT_NAME).exists():
@@ -166,17 +207,20 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
                 trainer.nimg / 1000,
                 cfg.train.kimg,
             )
-            return TrainResult(run_dir, trainer.step_count, trainer.nimg / 1000, None, trainer.nonfinite_total, True)
-        metrics.truncate_after(trainer.step_count)
-    metrics.board = Board(run_dir, cfg.train.tensorboard, trainer.step_count)
-    write_config(run_dir, cfg)
-    write_machine(run_dir, trainer.device)
+            return TrainResult(
+                run_dir, trainer.step_count, trainer.nimg / 1000, None, trainer.nonfinite_total, True, main
+            )
+    metrics.truncate_after(trainer.step_count)  # records the run is about to redo (all, from step 0)
+    metrics.board = Board(run_dir, cfg.train.tensorboard and main, trainer.step_count)
+    if main:
+        write_config(run_dir, cfg)
+        write_machine(run_dir, trainer.device)
     log.info("run directory %s; %s", run_dir, describe(trainer))
     log.info("data %s", describe_data(trainer.data, cfg.data.spec))
     if warning := colour_warning(trainer.data):
         log.warning("%s", warning)
     monitor = Monitor(trainer, run_dir, evaluator)
-    if trainer.step_count == 0:
+    if trainer.step_count == 0 and main:
         save_grid(trainer, run_dir)
     stop = StopSignal()
     # Counted in whole images and shown scaled (12.3k/200k img): float kimg added up step by step
@@ -192,7 +236,7 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
     timer, logged_nimg = time.perf_counter(), trainer.nimg
     # Log lines go above the bar, not onto it; TensorBoard's events are flushed however the loop ends.
     with stop, bar, logging_redirect_tqdm(), contextlib.closing(metrics.board):
-        while trainer.nimg < total_nimg and not stop.requested:
+        while trainer.nimg < total_nimg and not stop.agreed(trainer.dist):
             before = trainer.nimg
             result = trainer.step()
             bar.update(min(trainer.nimg, total_nimg) - bar.n)
@@ -201,21 +245,25 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
                 img_s = cfg.train.log_interval * (trainer.nimg - before) / elapsed
                 logged_nimg = trainer.nimg
                 trainer.settle()
-                monitor.check_record(log_metrics(trainer, result.floats(), img_s, metrics, bar))
+                record = log_metrics(trainer, result.floats(), img_s, metrics, bar)
+                if main:
+                    monitor.check_record(record)
             maintain(trainer, run_dir, before, monitor, metrics)
             if monitor.alarms:
                 bar.set_description(f"ALARM x{len(monitor.alarms)} (see log)")
         trainer.settle()
         if trainer.nimg > logged_nimg:  # steps since the last log line (all of a short run's): their record
             img_s = (trainer.nimg - logged_nimg) / (time.perf_counter() - timer)
-            monitor.check_record(log_metrics(trainer, result.floats(), img_s, metrics, bar))
+            record = log_metrics(trainer, result.floats(), img_s, metrics, bar)
+            if main:
+                monitor.check_record(record)
         stopped_by = stop.requested
         if stopped_by:
             snapshot(trainer, run_dir)
             log.info("stopped by %s at step %d; checkpoint saved", stopped_by, trainer.step_count)
         else:  # a signal from here on waits for the final outputs: the run has trained all it was asked
             finish(trainer, run_dir)
-    return TrainResult(run_dir, trainer.step_count, trainer.nimg / 1000, stopped_by, trainer.nonfinite_total)
+    return TrainResult(run_dir, trainer.step_count, trainer.nimg / 1000, stopped_by, trainer.nonfinite_total, main=main)
 
 
 def describe(trainer: Trainer) -> str:
@@ -228,7 +276,15 @@ def describe(trainer: Trainer) -> str:
 
 
 def restore(trainer: Trainer, run_dir: Path, allow_change: bool) -> None:
-    path, tensors, meta = load_latest_checkpoint(run_dir / "checkpoints")
+    """Load the newest good checkpoint: rank 0 picks (and verifies) it, every rank reads that one."""
+    picked = {}
+
+    def pick() -> str:
+        picked["checkpoint"] = load_latest_checkpoint(run_dir / "checkpoints")
+        return str(picked["checkpoint"][0])
+
+    path = Path(trainer.dist.from_main(pick))
+    _, tensors, meta = picked["checkpoint"] if picked else (path, *read_checkpoint(path))
     changed = config_differences(absolute_paths(with_defaults(meta["config"])), to_dict(trainer.cfg))
     if changed and not allow_change:
         raise CheckpointError(
@@ -265,6 +321,7 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
 
 
 def log_metrics(trainer: Trainer, losses: dict, img_s: float, metrics: MetricsWriter, bar) -> dict:
+    losses = trainer.dist.mean_floats(losses)  # every rank's losses: the global batch's
     record = {
         "step": trainer.step_count,
         "kimg": round(trainer.nimg / 1000, 3),
@@ -283,14 +340,14 @@ def crossed(before: int, after: int, interval_kimg: float) -> bool:
 
 
 def maintain(trainer: Trainer, run_dir: Path, before: int, monitor: Monitor, metrics: MetricsWriter) -> None:
-    t = trainer.cfg.train
-    if crossed(before, trainer.nimg, t.grid_kimg):
+    t, main = trainer.cfg.train, trainer.dist.is_main
+    if main and crossed(before, trainer.nimg, t.grid_kimg):
         samples = save_grid(trainer, run_dir)
         monitor.check_samples(samples)
         metrics.board.grid(samples, trainer.step_count)
     if crossed(before, trainer.nimg, t.snapshot_kimg):
         snapshot(trainer, run_dir)
-    if t.eval_kimg and crossed(before, trainer.nimg, t.eval_kimg):
+    if main and t.eval_kimg and crossed(before, trainer.nimg, t.eval_kimg):
         record = monitor.evaluate()
         metrics.write(record)
         log.info("eval at %.1f kimg: %s", record["kimg"], summary(record))
@@ -324,14 +381,16 @@ def save_grid(trainer: Trainer, run_dir: Path, name: str | None = None) -> torch
     return samples
 
 
-def snapshot(trainer: Trainer, run_dir: Path) -> Path:
-    tensors, meta = trainer.state()
-    path = save_checkpoint(
-        run_dir / "checkpoints", trainer.step_count, tensors, meta, keep=trainer.cfg.train.keep_checkpoints
-    )
+def snapshot(trainer: Trainer, run_dir: Path) -> None:
+    """Commit a checkpoint of the current step; every rank calls it, rank 0 writes."""
+    trainer.sync_for_save()
+    if trainer.dist.is_main:
+        tensors, meta = trainer.state()
+        path = save_checkpoint(
+            run_dir / "checkpoints", trainer.step_count, tensors, meta, keep=trainer.cfg.train.keep_checkpoints
+        )
+        log.info("step %d (%.1f kimg): checkpoint %s", trainer.step_count, trainer.nimg / 1000, path.name)
     trainer.saved_step = trainer.step_count
-    log.info("step %d (%.1f kimg): checkpoint %s", trainer.step_count, trainer.nimg / 1000, path.name)
-    return path
 
 
 def finish(trainer: Trainer, run_dir: Path) -> None:
@@ -339,16 +398,18 @@ def finish(trainer: Trainer, run_dir: Path) -> None:
     an artifact is finished. One killed before that resumes into `finish` again (no steps left)."""
     if trainer.saved_step != trainer.step_count:
         snapshot(trainer, run_dir)
-    save_grid(trainer, run_dir, "final.png")
-    make_plots(run_dir)
-    artifact = save_generator(trainer.G_ema, trainer.cfg, run_dir / ARTIFACT_NAME, run_dir.name)
-    log.info(
-        "done: %d steps, %.1f kimg, %d non-finite steps skipped; generator %s",
-        trainer.step_count,
-        trainer.nimg / 1000,
-        trainer.nonfinite_total,
-        artifact,
-    )
+    if trainer.dist.is_main:
+        save_grid(trainer, run_dir, "final.png")
+        make_plots(run_dir)
+        artifact = save_generator(trainer.G_ema, trainer.cfg, run_dir / ARTIFACT_NAME, run_dir.name)
+        log.info(
+            "done: %d steps, %.1f kimg, %d non-finite steps skipped; generator %s",
+            trainer.step_count,
+            trainer.nimg / 1000,
+            trainer.nonfinite_total,
+            artifact,
+        )
+    trainer.dist.barrier()  # the run is finished for every rank once its outputs are written
 
 
 class StopSignal:
@@ -357,6 +418,12 @@ class StopSignal:
     def __init__(self) -> None:
         self.requested: str | None = None
         self._previous: dict = {}
+
+    def agreed(self, dist: Distributed) -> bool:
+        """Whether to stop now: on every rank alike, once a signal reached any of them."""
+        if dist.any_host(self.requested is not None) and not self.requested:
+            self.requested = "a signal to another rank"
+        return self.requested is not None
 
     def _handle(self, signum, frame) -> None:
         self.requested = signal.Signals(signum).name

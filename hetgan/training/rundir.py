@@ -124,13 +124,14 @@ def run_log(run_dir: Path) -> Iterator[None]:
 class MetricsWriter:
     """Appends one JSON line per record to metrics.jsonl, flushed so a crash loses at most one."""
 
-    def __init__(self, run_dir: Path, board=None) -> None:
+    def __init__(self, run_dir: Path, board=None, enabled: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.board = board  # hetgan.training.tensorboard.Board: each record goes there too
+        self.enabled = enabled  # False on the data-parallel ranks other than rank 0
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop records newer than the checkpoint, which the resumed run will redo."""
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         kept = []
         for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -142,6 +143,8 @@ class MetricsWriter:
         atomic_write_bytes(self.path, ("\n".join(kept) + "\n" if kept else "").encode())
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(strict_json(record) + "\n")
         if self.board is not None:

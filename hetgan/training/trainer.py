@@ -42,6 +42,7 @@ from hetgan.models import build_models
 from hetgan.models.layers import batch_coupled
 from hetgan.placement import input_device, resolve_device, split_network
 from hetgan.training.checkpoint import flatten_optimizer, restore_optimizer
+from hetgan.training.distributed import Distributed
 from hetgan.training.graphed import StepGraph
 
 log = logging.getLogger("hetgan")
@@ -100,14 +101,25 @@ def joint_batch(cfg: TrainConfig, D: nn.Module) -> bool:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, data: Data | None = None) -> None:
+    """With `dist` (a process group, see distributed.py), one data-parallel rank of a run: the
+    same state as every other rank, computing on its part of each global batch."""
+
+    def __init__(self, cfg: TrainConfig, data: Data | None = None, dist: Distributed | None = None) -> None:
         self.cfg = cfg.validate()  # a config built in Python gets the checks `--set` gets
+        self.dist = dist or Distributed()
         accel = cfg.accel
         apply_backend_flags(accel)
-        self.device = resolve_device(accel.device, "accel.device")
-        self.g_device = resolve_device(accel.g_device, "accel.g_device") if accel.g_device else self.device
-        self.d_device = resolve_device(accel.d_device, "accel.d_device") if accel.d_device else self.device
-        torch.manual_seed(cfg.seed)  # model init
+        device = self._device
+        self.device = device(accel.device, "accel.device")
+        self.g_device = device(accel.g_device, "accel.g_device") if accel.g_device else self.device
+        self.d_device = device(accel.d_device, "accel.d_device") if accel.d_device else self.device
+        if self.dist.active and accel.cuda_graphs:
+            raise ConfigError(
+                "accel.cuda_graphs captures one process's whole step, which cannot hold the gradient "
+                "all-reduce of data-parallel training; drop --set accel.cuda_graphs=true under torchrun"
+            )
+        self.local_batch = self.dist.shard.local_batch(cfg.train.batch_size, cfg.loss.pack)
+        torch.manual_seed(cfg.seed)  # model init: the same weights on every rank
         self.data = data if data is not None else load_data(cfg.data)
         self.G, self.D = self._place(*build_models(cfg))
         self.g_device_types = {p.device.type for p in self.G.parameters()}  # autocast on each of these
@@ -118,9 +130,12 @@ class Trainer:
         self.opt_D = make_optimizer(self.D.parameters(), cfg.optim.d_lr, betas, accel.optimizer_impl)
         self.z_device = input_device(self.G, self.g_device)
         self.rng = torch.Generator(self.z_device).manual_seed(cfg.seed + 1)
-        self.loss = build_loss(cfg.loss, self.rng, joint=joint_batch(cfg, self.D))
+        shard = self.dist.shard
+        self.loss = build_loss(cfg.loss, self.rng, joint=joint_batch(cfg, self.D), shard=shard)
         self.data_device = input_device(self.D, self.d_device)  # where real batches live
-        self.sampler = make_sampler(self.data, cfg.seed, self.data_device, cfg.data.loader, cfg.data.resident_max_mb)
+        self.sampler = make_sampler(
+            self.data, cfg.seed, self.data_device, cfg.data.loader, cfg.data.resident_max_mb, shard
+        )
         self.G_fwd, self.D_fwd = compiled(self.G, self.D, accel, cfg.loss)
         self.g_precision, self.d_precision = accel.precision, d_precision(accel, cfg.loss)
         self.graph = StepGraph(self) if accel.cuda_graphs else None  # the step captured whole
@@ -149,6 +164,9 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self._unsettled: list[tuple[int, StepResult]] = []  # steps not yet counted by settle()
+
+    def _device(self, name: str, field: str) -> torch.device:
+        return self.dist.localize(resolve_device(name, field))  # a bare "cuda" is this rank's GPU
 
     def close(self) -> None:
         """Stop the sampler's worker thread, if it has one (prefetched or streamed data); a
@@ -186,11 +204,12 @@ class Trainer:
         return result
 
     def _inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A D phase's real batch and z."""
+        """A D phase's real batch and z: this rank's part of the global batch's."""
+        B = self.cfg.train.batch_size
         with self.phase("data"):
-            real = self._layout(self.sampler.next(self.cfg.train.batch_size))
+            real = self._layout(self.sampler.next(B))
         with self.phase("g_forward"):
-            z = torch.randn(self.cfg.train.batch_size, self.cfg.model.z_dim, generator=self.rng, device=self.z_device)
+            z = self.dist.shard.part(torch.randn(B, self.cfg.model.z_dim, generator=self.rng, device=self.z_device))
         return real, z
 
     def iterate(self, result: StepResult, inputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
@@ -206,7 +225,7 @@ class Trainer:
             if fake.device != real.device:
                 with self.phase("transfer"):
                     fake = fake.to(real.device)  # differentiable: G's gradient comes back over it
-            if self.d_precision == "fp32" and fake.dtype != torch.float32:
+            if self.d_precision == "fp32" and fake.dtype in (torch.float16, torch.bfloat16):
                 fake = fake.float()  # G ran in reduced precision, D does not autocast
             self._d_phase(real, fake, result)
         self._g_phase(fake, result)
@@ -267,6 +286,7 @@ class Trainer:
         bad = ~torch.isfinite(loss.detach())
         if not self.skip_on_device or flag_needs_host(bad.device, self.flag_readers[phase]):
             bad = bool(bad)
+        bad = self.dist.any(bad)  # every rank skips the phase if one must (distributed.py)
         before = result.nonfinite.get(phase)
         result.nonfinite[phase] = bad if before is None else before | bad
         return bad
@@ -284,6 +304,8 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         with self.phase(f"{name}_backward"):
             (scaler.scale(loss) if scaler else loss).backward()
+        with self.phase(f"{name}_allreduce"):
+            self.dist.average_gradients(p for group in opt.param_groups for p in group["params"])
         with self.phase(f"{name}_optimizer"):
             if scaler:
                 scaler.step(opt)  # skipped by the scaler itself when fp16 gradients overflowed
@@ -342,6 +364,18 @@ class Trainer:
                 )
 
     # --- checkpoint state ---------------------------------------------------------------------
+    def sync_for_save(self) -> None:
+        """Before rank 0 saves: BatchNorm's running statistics averaged over the ranks, then the
+        whole state checked equal on every rank (distributed.py). A single process: nothing."""
+        if not self.dist.active:
+            return
+        for net in (self.G, self.D, self.G_ema):
+            self.dist.average_buffers(net)
+        tensors, _ = self.state()
+        tensors["step"] = torch.tensor([self.step_count, self.nimg, self.nonfinite_total])
+        # All but torch's global CPU stream, which training does not draw from (rank 0's grids may).
+        self.dist.check_same("the training state", (tensors[k] for k in sorted(tensors) if k != "rng.torch_cpu"))
+
     def _scalers(self) -> dict[str, torch.amp.GradScaler]:
         return {name: s for name, s in (("scaler_G", self.scaler_G), ("scaler_D", self.scaler_D)) if s}
 
