@@ -222,6 +222,22 @@ def launched() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
+def restart_store() -> dist.Store | None:
+    """torchrun's own key-value store, with this restart's keys kept apart from earlier attempts'.
+
+    torchrun lets the workers share the store its agent hosts, and a group restarted after a
+    worker died (--max-restarts) read the dead worker's gloo address from it: "Gloo connectFullMesh
+    failed ... Connection refused" (pytorch/pytorch#135712; seen here with torch 2.13). Keys under
+    a prefix named for the restart count, which the agent gives every worker it (re)starts, cannot
+    be stale. None where torchrun does not share its store (init_process_group's env:// then).
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    store = dist.TCPStore(host, port, is_master=False, timeout=TIMEOUT)
+    return dist.PrefixStore(f"hetgan/restart-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 def setup(device: torch.device) -> Distributed:
     """The process group this process trains in: an existing one, one made from torchrun's
     environment (NCCL for CUDA, else gloo), or none (a single process)."""
@@ -234,7 +250,12 @@ def setup(device: torch.device) -> Distributed:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend, timeout=TIMEOUT)
+        store = restart_store()
+        if store is None:
+            dist.init_process_group(backend, timeout=TIMEOUT)
+        else:
+            rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=TIMEOUT)
         owned = True
     backend = dist.get_backend()
     if backend not in ("nccl", "gloo"):
