@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from hetgan.shard import Shard
 from hetgan.training import train
 from hetgan.training.rundir import write_config
 from hetgan.training.trainer import Trainer
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, benchmark_module, tiny_config
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 WORKER = ROOT / "tests" / "distributed_worker.py"
@@ -175,10 +176,32 @@ def dead_parameters(state: dict[str, torch.Tensor], names: list[str]) -> set[str
     return dead
 
 
-def torchrun(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
-    done = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kw)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
+def torchrun(*args: str, timeout: float = 240, check: bool = True) -> tuple[int, str]:
+    """Run torchrun with `args` to its end; (exit status, what it and its workers printed)."""
+    with tempfile.TemporaryFile("w+") as log:
+        with started([*TORCHRUN, *args], log) as proc:
+            code = proc.wait(timeout=timeout)
+        log.seek(0)
+        output = log.read()
+    assert code == 0 or not check, output[-4000:]
+    return code, output
+
+
+@contextlib.contextmanager
+def started(cmd: list[str], log):
+    """A process in a session of its own writing to `log` (a path or a file: a pipe nobody reads
+    would fill and stall it). The test ends it and everything it started (torchrun's workers) if
+    it is still running, so no rank is left waiting in a collective."""
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(open(log, "w")) if isinstance(log, Path) else log
+        proc = stack.enter_context(
+            subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        )
+        try:
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def compared(state: dict[str, torch.Tensor], dead: set[str]) -> dict[str, torch.Tensor]:
@@ -275,18 +298,6 @@ def two_rank_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dp") / "reference"
     torchrun(*launch(out, nproc=2), "--resume", "auto")
     return out
-
-
-@contextlib.contextmanager
-def started(cmd: list[str], log: Path):
-    """A process writing to `log` (a pipe nobody reads would fill and stall it), killed if the
-    test leaves it running."""
-    with open(log, "w") as f, subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT) as proc:
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -449,8 +460,20 @@ def test_placement_auto_is_refused_under_torchrun(monkeypatch, capsys, tmp_path)
 @pytest.mark.slow
 def test_a_global_batch_that_does_not_split_over_the_ranks_fails_clearly_on_every_rank(tmp_path):
     out = tmp_path / "run"
-    cmd = [*TORCHRUN, *launch(out), "--set", "train.batch_size=51"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
-    assert done.returncode != 0
-    assert done.stderr.count("train.batch_size=51 is the global batch and must split evenly over 2 ranks") == 2
+    code, output = torchrun(*launch(out), "--set", "train.batch_size=51", check=False)
+    assert code != 0
+    assert output.count("train.batch_size=51 is the global batch and must split evenly over 2 ranks") == 2
     assert not out.exists()  # the run directory rank 0 made is cleaned away
+
+
+def test_the_scaling_model_recovers_a_link_and_predicts_its_ring_cost():
+    model = benchmark_module("scaling_model")
+    beta, alpha, world = 2e9, 50e-6, 2
+    raw = {n: model.allreduce_model(n, world, beta, alpha) for n in (4, 1_000_000, 16_000_000)}
+    fitted_beta, fitted_alpha = model.fit_link(raw, world)
+    assert fitted_beta == pytest.approx(beta, rel=1e-3) and fitted_alpha == pytest.approx(alpha, rel=1e-3)
+    m = {"n_critic": 5, "d_bytes": 8_000_000, "g_bytes": 4_000_000}
+    assert model.step_model(0.01, 1, m, beta, alpha) == 0.01  # one device: compute only
+    # On 8 devices each all-reduce moves 2 * 7/8 of its bytes and pays 14 hops of latency.
+    comm = 2 * 7 / 8 * (5 * 8e6 + 4e6) / beta + 14 * alpha * (5 + 1 + 5 + 2)
+    assert model.step_model(0.01, 8, m, beta, alpha) == pytest.approx(0.01 + comm)
