@@ -22,6 +22,8 @@
 #     resident data and an inline loader (benchmarks/loader_overlap.py: DCGAN-64, RGB, batch 1024)
 #     STEPS=sn_compile (not in the default): the resnet trainer compiled with spectral norm in one
 #     graph, against its power iteration outside the graph and eager (benchmarks/spectral_norm_compile.py)
+#     STEPS=scaling (not in the default): data-parallel training under torchrun over NCCL on every GPU
+#     of the machine: step, gradient bytes, all-reduce time and the efficiency model (scaling_model.py)
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_suite.sh OUTDIR}
 device=${DEVICE:-cuda}
@@ -106,5 +108,10 @@ fi
 if want sn_compile; then
     run sn_compile python benchmarks/spectral_norm_compile.py --device "$device" --rounds "$rounds" \
         --seconds "$secs" --width "$width" --batch "${batches%% *}"
+fi
+if want scaling; then
+    gpus=$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')
+    run scaling python benchmarks/scaling_model.py --device "$device" --nproc "$gpus" \
+        --batch $((64 * gpus))
 fi
 exit $status

@@ -106,6 +106,9 @@ class AccelConfig:
     # (joint); joint needs a D whose output for a sample depends on nothing else in its forward
     # (no BatchNorm, no spectral norm): see `hetgan.models.layers.batch_coupled`.
     batch_layout: str = "separate"
+    # Data-parallel runs on GPUs (NCCL): BatchNorm normalises by the statistics of the global batch
+    # (torch's SyncBatchNorm) instead of each rank's slice; gloo cannot (SyncBatchNorm needs CUDA).
+    sync_batchnorm: bool = False
 
 
 @dataclass

@@ -35,7 +35,7 @@ from hetgan.shard import Shard
 from hetgan.training import train
 from hetgan.training.rundir import write_config
 from hetgan.training.trainer import Trainer
-from tests.conftest import ROOT, benchmark_module, tiny_config
+from tests.conftest import GPU, ROOT, benchmark_module, tiny_config
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 WORKER = ROOT / "tests" / "distributed_worker.py"
@@ -458,12 +458,38 @@ def test_placement_auto_is_refused_under_torchrun(monkeypatch, capsys, tmp_path)
 
 
 @pytest.mark.slow
-def test_a_global_batch_that_does_not_split_over_the_ranks_fails_clearly_on_every_rank(tmp_path):
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("train.batch_size=51", "train.batch_size=51 is the global batch and must split evenly over 2 ranks"),
+        ("accel.sync_batchnorm=true", "SyncBatchNorm, which runs on CUDA only, so a gloo (CPU) run cannot"),
+    ],
+)
+def test_settings_that_cannot_run_on_these_ranks_fail_clearly_on_every_rank(tmp_path, setting, message):
     out = tmp_path / "run"
-    code, output = torchrun(*launch(out), "--set", "train.batch_size=51", check=False)
+    code, output = torchrun(*launch(out), "--set", setting, check=False)
     assert code != 0
-    assert output.count("train.batch_size=51 is the global batch and must split evenly over 2 ranks") == 2
+    assert output.count(message) == 2
     assert not out.exists()  # the run directory rank 0 made is cleaned away
+
+
+@GPU
+def test_one_gpu_under_torchrun_trains_over_nccl(tmp_path):
+    out = tmp_path / "run"
+    torchrun("--standalone", "--nproc-per-node", "1", *RUN, "--kimg", "1", "--device", "cuda", "--out", str(out))
+    assert "device cuda:0 (nccl, world size 1)" in (out / "log.txt").read_text()
+    assert (out / "generator.safetensors").exists()
+
+
+@GPU
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_two_gpus_train_with_synchronised_batch_norm(tmp_path, digits_npz):
+    out = tmp_path / "run"
+    args = ["-m", "hetgan", "train", "--data", f"npz:{digits_npz}", "--kimg", "0.5", "--device", "cuda"]
+    args += ["--set", "accel.sync_batchnorm=true", "--no-progress", "--out", str(out)]
+    torchrun("--standalone", "--nproc-per-node", "2", *args)
+    assert "(nccl, world size 2)" in (out / "log.txt").read_text()
+    assert (out / "generator.safetensors").exists()
 
 
 def test_the_scaling_model_recovers_a_link_and_predicts_its_ring_cost():

@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from hetgan.errors import HetganError
+from hetgan.errors import ConfigError, HetganError
 from hetgan.shard import Shard
 
 log = logging.getLogger("hetgan")
@@ -106,6 +106,19 @@ class Distributed:
             self._prefix = None
         if self.owned and dist.is_initialized():
             dist.destroy_process_group()
+
+    def sync_batch_norm(self, net: nn.Module, wanted: bool) -> nn.Module:
+        """`net` with SyncBatchNorm for its BatchNorm layers where `wanted` (accel.sync_batchnorm) on
+        NCCL ranks. One rank's BatchNorm already sees the global batch: `net` as it is."""
+        if not wanted or self.world == 1:
+            return net
+        if self.backend != "nccl":
+            raise ConfigError(
+                "accel.sync_batchnorm shares BatchNorm's statistics between ranks with torch's "
+                "SyncBatchNorm, which runs on CUDA only, so a gloo (CPU) run cannot; drop --set "
+                "accel.sync_batchnorm=true (each rank then normalises by its own slice of the batch)"
+            )
+        return nn.SyncBatchNorm.convert_sync_batchnorm(net)
 
     # --- agreement ------------------------------------------------------------------------------
     def average_gradients(self, params: Iterable[nn.Parameter]) -> None:

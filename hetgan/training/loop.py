@@ -269,8 +269,9 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
 def describe(trainer: Trainer) -> str:
     n_g = sum(p.numel() for p in trainer.G.parameters())
     n_d = sum(p.numel() for p in trainer.D.parameters())
+    ranks = f" ({trainer.dist.backend}, world size {trainer.dist.world})" if trainer.dist.active else ""
     return (
-        f"device {trainer.device}; G {n_g / 1e6:.2f}M params, D {n_d / 1e6:.2f}M params; "
+        f"device {trainer.device}{ranks}; G {n_g / 1e6:.2f}M params, D {n_d / 1e6:.2f}M params; "
         f"starting at step {trainer.step_count} ({trainer.nimg / 1000:.1f} kimg)"
     )
 

@@ -124,7 +124,11 @@ class Trainer:
         self.G, self.D = self._place(*build_models(cfg))
         self.g_device_types = {p.device.type for p in self.G.parameters()}  # autocast on each of these
         self.d_device_types = {p.device.type for p in self.D.parameters()}
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)  # plain BatchNorm: rank 0 samples it alone
+        self.G, self.D = (
+            self.dist.sync_batch_norm(self.G, accel.sync_batchnorm),
+            self.dist.sync_batch_norm(self.D, accel.sync_batchnorm),
+        )
         betas = (cfg.optim.beta1, cfg.optim.beta2)
         self.opt_G = make_optimizer(self.G.parameters(), cfg.optim.g_lr, betas, accel.optimizer_impl)
         self.opt_D = make_optimizer(self.D.parameters(), cfg.optim.d_lr, betas, accel.optimizer_impl)
