@@ -3,8 +3,8 @@
     torchrun --standalone --nproc-per-node 2 tests/distributed_worker.py CASES.json OUT_DIR
 
 CASES.json maps a case name to {"config": TrainConfig as a dict, "steps": N, "dtype": "float32" |
-"float64", "nan_at": [rank, step] or absent}. For each case this rank builds a Trainer in the
-process group torchrun set up (through `distributed.setup`, as `hetgan train` does), trains N steps,
+"float64", "nan_at": [rank, step] or absent}. For each case this rank builds a Trainer in a
+process group initialised before hetgan sees it (found by `distributed.setup`), trains N steps,
 syncs for a save, and writes its whole state to OUT_DIR/CASE-rankR.safetensors with its counters
 in OUT_DIR/CASE-rankR.json, for the test to compare with the other rank and a single process.
 """
@@ -55,12 +55,18 @@ def run_case(name: str, case: dict, dist: distributed.Distributed, out: Path) ->
 def main() -> None:
     cases = json.loads(Path(sys.argv[1]).read_text())
     out = Path(sys.argv[2])
-    dist = distributed.setup(torch.device("cpu"))
+    # The group is made here, before hetgan sees it, as Ray Train or Lightning Fabric make theirs:
+    # `setup` trains in it and leaves it to its owner.
+    torch.distributed.init_process_group("gloo")
     try:
+        group = distributed.setup(torch.device("cpu"))
+        assert group.active and not group.owned
         for name, case in cases.items():
-            run_case(name, case, dist, out)
+            run_case(name, case, group, out)
+        group.close()
+        assert torch.distributed.is_initialized()
     finally:
-        dist.close()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
