@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hetgan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     adders = (add_train, add_sample, add_eval, add_evalnet, add_bench, add_tune, add_layers, add_report, add_data)
-    for add in (*adders, add_export, add_quantize, add_serve):
+    for add in (*adders, add_export, add_quantize, add_compress, add_serve):
         add(sub)
     return parser
 
@@ -215,6 +215,34 @@ def add_quantize(sub) -> None:
     q.add_argument("--quality-n", type=int, default=2000, help="samples to score int8 against fp32 (0: skip)")
     q.add_argument("--seed", type=int, default=0, help="seed of the scored samples")
     q.add_argument("--evalnet", help="feature network for FID (default: the run's, or the digit classifier)")
+
+
+def add_compress(sub) -> None:
+    from hetgan.compress.prune import IMPORTANCE
+    from hetgan.config import DistillConfig
+
+    c = sub.add_parser(
+        "compress",
+        help="prune a trained generator and distil it into a smaller one; --target-ms searches for the smallest",
+    )
+    c.add_argument("--run", required=True, help="the teacher's run directory")
+    c.add_argument("--out", required=True, help="directory for the student (its run in OUT/student)")
+    size = c.add_mutually_exclusive_group()
+    size.add_argument("--prune", type=float, metavar="RATIO", help="share of channels to remove, in (0, 1)")
+    size.add_argument("--width", type=int, help="the student's model.width (narrower than the teacher's)")
+    c.add_argument("--importance", choices=IMPORTANCE, default="magnitude", help="how channels are ranked")
+    c.add_argument("--kimg", type=float, default=20.0, help="distillation length in thousands of images")
+    c.add_argument("--scratch", action="store_true", help="train the student's architecture from scratch instead")
+    defaults = DistillConfig()
+    for name in ("pixel_weight", "feature_weight", "adversarial_weight"):
+        c.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    c.add_argument("--target-ms", type=float, help="search: ms per call the student must reach on --backend")
+    c.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"], default="onnxruntime")
+    c.add_argument("--batch", type=int, default=1, help="search: samples per timed call (1: latency)")
+    c.add_argument("--ratios", default="0.5,0.625,0.75,0.875", help="search: prune ratios to try")
+    c.add_argument("--max-increase", type=float, default=0.10, help="search: allowed FID increase (0.10 = 10%%)")
+    c.add_argument("--n", type=int, default=5000, help="search: samples per FID")
+    c.add_argument("--no-progress", action="store_true")
 
 
 def add_serve(sub) -> None:
@@ -621,6 +649,37 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    from hetgan.compress import compress
+    from hetgan.config import DistillConfig
+
+    weights = DistillConfig(
+        pixel_weight=args.pixel_weight, feature_weight=args.feature_weight, adversarial_weight=args.adversarial_weight
+    )
+    if args.target_ms is not None:
+        from hetgan.compress.search import search
+
+        if args.prune is not None or args.width is not None or args.scratch:
+            raise HetganError("--target-ms searches over --ratios; it takes no --prune, --width or --scratch")
+        try:
+            ratios = tuple(float(r) for r in args.ratios.split(",") if r.strip())
+        except ValueError:
+            raise HetganError(f"--ratios {args.ratios!r}: expected comma-separated numbers, e.g. 0.5,0.75") from None
+        chosen = search(
+            args.run, args.out, args.target_ms, args.backend, args.batch, ratios, args.kimg,
+            args.max_increase, args.n, weights, not args.no_progress,
+        )  # fmt: skip
+        print(f"chose {chosen.name}: {chosen.ms:.3g} ms per call, score {chosen.score:.4g}")
+        print(f"  generator: {Path(args.out) / 'generator.safetensors'}\n  table: {Path(args.out) / 'search.md'}")
+        return 0
+    student = compress(
+        args.run, args.out, args.prune, args.width, args.importance, args.kimg, args.scratch, weights,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    print(student.summary())
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from hetgan.serve.limits import ServeLimits
     from hetgan.serve.server import serve
@@ -709,6 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": cmd_data,
         "export": cmd_export,
         "quantize": cmd_quantize,
+        "compress": cmd_compress,
         "serve": cmd_serve,
     }
     try:

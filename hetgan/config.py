@@ -30,6 +30,10 @@ class ModelConfig:
     width: int = 64  # base channel count (conv nets) or first hidden width (mlp)
     g_depth: int = 0  # mlp only: G with this many hidden layers of `width` units; 0 = widths w, 2w, 4w
     d_depth: int = 0  # mlp only: D with this many hidden layers, 2w then w each; 0 = 2 (widths 2w, w)
+    # G's hidden widths layer by layer, [] = the family's own from `width` (`hetgan compress` writes
+    # them for a pruned student): dcgan, each upsampling layer's channels; mlp and maxout, each
+    # hidden layer's units; resnet, [residual stream, inner channels of each of the 3 blocks].
+    g_widths: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -112,6 +116,17 @@ class AccelConfig:
 
 
 @dataclass
+class DistillConfig:
+    """A student G trained to match a teacher's G_ema on the same z (`hetgan compress`)."""
+
+    teacher: str = ""  # the teacher's run directory; "" = an ordinary run
+    init: str = ""  # the student's starting G (a pruned teacher, safetensors); "" = from scratch
+    pixel_weight: float = 10.0  # L1 between the student's and the teacher's images
+    feature_weight: float = 1.0  # squared distance of their features in the data's feature network
+    adversarial_weight: float = 1.0  # G's GAN loss against D, fine-tuned from the teacher run's; 0 = no D
+
+
+@dataclass
 class TrainConfig:
     preset: str = "dcgan_mnist"
     seed: int = 0
@@ -121,6 +136,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     accel: AccelConfig = field(default_factory=AccelConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> TrainConfig:
         """Check value ranges that types alone cannot express; returns self."""
@@ -134,7 +150,12 @@ class TrainConfig:
                 f"model.g_depth and model.d_depth apply to the mlp family only, not {self.model.arch!r}; "
                 "set them to 0 (--set model.g_depth=0 --set model.d_depth=0)",
             ),
+            (all(w > 0 for w in self.model.g_widths), f"model.g_widths must all be > 0, got {self.model.g_widths}"),
             (self.loss.n_critic >= 1, "loss.n_critic must be >= 1"),
+            (
+                min(self.distill.pixel_weight, self.distill.feature_weight, self.distill.adversarial_weight) >= 0,
+                "distill.pixel_weight, distill.feature_weight and distill.adversarial_weight must be >= 0",
+            ),
             (self.loss.pack >= 1, "loss.pack must be >= 1"),
             (self.loss.r1_gamma >= 0, "loss.r1_gamma must be >= 0"),
             (self.optim.g_lr > 0 and self.optim.d_lr > 0, "optim.g_lr and optim.d_lr must be > 0"),
@@ -193,7 +214,7 @@ class TrainConfig:
         return f"{msg} (got " + ", ".join(f"{n}={v!r}" for n, v in zip(names, values, strict=True)) + ")"
 
 
-_FIELD_NAME = re.compile(r"\b(?:model|loss|optim|data|train|accel)\.[a-z_0-9]+")
+_FIELD_NAME = re.compile(r"\b(?:model|loss|optim|data|train|accel|distill)\.[a-z_0-9]+")
 
 # Fields that may differ between a checkpoint and the config resuming it: they change how long
 # the run goes on and how it reports, never the state a step computes.
@@ -343,6 +364,11 @@ def _coerce(value: Any, expected: type, name: str, where: str) -> Any:
         return float(value)
     if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    if typing.get_origin(expected) is list:  # list[int]: a list of whole numbers
+        (item_type,) = typing.get_args(expected)
+        if isinstance(value, list) and all(isinstance(v, item_type) and not isinstance(v, bool) for v in value):
+            return list(value)
+        raise ConfigError(f"{where}: {name} expects a list of {item_type.__name__}s, e.g. [64, 32], got {value!r}")
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{where}: {name} expects {expected.__name__}, got {value!r} ({type(value).__name__})")

@@ -37,6 +37,7 @@ class GANLoss:
         self.augment = parse_policy(cfg.augment)
         self.joint = joint  # D's phase judges real and fake in one forward (accel.batch_layout)
         self.shard = shard  # this rank's part of the global batch: random draws are made for all of it
+        self.trains_d = True  # D has a phase (not so for a student distilled without D)
 
     def logits(self, D: nn.Module, x: torch.Tensor, augmented: bool = True, segments: int = 1) -> torch.Tensor:
         """D's logits for x (`segments` equal parts, as Shard.part has them), seen through the
@@ -74,7 +75,8 @@ class GANLoss:
             stats["r1"] = penalty.detach()
         return loss, stats
 
-    def g_loss(self, D: nn.Module, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+    def g_loss(self, D: nn.Module, fake: torch.Tensor, z: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
+        """G's loss for `fake`, made from `z` (which a distillation loss also gives its teacher)."""
         return self.g_objective(self.logits(D, fake)), {}
 
     def d_objective(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -7,30 +7,30 @@ from torch import nn
 
 from hetgan.config import ModelConfig
 from hetgan.models import MODELS
-from hetgan.models.layers import dcgan_init, image_shape, log2_int
+from hetgan.models.layers import dcgan_init, hidden_widths, image_shape, log2_int
 
 
 class Generator(nn.Module):
-    """z [B, z_dim] -> img [B, C, R, R] in [-1, 1]; channels halve at each 2x upsampling."""
+    """z [B, z_dim] -> img [B, C, R, R] in [-1, 1]; channels halve at each 2x upsampling, or are
+    `widths` (one per upsampling layer: a pruned student's)."""
 
-    def __init__(self, z_dim: int, width: int, channels: int, resolution: int) -> None:
+    def __init__(self, z_dim: int, width: int, channels: int, resolution: int, widths: list[int] = ()) -> None:
         super().__init__()
         self.z_dim = z_dim
         n_up = log2_int(resolution) - 2  # 4x4 -> resolution
-        ch = width * 2 ** (n_up - 1)
+        chs = hidden_widths(list(widths), [width * 2 ** (n_up - 1 - i) for i in range(n_up)], "dcgan")
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(z_dim, ch, 4, 1, 0, bias=False),
-            nn.BatchNorm2d(ch),
+            nn.ConvTranspose2d(z_dim, chs[0], 4, 1, 0, bias=False),
+            nn.BatchNorm2d(chs[0]),
             nn.ReLU(True),
         ]
-        for _ in range(n_up - 1):
+        for ch_in, ch_out in zip(chs[:-1], chs[1:], strict=True):
             layers += [
-                nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ch // 2),
+                nn.ConvTranspose2d(ch_in, ch_out, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ch_out),
                 nn.ReLU(True),
             ]
-            ch //= 2
-        layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        layers += [nn.ConvTranspose2d(chs[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         dcgan_init(self)
 
@@ -67,6 +67,6 @@ class Discriminator(nn.Module):
 @MODELS.register("dcgan")
 def build(cfg: ModelConfig, shape: tuple[int, ...], pack: int) -> tuple[nn.Module, nn.Module]:
     channels, resolution = image_shape(shape, "dcgan", (32, 64))
-    G = Generator(cfg.z_dim, cfg.width, channels, resolution)
+    G = Generator(cfg.z_dim, cfg.width, channels, resolution, cfg.g_widths)
     D = Discriminator(cfg.width, channels * pack, resolution)
     return G, D

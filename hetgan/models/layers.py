@@ -140,3 +140,16 @@ def batch_coupled(net: nn.Module) -> list[str]:
         ):
             found.append(f"{name} (spectral norm: a power-iteration step per forward)")
     return found
+
+
+def hidden_widths(given: list[int], default: list[int], family: str) -> list[int]:
+    """G's hidden widths: `given` (model.g_widths) where set, else the family's `default`; a
+    ConfigError if `given` has another number of layers than the family builds."""
+    if not given:
+        return default
+    if len(given) != len(default):
+        raise ConfigError(
+            f"model.g_widths has {len(given)} widths but this {family} G has {len(default)} ({default} at "
+            f"model.width); give one per layer, or [] for the family's own"
+        )
+    return list(given)

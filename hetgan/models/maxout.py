@@ -15,6 +15,7 @@ from torch import nn
 
 from hetgan.config import ModelConfig
 from hetgan.models import MODELS
+from hetgan.models.layers import hidden_widths
 from hetgan.models.mlp import FlatGenerator
 
 N_PIECES = 5
@@ -36,13 +37,13 @@ class Maxout(nn.Module):
 class Generator(FlatGenerator):
     """z [B, z_dim] -> sample [B, *shape]: four hidden layers of `width` units (Linear, BN, ReLU)."""
 
-    def __init__(self, z_dim: int, width: int, shape: tuple[int, ...]) -> None:
+    def __init__(self, z_dim: int, width: int, shape: tuple[int, ...], widths: list[int] = ()) -> None:
         layers: list[nn.Module] = []
         n_in = z_dim
-        for _ in range(4):
-            layers += [nn.Linear(n_in, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(True)]
-            n_in = width
-        super().__init__(z_dim, shape, layers, width)
+        for n_out in hidden_widths(list(widths), [width] * 4, "maxout"):
+            layers += [nn.Linear(n_in, n_out, bias=False), nn.BatchNorm1d(n_out), nn.ReLU(True)]
+            n_in = n_out
+        super().__init__(z_dim, shape, layers, n_in)
         _init(self)
 
 
@@ -71,6 +72,6 @@ def _init(module: nn.Module) -> None:
 @MODELS.register("maxout")
 def build(cfg: ModelConfig, shape: tuple[int, ...], pack: int) -> tuple[nn.Module, nn.Module]:
     """`model.width` is G's hidden width; D's maxout layers have half as many units."""
-    G = Generator(cfg.z_dim, cfg.width, shape)
+    G = Generator(cfg.z_dim, cfg.width, shape, cfg.g_widths)
     D = Discriminator(max(cfg.width // 2, 1), math.prod(shape) * pack)
     return G, D

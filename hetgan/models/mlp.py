@@ -9,6 +9,7 @@ from torch import nn
 
 from hetgan.config import ModelConfig
 from hetgan.models import MODELS
+from hetgan.models.layers import hidden_widths
 
 
 class FlatGenerator(nn.Module):
@@ -47,9 +48,9 @@ class Generator(FlatGenerator):
     256-512-1024; eight were unstable (benchmarks/RESULTS.md).
     """
 
-    def __init__(self, z_dim: int, width: int, shape: tuple[int, ...], depth: int = 0) -> None:
-        widths = [z_dim, *([width] * depth)] if depth else [z_dim, width, width * 2, width * 4]
-        super().__init__(z_dim, shape, hidden_layers(widths), widths[-1])
+    def __init__(self, z_dim: int, width: int, shape: tuple[int, ...], depth: int = 0, widths: list[int] = ()) -> None:
+        hidden = hidden_widths(list(widths), [width] * depth if depth else [width, width * 2, width * 4], "mlp")
+        super().__init__(z_dim, shape, hidden_layers([z_dim, *hidden]), hidden[-1])
 
 
 class Discriminator(nn.Module):
@@ -67,6 +68,6 @@ class Discriminator(nn.Module):
 
 @MODELS.register("mlp")
 def build(cfg: ModelConfig, shape: tuple[int, ...], pack: int) -> tuple[nn.Module, nn.Module]:
-    G = Generator(cfg.z_dim, cfg.width, shape, cfg.g_depth)
+    G = Generator(cfg.z_dim, cfg.width, shape, cfg.g_depth, cfg.g_widths)
     D = Discriminator(cfg.width, math.prod(shape) * pack, cfg.d_depth or 2)
     return G, D

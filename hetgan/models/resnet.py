@@ -16,15 +16,18 @@ from torch import nn
 
 from hetgan.config import ModelConfig
 from hetgan.models import MODELS
-from hetgan.models.layers import image_shape, spectral_norm
+from hetgan.models.layers import hidden_widths, image_shape, spectral_norm
 
 
 class GBlock(nn.Module):
-    def __init__(self, ch: int) -> None:
+    """Residual upsampling block on a stream of `ch` channels, `inner` channels between its convs."""
+
+    def __init__(self, ch: int, inner: int | None = None) -> None:
         super().__init__()
-        self.bn1, self.bn2 = nn.BatchNorm2d(ch), nn.BatchNorm2d(ch)
-        self.conv1 = nn.Conv2d(ch, ch, 3, 1, 1)
-        self.conv2 = nn.Conv2d(ch, ch, 3, 1, 1)
+        inner = inner or ch
+        self.bn1, self.bn2 = nn.BatchNorm2d(ch), nn.BatchNorm2d(inner)
+        self.conv1 = nn.Conv2d(ch, inner, 3, 1, 1)
+        self.conv2 = nn.Conv2d(inner, ch, 3, 1, 1)
 
     def extra_repr(self) -> str:
         return f"{self.conv1.in_channels}, up=2"
@@ -67,17 +70,17 @@ class GlobalSumPool(nn.Module):
 
 
 class Generator(nn.Module):
-    """z [B, z_dim] -> img [B, C, 32, 32] in [-1, 1]; `ch` channels throughout."""
+    """z [B, z_dim] -> img [B, C, 32, 32] in [-1, 1]; `ch` channels throughout, or `widths`: [the
+    residual stream's channels, each block's inner channels] (a pruned student's)."""
 
-    def __init__(self, z_dim: int, ch: int, channels: int) -> None:
+    def __init__(self, z_dim: int, ch: int, channels: int, widths: list[int] = ()) -> None:
         super().__init__()
         self.z_dim = z_dim
+        ch, *inner = hidden_widths(list(widths), [ch] * 4, "resnet")
         self.net = nn.Sequential(
             nn.Linear(z_dim, 4 * 4 * ch),
             nn.Unflatten(1, (ch, 4, 4)),  # [B, 16 ch] -> [B, ch, 4, 4]
-            GBlock(ch),
-            GBlock(ch),
-            GBlock(ch),
+            *(GBlock(ch, n) for n in inner),
             nn.BatchNorm2d(ch),
             nn.ReLU(),
             nn.Conv2d(ch, channels, 3, 1, 1),
@@ -134,6 +137,6 @@ def rename_keys(renames: dict[str, str | int]):
 @MODELS.register("resnet")
 def build(cfg: ModelConfig, shape: tuple[int, ...], pack: int) -> tuple[nn.Module, nn.Module]:
     channels, _ = image_shape(shape, "resnet", (32,))
-    G = Generator(cfg.z_dim, cfg.width * 2, channels)
+    G = Generator(cfg.z_dim, cfg.width * 2, channels, cfg.g_widths)
     D = Discriminator(cfg.width, channels * pack)
     return G, D

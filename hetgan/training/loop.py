@@ -190,6 +190,11 @@ def absolute_paths(raw: dict) -> dict:
         out["data"]["spec"] = absolute_spec(out["data"]["spec"])
     if isinstance(out["train"].get("evalnet"), str) and out["train"]["evalnet"]:
         out["train"]["evalnet"] = absolute_path(out["train"]["evalnet"])
+    if "distill" in raw:
+        out["distill"] = dict(raw["distill"])
+        for key in ("teacher", "init"):
+            if isinstance(out["distill"].get(key), str) and out["distill"][key]:
+                out["distill"][key] = absolute_path(out["distill"][key])
     return out
 
 
@@ -331,7 +336,8 @@ def log_metrics(trainer: Trainer, losses: dict, img_s: float, metrics: MetricsWr
         "nonfinite_total": trainer.nonfinite_total,
     }
     metrics.write(record)
-    bar.set_postfix(img_s=f"{img_s:.0f}", d=f"{losses['loss_d']:.3f}", g=f"{losses['loss_g']:.3f}")
+    shown = {name: f"{losses[key]:.3f}" for name, key in (("d", "loss_d"), ("g", "loss_g")) if key in losses}
+    bar.set_postfix(img_s=f"{img_s:.0f}", **shown)  # a student distilled without D has no loss_d
     return record
 
 

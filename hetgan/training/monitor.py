@@ -123,7 +123,7 @@ class Monitor:
                     "intervals: G gets little signal (try lower optim.d_lr or loss.r1_gamma)"
                 )
             self.d_won = won
-        sizes = [abs(record[k]) for k in ("loss_d", "loss_g") if np.isfinite(record.get(k, 0))]
+        sizes = [abs(record[k]) for k in ("loss_d", "loss_g") if k in record and np.isfinite(record[k])]
         if len(self.loss_scale) < 20:
             self.loss_scale.append(max(sizes + [1e-3]))
             return

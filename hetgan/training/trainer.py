@@ -40,7 +40,7 @@ from hetgan.errors import CheckpointError, ConfigError, TrainingDiverged
 from hetgan.losses import build_loss
 from hetgan.models import build_models
 from hetgan.models.layers import batch_coupled
-from hetgan.placement import input_device, resolve_device, split_network
+from hetgan.placement import input_device, output_device, resolve_device, split_network
 from hetgan.training.checkpoint import flatten_optimizer, restore_optimizer
 from hetgan.training.distributed import Distributed
 from hetgan.training.graphed import StepGraph
@@ -113,6 +113,8 @@ class Trainer:
         self.device = device(accel.device, "accel.device")
         self.g_device = device(accel.g_device, "accel.g_device") if accel.g_device else self.device
         self.d_device = device(accel.d_device, "accel.d_device") if accel.d_device else self.device
+        if cfg.distill.teacher and accel.cuda_graphs:
+            raise ConfigError("accel.cuda_graphs does not capture a distillation step; drop it for hetgan compress")
         if self.dist.active and accel.cuda_graphs:
             raise ConfigError(
                 "accel.cuda_graphs captures one process's whole step, which cannot hold the gradient "
@@ -122,6 +124,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # model init: the same weights on every rank
         self.data = data if data is not None else load_data(cfg.data)
         self.G, self.D = self._place(*build_models(cfg))
+        if cfg.distill.teacher:  # hetgan compress: a student starting from a pruned teacher
+            from hetgan.compress.distill import load_student_start  # late: compress imports training
+
+            load_student_start(cfg, self.G, self.D)
         self.g_device_types = {p.device.type for p in self.G.parameters()}  # autocast on each of these
         self.d_device_types = {p.device.type for p in self.D.parameters()}
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)  # plain BatchNorm: rank 0 samples it alone
@@ -136,6 +142,10 @@ class Trainer:
         self.rng = torch.Generator(self.z_device).manual_seed(cfg.seed + 1)
         shard = self.dist.shard
         self.loss = build_loss(cfg.loss, self.rng, joint=joint_batch(cfg, self.D), shard=shard)
+        if cfg.distill.teacher:
+            from hetgan.compress.distill import Distillation
+
+            self.loss = Distillation(self.loss, cfg, output_device(self.G, self.g_device))
         self.data_device = input_device(self.D, self.d_device)  # where real batches live
         self.sampler = make_sampler(
             self.data, cfg.seed, self.data_device, cfg.data.loader, cfg.data.resident_max_mb, shard
@@ -231,8 +241,9 @@ class Trainer:
                     fake = fake.to(real.device)  # differentiable: G's gradient comes back over it
             if self.d_precision == "fp32" and fake.dtype in (torch.float16, torch.bfloat16):
                 fake = fake.float()  # G ran in reduced precision, D does not autocast
-            self._d_phase(real, fake, result)
-        self._g_phase(fake, result)
+            if self.loss.trains_d:  # not a student distilled without D
+                self._d_phase(real, fake, result)
+        self._g_phase(fake, result, z)
 
     def _set_learning_rates(self, result: StepResult) -> None:
         """From the config on every step, so a resumed run with changed rates uses the new ones."""
@@ -267,11 +278,11 @@ class Trainer:
             return  # no weight or optimiser update
         self._backward_and_step(loss, self.opt_D, self.scaler_D, "d", bad)
 
-    def _g_phase(self, fake: torch.Tensor, result: StepResult) -> None:
+    def _g_phase(self, fake: torch.Tensor, result: StepResult, z: torch.Tensor) -> None:
         self.D.requires_grad_(False)  # G's step needs no gradients for D's weights
         try:
             with self.phase("g_loss_forward"), self.autocast_D():
-                loss, stats = self.loss.g_loss(self.D_fwd, fake)
+                loss, stats = self.loss.g_loss(self.D_fwd, fake, z)
         finally:
             self.D.requires_grad_(True)
         result.losses.update({k: v.detach() for k, v in stats.items()}, loss_g=loss.detach())

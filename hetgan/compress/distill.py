@@ -1,0 +1,117 @@
+"""Distillation: a student G trained to match its teacher's G_ema on the same z.
+
+The student's G phase minimises, for each z of the step (Content-Aware GAN Compression and GCC
+distil a GAN this way):
+- `distill.pixel_weight` x L1 between the student's image and the teacher's,
+- `distill.feature_weight` x the squared distance of their features in the data's feature network
+  (the bundled digit classifier, or `train.evalnet`: the network hetgan already measures FID in),
+- `distill.adversarial_weight` x the run's GAN loss against D, which starts from the teacher run's
+  D and is fine-tuned with the student's samples as its fakes (0: no D, no D phases).
+
+Everything else is an ordinary hetgan run: the trainer, the loop, checkpoints, G_ema and resume,
+with the student's layer widths in its config (`model.g_widths`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hetgan.config import TrainConfig
+from hetgan.errors import CheckpointError, HetganError
+from hetgan.fileio import read_safetensors
+from hetgan.losses import GANLoss, Stats
+
+log = logging.getLogger("hetgan")
+
+
+def load_student_start(cfg: TrainConfig, G: nn.Module, D: nn.Module) -> None:
+    """G from `distill.init` (a pruned teacher) where given, D from the teacher run's newest
+    checkpoint where the adversarial term needs one."""
+    if cfg.distill.init:
+        tensors, _ = read_safetensors(
+            Path(cfg.distill.init), "student's starting weights", "run `hetgan compress` again"
+        )
+        try:
+            G.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"{cfg.distill.init}: the student's starting weights do not fit model.g_widths="
+                f"{cfg.model.g_widths} ({str(e).splitlines()[-1].strip()})"
+            ) from None
+    if cfg.distill.adversarial_weight > 0:
+        D.load_state_dict(teacher_discriminator(Path(cfg.distill.teacher)))
+
+
+def teacher_discriminator(run: Path) -> dict[str, torch.Tensor]:
+    """D's weights from the teacher run's newest checkpoint."""
+    from hetgan.training.checkpoint import list_checkpoints, load_latest_checkpoint  # late: training imports this
+
+    if not list_checkpoints(run / "checkpoints"):
+        raise CheckpointError(
+            f"{run}: no checkpoint with a discriminator to fine-tune for the adversarial term (only its "
+            "generator artifact); distil without D (--adversarial-weight 0), or compress a run that "
+            "kept its checkpoints/"
+        )
+    _, tensors, _ = load_latest_checkpoint(run / "checkpoints")
+    return {k[2:]: v for k, v in tensors.items() if k.startswith("D.")}
+
+
+class Distillation:
+    """The run's GAN loss (`base`) with the student's distillation terms added to its G phase. D's
+    phase is the base loss's own, and is left out when the adversarial weight is 0."""
+
+    def __init__(self, base: GANLoss, cfg: TrainConfig, device: torch.device) -> None:
+        from hetgan.artifact import load_torch_generator  # late: the artifact module imports training
+
+        self.base = base
+        self.weights = cfg.distill
+        self.teacher = load_torch_generator(Path(cfg.distill.teacher), device)
+        if self.teacher.config.model.z_dim != cfg.model.z_dim:
+            raise HetganError(
+                f"the teacher takes z of {self.teacher.config.model.z_dim} dimensions, the student "
+                f"{cfg.model.z_dim}; a student keeps its teacher's model.z_dim"
+            )
+        self.teacher.requires_grad_(False)
+        self.features = feature_network(cfg, device) if cfg.distill.feature_weight > 0 else None
+        self.trains_d = cfg.distill.adversarial_weight > 0
+
+    def __getattr__(self, name: str):  # n_critic, pack, d_loss, ...: the base loss's
+        return getattr(self.base, name)
+
+    def g_loss(self, D: nn.Module, fake: torch.Tensor, z: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
+        with torch.no_grad():
+            target = self.teacher(z.to(self.teacher.device)).to(fake.device, fake.dtype)  # same z, teacher
+        pixel = (fake - target).abs().mean()
+        loss, stats = self.weights.pixel_weight * pixel, {"distill_l1": pixel.detach()}
+        if self.features is not None:
+            with torch.no_grad():
+                want = self.features(target.float())[1]
+            feature = (self.features(fake.float())[1] - want).square().mean()
+            loss = loss + self.weights.feature_weight * feature
+            stats["distill_feature"] = feature.detach()
+        if self.trains_d:
+            adversarial, _ = self.base.g_loss(D, fake)
+            loss = loss + self.weights.adversarial_weight * adversarial
+            stats["g_adversarial"] = adversarial.detach()
+        return loss, stats
+
+
+def feature_network(cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """The data's feature network, frozen, in eval mode, on `device`."""
+    from hetgan.data import is_mixture_spec
+    from hetgan.eval.score import feature_net_for  # late: eval imports training-side modules
+
+    if is_mixture_spec(cfg.data.spec):
+        raise HetganError(
+            f"a feature loss needs images; {cfg.data.spec!r} is 2-D points: pass --feature-weight 0 "
+            "(the pixel and adversarial terms work on points)"
+        )
+    try:
+        net, _ = feature_net_for(cfg, None)
+    except HetganError as e:
+        raise HetganError(f"{e}; or distil without the feature term: --feature-weight 0") from None
+    return net.to(device).eval().requires_grad_(False)
