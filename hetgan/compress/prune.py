@@ -105,8 +105,9 @@ def prune_generator(G: nn.Module, cfg: TrainConfig, ratio: float, importance: st
     if cfg.model.arch == "resnet":
         ignored.append(layers[0])  # the stream's Linear (see the module's docstring)
     example = torch.zeros(2, cfg.model.z_dim, device=next(student.parameters()).device)
-    # Multiples of 8 where the layers are wide enough for it; a tiny G keeps exact widths.
-    round_to = ROUND_TO if min(widths_of(student, cfg.model.arch)) >= 4 * ROUND_TO else None
+    # Multiples of 8 where that is a fine step (layers of 64 and more); narrower ones keep exact
+    # widths (a width-32 layer rounded to 8 at ratio 0.55 became 8 channels: too coarse).
+    round_to = ROUND_TO if min(widths_of(student, cfg.model.arch)) >= 8 * ROUND_TO else None
     pruner = tp.pruner.MetaPruner(
         student, example, importance=scorer, pruning_ratio=ratio, ignored_layers=ignored, round_to=round_to
     )

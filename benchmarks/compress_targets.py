@@ -1,0 +1,208 @@
+"""Issue 23's targets for `hetgan compress`, side by side in one run:
+
+    python benchmarks/compress_targets.py --default-run RUN --textbook-run RUN [--kimg 30]
+        [--ratios 0.55,0.65] [--n 5000] [--colour-dir DIR] [--out DIR] [--json FILE]
+
+For each teacher (the default preset's and the textbook DCGAN-32's finished runs):
+1. FID (digits feature space, n samples, seed 0) and MACs of the teacher and of a student per
+   prune ratio, pruned then distilled for --kimg (wall time recorded);
+2. the same architecture as the first ratio's student trained from scratch (an ordinary GAN run)
+   for the same wall time as its distillation, and its FID;
+3. end to end: the smallest student within 15 % of the teacher's FID, exported to OpenVINO and
+   quantised to int8, against the teacher's eager PyTorch fp32: img/s at batch 64 in interleaved
+   rounds, and the int8 student's FID.
+With --colour-dir, the same for a colour case: a 64 px RGB DCGAN trained on a generated folder of
+shapes in three classes (made there), with a feature network trained on that folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from hetgan.artifact import load_generator, load_torch_generator
+from hetgan.compress import compress
+from hetgan.config import DistillConfig
+from hetgan.deploy.bench import img_per_s
+from hetgan.eval.score import evaluate
+
+FID_BOUND, END_TO_END_BOUND = 0.10, 0.15
+
+
+def fid(path: Path, n: int, evalnet=None) -> float:
+    G = load_torch_generator(path) if path.suffix in ("", ".safetensors") else load_generator(path)
+    return float(evaluate(G, n=n, seed=0, metrics=("fid",), evalnet=evalnet)["fid"])
+
+
+def throughput(models: dict[str, object], rounds: int, seconds: float) -> dict[str, float]:
+    """Median img/s at batch 64 of each model, over interleaved rounds."""
+    seen: dict[str, list[float]] = {name: [] for name in models}
+    for r in range(rounds):
+        for name, G in models.items():
+            seen[name].append(img_per_s(G, 64, seconds, warm=r > 0))
+    return {name: statistics.median(v) for name, v in seen.items()}
+
+
+def teacher_case(name: str, run: Path, out: Path, args, evalnet=None) -> dict:
+    print(f"== {name}: {run}", flush=True)
+    teacher_fid = fid(run, args.n, evalnet)
+    weights = DistillConfig()
+    record = {"teacher": str(run), "teacher_fid": teacher_fid, "students": []}
+    for ratio in args.ratios:
+        start = time.perf_counter()
+        where = out / f"{name}-prune-{ratio}"
+        student = compress(run, where, prune=ratio, kimg=args.kimg, weights=weights, progress=False)
+        seconds = time.perf_counter() - start
+        row = {
+            "ratio": ratio,
+            "widths": student.widths,
+            "mac_reduction": student.teacher_macs / student.macs,
+            "seconds": seconds,
+            "fid": fid(student.artifact, args.n, evalnet),
+            "artifact": str(student.artifact),
+        }
+        row["fid_vs_teacher"] = row["fid"] / teacher_fid - 1
+        record["students"].append(row)
+        print(f"  prune {ratio}: {row}", flush=True)
+    first = record["students"][0]
+    record["scratch"] = scratch_baseline(run, out / f"{name}-scratch-{first['ratio']}", first, args, evalnet)
+    print(f"  scratch: {record['scratch']}", flush=True)
+    record["end_to_end"] = end_to_end(run, record, out / f"{name}-int8.xml", args, evalnet)
+    print(f"  end to end: {record['end_to_end']}", flush=True)
+    return record
+
+
+def scratch_baseline(run: Path, out: Path, distilled: dict, args, evalnet) -> dict:
+    """The distilled student's architecture as an ordinary GAN from random weights, for the same
+    wall time: a short probe gives its steady img/s (from its metrics), then it trains on to the
+    kimg the rest of that time buys."""
+    probe_kimg = 4.0
+    start = time.perf_counter()
+    student = compress(run, out, prune=distilled["ratio"], kimg=probe_kimg, scratch=True, progress=False)
+    records = [json.loads(line) for line in (student.run_dir / "metrics.jsonl").read_text().splitlines()]
+    img_s = statistics.median(r["img_per_s"] for r in records if "img_per_s" in r)
+    left = distilled["seconds"] - (time.perf_counter() - start)
+    kimg = round(probe_kimg + max(left, 0) * img_s / 1000, 2)
+    student = compress(run, out, prune=distilled["ratio"], kimg=kimg, scratch=True, progress=False)
+    seconds = time.perf_counter() - start
+    return {"kimg": kimg, "seconds": seconds, "fid": fid(student.artifact, args.n, evalnet)}
+
+
+def end_to_end(run: Path, record: dict, xml: Path, args, evalnet) -> dict:
+    from hetgan.deploy.quantize import quantize
+
+    ok = [s for s in record["students"] if s["fid"] <= record["teacher_fid"] * (1 + END_TO_END_BOUND)]
+    if not ok:
+        return {"met": False, "why": "no student within 15 % of the teacher's FID"}
+    best = max(ok, key=lambda s: s["mac_reduction"])
+    student = load_torch_generator(Path(best["artifact"]))
+    quantize(student, xml, quality_n=0)
+    teacher = load_torch_generator(run)
+    int8 = load_generator(xml)
+    # The student in eager fp32 too: how much of its MAC saving turns into wall-clock time by itself.
+    models = {"teacher eager fp32": teacher, "student eager fp32": student, "student int8 OpenVINO": int8}
+    speeds = throughput(models, args.rounds, args.seconds)
+    ratio = speeds["student int8 OpenVINO"] / speeds["teacher eager fp32"]
+    int8_fid = fid(xml, args.n, evalnet)
+    return {
+        "student_ratio": best["ratio"],
+        "img_s": speeds,
+        "speedup": ratio,
+        "int8_fid": int8_fid,
+        "fid_vs_teacher": int8_fid / record["teacher_fid"] - 1,
+    }
+
+
+def make_shapes(folder: Path, per_class: int = 600, size: int = 64) -> None:
+    """Coloured circles, squares and triangles on varied backgrounds, one folder per class."""
+    rng = np.random.default_rng(0)
+    for shape in ("circle", "square", "triangle"):
+        (folder / shape).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            bg = tuple(int(v) for v in rng.integers(0, 120, 3))
+            fg = tuple(int(v) for v in rng.integers(120, 256, 3))
+            img = Image.new("RGB", (size, size), bg)
+            draw = ImageDraw.Draw(img)
+            r = int(rng.integers(12, 26))
+            cx, cy = (int(v) for v in rng.integers(r, size - r, 2))
+            if shape == "circle":
+                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fg)
+            elif shape == "square":
+                draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fg)
+            else:
+                draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fg)
+            img.save(folder / shape / f"{i:04d}.png")
+
+
+def colour_case(folder: Path, out: Path, args) -> dict:
+    from hetgan.config import DataConfig
+    from hetgan.data import load_data
+    from hetgan.eval.evalnet import save_evalnet, train_evalnet
+    from hetgan.presets import get_preset
+    from hetgan.training import train
+
+    if not folder.exists():
+        make_shapes(folder)
+    evalnet = out / "shapes-evalnet.safetensors"
+    if not evalnet.exists():
+        data = load_data(DataConfig(spec=f"folder:{folder}", resolution=64, channels=3))
+        save_evalnet(train_evalnet(data, epochs=args.evalnet_epochs), evalnet)
+    cfg = get_preset("dcgan_mnist")
+    cfg.data.spec, cfg.data.resolution, cfg.data.channels = f"folder:{folder}", 64, 3
+    cfg.train.kimg, cfg.train.evalnet = args.colour_kimg, str(evalnet)
+    cfg.train.snapshot_kimg = cfg.train.grid_kimg = args.colour_kimg / 4
+    run = out / "shapes-teacher"
+    if not (run / "generator.safetensors").exists():
+        train(cfg, out=run, resume="auto", progress=False)
+    return teacher_case("shapes64", run, out, args, evalnet)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--default-run", type=Path)
+    parser.add_argument("--textbook-run", type=Path)
+    parser.add_argument("--colour-dir", type=Path, help="make (if missing) and use this folder of shapes")
+    parser.add_argument("--out", type=Path, default=Path("compress-targets"))
+    parser.add_argument("--kimg", type=float, default=30.0)
+    parser.add_argument("--colour-kimg", type=float, default=20.0)
+    parser.add_argument("--evalnet-epochs", type=int, default=5)
+    parser.add_argument("--ratios", default="0.55,0.65")
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    args.ratios = [float(r) for r in args.ratios.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    results = {}
+    for name, run in (("default", args.default_run), ("textbook", args.textbook_run)):
+        if run is not None:
+            results[name] = teacher_case(name, run, args.out, args)
+    if args.colour_dir is not None:
+        results["shapes64"] = colour_case(args.colour_dir, args.out, args)
+    print()
+    print("| teacher | student | MACs | FID (teacher) | vs teacher | scratch, same wall time | int8 end to end |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+    for name, r in results.items():
+        e2e = r["end_to_end"]
+        e2e_text = f"{e2e['speedup']:.2f}x img/s, FID {e2e['fid_vs_teacher']:+.1%}" if "speedup" in e2e else e2e["why"]
+        for i, s in enumerate(r["students"]):
+            scratch = f"{r['scratch']['fid']:.2f}" if i == 0 else ""
+            print(
+                f"| {name} | prune {s['ratio']} {s['widths']} | {s['mac_reduction']:.2f}x fewer | {s['fid']:.2f} "
+                f"({r['teacher_fid']:.2f}) | {s['fid_vs_teacher']:+.1%} | {scratch} | {e2e_text if i == 0 else ''} |"
+            )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
