@@ -262,7 +262,7 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
             record = log_metrics(trainer, result.floats(), img_s, metrics, bar)
             if main:
                 monitor.check_record(record)
-        stopped_by = stop.requested
+        stopped_by = stop.requested if stop.stopping else None  # as agreed: a later signal waits for the end
         if stopped_by:
             snapshot(trainer, run_dir)
             log.info("stopped by %s at step %d; checkpoint saved", stopped_by, trainer.step_count)
@@ -424,13 +424,18 @@ class StopSignal:
 
     def __init__(self) -> None:
         self.requested: str | None = None
+        self.stopping = False  # what the ranks last agreed (distributed.py): stop after this step
         self._previous: dict = {}
 
     def agreed(self, dist: Distributed) -> bool:
-        """Whether to stop now: on every rank alike, once a signal reached any of them."""
-        if dist.any_host(self.requested is not None) and not self.requested:
+        """Whether to stop now: on every rank alike, once a signal reached any of them. The answer
+        is the collective's alone: a signal landing on this rank after it (the handler runs between
+        any two bytecodes) waits for the next call, or the ranks would part ways."""
+        requested = self.requested
+        self.stopping = dist.any_host(requested is not None)
+        if self.stopping and requested is None:
             self.requested = "a signal to another rank"
-        return self.requested is not None
+        return self.stopping
 
     def _handle(self, signum, frame) -> None:
         self.requested = signal.Signals(signum).name
