@@ -503,3 +503,20 @@ def test_the_scaling_model_recovers_a_link_and_predicts_its_ring_cost():
     # On 8 devices each all-reduce moves 2 * 7/8 of its bytes and pays 14 hops of latency.
     comm = 2 * 7 / 8 * (5 * 8e6 + 4e6) / beta + 14 * alpha * (5 + 1 + 5 + 2)
     assert model.step_model(0.01, 8, m, beta, alpha) == pytest.approx(0.01 + comm)
+
+
+def test_a_signal_landing_during_the_stop_agreement_waits_for_the_next_one():
+    """The race the SIGTERM test once lost under load: the handler ran on rank 0 while it waited in
+    the agreement, rank 0 then stopped on its own flag, rank 1 on the collective's answer, and the
+    two ranks' next collectives did not match. The collective's answer alone decides."""
+    from hetgan.training.loop import StopSignal
+
+    stop = StopSignal()
+
+    class SignalDuringCollective:  # one rank's view: no rank had a signal when they agreed
+        def any_host(self, flag: bool) -> bool:
+            stop.requested = "SIGTERM"
+            return flag
+
+    assert stop.agreed(SignalDuringCollective()) is False and not stop.stopping
+    assert stop.agreed(SignalDuringCollective()) is True  # the next step's agreement stops
