@@ -194,3 +194,13 @@ def test_search_writes_every_candidate_and_the_choice(tmp_path, teacher):
     with pytest.raises(HetganError, match=r"no candidate meets 1 ms per call .* prune-0.750, takes 2 ms"):
         search(teacher, out, 1.0, measure=measure, score=score, **kw)  # resumes the candidates, measures again
     assert json.loads((out / "search.json").read_text())["chosen"] is None
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_the_search_times_a_generator_on_its_backend(tmp_path, teacher, backend):
+    from hetgan.compress.search import measure_ms
+
+    pytest.importorskip("onnxruntime")
+    ms = measure_ms(teacher / "generator.safetensors", backend, 4, 0.2, tmp_path)
+    assert 0 < ms < 1000
+    assert list(tmp_path.glob("*.onnx")) == ([tmp_path / "teacher.onnx"] if backend == "onnxruntime" else [])

@@ -78,8 +78,6 @@ def choose(
 
 def measure_ms(artifact: Path, backend: str, batch: int, seconds: float, workdir: Path) -> float:
     """Median milliseconds per call of `batch` samples on `backend` (exported there first)."""
-    import torch
-
     path = artifact
     if backend != "torch":
         from hetgan.deploy.export import export
@@ -87,18 +85,9 @@ def measure_ms(artifact: Path, backend: str, batch: int, seconds: float, workdir
         suffix = ".onnx" if backend == "onnxruntime" else ".xml"
         path = workdir / f"{artifact.parent.name}{suffix}"
         export(load_torch_generator(artifact), "onnx" if backend == "onnxruntime" else "openvino", path)
-    G = load_generator(path, backend=backend)
-    z = torch.randn(batch, G.z_dim, generator=torch.Generator().manual_seed(0))
-    import time
+    from hetgan.deploy.bench import latencies
 
-    for _ in range(5):
-        G.generate(z)
-    times, start = [], time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times) < 10:
-        t = time.perf_counter()
-        G.generate(z)
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(latencies(load_generator(path, backend=backend), seconds, False, batch))
 
 
 def fid_score(artifact: Path, n: int, seed: int = 0) -> float:

@@ -89,8 +89,9 @@ def img_per_s(G: Sampling, batch: int, seconds: float, warm: bool) -> float:
     return calls * batch / (time.perf_counter() - start)
 
 
-def latencies(G: Sampling, seconds: float, warm: bool) -> list[float]:
-    z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(1))
+def latencies(G: Sampling, seconds: float, warm: bool, batch: int = 1) -> list[float]:
+    """Seconds per call of `batch` samples (1: latency), over `seconds` and at least 20 calls."""
+    z = torch.randn(batch, G.z_dim, generator=torch.Generator().manual_seed(1))
     for _ in range(0 if warm else 10):
         G.generate(z)
     out, start = [], time.perf_counter()
