@@ -150,7 +150,7 @@ class TrainConfig:
                 f"model.g_depth and model.d_depth apply to the mlp family only, not {self.model.arch!r}; "
                 "set them to 0 (--set model.g_depth=0 --set model.d_depth=0)",
             ),
-            (all(w > 0 for w in self.model.g_widths), f"model.g_widths must all be > 0, got {self.model.g_widths}"),
+            (all(w > 0 for w in self.model.g_widths), "model.g_widths must all be > 0"),
             (self.loss.n_critic >= 1, "loss.n_critic must be >= 1"),
             (
                 min(self.distill.pixel_weight, self.distill.feature_weight, self.distill.adversarial_weight) >= 0,

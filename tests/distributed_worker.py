@@ -5,7 +5,7 @@
 CASES.json maps a case name to {"config": TrainConfig as a dict, "steps": N, "dtype": "float32" |
 "float64", "nan_at": [rank, step] or absent}. For each case this rank builds a Trainer in a
 process group initialised before hetgan sees it (found by `distributed.setup`), trains N steps,
-syncs for a save, and writes its whole state to OUT_DIR/CASE-rankR.safetensors with its counters
+takes its state as a checkpoint would, and writes its whole state to OUT_DIR/CASE-rankR.safetensors with its counters
 in OUT_DIR/CASE-rankR.json, for the test to compare with the other rank and a single process.
 """
 
@@ -42,8 +42,7 @@ def run_case(name: str, case: dict, dist: distributed.Distributed, out: Path) ->
             poison(trainer, case["nan_at"][1])
         for _ in range(case["steps"]):
             trainer.step()
-        trainer.sync_for_save()
-        tensors, meta = trainer.state()
+        tensors, meta = trainer.saved_state()
     finally:
         torch.set_default_dtype(torch.float32)
     stem = out / f"{name}-rank{dist.rank}"

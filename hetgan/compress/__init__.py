@@ -13,6 +13,7 @@ The student's artifact is an ordinary generator artifact: its widths are in its 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 from safetensors.torch import save as save_safetensors
 
 from hetgan.artifact import ARTIFACT_NAME, load_torch_generator
-from hetgan.compress.prune import family_widths, macs, prune_generator, ratio_for_width, widths_of
+from hetgan.compress.prune import macs, prune_generator, ratio_for_width, widths_of
 from hetgan.config import DistillConfig, TrainConfig, apply_overrides
 from hetgan.errors import ConfigError
 from hetgan.fileio import atomic_write_bytes, strict_json
@@ -84,7 +85,8 @@ def compress(
     teacher = load_torch_generator(run)
     ratio = prune if prune is not None else ratio_for_width(teacher_cfg, width)
     pruned = prune_generator(teacher.G, teacher_cfg, ratio, importance)
-    widths = widths_of(pruned, teacher_cfg.model.arch)
+    arch = teacher_cfg.model.arch
+    widths = widths_of(pruned, arch)
     out.mkdir(parents=True, exist_ok=True)
     init = out / "init.safetensors"
     if not scratch and not list_checkpoints(out / STUDENT / "checkpoints"):  # a started student has its own
@@ -97,7 +99,7 @@ def compress(
         macs(pruned, teacher_cfg.model.z_dim),
         macs(teacher.G, teacher_cfg.model.z_dim),
         scratch,
-        {"teacher": str(run.resolve()), "importance": importance, "teacher_widths": family_widths(teacher_cfg)},
+        {"teacher": str(run.resolve()), "importance": importance, "teacher_widths": widths_of(teacher.G, arch)},
     )
     atomic_write_bytes(out / "compress.json", strict_json(record(student), indent=1).encode())
     cfg = apply_overrides(cfg, overrides or [])
@@ -117,10 +119,9 @@ def student_config(
     cfg.train.snapshot_kimg = min(teacher.train.snapshot_kimg, kimg / 4)
     cfg.train.grid_kimg = min(teacher.train.grid_kimg, kimg / 4)
     cfg.train.eval_kimg = 0.0
-    cfg.distill = DistillConfig()
+    cfg.distill = DistillConfig()  # from scratch: an ordinary GAN run
     if init is not None:
-        cfg.distill = copy.deepcopy(weights)
-        cfg.distill.teacher, cfg.distill.init = str(run.resolve()), str(init.resolve())
+        cfg.distill = dataclasses.replace(weights, teacher=str(run.resolve()), init=str(init.resolve()))
     return cfg.validate()
 
 

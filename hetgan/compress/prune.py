@@ -18,7 +18,6 @@ from torch import nn
 
 from hetgan.config import TrainConfig
 from hetgan.errors import ConfigError, HetganError
-from hetgan.models import build_models
 
 IMPORTANCE = ("magnitude", "bn_scale")
 ROUND_TO = 8  # widths in multiples of 8: what vectorised CPU kernels and tensor cores run best on
@@ -46,15 +45,6 @@ def widths_of(G: nn.Module, arch: str) -> list[int]:
         return [blocks[0].bn1.num_features, *(b.conv1.out_channels for b in blocks)]
     layers = weight_layers(G)[:-1]  # all but the output layer
     return [m.out_channels if isinstance(m, nn.ConvTranspose2d | nn.Conv2d) else m.out_features for m in layers]
-
-
-def family_widths(cfg: TrainConfig, width: int | None = None) -> list[int]:
-    """The widths of `cfg`'s G (its own `model.g_widths` where set), or of the family at `width`."""
-    probe = copy.deepcopy(cfg)
-    if width is not None:
-        probe.model.width, probe.model.g_widths = width, []
-    G, _ = build_models(probe)
-    return widths_of(G, cfg.model.arch)
 
 
 def macs(G: nn.Module, z_dim: int) -> int:

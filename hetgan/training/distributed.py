@@ -26,7 +26,7 @@ Sameness across ranks is kept, not repaired:
   step (`any_host`). An early return on one rank alone would leave the others waiting forever in
   their next collective.
 - Before each checkpoint, BatchNorm's running statistics are averaged over the ranks and the
-  state is checked equal on every rank (`sync_for_save`); rank 0 alone writes.
+  state is checked equal on every rank (`Trainer.saved_state`); rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -201,8 +201,8 @@ class Distributed:
         return bytes(buf.numpy()).decode()
 
     def check_same(self, what: str, tensors: Iterable[torch.Tensor]) -> None:
-        """Raise if `tensors` (bitwise) or `what` differ between the ranks: the state rank 0 is about
-        to save must be every rank's, or a restart would change the run."""
+        """Raise, naming `what`, if `tensors` differ (bitwise) between the ranks: the state rank 0 is
+        about to save must be every rank's, or a restart would change the run."""
         if not self.active:
             return
         digest = hashlib.sha256()

@@ -390,9 +390,8 @@ def save_grid(trainer: Trainer, run_dir: Path, name: str | None = None) -> torch
 
 def snapshot(trainer: Trainer, run_dir: Path) -> None:
     """Commit a checkpoint of the current step; every rank calls it, rank 0 writes."""
-    trainer.sync_for_save()
+    tensors, meta = trainer.saved_state()
     if trainer.dist.is_main:
-        tensors, meta = trainer.state()
         path = save_checkpoint(
             run_dir / "checkpoints", trainer.step_count, tensors, meta, keep=trainer.cfg.train.keep_checkpoints
         )

@@ -120,7 +120,7 @@ class Trainer:
                 "accel.cuda_graphs captures one process's whole step, which cannot hold the gradient "
                 "all-reduce of data-parallel training; drop --set accel.cuda_graphs=true under torchrun"
             )
-        self.local_batch = self.dist.shard.local_batch(cfg.train.batch_size, cfg.loss.pack)
+        self.dist.shard.local_batch(cfg.train.batch_size, cfg.loss.pack)  # a clear error if it does not split
         torch.manual_seed(cfg.seed)  # model init: the same weights on every rank
         self.data = data if data is not None else load_data(cfg.data)
         self.G, self.D = self._place(*build_models(cfg))
@@ -379,17 +379,20 @@ class Trainer:
                 )
 
     # --- checkpoint state ---------------------------------------------------------------------
-    def sync_for_save(self) -> None:
-        """Before rank 0 saves: BatchNorm's running statistics averaged over the ranks, then the
-        whole state checked equal on every rank (distributed.py). A single process: nothing."""
-        if not self.dist.active:
-            return
-        for net in (self.G, self.D, self.G_ema):
-            self.dist.average_buffers(net)
-        tensors, _ = self.state()
-        tensors["step"] = torch.tensor([self.step_count, self.nimg, self.nonfinite_total])
-        # All but torch's global CPU stream, which training does not draw from (rank 0's grids may).
-        self.dist.check_same("the training state", (tensors[k] for k in sorted(tensors) if k != "rng.torch_cpu"))
+    def saved_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """`state()` as a checkpoint takes it. On data-parallel ranks, BatchNorm's running statistics
+        are averaged over the ranks first and the state is checked equal on every rank (every rank
+        calls this; rank 0 writes what it returns, distributed.py)."""
+        if self.dist.active:
+            for net in (self.G, self.D, self.G_ema):
+                self.dist.average_buffers(net)
+        tensors, meta = self.state()
+        if self.dist.active:
+            counters = torch.tensor([self.step_count, self.nimg, self.nonfinite_total])
+            # All but torch's global CPU stream, which training does not draw from (rank 0's grids may).
+            checked = [tensors[k] for k in sorted(tensors) if k != "rng.torch_cpu"]
+            self.dist.check_same("the training state", [*checked, counters])
+        return tensors, meta
 
     def _scalers(self) -> dict[str, torch.amp.GradScaler]:
         return {name: s for name, s in (("scaler_G", self.scaler_G), ("scaler_D", self.scaler_D)) if s}
