@@ -153,6 +153,20 @@ def add_sample(sub) -> None:
         help="a latent walk from SEED_A's sample to SEED_B's: --out walk.gif (animation) or walk.png (strip)",
     )
     s.add_argument("--frames", type=int, default=16, help="with --interpolate: frames (default 16)")
+    s.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        metavar="NAME|INDEX",
+        help="conditional generators: samples of this class (repeatable; the classes take turns)",
+    )
+    s.add_argument(
+        "--per-class",
+        type=int,
+        metavar="N",
+        help="conditional generators: N samples of every class (or of each --class), a grid row per class; "
+        "instead of --n",
+    )
     kept = s.add_mutually_exclusive_group()
     kept.add_argument("--append", action="store_true", help="DIR/ that holds samples: add after them, numbering on")
     kept.add_argument("--overwrite", action="store_true", help="DIR/ that holds samples: replace them")
@@ -540,22 +554,46 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise HetganError(f"--n must be at least 1, got {args.n}")
+    if args.per_class is not None and args.per_class < 1:
+        raise HetganError(f"--per-class must be at least 1, got {args.per_class}")
     if args.interpolate:
         return sample_walk(args)
     form = output_form(output_path(args.out, "--out", "samples.png"), args.out)  # before the sampling
-    start = folder_start(Path(args.out), args.append, args.overwrite) if form == "folder" else 0
     G = load_generator(args.run or args.artifact, device=args.device, backend=args.backend, threads=args.threads)
-    check_memory(G, args.n, form)
+    n, labels = requested_labels(G, args)
+    names = G.class_names if labels is not None else None
+    start = folder_start(Path(args.out), args.append, args.overwrite, names) if form == "folder" else 0
+    check_memory(G, n, form)
     modes = None
     if len(G.shape) == 1:
-        samples = G.sample(args.n, seed=args.seed, truncation=args.truncation)
+        samples = G.sample(n, seed=args.seed, truncation=args.truncation, labels=labels)
         data = load_data(G.config.data)
         modes = data.modes if isinstance(data, Mixture) else None
-    else:
-        samples = sample_uint8(G, args.n, args.seed, args.truncation)  # the same samples, a quarter of the memory
-    out = write_samples(samples, args.out, modes, start=start)
-    print(f"wrote {args.n} samples to {out}" + (f" (numbered from {start})" if start else ""))
+    else:  # the same samples as G.sample, a quarter of the memory
+        samples = sample_uint8(G, n, args.seed, args.truncation, labels)
+    y = None if labels is None else labels.numpy()
+    out = write_samples(samples, args.out, modes, start=start, ncol=args.per_class, labels=y, class_names=names)
+    layout = " by class" if labels is not None and form == "folder" else ""
+    print(f"wrote {n} samples to {out}{layout}" + (f" (numbered from {start})" if start else ""))
     return 0
+
+
+def requested_labels(G, args: argparse.Namespace):
+    """(n, y [n] or None) for `hetgan sample`: --per-class N of every class (or of each --class),
+    class by class; --class alone: --n samples, the given classes in turn; neither: the classes in
+    turn (conditional) or no labels (unconditional, which refuses --class and --per-class)."""
+    import torch
+
+    if not G.n_classes:
+        if args.classes or args.per_class:
+            raise HetganError(
+                "--class and --per-class need a conditional generator (trained with model.conditional=true)"
+            )
+        return args.n, None
+    classes = [G.class_index(c) for c in args.classes] if args.classes else list(range(G.n_classes))
+    if args.per_class:
+        return len(classes) * args.per_class, torch.tensor(classes).repeat_interleave(args.per_class)
+    return args.n, torch.tensor(classes)[torch.arange(args.n) % len(classes)]
 
 
 def sample_walk(args: argparse.Namespace) -> int:
@@ -569,22 +607,29 @@ def sample_walk(args: argparse.Namespace) -> int:
     G = load_generator(args.run or args.artifact, device=args.device, backend=args.backend, threads=args.threads)
     if len(G.shape) != 3:
         raise HetganError("--interpolate draws images; this generator makes 2-D points")
-    frames = G.interpolate(*args.interpolate, frames=args.frames, truncation=args.truncation)
+    if args.classes and len(args.classes) > 1:
+        raise HetganError("--interpolate walks within one class: give one --class")
+    label = args.classes[0] if args.classes else None
+    frames = G.interpolate(*args.interpolate, frames=args.frames, truncation=args.truncation, label=label)
     write_walk(frames, out)
     print(f"wrote {args.frames} frames from seed {args.interpolate[0]} to seed {args.interpolate[1]} to {out}")
     return 0
 
 
-def folder_start(folder: Path, append: bool, overwrite: bool) -> int:
-    """The first number for samples written into `folder`: 0 for a new or empty one; after the
-    last sample already there with --append; 0 after removing them with --overwrite. A folder that
-    holds anything else, or samples without either flag, is refused: nothing is overwritten silently."""
+def folder_start(folder: Path, append: bool, overwrite: bool, classes: list[str] | None = None) -> int:
+    """The first number for samples written into `folder` (or, by class, into its `classes`
+    subfolders): 0 for a new or empty one; after the last sample already there with --append; 0
+    after removing them with --overwrite. A folder that holds anything else, or samples without
+    either flag, is refused: nothing is overwritten silently."""
     from hetgan.sampling import numbered_pngs
 
     if not folder.is_dir():
         return 0
-    samples = numbered_pngs(folder)
-    others = [p for p in folder.iterdir() if p not in samples]
+    places = [folder / name for name in classes] if classes else [folder]
+    samples = [p for place in places if place.is_dir() for p in numbered_pngs(place)]
+    others = [p for p in folder.iterdir() if p not in samples and p not in places]
+    if classes:  # and inside the class folders
+        others += [p for place in places if place.is_dir() for p in place.iterdir() if p not in samples]
     if others and not append:
         raise HetganError(
             f"--out {folder}/: it holds {len(others)} other files (e.g. {others[0].name}); pick a new folder"

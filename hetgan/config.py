@@ -34,6 +34,10 @@ class ModelConfig:
     # them for a pruned student): dcgan, each upsampling layer's channels; mlp and maxout, each
     # hidden layer's units; resnet, [residual stream, inner channels of each of the 3 blocks].
     g_widths: list[int] = field(default_factory=list)
+    # Class-conditional G and D (G(z, y), a projection D): labels come from the data (class
+    # folders, MNIST, CIFAR-10, npz `labels`); n_classes 0 = the data's count, set when a run starts.
+    conditional: bool = False
+    n_classes: int = 0
 
 
 @dataclass
@@ -44,6 +48,12 @@ class LossConfig:
     r1_gamma: float = 0.0  # R1 penalty weight on real data, 0 = off (Mescheder et al. 2018)
     pack: int = 1  # PacGAN packing: D judges `pack` samples at once (Lin et al. 2018)
     augment: str = ""  # DiffAugment policy for everything D sees: "", "translation", "translation,cutout"
+    # Adaptive discriminator augmentation (Karras et al. 2020): the r_t = E[sign D(real)] that p
+    # steers toward, 0 = off (0.6 is the paper's); p moves by at most 1 per `ada_kimg` kimg,
+    # adjusted every `ada_interval` D phases.
+    ada_target: float = 0.0
+    ada_kimg: float = 100.0
+    ada_interval: int = 4
 
 
 @dataclass
@@ -71,6 +81,9 @@ class DataConfig:
     loader: str = "auto"
     resident_max_mb: int = 2048  # with loader=auto, larger datasets are prefetched instead
     cache_mb: int = 2048  # with loader=stream, decoded images kept in memory (the first files in file order)
+    # The name of each class index (a conditional run writes its data's here, so they travel with
+    # every checkpoint and artifact: `hetgan sample --class NAME`); [] = the data's own names.
+    class_names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -151,6 +164,25 @@ class TrainConfig:
                 "set them to 0 (--set model.g_depth=0 --set model.d_depth=0)",
             ),
             (all(w > 0 for w in self.model.g_widths), "model.g_widths must all be > 0"),
+            (self.model.n_classes >= 0, "model.n_classes must be >= 0 (0 = the data's number of classes)"),
+            (
+                self.model.conditional or self.model.n_classes == 0,
+                "model.n_classes applies to conditional models only; set --set model.conditional=true "
+                "or model.n_classes=0",
+            ),
+            (
+                not self.model.conditional or self.loss.pack == 1,
+                "loss.pack must be 1 with model.conditional=true (a pack would mix classes in one judgement)",
+            ),
+            (
+                not self.model.conditional or not (self.accel.g_stages or self.accel.d_stages),
+                "accel.g_stages and accel.d_stages do not split a conditional network (its labels go "
+                "to inner layers); leave them empty with model.conditional=true",
+            ),
+            (
+                not self.model.conditional or not self.accel.cuda_graphs,
+                "accel.cuda_graphs does not capture a conditional step; drop it with model.conditional=true",
+            ),
             (self.loss.n_critic >= 1, "loss.n_critic must be >= 1"),
             (
                 min(self.distill.pixel_weight, self.distill.feature_weight, self.distill.adversarial_weight) >= 0,
@@ -158,6 +190,13 @@ class TrainConfig:
             ),
             (self.loss.pack >= 1, "loss.pack must be >= 1"),
             (self.loss.r1_gamma >= 0, "loss.r1_gamma must be >= 0"),
+            (0 <= self.loss.ada_target < 1, "loss.ada_target must be in [0, 1) (0 = ADA off; 0.6 is the paper's)"),
+            (self.loss.ada_kimg > 0, "loss.ada_kimg must be > 0"),
+            (self.loss.ada_interval >= 1, "loss.ada_interval must be >= 1"),
+            (
+                not (self.loss.ada_target and self.accel.cuda_graphs),
+                "accel.cuda_graphs would freeze ADA's p into the captured step; drop one of them",
+            ),
             (self.optim.g_lr > 0 and self.optim.d_lr > 0, "optim.g_lr and optim.d_lr must be > 0"),
             (self.optim.lr_decay in ("none", "linear", "cosine"), "optim.lr_decay must be none, linear or cosine"),
             (

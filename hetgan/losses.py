@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hetgan.augment import augment, parse_policy
+from hetgan.augment import AdaptiveAugment, augment, parse_policy
 from hetgan.config import LossConfig
 from hetgan.registry import Registry
 from hetgan.shard import WHOLE, Shard
@@ -35,6 +35,7 @@ class GANLoss:
         self.r1_gamma = cfg.r1_gamma
         self.generator = generator  # the run's RNG, checkpointed, for any randomness in a loss
         self.augment = parse_policy(cfg.augment)
+        self.ada = AdaptiveAugment(cfg.ada_target, cfg.ada_kimg, cfg.ada_interval) if cfg.ada_target else None
         self.joint = joint  # D's phase judges real and fake in one forward (accel.batch_layout)
         self.shard = shard  # this rank's part of the global batch: random draws are made for all of it
         self.trains_d = True  # D has a phase (not so for a student distilled without D)
@@ -42,7 +43,9 @@ class GANLoss:
     def logits(self, D: nn.Module, x: torch.Tensor, augmented: bool = True, segments: int = 1) -> torch.Tensor:
         """D's logits for x (`segments` equal parts, as Shard.part has them), seen through the
         augmentation policy (unless `augmented` is False) and packed."""
-        x = augment(x, self.augment, self.generator, self.shard, segments) if augmented else x
+        if augmented:
+            x = augment(x, self.augment, self.generator, self.shard, segments)
+            x = self.ada(x, self.generator, self.shard, segments) if self.ada else x
         logits = D(pack(x, self.pack))
         # Objectives and penalties in fp32 (or float64) whatever precision D ran in.
         return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
@@ -62,6 +65,8 @@ class GANLoss:
         if self.r1_gamma > 0:
             real = real.detach().requires_grad_(True)
         real_logits, fake_logits = self.judge(D, real, fake.detach())
+        if self.ada:
+            self.ada.observe(real_logits)
         loss = self.d_objective(real_logits, fake_logits)
         stats = {
             "d_real": real_logits.detach().mean(),
@@ -75,8 +80,11 @@ class GANLoss:
             stats["r1"] = penalty.detach()
         return loss, stats
 
-    def g_loss(self, D: nn.Module, fake: torch.Tensor, z: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
-        """G's loss for `fake`, made from `z` (which a distillation loss also gives its teacher)."""
+    def g_loss(
+        self, D: nn.Module, fake: torch.Tensor, z: torch.Tensor | None = None, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Stats]:
+        """G's loss for `fake`, made from `z` and labels `y` (which a distillation loss also gives its
+        teacher); a conditional D comes with the labels bound (`with_labels`)."""
         return self.g_objective(self.logits(D, fake)), {}
 
     def d_objective(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

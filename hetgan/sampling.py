@@ -29,11 +29,12 @@ def as_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
     return images if isinstance(images, np.ndarray) else to_uint8(images)
 
 
-def sample_uint8(G, n: int, seed: int = 0, truncation: float | None = None) -> np.ndarray:
-    """n image samples of generator `G` (hetgan.artifact.Generator) as uint8 [N, H, W, C],
-    converted batch by batch: memory for the uint8 images only, a quarter of n float samples."""
+def sample_uint8(G, n: int, seed: int = 0, truncation: float | None = None, labels=None) -> np.ndarray:
+    """n image samples of generator `G` (hetgan.artifact.Generator; of classes `labels`, see
+    `Sampling.labels`) as uint8 [N, H, W, C], converted batch by batch: memory for the uint8
+    images only, a quarter of n float samples."""
     out = np.empty((n, *G.shape[1:], G.shape[0]), dtype=np.uint8)
-    for i, batch in G.sample_batches(n, seed, truncation=truncation):
+    for i, batch in G.sample_batches(n, seed, truncation=truncation, labels=labels):
         out[i : i + len(batch)] = to_uint8(batch)
     return out
 
@@ -151,10 +152,21 @@ def numbered_pngs(folder: Path) -> list[Path]:
 
 
 def write_samples(
-    samples: torch.Tensor | np.ndarray, out: str | Path, modes: np.ndarray | None = None, start: int = 0
+    samples: torch.Tensor | np.ndarray,
+    out: str | Path,
+    modes: np.ndarray | None = None,
+    start: int = 0,
+    ncol: int | None = None,
+    labels: np.ndarray | None = None,
+    class_names: list[str] | None = None,
 ) -> Path:
-    """Write samples by the form of `out`: `.png` grid or scatter, `.npz`, or a folder `dir/`.
-    Images come as [N, C, H, W] in [-1, 1] or as uint8 [N, H, W, C] (`sample_uint8`).
+    """Write samples by the form of `out`: `.png` grid (`ncol` columns, default square-ish) or
+    scatter, `.npz`, or a folder `dir/`. Images come as [N, C, H, W] in [-1, 1] or as uint8
+    [N, H, W, C] (`sample_uint8`).
+
+    With `labels` (int [N], a conditional generator's), an .npz holds `labels` and `class_names`
+    too, and a folder is laid out by class, `dir/<class name>/<n>.png`, which `folder:dir` reads
+    back with those labels.
 
     Pass a folder as a string ending in "/" (a Path drops the trailing slash).
     """
@@ -165,17 +177,26 @@ def write_samples(
     if form == "folder":
         if is_points:
             raise HetganError(f"{out}: 2-D samples cannot be written as a folder of PNGs; use .npz or .png")
-        return _write_folder(samples, Path(text.rstrip("/\\")), start)
+        folder = Path(text.rstrip("/\\"))
+        if labels is None:
+            return _write_folder(samples, folder, start)
+        for k, name in enumerate(class_names):
+            if (labels == k).any():
+                _write_folder(samples[np.flatnonzero(labels == k)], folder / name, start)
+        return folder
     out.parent.mkdir(parents=True, exist_ok=True)
     if form == "npz":
         buf = io.BytesIO()
+        arrays = (
+            {} if labels is None else {"labels": np.asarray(labels, np.int64), "class_names": np.array(class_names)}
+        )
         if is_points:
-            np.savez(buf, points=samples.float().cpu().numpy().astype(np.float32))
+            np.savez(buf, points=samples.float().cpu().numpy().astype(np.float32), **arrays)
         else:
-            np.savez(buf, images=as_uint8(samples))
+            np.savez(buf, images=as_uint8(samples), **arrays)
         atomic_write_bytes(out, buf.getvalue())
     else:
-        data = scatter_png(samples, modes) if is_points else png_bytes(grid_image(samples))
+        data = scatter_png(samples, modes) if is_points else png_bytes(grid_image(samples, ncol))
         atomic_write_bytes(out, data)
     return out
 

@@ -362,9 +362,11 @@ def test_data_check_prints_what_the_data_is(tmp_path, capsys):
     (tmp_path / "dogs" / "broken.png").write_bytes(b"not a png")
     assert main(["data", "check", f"folder:{tmp_path}", "--channels", "3"]) == 1
     out = capsys.readouterr().out
-    assert f"folder:{tmp_path}: 6 images, 2 classes, 32x32 colour (the good items)" in out and "BAD " in out
+    stored = "(stored 40x40, centre-cropped to a square, then resized with Lanczos to 32x32)"
+    assert f"folder:{tmp_path}: 6 images, 2 classes, 32x32 colour {stored} (the good items)" in out and "BAD " in out
     assert main(["data", "check", "mnist5k"]) == 0
-    assert "mnist5k: 5000 images, 10 classes, 32x32 grayscale\nmnist5k: no problems found" in capsys.readouterr().out
+    line = "mnist5k: 5000 images, 10 classes, 32x32 grayscale (stored 28x28, centre-cropped to a square, then "
+    assert line + "resized with Lanczos to 32x32)\nmnist5k: no problems found" in capsys.readouterr().out
 
 
 def test_evalnet_train_makes_its_output_folder_before_training(tmp_path, digits_npz, capsys):

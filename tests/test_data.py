@@ -198,13 +198,16 @@ def test_a_run_logs_what_it_trains_on_and_warns_of_colour_read_in_grayscale(tmp_
         with caplog.at_level("INFO", logger="hetgan"):
             train(config, out=tmp_path / f"run{channels}", progress=False)
         shown = f"data folder:{tmp_path / 'pics'}: 4 images, 2 classes, 32x32 {'grayscale' if warned else 'colour'}"
+        shown += " (stored 20x20, centre-cropped to a square, then resized with Lanczos to 32x32)"
         assert shown in caplog.messages
         warning = f"{tmp_path / 'pics' / 'a' / '1.png'} is stored in colour, but data.channels=1"
         assert (warning in caplog.text) == warned
     ring = "ring8: 2-D mixture of 8 Gaussians, sigma 0.01, sampled on the fly"
     assert describe_data(load_data(cfg("ring8")), "ring8") == ring
     streamed = load_data(DataConfig(spec=f"folder:{tmp_path / 'pics'}", loader="stream", resolution=8, channels=3))
-    assert describe_data(streamed, "S") == "S: 4 files, decoded as training reaches them, 2 classes, 8x8 colour"
+    resized = "(stored 20x20, centre-cropped to a square, then resized with Lanczos to 8x8)"
+    want = f"S: 4 files, decoded as training reaches them, 2 classes, 8x8 colour {resized}"
+    assert describe_data(streamed, "S") == want
 
 
 def test_empty_folder(tmp_path):

@@ -60,7 +60,7 @@ def test_every_registered_model_is_covered():
 
 
 def test_unsupported_resolution_suggests_fix():
-    with pytest.raises(ConfigError, match=r"supports resolutions \[32, 64\].*data.resolution=32"):
+    with pytest.raises(ConfigError, match=r"supports resolutions \[32, 64, 128, 256\].*data.resolution=32"):
         build_models(config_for("dcgan", 28))
 
 

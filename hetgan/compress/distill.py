@@ -82,9 +82,12 @@ class Distillation:
     def __getattr__(self, name: str):  # n_critic, pack, d_loss, ...: the base loss's
         return getattr(self.base, name)
 
-    def g_loss(self, D: nn.Module, fake: torch.Tensor, z: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
-        with torch.no_grad():
-            target = self.teacher(z.to(self.teacher.device)).to(fake.device, fake.dtype)  # same z, teacher
+    def g_loss(
+        self, D: nn.Module, fake: torch.Tensor, z: torch.Tensor | None = None, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Stats]:
+        with torch.no_grad():  # the teacher's image for the same z (and class)
+            y = y.to(self.teacher.device) if y is not None else None
+            target = self.teacher(z.to(self.teacher.device), y).to(fake.device, fake.dtype)
         pixel = (fake - target).abs().mean()
         loss, stats = self.weights.pixel_weight * pixel, {"distill_l1": pixel.detach()}
         if self.features is not None:

@@ -47,12 +47,20 @@ def widths_of(G: nn.Module, arch: str) -> list[int]:
     return [m.out_channels if isinstance(m, nn.ConvTranspose2d | nn.Conv2d) else m.out_features for m in layers]
 
 
+def example_inputs(G: nn.Module, z_dim: int, batch: int) -> tuple[torch.Tensor, ...]:
+    """(z,) or, for a conditional G, (z, y): zeros [batch, z_dim] and classes 0, 1, ... [batch]."""
+    device = next(G.parameters()).device
+    z = torch.zeros(batch, z_dim, device=device)
+    n_classes = getattr(G, "n_classes", 0)
+    return (z, torch.arange(batch, device=device) % n_classes) if n_classes else (z,)
+
+
 def macs(G: nn.Module, z_dim: int) -> int:
     """Multiply-accumulates of one sample through G (torch-pruning's counter)."""
     tp = torch_pruning()
     was_training = G.training
     G.eval()
-    ops, _ = tp.utils.count_ops_and_params(G, torch.zeros(1, z_dim, device=next(G.parameters()).device))
+    ops, _ = tp.utils.count_ops_and_params(G, example_inputs(G, z_dim, 1))
     G.train(was_training)
     return int(ops)
 
@@ -94,7 +102,7 @@ def prune_generator(G: nn.Module, cfg: TrainConfig, ratio: float, importance: st
     ignored = [layers[-1]]  # the output layer keeps its channels: the image's
     if cfg.model.arch == "resnet":
         ignored.append(layers[0])  # the stream's Linear (see the module's docstring)
-    example = torch.zeros(2, cfg.model.z_dim, device=next(student.parameters()).device)
+    example = example_inputs(student, cfg.model.z_dim, 2)
     # Multiples of 8 where that is a fine step (layers of 64 and more); narrower ones keep exact
     # widths (a width-32 layer rounded to 8 at ratio 0.55 became 8 channels: too coarse).
     round_to = ROUND_TO if min(widths_of(student, cfg.model.arch)) >= 8 * ROUND_TO else None

@@ -13,6 +13,7 @@ from hetgan.data.sources import (
     describe_specs,
     is_mixture_spec,
     load_data,
+    with_classes,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "is_mixture_spec",
     "load_data",
     "make_sampler",
+    "with_classes",
 ]

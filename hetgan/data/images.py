@@ -83,7 +83,7 @@ def arrays_to_model(images: np.ndarray, resolution: int, channels: int, where: s
     if len(images) == 0:
         raise DataError(f"{where}: contains no images")
     n, h, w, c = images.shape
-    if h == w == resolution and c == channels:
+    if h == w == resolution and c == channels:  # anything else is resized (`resize_note` says so)
         return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[c]
     out = np.empty((n, resolution, resolution, channels), dtype=np.uint8)
@@ -110,6 +110,34 @@ def colour_file(files: list[Path], sample: int = 16) -> str | None:
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             continue
     return None
+
+
+RESIZE_RULE = "centre-cropped to a square, then resized with Lanczos"
+
+
+def stored_sizes(files: list[Path], sample: int = 64) -> list[tuple[int, int]]:
+    """The distinct (width, height) of up to `sample` files spread over `files` (headers only)."""
+    sizes = set()
+    for path in files[:: max(1, len(files) // sample)][:sample]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    sizes.add(img.size)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            continue  # the decoder reports it
+    return sorted(sizes)
+
+
+def resize_note(sizes: list[tuple[int, int]], resolution: int) -> str | None:
+    """What the data line says of images stored at other sizes than the model's (never a silent
+    resize): `stored 28x28, centre-cropped ...`; None when every image is at `resolution`."""
+    if not sizes or sizes == [(resolution, resolution)]:
+        return None
+    shown = ", ".join(f"{w}x{h}" for w, h in sizes[:3]) + (
+        f" and {len(sizes) - 3} more sizes" if len(sizes) > 3 else ""
+    )
+    return f"stored {shown}, {RESIZE_RULE} to {resolution}x{resolution}"
 
 
 def list_image_files(root: Path) -> list[Path]:

@@ -25,7 +25,9 @@ class ImageSampler:
     data-parallel rank (`shard`) walks the same order and keeps its part of each global batch.
     """
 
-    def __init__(self, data: ImageData, seed: int, device: torch.device, shard: Shard = WHOLE) -> None:
+    def __init__(
+        self, data: ImageData, seed: int, device: torch.device, shard: Shard = WHOLE, labelled: bool = False
+    ) -> None:
         self.shard = shard
         if isinstance(data.images, LazyImages):  # decoded batch by batch, on the CPU
             self.images, self.device = data.images, torch.device("cpu")
@@ -35,6 +37,8 @@ class ImageSampler:
                 data.device_copies[key] = torch.from_numpy(data.images).to(device)  # [N, C, H, W] uint8
             self.images = data.device_copies[key]
             self.device = self.images.device
+        # With `labelled`, batches come with their labels: int64 [N] beside the images.
+        self.labels = torch.from_numpy(data.labels).to(self.device) if labelled else None
         self.seed = seed
         self.epoch = 0
         self.offset = 0
@@ -45,12 +49,12 @@ class ImageSampler:
         perm = torch.randperm(len(self.images), generator=g)  # on the CPU: the same order on any device
         return to_device(perm, self.device)
 
-    def next(self, batch_size: int) -> torch.Tensor:
+    def next(self, batch_size: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """This rank's part of the next global batch of `batch_size`: float [B / world, C, H, W] in
-        [-1, 1] on the sampler's device."""
+        [-1, 1] on the sampler's device (and its labels [B / world], when labelled)."""
         return to_unit_range(self.next_uint8(batch_size))
 
-    def next_uint8(self, batch_size: int) -> torch.Tensor:
+    def next_uint8(self, batch_size: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         chunks, need = [], batch_size
         while need > 0:
             take = min(need, len(self.images) - self.offset)
@@ -62,8 +66,10 @@ class ImageSampler:
                 self._perm = self._permutation(self.epoch)
         index = self.shard.part(chunks[0] if len(chunks) == 1 else torch.cat(chunks))
         if isinstance(self.images, LazyImages):
-            return torch.from_numpy(self.images[index.numpy()])
-        return self.images[index]  # [B, C, H, W] uint8
+            images = torch.from_numpy(self.images[index.numpy()])
+        else:
+            images = self.images[index]  # [B, C, H, W] uint8
+        return images if self.labels is None else (images, self.labels[index])
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "offset": self.offset}
@@ -106,9 +112,12 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device)
 
 
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 in [0, 255] -> [-1, 1], in torch's default dtype (float32 unless set otherwise)."""
-    return images.to(torch.get_default_dtype()).div_(127.5).sub_(1.0)
+def to_unit_range(batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]):
+    """uint8 in [0, 255] -> [-1, 1], in torch's default dtype (float32 unless set otherwise); an
+    (images, labels) batch keeps its labels as they are."""
+    if isinstance(batch, tuple):
+        return to_unit_range(batch[0]), batch[1]
+    return batch.to(torch.get_default_dtype()).div_(127.5).sub_(1.0)
 
 
 class PrefetchSampler:
@@ -119,8 +128,16 @@ class PrefetchSampler:
     checkpointable position as ImageSampler.
     """
 
-    def __init__(self, data: ImageData, seed: int, device: torch.device, depth: int = 3, shard: Shard = WHOLE) -> None:
-        self.cpu = ImageSampler(data, seed, torch.device("cpu"), shard)  # the order logic, on the host
+    def __init__(
+        self,
+        data: ImageData,
+        seed: int,
+        device: torch.device,
+        depth: int = 3,
+        shard: Shard = WHOLE,
+        labelled: bool = False,
+    ) -> None:
+        self.cpu = ImageSampler(data, seed, torch.device("cpu"), shard, labelled)  # the order logic, on the host
         self.device = device
         self.depth = depth
         self._state = self.cpu.state_dict()  # position after the last batch handed out
@@ -144,18 +161,19 @@ class PrefetchSampler:
             if isinstance(item[0], Exception):
                 return
 
-    def _gather(self, batch_size: int, copy_stream) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-        """(uint8 batch, None) on the CPU; (uint8 batch on the GPU, its copy's event) on CUDA."""
+    def _gather(self, batch_size: int, copy_stream) -> tuple[tuple[torch.Tensor, ...], torch.cuda.Event | None]:
+        """((uint8 batch[, labels]), None) on the CPU; (the same on the GPU, its copy's event) on CUDA."""
         batch = self.cpu.next_uint8(batch_size)
+        batch = batch if isinstance(batch, tuple) else (batch,)
         if copy_stream is None:
             return batch, None
         with torch.cuda.stream(copy_stream):
-            on_device = batch.pin_memory().to(self.device, non_blocking=True)
+            on_device = tuple(t.pin_memory().to(self.device, non_blocking=True) for t in batch)
             done = torch.cuda.Event()
             done.record(copy_stream)
         return on_device, done
 
-    def next(self, batch_size: int) -> torch.Tensor:
+    def next(self, batch_size: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self._thread is None:
             self._queue, self._stop = queue.Queue(maxsize=self.depth), threading.Event()
             self._thread = threading.Thread(
@@ -172,8 +190,10 @@ class PrefetchSampler:
         if copied is not None:
             compute = torch.cuda.current_stream(self.device)
             compute.wait_event(copied)
-            batch.record_stream(compute)  # allocated on the copy stream, used on this one
-        return to_unit_range(batch.to(self.device))
+            for t in batch:
+                t.record_stream(compute)  # allocated on the copy stream, used on this one
+        batch = tuple(t.to(self.device) for t in batch)
+        return to_unit_range(batch if len(batch) == 2 else batch[0])
 
     def close(self) -> None:
         if self._thread is not None:
@@ -197,14 +217,16 @@ def make_sampler(
     loader: str = "auto",
     resident_max_mb: int = 2048,
     shard: Shard = WHOLE,
+    labelled: bool = False,
 ) -> ImageSampler | MixtureSampler | PrefetchSampler:
     """Mixtures are sampled directly; images live on the device unless they are larger than
     `resident_max_mb` on an accelerator (loader 'auto'), loader is 'prefetch', or they are
-    decoded as they are needed (loader 'stream': LazyImages), always ahead of the step."""
+    decoded as they are needed (loader 'stream': LazyImages), always ahead of the step.
+    `labelled`: image batches come as (images, labels)."""
     device = torch.device(device)
     if isinstance(data, Mixture):
         return MixtureSampler(data, seed, device, shard)
     too_big = device.type != "cpu" and data.images.nbytes > resident_max_mb * 2**20
     if loader in ("prefetch", "stream") or (loader == "auto" and too_big):
-        return PrefetchSampler(data, seed, device, shard=shard)
-    return ImageSampler(data, seed, device, shard)
+        return PrefetchSampler(data, seed, device, shard=shard, labelled=labelled)
+    return ImageSampler(data, seed, device, shard, labelled)

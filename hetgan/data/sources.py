@@ -7,6 +7,7 @@ what was expected and what was found.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import math
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hetgan.config import DataConfig
+from hetgan.config import DataConfig, TrainConfig
 from hetgan.data.images import (
     LazyImages,
     arrays_to_model,
@@ -27,6 +28,8 @@ from hetgan.data.images import (
     decode_files,
     list_image_files,
     require_mostly_good,
+    resize_note,
+    stored_sizes,
 )
 from hetgan.errors import DataError
 from hetgan.registry import Registry
@@ -41,6 +44,8 @@ class ImageData:
     # An item stored in colour (a file, or the array's source), where data.channels=1 reads the
     # data in grayscale: the run says so, since that is rarely what colour data was meant for.
     colour_item: str | None = None
+    # How the stored images were brought to the model's size (`resize_note`), None when they were not.
+    resized: str | None = None
     # The images as a torch tensor on each device a sampler has put them on, shared by every
     # trainer on this data (tune builds one per candidate): one copy per device, not per trainer.
     device_copies: dict = field(default_factory=dict, repr=False, compare=False)
@@ -63,7 +68,7 @@ SPEC_HELP = {
     "mnist:DIR": "the MNIST IDX files (train + t10k, gzipped or not)",
     "cifar10:DIR": "CIFAR-10 binary version, data_batch_*.bin",
     "folder:DIR": "PNG/JPEG/WebP/BMP files under DIR; subfolders name classes",
-    "npz:FILE": "uint8 `images` (N,H,W) or (N,H,W,C), optional `labels`",
+    "npz:FILE": "uint8 `images` (N,H,W) or (N,H,W,C), optional `labels` and `class_names`",
     "ring8": "8 Gaussians on a circle of radius 1, sigma 0.01",
     "grid25": "25 Gaussians on {-4,-2,0,2,4}^2, sigma 0.05",
 }
@@ -111,7 +116,7 @@ def is_mixture_spec(spec: str) -> bool:
 @DATASETS.register("mnist5k")
 def read_mnist5k(arg: str, cfg: DataConfig) -> ImageData:
     with resources.files("hetgan.data").joinpath("mnist_5k.npz").open("rb") as f:
-        return _read_npz_arrays(np.load(f, allow_pickle=False), cfg, "mnist5k")
+        return _read_npz_arrays(np.load(f, allow_pickle=False), cfg, "mnist5k")  # labels 0..9: their names
 
 
 @DATASETS.register("npz")
@@ -143,8 +148,19 @@ def _read_npz_arrays(arrays, cfg: DataConfig, where: str) -> ImageData:
     if labels is not None and len(labels) != len(images):
         raise DataError(f"{where}: {len(images)} images but {len(labels)} labels; counts must match")
     colour = where if cfg.channels == 1 and images.ndim == 4 and images.shape[3] in (3, 4) else None
+    resized = array_resize_note(images, cfg.resolution)
     images = arrays_to_model(images, cfg.resolution, cfg.channels, where)
-    return ImageData(images, labels, None, where, colour)
+    names = None
+    if "class_names" in arrays.files:  # as `hetgan sample --per-class N --out FILE.npz` writes them
+        names = [str(name) for name in _npz_member(arrays, "class_names", where)]
+    elif labels is not None and len(labels):
+        names = [str(i) for i in range(int(labels.max()) + 1)]
+    return ImageData(images, labels, names, where, colour, resized=resized)
+
+
+def array_resize_note(images: np.ndarray, resolution: int) -> str | None:
+    """`resize_note` for an array of images [N, H, W(, C)]."""
+    return resize_note([(images.shape[2], images.shape[1])], resolution) if images.ndim >= 3 else None
 
 
 def _npz_member(arrays, name: str, where: str) -> np.ndarray:
@@ -181,8 +197,9 @@ def read_mnist(arg: str, cfg: DataConfig) -> ImageData:
             )
         images.append(img)
         labels.append(lbl.astype(np.int64))
+    resized = array_resize_note(images[0], cfg.resolution)
     images_np = arrays_to_model(np.concatenate(images), cfg.resolution, cfg.channels, str(root))
-    return ImageData(images_np, np.concatenate(labels), [str(i) for i in range(10)], str(root))
+    return ImageData(images_np, np.concatenate(labels), [str(i) for i in range(10)], str(root), resized=resized)
 
 
 def _find_idx(root: Path, name: str) -> Path:
@@ -237,8 +254,10 @@ def read_cifar10(arg: str, cfg: DataConfig) -> ImageData:
     data = np.concatenate(records)
     labels = data[:, 0].astype(np.int64)
     images = data[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # [N, H, W, C]
+    resized = array_resize_note(images, cfg.resolution)
     images = arrays_to_model(images, cfg.resolution, cfg.channels, str(root))
-    return ImageData(images, labels, CIFAR_CLASSES, str(root), str(root) if cfg.channels == 1 else None)
+    colour = str(root) if cfg.channels == 1 else None
+    return ImageData(images, labels, CIFAR_CLASSES, str(root), colour, resized=resized)
 
 
 def read_cifar_file(path: Path) -> np.ndarray:
@@ -263,6 +282,7 @@ def read_folder(arg: str, cfg: DataConfig) -> ImageData:
     if not files:
         raise DataError(f"{root}: no images found (looked recursively for .png, .jpg, .jpeg, .webp, .bmp)")
     colour = colour_file(files) if cfg.channels == 1 else None
+    resized = resize_note(stored_sizes(files), cfg.resolution)
     if cfg.loader == "stream":  # decoded as training reaches each file
         class_names, labels = _folder_labels(root, files)
         return ImageData(
@@ -271,12 +291,13 @@ def read_folder(arg: str, cfg: DataConfig) -> ImageData:
             class_names,
             str(root),
             colour,
+            resized=resized,
         )
     arrays, kept, bad = decode_files(files, cfg.resolution, cfg.channels, cfg.on_bad_image)
     require_mostly_good(len(files), bad)
     images = np.stack(arrays).transpose(0, 3, 1, 2).copy()  # [N, C, R, R]
     class_names, labels = _folder_labels(root, [files[i] for i in kept])
-    return ImageData(images, labels, class_names, str(root), colour)
+    return ImageData(images, labels, class_names, str(root), colour, resized=resized)
 
 
 def _folder_labels(root: Path, files: list[Path]) -> tuple[list[str] | None, np.ndarray | None]:
@@ -296,7 +317,32 @@ def describe_data(data: Data, spec: str) -> str:
     n, channels, resolution = data.images.shape[:3]
     what = f"{n} files, decoded as training reaches them" if isinstance(data.images, LazyImages) else f"{n} images"
     classes = "unlabelled" if data.labels is None else f"{len(np.unique(data.labels))} classes"
-    return f"{spec}: {what}, {classes}, {resolution}x{resolution} {'grayscale' if channels == 1 else 'colour'}"
+    line = f"{spec}: {what}, {classes}, {resolution}x{resolution} {'grayscale' if channels == 1 else 'colour'}"
+    return line + (f" ({data.resized})" if data.resized else "")
+
+
+def with_classes(cfg: TrainConfig, data: Data) -> TrainConfig:
+    """`cfg` with model.n_classes and data.class_names filled in from the data's labels, for a
+    conditional model (a copy; an unconditional config is returned as it is). A DataError when the
+    data has no labels, or a class index the config's n_classes cannot hold."""
+    if not cfg.model.conditional:
+        return cfg
+    if isinstance(data, Mixture) or data.labels is None:
+        raise DataError(
+            f"{cfg.data.spec}: model.conditional=true needs labelled data (class subfolders, mnist5k, "
+            "mnist:DIR, cifar10:DIR, or an npz with a `labels` array); this data has none"
+        )
+    found = int(data.labels.max()) + 1
+    names = list(cfg.data.class_names or data.class_names or [str(i) for i in range(found)])
+    n = cfg.model.n_classes or len(names)
+    if found > n or len(names) != n:
+        raise DataError(
+            f"{cfg.data.spec}: labels run to class index {found - 1} and there are {len(names)} class names, "
+            f"but model.n_classes is {n}; set model.n_classes={max(found, len(names))} (or 0: from the data)"
+        )
+    out = copy.deepcopy(cfg)
+    out.model.n_classes, out.data.class_names = n, names
+    return out
 
 
 def colour_warning(data: Data) -> str | None:
@@ -356,7 +402,13 @@ def inspect_spec(cfg: DataConfig) -> tuple[list[tuple[str, str]], str | None]:
             return [(str(path), reason) for path, reason in bad], None
         class_names, labels = _folder_labels(root, [files[i] for i in kept])
         images = np.stack(arrays[:1]).transpose(0, 3, 1, 2)  # one item gives the shape
-        data = ImageData(np.broadcast_to(images, (len(arrays), *images.shape[1:])), labels, class_names, str(root))
+        data = ImageData(
+            np.broadcast_to(images, (len(arrays), *images.shape[1:])),
+            labels,
+            class_names,
+            str(root),
+            resized=resize_note(stored_sizes(files), cfg.resolution),
+        )
         return [(str(path), reason) for path, reason in bad], describe_data(data, cfg.spec)
     try:
         data = load_data(cfg)

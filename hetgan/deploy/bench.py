@@ -283,8 +283,11 @@ def ort_layer_kernels(G, z: np.ndarray) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         options.profile_file_prefix = str(Path(tmp) / "ort")
         session = ort.InferenceSession(G.source, options, providers=["CPUExecutionProvider"])
+        feeds = {G.input_names[0]: z}
+        if G.n_classes:  # a conditional model's second input: the classes in turn
+            feeds[G.input_names[1]] = np.arange(len(z), dtype=np.int64) % G.n_classes
         for _ in range(5):
-            session.run(None, {G.input_name: z})
+            session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
     totals: dict[tuple[str, str], list[float]] = {}
     for e in events:

@@ -75,7 +75,8 @@ def compare(reference: Sampling, candidate: Sampling, tolerance: float | None, b
     gen = torch.Generator().manual_seed(VERIFY_SEED)
     for batch in batches:
         z = torch.randn(batch, reference.z_dim, generator=gen)
-        want, got = reference.generate(z).numpy(), candidate.generate(z).numpy()
+        y = reference.labels(batch)  # a conditional model's classes in turn; None for others
+        want, got = reference.generate(z, y).numpy(), candidate.generate(z, y).numpy()
         if got.shape != want.shape:
             raise ExportError(f"the exported model gives shape {got.shape} at batch {batch}, PyTorch {want.shape}")
         err = float(np.abs(got - want).max())
@@ -93,6 +94,7 @@ def metadata(G: Sampling, precision: str = "fp32", **extra) -> dict[str, str]:
         "config": json.dumps(to_dict(G.config)),
         "z_dim": str(G.z_dim),
         "input": json.dumps({"name": "z", "shape": ["batch", G.z_dim], "dtype": "float32", "law": "N(0, 1)"}),
+        **({"labels": json.dumps(labels_input(G))} if G.n_classes else {}),
         "output": json.dumps(
             {"name": "sample", "shape": ["batch", *G.shape], "range": [-1, 1] if images else "unbounded 2-D points"}
         ),
@@ -122,21 +124,31 @@ def quiet_libraries():
             lg.setLevel(level)
 
 
+def labels_input(G: Sampling) -> dict:
+    """The second input of a conditional model, as its metadata describes it."""
+    return {"name": "y", "shape": ["batch"], "dtype": "int64", "classes": G.class_names}
+
+
 def trace_onnx(G: Generator, optimize: bool, target: str = "onnxruntime"):
     """G's network as an onnx.ModelProto with a dynamic batch axis and hetgan's metadata, its
-    layers rewritten for the `target` runtime (hetgan.deploy.rewrite)."""
+    layers rewritten for the `target` runtime (hetgan.deploy.rewrite). A conditional G's model
+    takes y [B] int64 as its second input."""
     require("onnxscript", "ONNX export")  # torch's dynamo exporter is built on it
     require("onnx", "ONNX export")
     net = for_inference(G.G, subpixel_output=target == "openvino")
     z = torch.randn(TRACE_BATCH, G.z_dim, generator=torch.Generator().manual_seed(0))
+    batch = torch.export.Dim("batch", min=1)
+    inputs, names, shapes = (z,), ["z"], ({0: batch},)
+    if G.n_classes:
+        inputs, names, shapes = (z, G.labels(TRACE_BATCH)), ["z", "y"], ({0: batch}, {0: batch})
     try:
         with quiet_libraries(), torch.no_grad():
             program = torch.onnx.export(
                 net.eval(),
-                (z,),
+                inputs,
                 dynamo=True,
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                input_names=["z"],
+                dynamic_shapes=shapes,
+                input_names=names,
                 output_names=["sample"],
                 optimize=optimize,
                 verbose=False,

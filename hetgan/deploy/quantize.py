@@ -73,12 +73,17 @@ class QuantizeResult:
         return f"  calibration: {c['n']} z draws (seed {c['seed']}, batches of {c['batch']})"
 
 
-def calibration_batches(z_dim: int, n: int, seed: int = CALIBRATION_SEED) -> list[np.ndarray]:
-    """n z draws [n, z_dim] as sampling draws them (standard normal), in batches."""
+def calibration_batches(z_dim: int, n: int, seed: int = CALIBRATION_SEED, n_classes: int = 0) -> list:
+    """n z draws [n, z_dim] as sampling draws them (standard normal), in batches; for a
+    conditional model each batch is {"z": z, "y": the classes in turn}, its two inputs by name."""
     if n < 1:
         raise HetganError(f"--calibration-n must be at least 1, got {n}")
     z = np.random.default_rng(seed).standard_normal((n, z_dim)).astype(np.float32)
-    return [z[i : i + CALIBRATION_BATCH] for i in range(0, n, CALIBRATION_BATCH)]
+    batches = [z[i : i + CALIBRATION_BATCH] for i in range(0, n, CALIBRATION_BATCH)]
+    if not n_classes:
+        return batches
+    y = np.arange(n, dtype=np.int64) % n_classes
+    return [{"z": b, "y": y[i * CALIBRATION_BATCH : i * CALIBRATION_BATCH + len(b)]} for i, b in enumerate(batches)]
 
 
 def quantize(
@@ -97,7 +102,7 @@ def quantize(
     out = Path(out)
     if out.suffix.lower() not in (".xml", ".onnx"):
         raise ExportError(f"--out {out}: int8 goes to FILE.xml (OpenVINO, NNCF) or FILE.onnx (ONNX Runtime)")
-    batches = calibration_batches(G.z_dim, calibration_n)
+    batches = calibration_batches(G.z_dim, calibration_n, n_classes=G.n_classes)
     calibration = {"n": calibration_n, "seed": CALIBRATION_SEED, "batch": CALIBRATION_BATCH, "law": "N(0, 1)"}
     fp32, _ = onnx_with_check(G, "openvino" if out.suffix.lower() == ".xml" else "onnxruntime")
     if out.suffix.lower() == ".xml":
@@ -177,8 +182,8 @@ def is_dynamic(method: str) -> bool:
 class _Reader:
     """onnxruntime.quantization's CalibrationDataReader protocol over the calibration batches."""
 
-    def __init__(self, name: str, batches: list[np.ndarray]) -> None:
-        self.items = iter([{name: b} for b in batches])
+    def __init__(self, name: str, batches: list) -> None:
+        self.items = iter([b if isinstance(b, dict) else {name: b} for b in batches])
 
     def get_next(self):
         return next(self.items, None)

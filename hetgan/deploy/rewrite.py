@@ -92,12 +92,12 @@ class LatentDeconv(nn.Module):
 
 def for_inference(G: nn.Module, subpixel_output: bool = True) -> nn.Module:
     """An eval-mode copy of G on the CPU with the rewrites above where they apply (DCGAN
-    generators; the sub-pixel output layer if `subpixel_output`); any other network comes back as
-    a plain copy. `forward(z)` is G's, to float round-off."""
+    generators; the sub-pixel output layer if `subpixel_output`); any other network, and a
+    conditional one, comes back as a plain copy. `forward(z)` is G's, to float round-off."""
     from hetgan.models import dcgan
 
     G = copy.deepcopy(G).cpu().eval()
-    if not isinstance(G, dcgan.Generator):
+    if not isinstance(G, dcgan.Generator) or G.n_classes:  # a conditional G's BatchNorm is per class
         return G
     layers = list(G.net)
     for i, layer in enumerate(layers):

@@ -63,16 +63,21 @@ class RuntimeGenerator(Sampling):
         self.precision = metadata.get("precision", "fp32")
         self.run_id = metadata.get("run_id") or None
 
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """z [B, z_dim] float32 -> samples [B, *shape] float32, on the CPU."""
+    def _generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """z [B, z_dim] float32 (and y [B] int64 for a conditional model) -> samples [B, *shape]
+        float32, on the CPU."""
         if z.ndim != 2 or z.shape[1] != self.z_dim or not z.is_floating_point():
             raise HetganError(
                 f"{self.where}: z must be a float tensor [batch, {self.z_dim}], got {z.dtype} {list(z.shape)}"
             )
-        out = self.run(np.ascontiguousarray(z.detach().cpu().float().numpy()))
+        inputs = [np.ascontiguousarray(z.detach().cpu().float().numpy())]
+        if y is not None:
+            inputs.append(np.ascontiguousarray(y.detach().cpu().numpy()))
+        out = self.run(*inputs)
         return torch.from_numpy(out).view(len(z), *self.shape)
 
-    def run(self, z: np.ndarray) -> np.ndarray:
+    def run(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """The model on z (and y, its second input, for a conditional model)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -101,10 +106,10 @@ class OnnxRuntimeGenerator(RuntimeGenerator):
         super().__init__(dict(_strip(self.session.get_modelmeta().custom_metadata_map)), where)
         self.backend = "tensorrt" if kw.get("tensorrt") else "onnxruntime"
         self.providers = self.session.get_providers()
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def run(self, z: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: z})[0]
+    def run(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        return self.session.run(None, dict(zip(self.input_names, (z, y) if y is not None else (z,), strict=True)))[0]
 
 
 def ort_providers(ort, device: str, tensorrt: bool, cache_dir: Path | None) -> list:
@@ -155,8 +160,8 @@ class OpenVINOGenerator(RuntimeGenerator):
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
-    def run(self, z: np.ndarray) -> np.ndarray:
-        self.request.infer({0: z})
+    def run(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        self.request.infer({0: z} if y is None else {0: z, 1: y})
         return self.request.get_output_tensor(0).data.copy()  # the request reuses its buffer
 
 

@@ -21,6 +21,12 @@ from hetgan.placement import resolve_device
 
 log = logging.getLogger("hetgan")
 IMAGE_METRICS = ("fid", "kid", "pr", "dc", "classes", "diversity")
+# Conditional generators only: "per_class" (the share of samples the feature network classifies as
+# the class asked for, FID per class) is on by default; "cas" (a classifier trained on samples,
+# tested on real images) trains a network, so it is asked for by name.
+CONDITIONAL_METRICS = ("per_class", "cas")
+CAS_EPOCHS = 8
+CAS_TEST_PER_CLASS = 100
 POINT_METRICS = ("modes",)
 DIGIT_SPECS = ("mnist5k", "mnist")
 MAX_REAL = 10_000  # real images embedded for the reference statistics
@@ -84,7 +90,9 @@ class Evaluator:
             return
         # Inception's 1008 ImageNet classes say nothing about the data's classes.
         valid = tuple(m for m in IMAGE_METRICS if not (inception and m == "classes"))
-        self.metrics = metrics or valid
+        conditional = config.model.conditional
+        self.metrics = metrics or (valid + ("per_class",) if conditional and not inception else valid)
+        valid += CONDITIONAL_METRICS if conditional else ()
         unknown = set(self.metrics) - set(valid)
         if unknown:
             raise HetganError(
@@ -98,8 +106,12 @@ class Evaluator:
         """The real images' features, computed at the first scoring: a feature network that cannot
         be had is an error when the evaluator is made, but a resumed run that turns out finished
         (or a `train` that stops before its first evaluation) spends nothing on them."""
-        order = np.random.default_rng(self.seed).permutation(len(self.data.images))[:MAX_REAL]
-        return real_features(self.net, self.data.images[order])
+        return real_features(self.net, self.data.images[self.real_order])
+
+    @functools.cached_property
+    def real_order(self) -> np.ndarray:
+        """The real images scored against, up to MAX_REAL, in a fixed random order."""
+        return np.random.default_rng(self.seed).permutation(len(self.data.images))[:MAX_REAL]
 
     def __call__(self, G: Generator, n: int) -> dict:
         if n < MIN_EVAL_N:
@@ -117,7 +129,8 @@ class Evaluator:
                 "seed": self.seed,
                 **M.mode_metrics(points, self.data.modes, self.data.sigma),
             }
-        # A batch of samples at a time into features: the n images are never held at once.
+        # A batch of samples at a time into features: the n images are never held at once. A
+        # conditional G draws the classes in turn (Sampling.labels).
         parts = [self.net.embed(batch) for _, batch in G.sample_batches(n, seed=self.seed)]
         fake, probs = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
         real, wanted = self.real, self.metrics
@@ -134,7 +147,54 @@ class Evaluator:
             result.update(M.class_histogram(probs, self.net.cfg.n_classes))
         if "diversity" in wanted:
             result["diversity"] = M.diversity(fake, real)
+        if "per_class" in wanted:
+            result.update(self.per_class(G, fake, probs, n))
+        if "cas" in wanted:
+            result.update(self.cas(G, n))
         return result
+
+    def per_class(self, G: Generator, fake: np.ndarray, probs: np.ndarray, n: int) -> dict:
+        """How well a conditional G makes the class it is asked for: the share of its samples the
+        feature network classifies as that class (where the network has the data's classes), and
+        FID per class, each class's samples against its real images."""
+        y = G.labels(n).numpy()
+        result: dict = {}
+        if self.net.cfg.n_classes == G.n_classes:
+            result["class_accuracy"] = float((probs.argmax(1) == y).mean())
+            result["class_accuracy_per_class"] = {
+                name: float((probs[y == k].argmax(1) == k).mean()) for k, name in enumerate(G.class_names)
+            }
+        else:
+            log.warning(
+                "the feature network has %d classes and the generator %d: no class accuracy",
+                self.net.cfg.n_classes,
+                G.n_classes,
+            )
+        real_y = self.data.labels[self.real_order]
+        fids = {
+            name: M.fid(fake[y == k], self.real[real_y == k])
+            for k, name in enumerate(G.class_names)
+            if (y == k).sum() >= MIN_EVAL_N and (real_y == k).sum() >= MIN_EVAL_N
+        }
+        result["fid_per_class"] = fids
+        if fids:
+            result["fid_class_mean"] = float(np.mean(list(fids.values())))
+        return result
+
+    def cas(self, G: Generator, n: int) -> dict:
+        """Classification accuracy score (Ravuri & Vinyals 2019): a classifier of the feature
+        network's architecture trained on n labelled samples of G alone, tested on real images (a
+        fixed stratified split of the data; G trained on them too, unless it was trained without)."""
+        from hetgan.data import ImageData
+        from hetgan.eval.evalnet import accuracy, held_out_split, train_evalnet
+        from hetgan.sampling import sample_uint8
+
+        y = G.labels(n).numpy()
+        synthetic = ImageData(sample_uint8(G, n, self.seed + 1).transpose(0, 3, 1, 2).copy(), y, G.class_names, "G")
+        net = train_evalnet(synthetic, epochs=CAS_EPOCHS, held_out_per_class=1, seed=self.seed)
+        _, test = held_out_split(self.data.labels, CAS_TEST_PER_CLASS, seed=self.seed)
+        x = torch.from_numpy(np.asarray(self.data.images[test])).float().div(127.5).sub(1)
+        return {"cas": accuracy(net, x, torch.from_numpy(self.data.labels[test])), "cas_test_n": len(test)}
 
 
 def evaluate(

@@ -10,6 +10,7 @@ from torch import nn
 
 from hetgan.config import TrainConfig
 from hetgan.data.sources import is_mixture_spec
+from hetgan.errors import ConfigError
 from hetgan.registry import Registry
 
 Builder = Callable[..., tuple[nn.Module, nn.Module]]
@@ -27,5 +28,12 @@ def sample_shape(cfg: TrainConfig) -> tuple[int, ...]:
 
 
 def build_models(cfg: TrainConfig) -> tuple[nn.Module, nn.Module]:
+    """(G, D) for `cfg`; a conditional config must have its model.n_classes set (a run sets it
+    from its data: `hetgan.data.with_classes`)."""
+    if cfg.model.conditional and cfg.model.n_classes < 1:
+        raise ConfigError(
+            "model.conditional=true needs model.n_classes, the number of classes: a run sets it from its "
+            "data's labels; for a network built by hand pass --set model.n_classes=N"
+        )
     builder = MODELS.get(cfg.model.arch)
     return builder(cfg.model, sample_shape(cfg), cfg.loss.pack)

@@ -20,7 +20,7 @@ def dcgan_init(module: nn.Module) -> None:
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 
@@ -153,3 +153,116 @@ def hidden_widths(given: list[int], default: list[int], family: str) -> list[int
             f"model.width); give one per layer, or [] for the family's own"
         )
     return list(given)
+
+
+# --- class conditioning (model.conditional) --------------------------------------------------
+class TakesLabels:
+    """Marks a layer whose forward is `(x, y)`: y [B] int64 class indices (or None when the network
+    is unconditional). `LabelledSequential` hands y to these layers and x alone to the others."""
+
+
+class LabelledSequential(nn.Sequential):
+    """`nn.Sequential` whose forward also takes the class labels y [B] and passes them to the layers
+    that take them (`TakesLabels`); the layer list, its indices and state_dict keys stay Sequential's."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, y) if isinstance(layer, TakesLabels) else layer(x)
+        return x
+
+
+def labelled(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """`net(x, y)` for a conditional network, `net(x)` for the others: an unconditional network's
+    layer list may have been split into device stages (placement.StagedSequential), which take x alone."""
+    return net(x) if y is None else net(x, y)
+
+
+class ConditionalBatchNorm2d(TakesLabels, nn.Module):
+    """BatchNorm whose scale and shift are looked up by class (de Vries et al. 2017; the G of
+    Miyato & Koyama 2018): normalise without affine parameters, then x * gamma[y] + beta[y].
+    gamma starts at 1 and beta at 0, so at initialisation it is plain BatchNorm for every class."""
+
+    def __init__(self, num_features: int, n_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features, affine=False)
+        self.gamma = nn.Embedding(n_classes, num_features)
+        self.beta = nn.Embedding(n_classes, num_features)
+        nn.init.ones_(self.gamma.weight)
+        nn.init.zeros_(self.beta.weight)
+
+    @property
+    def num_features(self) -> int:
+        return self.bn.num_features
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.gamma(y), self.beta(y)  # [B, C] each
+        return self.bn(x) * gamma[:, :, None, None] + beta[:, :, None, None]
+
+
+def batch_norm(num_features: int, n_classes: int) -> nn.Module:
+    """BatchNorm2d, or its class-conditional form where the network is conditional (n_classes > 0)."""
+    return ConditionalBatchNorm2d(num_features, n_classes) if n_classes else nn.BatchNorm2d(num_features)
+
+
+def norm(layer: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """`layer(x)`, with y for a conditional BatchNorm."""
+    return layer(x, y) if isinstance(layer, TakesLabels) else layer(x)
+
+
+class Projection(nn.Module):
+    """The class term of a projection discriminator (Miyato & Koyama 2018): <embed(y), phi(x)>, added
+    to the unconditional logit, with phi(x) [B, C] D's pooled features."""
+
+    def __init__(self, n_classes: int, features: int, spectral: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(n_classes, features)
+        nn.init.normal_(self.embed.weight, 0.0, 0.02)
+        if spectral:
+            parametrize.register_parametrization(
+                self.embed, "weight", SpectralNorm(self.embed.weight, n_power_iterations=1, dim=0)
+            )
+
+    def forward(self, phi: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (self.embed(y) * phi).sum(1)  # [B]
+
+
+def check_labels(y: torch.Tensor | None, n_classes: int, who: str) -> None:
+    """A conditional network needs y; an unconditional one takes none (internal contract: the
+    trainer, Sampling and the exporters pass y exactly when model.conditional is set)."""
+    if n_classes and y is None:
+        raise ValueError(f"this {who} is class-conditional: pass the labels y [B] as well")
+    if not n_classes and y is not None:
+        raise ValueError(f"this {who} is unconditional: it takes no labels")
+
+
+LABEL_DIM = 32  # width of the class embedding a flat (mlp, maxout) network appends to its input
+
+
+class ConcatLabels(TakesLabels, nn.Module):
+    """x [B, F] -> [B, F + LABEL_DIM]: x with a learned embedding of its class appended, the
+    conditioning of the flat networks (Mirza & Osindero 2014 concatenate a one-hot y)."""
+
+    def __init__(self, n_classes: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(n_classes, LABEL_DIM)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.flatten(1), self.embed(y).to(x.dtype)], 1)
+
+
+def label_input(n_classes: int) -> tuple[list[nn.Module], int]:
+    """The layers that open a flat network's layer list and the features they add: [ConcatLabels]
+    and LABEL_DIM when conditional, nothing when not."""
+    return ([ConcatLabels(n_classes)], LABEL_DIM) if n_classes else ([], 0)
+
+
+def with_labels(net, y: torch.Tensor | None):
+    """`net` (a D), or with the labels y [B] bound so that the losses call it on images alone: y is
+    repeated for a batch that holds several of y's batches (a joint real + fake forward of D)."""
+    if y is None:
+        return net
+
+    def labelled(x: torch.Tensor) -> torch.Tensor:
+        return net(x, y if len(x) == len(y) else y.repeat(len(x) // len(y)))
+
+    return labelled

@@ -15,7 +15,7 @@ from torch import nn
 
 from hetgan.config import ModelConfig
 from hetgan.models import MODELS
-from hetgan.models.layers import hidden_widths
+from hetgan.models.layers import LabelledSequential, check_labels, hidden_widths, label_input, labelled
 from hetgan.models.mlp import FlatGenerator
 
 N_PIECES = 5
@@ -35,30 +35,41 @@ class Maxout(nn.Module):
 
 
 class Generator(FlatGenerator):
-    """z [B, z_dim] -> sample [B, *shape]: four hidden layers of `width` units (Linear, BN, ReLU)."""
+    """z [B, z_dim] (and y [B] when conditional) -> sample [B, *shape]: four hidden layers of
+    `width` units (Linear, BN, ReLU)."""
 
-    def __init__(self, z_dim: int, width: int, shape: tuple[int, ...], widths: list[int] = ()) -> None:
+    def __init__(
+        self, z_dim: int, width: int, shape: tuple[int, ...], widths: list[int] = (), n_classes: int = 0
+    ) -> None:
         layers: list[nn.Module] = []
-        n_in = z_dim
+        n_in = z_dim + label_input(n_classes)[1]
         for n_out in hidden_widths(list(widths), [width] * 4, "maxout"):
             layers += [nn.Linear(n_in, n_out, bias=False), nn.BatchNorm1d(n_out), nn.ReLU(True)]
             n_in = n_out
-        super().__init__(z_dim, shape, layers, n_in)
+        super().__init__(z_dim, shape, layers, n_in, n_classes)
         _init(self)
 
 
 class Discriminator(nn.Module):
-    """sample [B, pack * prod(shape)] (any trailing shape) -> logits [B]: three maxout layers."""
+    """sample [B, pack * prod(shape)] (any trailing shape; and y [B] when conditional) -> logits
+    [B]: three maxout layers."""
 
-    def __init__(self, width: int, in_features: int) -> None:
+    def __init__(self, width: int, in_features: int, n_classes: int = 0) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            Maxout(in_features, width), Maxout(width, width), Maxout(width, width), nn.Linear(width, 1)
+        self.n_classes = n_classes
+        first, n_label = label_input(n_classes)
+        self.net = LabelledSequential(
+            *first,
+            Maxout(in_features + n_label, width),
+            Maxout(width, width),
+            Maxout(width, width),
+            nn.Linear(width, 1),
         )
         _init(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1)).flatten()
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        check_labels(y, self.n_classes, "D")
+        return labelled(self.net, x.flatten(1), y).flatten()
 
 
 def _init(module: nn.Module) -> None:
@@ -72,6 +83,6 @@ def _init(module: nn.Module) -> None:
 @MODELS.register("maxout")
 def build(cfg: ModelConfig, shape: tuple[int, ...], pack: int) -> tuple[nn.Module, nn.Module]:
     """`model.width` is G's hidden width; D's maxout layers have half as many units."""
-    G = Generator(cfg.z_dim, cfg.width, shape, cfg.g_widths)
-    D = Discriminator(max(cfg.width // 2, 1), math.prod(shape) * pack)
+    G = Generator(cfg.z_dim, cfg.width, shape, cfg.g_widths, cfg.n_classes)
+    D = Discriminator(max(cfg.width // 2, 1), math.prod(shape) * pack, cfg.n_classes)
     return G, D

@@ -65,6 +65,7 @@ def make_plots(run_dir: Path) -> list[Path]:
         ("losses.png", train, ("loss_d", "loss_g"), "Losses", "loss"),
         ("d_outputs.png", train, ("d_real", "d_fake"), "D outputs (mean logits)", "D(x), D(G(z))"),
         ("d_accuracy.png", train, ("d_acc",), "D accuracy (real > 0 > fake)", "share right"),
+        ("ada.png", train, ("ada_p", "ada_rt"), "ADA: augmentation probability p and r_t", "p, r_t"),
         ("eval.png", evals, ("fid",), "FID over training", "FID"),
         ("coverage.png", evals, ("coverage", "precision", "recall", "high_quality"), "Coverage and quality", "share"),
         ("modes.png", evals, ("modes_captured",), "Modes captured", "modes"),

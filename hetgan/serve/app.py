@@ -1,7 +1,9 @@
 """The HTTP service: FastAPI over one generator and a dynamic batcher.
 
-    POST /v1/generate     {n, seed, truncation?, format: png|npz|json} -> a PNG grid, an npz, or base64 PNGs
-    POST /v1/interpolate  {seed_a, seed_b, frames, truncation?, format: png|json} -> frames from z_a to z_b
+    POST /v1/generate     {n, seed, truncation?, class?, format: png|npz|json} -> a PNG grid, an npz, or base64 PNGs
+    POST /v1/interpolate  {seed_a, seed_b, frames, truncation?, class?, format: png|json} -> frames from z_a to z_b
+A conditional generator takes `class`: a class name or index, or a list of one per sample (default:
+the classes in turn); `GET /v1/model` lists its classes.
     GET  /                the web page (no external assets)
     GET  /healthz         alive;  GET /readyz  model loaded and warmed up (503 before)
     GET  /v1/model        what is served: config, backend, precision, the quality figures it carries
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from hetgan.artifact import slerp
+from hetgan.errors import HetganError
 from hetgan.serve import require
 from hetgan.serve.batcher import Batcher, QueueFull
 from hetgan.serve.limits import ServeLimits
@@ -48,11 +51,15 @@ log = logging.getLogger("hetgan")
 OPEN_PATHS = ("/healthz", "/readyz")
 
 
+Label = int | str  # a class index or name
+
+
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     n: int = Field(ge=1, le=2**31)
     seed: int = Field(default=0, ge=0, lt=2**63)
     truncation: float | None = Field(default=None, gt=0, le=1)
+    label: Label | list[Label] | None = Field(default=None, alias="class")
     format: Literal["png", "npz", "json"] = "png"
 
 
@@ -62,6 +69,7 @@ class InterpolateRequest(BaseModel):
     seed_b: int = Field(ge=0, lt=2**63)
     frames: int = Field(default=8, ge=2, le=2**31)
     truncation: float | None = Field(default=None, gt=0, le=1)
+    label: Label | None = Field(default=None, alias="class")
     format: Literal["png", "json"] = "png"
 
 
@@ -234,8 +242,9 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
 
     async def warm_up() -> None:
         z = np.zeros((limits.max_batch, G.z_dim), dtype=np.float32)
+        y = G.labels(limits.max_batch)
         for _ in range(limits.warmup):
-            await batcher.submit(z)
+            await batcher.submit(z, None if y is None else y.numpy())
         # What is loaded by now (torch, the runtime, the model) lives as long as the server: out of
         # the collector's sight, a full collection no longer walks its millions of objects while
         # holding the GIL, which stalled every request by a few hundred ms (benchmarks/RESULTS.md).
@@ -249,9 +258,14 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
 
     app.add_middleware(Guard, token=token, metrics=metrics, batcher=batcher)
 
-    async def run(z: np.ndarray) -> np.ndarray | JSONResponse:
+    async def run(z: np.ndarray, n: int, label) -> np.ndarray | JSONResponse:
+        """Samples for z, of classes `label` (one, or one per code) where G is conditional."""
         try:
-            return await asyncio.wait_for(batcher.submit(z), limits.timeout_s)
+            y = G.labels(n, label)
+        except HetganError as e:
+            return error(422, f"class: {e}")
+        try:
+            return await asyncio.wait_for(batcher.submit(z, None if y is None else y.numpy()), limits.timeout_s)
         except QueueFull as e:
             return error(503, f"the server is at capacity ({e}); retry shortly", {"Retry-After": "1"})
         except TimeoutError:
@@ -274,7 +288,7 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
             return req
         if req.n > limits.max_n:
             return error(413, f"n={req.n} is over this server's limit of {limits.max_n} samples per request")
-        out = await run(G.latent(req.n, req.seed, req.truncation).numpy())
+        out = await run(G.latent(req.n, req.seed, req.truncation).numpy(), req.n, req.label)
         if isinstance(out, JSONResponse):
             return out
         return encode(out, req.format, G, {"n": req.n, "seed": req.seed, "truncation": req.truncation})
@@ -287,7 +301,8 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
         if req.frames > limits.max_frames:
             return error(413, f"frames={req.frames} is over this server's limit of {limits.max_frames}")
         a, b = (G.latent(1, seed, req.truncation)[0] for seed in (req.seed_a, req.seed_b))
-        out = await run(slerp(a, b, req.frames).numpy())
+        label = req.label if req.label is not None or not G.n_classes else 0  # one class along the walk
+        out = await run(slerp(a, b, req.frames).numpy(), req.frames, label)
         if isinstance(out, JSONResponse):
             return out
         info = {"seed_a": req.seed_a, "seed_b": req.seed_b, "frames": req.frames}
@@ -335,6 +350,7 @@ def describe(G, limits: ServeLimits) -> dict:
         "z_dim": G.z_dim,
         "sample_shape": list(G.shape),
         "output_range": [-1, 1] if len(G.shape) == 3 else None,
+        "classes": G.class_names,  # [] for an unconditional generator
         "backend": G.backend,
         "precision": G.precision,
         "run_id": G.run_id,

@@ -30,16 +30,17 @@ class QueueFull(Exception):
 class Piece:
     z: np.ndarray  # [k, z_dim] float32, k <= max_batch
     future: asyncio.Future
+    y: np.ndarray | None = None  # [k] int64 class indices, for a conditional generator
     queued_at: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:
-    """Merges queued pieces into generator calls. `generate(z [B, z_dim]) -> samples [B, ...]`
-    runs in one worker thread: the runtimes use every core themselves."""
+    """Merges queued pieces into generator calls. `generate(z [B, z_dim], y [B] or None) ->
+    samples [B, ...]` runs in one worker thread: the runtimes use every core themselves."""
 
     def __init__(
         self,
-        generate: Callable[[torch.Tensor], torch.Tensor],
+        generate: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
         max_batch: int = 64,
         max_wait: float = 0.005,
         max_queue: int = 64,
@@ -78,15 +79,17 @@ class Batcher:
             pass
         self.executor.shutdown(wait=True)
 
-    async def submit(self, z: np.ndarray) -> np.ndarray:
-        """Samples for codes z [n, z_dim], in order. Raises QueueFull when its pieces do not fit."""
-        pieces = [z[i : i + self.max_batch] for i in range(0, len(z), self.max_batch)]
-        if self.queue.maxsize - self.queue.qsize() < len(pieces):
+    async def submit(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """Samples for codes z [n, z_dim] (of classes y [n], for a conditional generator), in
+        order. Raises QueueFull when its pieces do not fit."""
+        starts = range(0, len(z), self.max_batch)
+        if self.queue.maxsize - self.queue.qsize() < len(starts):
             raise QueueFull(f"{self.queue.qsize()} of {self.queue.maxsize} queue places taken")
         loop = asyncio.get_running_loop()
         futures = []
-        for part in pieces:
-            piece = Piece(part, loop.create_future())
+        for i in starts:
+            part = slice(i, i + self.max_batch)
+            piece = Piece(z[part], loop.create_future(), None if y is None else y[part])
             self.queue.put_nowait(piece)
             futures.append(piece.future)
         try:
@@ -125,8 +128,9 @@ class Batcher:
             try:
                 if live:
                     z = torch.from_numpy(np.concatenate([p.z for p in live]))
+                    y = None if live[0].y is None else torch.from_numpy(np.concatenate([p.y for p in live]))
                     start = time.perf_counter()
-                    out = await loop.run_in_executor(self.executor, self.generate, z)
+                    out = await loop.run_in_executor(self.executor, self.generate, z, y)
                     if self.on_batch:
                         self.on_batch(len(z), time.perf_counter() - start)
                     self._hand_out(live, out.numpy())

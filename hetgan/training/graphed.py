@@ -83,7 +83,7 @@ class StepGraph:
         self.capturing = False  # the trainer's EMA reads `ema_rate` while the step is captured
         self.graph: torch.cuda.CUDAGraph | None = None
         self.ema_rate = torch.zeros((), device=self.device)  # filled before each replay
-        self.inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.inputs: list[tuple] = []  # (real, z, None): a captured step is unconditional
         self.keys: list[str] = []  # the step's losses, in the order of `packed`
         self.phases: list[str] = []  # the phases whose non-finite flags follow them in `packed`
         self.packed: torch.Tensor | None = None
@@ -93,8 +93,8 @@ class StepGraph:
         self.graph = self.packed = None
         self.eager_steps = 0
 
-    def run(self, inputs: list[tuple[torch.Tensor, torch.Tensor]], result: StepResult) -> None:
-        """One step on these (real, z) pairs, one per D phase, its losses and flags into result."""
+    def run(self, inputs: list[tuple], result: StepResult) -> None:
+        """One step on these (real, z, None) inputs, one per D phase, its losses and flags into result."""
         t = self.trainer
         if self.graph is None and self.eager_steps < WARMUP_STEPS:
             side = torch.cuda.Stream(self.device)
@@ -107,7 +107,7 @@ class StepGraph:
         if self.graph is None:
             self._capture(inputs)
         self.ema_rate.fill_(t.ema_rate())
-        for (real, z), (new_real, new_z) in zip(self.inputs, inputs, strict=True):
+        for (real, z, _), (new_real, new_z, _) in zip(self.inputs, inputs, strict=True):
             real.copy_(new_real, non_blocking=True)
             z.copy_(new_z, non_blocking=True)
         self.graph.replay()
@@ -115,7 +115,7 @@ class StepGraph:
         result.losses.update(zip(self.keys, values[: len(self.keys)], strict=True))
         result.nonfinite.update(zip(self.phases, values[len(self.keys) :] > 0, strict=True))
 
-    def _capture(self, inputs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def _capture(self, inputs: list[tuple]) -> None:
         from hetgan.training.trainer import StepResult
 
         t = self.trainer
@@ -125,7 +125,7 @@ class StepGraph:
                 if not torch.is_tensor(group["lr"]):
                     group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
             opt.zero_grad(set_to_none=True)  # the captured backward allocates the gradients it writes
-        self.inputs = [(real.clone(), z.clone()) for real, z in inputs]
+        self.inputs = [(real.clone(), z.clone(), None) for real, z, _ in inputs]
         self.graph = torch.cuda.CUDAGraph()
         if self.random_loss:
             self.graph.register_generator_state(t.rng)

@@ -377,14 +377,17 @@ def summary(record: dict) -> str:
 def save_grid(trainer: Trainer, run_dir: Path, name: str | None = None) -> torch.Tensor:
     """Samples of G_ema on the run's fixed z, so grids over time are comparable."""
     cfg = trainer.cfg
-    G = recalibrated_copy(trainer.G_ema, cfg.model.z_dim)
+    G = recalibrated_copy(trainer.G_ema, cfg.model.z_dim, n_classes=cfg.model.n_classes)
     n = 2500 if isinstance(trainer.data, Mixture) else cfg.train.grid_size
-    z = torch.randn(n, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 2))
+    K = cfg.model.n_classes
+    per_class = max(1, n // K) if K else None  # a conditional grid: a row per class
+    n = K * per_class if K else n
+    z = torch.randn(n, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 2)).to(trainer.z_device)
     with torch.no_grad():
-        samples = G(z.to(trainer.z_device)).float().cpu()
+        samples = (G(z, (torch.arange(n) // per_class).to(trainer.z_device)) if K else G(z)).float().cpu()
     modes = trainer.data.modes if isinstance(trainer.data, Mixture) else None
     path = run_dir / "samples" / (name or f"step-{trainer.step_count:09d}.png")
-    write_samples(samples, path, modes)
+    write_samples(samples, path, modes, ncol=per_class)
     return samples
 
 

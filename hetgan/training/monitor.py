@@ -144,7 +144,7 @@ class Monitor:
         cfg, t = self.trainer.cfg, self.trainer
         if self._evaluator is None:
             self._evaluator = evaluator_for(t)
-        G = Generator(recalibrated_copy(t.G_ema, cfg.model.z_dim), cfg)
+        G = Generator(recalibrated_copy(t.G_ema, cfg.model.z_dim, n_classes=cfg.model.n_classes), cfg)
         n = 2500 if isinstance(t.data, Mixture) else cfg.train.eval_n  # PacGAN protocol for 2-D data
         result = self._evaluator(G, n)
         record = {"step": t.step_count, "kimg": round(t.nimg / 1000, 3), "eval": True}

@@ -33,13 +33,13 @@ from hetgan.accel import (
     to_channels_last,
 )
 from hetgan.config import OptimConfig, TrainConfig, to_dict
-from hetgan.data import load_data, make_sampler
+from hetgan.data import load_data, make_sampler, with_classes
 from hetgan.data.sampler import PrefetchSampler
 from hetgan.data.sources import Data
 from hetgan.errors import CheckpointError, ConfigError, TrainingDiverged
 from hetgan.losses import build_loss
 from hetgan.models import build_models
-from hetgan.models.layers import batch_coupled
+from hetgan.models.layers import batch_coupled, with_labels
 from hetgan.placement import input_device, output_device, resolve_device, split_network
 from hetgan.training.checkpoint import flatten_optimizer, restore_optimizer
 from hetgan.training.distributed import Distributed
@@ -123,6 +123,7 @@ class Trainer:
         self.dist.shard.local_batch(cfg.train.batch_size, cfg.loss.pack)  # a clear error if it does not split
         torch.manual_seed(cfg.seed)  # model init: the same weights on every rank
         self.data = data if data is not None else load_data(cfg.data)
+        self.cfg = cfg = with_classes(cfg, self.data)  # a conditional run's n_classes and class names
         self.G, self.D = self._place(*build_models(cfg))
         if cfg.distill.teacher:  # hetgan compress: a student starting from a pruned teacher
             from hetgan.compress.distill import load_student_start  # late: compress imports training
@@ -148,7 +149,13 @@ class Trainer:
             self.loss = Distillation(self.loss, cfg, output_device(self.G, self.g_device))
         self.data_device = input_device(self.D, self.d_device)  # where real batches live
         self.sampler = make_sampler(
-            self.data, cfg.seed, self.data_device, cfg.data.loader, cfg.data.resident_max_mb, shard
+            self.data,
+            cfg.seed,
+            self.data_device,
+            cfg.data.loader,
+            cfg.data.resident_max_mb,
+            shard,
+            cfg.model.conditional,
         )
         self.G_fwd, self.D_fwd = compiled(self.G, self.D, accel, cfg.loss)
         self.g_precision, self.d_precision = accel.precision, d_precision(accel, cfg.loss)
@@ -211,39 +218,59 @@ class Trainer:
             self.graph.run([self._inputs() for _ in range(self.loss.n_critic)], result)
         else:
             self.iterate(result)
+        self._adapt_augmentation(result)
         self.step_count += 1
         self._unsettled.append((self.step_count, result))
         if not self.skip_on_device or len(self._unsettled) >= SETTLE_EVERY:
             self.settle()
         return result
 
-    def _inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A D phase's real batch and z: this rank's part of the global batch's."""
+    def _adapt_augmentation(self, result: StepResult) -> None:
+        """ADA (loss.ada_target): move p after every `ada_interval` D phases, by r_t averaged over
+        the ranks; p (and r_t, where just measured) go into the step's record."""
+        ada = self.loss.ada
+        if ada is None:
+            return
+        ada.adjust(self.cfg.train.batch_size, lambda rt: self.dist.mean_floats({"rt": rt})["rt"])
+        result.losses["ada_p"] = ada.p
+        if ada.rt is not None:
+            result.losses["ada_rt"] = ada.rt
+
+    def _inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """A D phase's real batch, z and (conditional runs) the real batch's labels, which its fake
+        batch is generated for too: this rank's part of the global batch's."""
         B = self.cfg.train.batch_size
         with self.phase("data"):
-            real = self._layout(self.sampler.next(B))
+            real, y = self.sampler.next(B), None
+            if self.cfg.model.conditional:
+                real, y = real
+            real = self._layout(real)
         with self.phase("g_forward"):
             z = self.dist.shard.part(torch.randn(B, self.cfg.model.z_dim, generator=self.rng, device=self.z_device))
-        return real, z
+        return real, z, y
 
-    def iterate(self, result: StepResult, inputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
-        """The step's work: `n_critic` D phases, then the G phase, on `inputs` (a real batch and z
-        for each D phase), or on inputs drawn as each D phase begins."""
+    def iterate(self, result: StepResult, inputs: list[tuple] | None = None) -> None:
+        """The step's work: `n_critic` D phases, then the G phase, on `inputs` (a real batch, z and
+        labels or None for each D phase), or on inputs drawn as each D phase begins.
+
+        A conditional run generates its fakes for the real batch's labels: the fake labels then
+        follow the data's class frequencies, and WGAN-GP's interpolates join images of one class."""
         fake = None
         for k in range(self.loss.n_critic):
-            real, z = inputs[k] if inputs is not None else self._inputs()
+            real, z, y = inputs[k] if inputs is not None else self._inputs()
             with self.phase("g_forward"):
                 # Only the last D step's fake keeps its graph: the G step reuses that forward.
                 with torch.set_grad_enabled(k == self.loss.n_critic - 1), self.autocast_G():
-                    fake = self.G_fwd(z)
+                    fake = self.G_fwd(z) if y is None else self.G_fwd(z, y.to(self.z_device))
             if fake.device != real.device:
                 with self.phase("transfer"):
                     fake = fake.to(real.device)  # differentiable: G's gradient comes back over it
             if self.d_precision == "fp32" and fake.dtype in (torch.float16, torch.bfloat16):
                 fake = fake.float()  # G ran in reduced precision, D does not autocast
+            D = with_labels(self.D_fwd, y)
             if self.loss.trains_d:  # not a student distilled without D
-                self._d_phase(real, fake, result)
-        self._g_phase(fake, result, z)
+                self._d_phase(real, fake, result, D)
+        self._g_phase(fake, result, z, D, y)
 
     def _set_learning_rates(self, result: StepResult) -> None:
         """From the config on every step, so a resumed run with changed rates uses the new ones."""
@@ -269,20 +296,20 @@ class Trainer:
     def autocast_D(self):
         return autocast(self.d_precision, self.d_device_types, cache=self.graph is None)
 
-    def _d_phase(self, real: torch.Tensor, fake: torch.Tensor, result: StepResult) -> None:
+    def _d_phase(self, real: torch.Tensor, fake: torch.Tensor, result: StepResult, D) -> None:
         with self.phase("d_forward"), self.autocast_D():
-            loss, stats = self.loss.d_loss(self.D_fwd, real, fake)
+            loss, stats = self.loss.d_loss(D, real, fake)
         result.losses.update({k: v.detach() for k, v in stats.items()}, loss_d=loss.detach())
         bad = self._nonfinite(loss, "D", result)
         if bad is True:
             return  # no weight or optimiser update
         self._backward_and_step(loss, self.opt_D, self.scaler_D, "d", bad)
 
-    def _g_phase(self, fake: torch.Tensor, result: StepResult, z: torch.Tensor) -> None:
+    def _g_phase(self, fake: torch.Tensor, result: StepResult, z: torch.Tensor, D, y: torch.Tensor | None) -> None:
         self.D.requires_grad_(False)  # G's step needs no gradients for D's weights
         try:
             with self.phase("g_loss_forward"), self.autocast_D():
-                loss, stats = self.loss.g_loss(self.D_fwd, fake, z)
+                loss, stats = self.loss.g_loss(D, fake, z, y)
         finally:
             self.D.requires_grad_(True)
         result.losses.update({k: v.detach() for k, v in stats.items()}, loss_g=loss.detach())
@@ -427,6 +454,8 @@ class Trainer:
             "sampler": sampler_json,
             "scalers": {name: s.state_dict() for name, s in self._scalers().items()},
         }
+        if self.loss.ada is not None:
+            meta["ada"] = self.loss.ada.state_dict()
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -455,6 +484,8 @@ class Trainer:
         sampler_state = dict(meta["sampler"])
         sampler_state.update({k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")})
         self.sampler.load_state_dict(sampler_state)
+        if self.loss.ada is not None and "ada" in meta:  # not when ADA was switched on at the resume
+            self.loss.ada.load_state_dict(meta["ada"])
         self.step_count, self.nimg = meta["step"], meta["nimg"]
         self.nonfinite_total, self.nonfinite_in_row = meta["nonfinite_total"], meta["nonfinite_in_row"]
 
