@@ -557,3 +557,13 @@ def test_tensorboard_without_its_package_fails_the_set_up_and_leaves_no_run(tiny
     with pytest.raises(HetganError, match=r"needs the package 'tensorboard'.*pip install 'hetgan\[tensorboard\]'"):
         train(tiny, out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_overrides_apply_to_a_new_run_and_leave_the_callers_config(tiny, tmp_path):
+    """`hetgan.train(cfg, overrides=[...])` starts the run with them (they were once read on resume only)."""
+    run = train(tiny, tmp_path / "run", overrides=["train.kimg=0.04", "loss.name=hinge"], progress=False)
+    saved = load_yaml(run / "config.yaml")
+    assert saved.train.kimg == 0.04 and saved.loss.name == "hinge"
+    assert tiny.train.kimg == 0.16 and tiny.loss.name == "bce"  # the caller's config is not changed
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["kimg"] == pytest.approx(0.04)

@@ -8,6 +8,7 @@ save a checkpoint and return cleanly.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import signal
 import time
@@ -103,8 +104,8 @@ def run_training(
     auto = str(resume) == "auto"
     if auto and out is None:
         raise HetganError("resume='auto' continues or starts the run directory `out`: pass out=DIR (--out DIR)")
-    if resume is None or auto:
-        cfg = with_absolute_paths((cfg or TrainConfig()).validate())
+    if resume is None or auto:  # overrides apply to a new run's config too (a copy: the caller's stays)
+        cfg = with_absolute_paths(apply_overrides(copy.deepcopy(cfg or TrainConfig()), overrides or []))
     else:
         cfg = resumed_config(Path(resume), overrides or [])
     dist = distributed.setup(resolve_device(cfg.accel.device, "accel.device"))
