@@ -164,25 +164,6 @@ class TrainConfig:
                 "set them to 0 (--set model.g_depth=0 --set model.d_depth=0)",
             ),
             (all(w > 0 for w in self.model.g_widths), "model.g_widths must all be > 0"),
-            (self.model.n_classes >= 0, "model.n_classes must be >= 0 (0 = the data's number of classes)"),
-            (
-                self.model.conditional or self.model.n_classes == 0,
-                "model.n_classes applies to conditional models only; set --set model.conditional=true "
-                "or model.n_classes=0",
-            ),
-            (
-                not self.model.conditional or self.loss.pack == 1,
-                "loss.pack must be 1 with model.conditional=true (a pack would mix classes in one judgement)",
-            ),
-            (
-                not self.model.conditional or not (self.accel.g_stages or self.accel.d_stages),
-                "accel.g_stages and accel.d_stages do not split a conditional network (its labels go "
-                "to inner layers); leave them empty with model.conditional=true",
-            ),
-            (
-                not self.model.conditional or not self.accel.cuda_graphs,
-                "accel.cuda_graphs does not capture a conditional step; drop it with model.conditional=true",
-            ),
             (self.loss.n_critic >= 1, "loss.n_critic must be >= 1"),
             (
                 min(self.distill.pixel_weight, self.distill.feature_weight, self.distill.adversarial_weight) >= 0,
@@ -190,13 +171,6 @@ class TrainConfig:
             ),
             (self.loss.pack >= 1, "loss.pack must be >= 1"),
             (self.loss.r1_gamma >= 0, "loss.r1_gamma must be >= 0"),
-            (0 <= self.loss.ada_target < 1, "loss.ada_target must be in [0, 1) (0 = ADA off; 0.6 is the paper's)"),
-            (self.loss.ada_kimg > 0, "loss.ada_kimg must be > 0"),
-            (self.loss.ada_interval >= 1, "loss.ada_interval must be >= 1"),
-            (
-                not (self.loss.ada_target and self.accel.cuda_graphs),
-                "accel.cuda_graphs would freeze ADA's p into the captured step; drop one of them",
-            ),
             (self.optim.g_lr > 0 and self.optim.d_lr > 0, "optim.g_lr and optim.d_lr must be > 0"),
             (self.optim.lr_decay in ("none", "linear", "cosine"), "optim.lr_decay must be none, linear or cosine"),
             (
@@ -234,12 +208,44 @@ class TrainConfig:
             (self.train.eval_kimg >= 0, "train.eval_kimg must be >= 0 (0 = off)"),
             (self.train.eval_n >= MIN_EVAL_N, f"train.eval_n must be >= {MIN_EVAL_N}"),
         ]
+        checks += self._conditional_and_ada_checks()
         bad = [self._with_values(msg) for ok, msg in checks if not ok]
         if self.train.batch_size % self.loss.pack:
             bad.append(f"train.batch_size ({self.train.batch_size}) must be a multiple of loss.pack ({self.loss.pack})")
         if bad:
             raise ConfigError("invalid config: " + "; ".join(bad))
         return self
+
+    def _conditional_and_ada_checks(self) -> list[tuple[bool, str]]:
+        """(holds, message) for class-conditional models and ADA, and what they cannot be combined with."""
+        return [
+            (self.model.n_classes >= 0, "model.n_classes must be >= 0 (0 = the data's number of classes)"),
+            (
+                self.model.conditional or self.model.n_classes == 0,
+                "model.n_classes applies to conditional models only; set --set model.conditional=true "
+                "or model.n_classes=0",
+            ),
+            (
+                not self.model.conditional or self.loss.pack == 1,
+                "loss.pack must be 1 with model.conditional=true (a pack would mix classes in one judgement)",
+            ),
+            (
+                not self.model.conditional or not (self.accel.g_stages or self.accel.d_stages),
+                "accel.g_stages and accel.d_stages do not split a conditional network (its labels go "
+                "to inner layers); leave them empty with model.conditional=true",
+            ),
+            (
+                not self.model.conditional or not self.accel.cuda_graphs,
+                "accel.cuda_graphs does not capture a conditional step; drop it with model.conditional=true",
+            ),
+            (0 <= self.loss.ada_target < 1, "loss.ada_target must be in [0, 1) (0 = ADA off; 0.6 is the paper's)"),
+            (self.loss.ada_kimg > 0, "loss.ada_kimg must be > 0"),
+            (self.loss.ada_interval >= 1, "loss.ada_interval must be >= 1"),
+            (
+                not (self.loss.ada_target and self.accel.cuda_graphs),
+                "accel.cuda_graphs would freeze ADA's p into the captured step; drop one of them",
+            ),
+        ]
 
     def _with_values(self, msg: str) -> str:
         """A range message with the values it was given: "accel.threads must be >= 0" becomes

@@ -92,7 +92,7 @@ class Evaluator:
         valid = tuple(m for m in IMAGE_METRICS if not (inception and m == "classes"))
         conditional = config.model.conditional
         self.metrics = metrics or (valid + ("per_class",) if conditional and not inception else valid)
-        valid += CONDITIONAL_METRICS if conditional else ()
+        valid += CONDITIONAL_METRICS if conditional and not inception else ()  # they need the data's classes
         unknown = set(self.metrics) - set(valid)
         if unknown:
             raise HetganError(

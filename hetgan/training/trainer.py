@@ -113,13 +113,7 @@ class Trainer:
         self.device = device(accel.device, "accel.device")
         self.g_device = device(accel.g_device, "accel.g_device") if accel.g_device else self.device
         self.d_device = device(accel.d_device, "accel.d_device") if accel.d_device else self.device
-        if cfg.distill.teacher and accel.cuda_graphs:
-            raise ConfigError("accel.cuda_graphs does not capture a distillation step; drop it for hetgan compress")
-        if self.dist.active and accel.cuda_graphs:
-            raise ConfigError(
-                "accel.cuda_graphs captures one process's whole step, which cannot hold the gradient "
-                "all-reduce of data-parallel training; drop --set accel.cuda_graphs=true under torchrun"
-            )
+        self._refuse_cuda_graphs_of(cfg)
         self.dist.shard.local_batch(cfg.train.batch_size, cfg.loss.pack)  # a clear error if it does not split
         torch.manual_seed(cfg.seed)  # model init: the same weights on every rank
         self.data = data if data is not None else load_data(cfg.data)
@@ -185,6 +179,16 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self._unsettled: list[tuple[int, StepResult]] = []  # steps not yet counted by settle()
+
+    def _refuse_cuda_graphs_of(self, cfg: TrainConfig) -> None:
+        """The steps a captured CUDA graph cannot hold (conditional and ADA ones: TrainConfig.validate)."""
+        if cfg.distill.teacher and cfg.accel.cuda_graphs:
+            raise ConfigError("accel.cuda_graphs does not capture a distillation step; drop it for hetgan compress")
+        if self.dist.active and cfg.accel.cuda_graphs:
+            raise ConfigError(
+                "accel.cuda_graphs captures one process's whole step, which cannot hold the gradient "
+                "all-reduce of data-parallel training; drop --set accel.cuda_graphs=true under torchrun"
+            )
 
     def _device(self, name: str, field: str) -> torch.device:
         return self.dist.localize(resolve_device(name, field))  # a bare "cuda" is this rank's GPU
