@@ -220,6 +220,7 @@ def test_class_accuracy_and_per_class_fid_tell_right_classes_from_wrong():
     assert right["fid_class_mean"] * 5 < wrong["fid_class_mean"]
 
 
+@pytest.mark.slow
 def test_cas_trains_on_samples_and_tests_on_real_images():
     cfg = TrainConfig()
     cfg.model.conditional = True
@@ -243,6 +244,7 @@ def test_export_takes_the_labels_as_a_second_input(cgan, tmp_path, fmt):
         assert (R.sample(5, seed=3, labels=label) - G.sample(5, seed=3, labels=label)).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_served_with_a_class_per_request(cgan):
     G = load_generator(cgan)
     with server(cgan) as (client, _):
@@ -259,6 +261,7 @@ def test_served_with_a_class_per_request(cgan):
         assert client.get("/healthz").status_code == 200  # still serving
 
 
+@pytest.mark.slow
 def test_compress_prunes_and_distils_a_conditional_teacher(labelled_npz, tmp_path):
     from hetgan.compress import compress
     from hetgan.config import DistillConfig
@@ -272,6 +275,7 @@ def test_compress_prunes_and_distils_a_conditional_teacher(labelled_npz, tmp_pat
     assert student.sample(3, labels="eel").shape == (3, 1, 32, 32)
 
 
+@pytest.mark.slow
 def test_the_conditional_preset_trains_from_the_cli(tmp_path):
     run = tmp_path / "run"
     done = hetgan_cli("train", "--preset", "cdcgan_mnist", "--kimg", "0.26", "--out", str(run), "--no-progress",
