@@ -1,7 +1,7 @@
 """Issue 26's targets, side by side in one run:
 
     python benchmarks/conditional_targets.py [--kimg 200] [--small-kimg 400] [--n 5000] [--seeds 0,1]
-        [--out DIR] [--json FILE]
+        [--classifier-epochs 15] [--out DIR] [--json FILE]
 
 1. Conditional default: `cdcgan_mnist` and the unconditional default `dcgan_mnist` trained with the
    same budget (--kimg, the default run's 200) on the bundled digits, one after the other: wall
@@ -86,9 +86,9 @@ def write_npz(data: ImageData, index: np.ndarray, path: Path) -> Path:
     return path
 
 
-def classifier_accuracy(images: np.ndarray, labels: np.ndarray, test: tuple, seed: int) -> float:
+def classifier_accuracy(images: np.ndarray, labels: np.ndarray, test: tuple, seed: int, epochs: int) -> float:
     train_set = ImageData(images, labels, [str(i) for i in range(10)], "train")
-    net = train_evalnet(train_set, epochs=CLASSIFIER_EPOCHS, held_out_per_class=1, seed=seed)
+    net = train_evalnet(train_set, epochs=epochs, held_out_per_class=1, seed=seed)
     return accuracy(net, *test)
 
 
@@ -113,9 +113,10 @@ def augmentation_value(out: Path, args) -> dict:
         synthetic = sample_uint8(G, len(y), seed=7, labels=torch.from_numpy(y)).transpose(0, 3, 1, 2)
         row = {"gan_wall_s": round(wall, 1), "real_only": [], "real_plus_synthetic": []}
         for seed in args.seeds:
-            row["real_only"].append(classifier_accuracy(real_x, real_y, test_set, seed))
-            both_x = np.concatenate([real_x, synthetic])
-            row["real_plus_synthetic"].append(classifier_accuracy(both_x, np.concatenate([real_y, y]), test_set, seed))
+            epochs = args.classifier_epochs
+            row["real_only"].append(classifier_accuracy(real_x, real_y, test_set, seed, epochs))
+            both = np.concatenate([real_x, synthetic]), np.concatenate([real_y, y])
+            row["real_plus_synthetic"].append(classifier_accuracy(*both, test_set, seed, epochs))
         row["met"] = float(np.mean(row["real_plus_synthetic"])) > float(np.mean(row["real_only"]))
         result["rows"][name] = row
         print(name, row, flush=True)
@@ -152,6 +153,7 @@ def main() -> None:
     parser.add_argument("--small-kimg", type=float, default=400.0)
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--classifier-epochs", type=int, default=CLASSIFIER_EPOCHS)
     parser.add_argument("--out", default="/tmp/hetgan-conditional-targets")
     parser.add_argument("--json")
     parser.add_argument("--only", choices=["conditional", "augmentation", "ada"], action="append")

@@ -44,11 +44,14 @@ def dcgan_mnist() -> TrainConfig:
 @PRESETS.register("cdcgan_mnist")
 def cdcgan_mnist() -> TrainConfig:
     """The default made class-conditional: G(z, y) with class-conditional BatchNorm and a
-    projection D (Miyato & Koyama 2018), on the bundled digits and their labels; the rest is
-    dcgan_mnist's recipe and budget. `hetgan sample --per-class 8` draws every digit on demand."""
+    projection D (Miyato & Koyama 2018), on the bundled digits and their labels; dcgan_mnist's
+    recipe and budget, with D learning twice as fast (Adam 3e-3): at the default's rate 8.8 % of
+    the 2s came out as 3s, at 3e-3 every digit is drawn as asked for 95.8 % of the time or more
+    (benchmarks/RESULTS.md). `hetgan sample --per-class 8` draws every digit on demand."""
     cfg = dcgan_mnist()
     cfg.preset = "cdcgan_mnist"
     cfg.model.conditional = True
+    cfg.optim.d_lr = 3e-3
     return cfg
 
 
