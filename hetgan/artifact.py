@@ -28,6 +28,7 @@ from hetgan.placement import resolve_device
 
 ARTIFACT_NAME = "generator.safetensors"
 FORMAT = "hetgan.generator/1"
+UNCONDITIONAL = "this generator is unconditional: it takes no class labels (model.conditional=false)"
 
 
 class Sampling:
@@ -53,7 +54,7 @@ class Sampling:
         if y is None:
             y = self.labels(len(z))
         elif not self.n_classes:
-            raise HetganError("this generator is unconditional: it takes no class labels (model.conditional=false)")
+            raise HetganError(UNCONDITIONAL)
         elif y.shape != (len(z),) or y.dtype != torch.int64 or not 0 <= int(y.min()) <= int(y.max()) < self.n_classes:
             raise HetganError(f"y must be int64 class indices [{len(z)}] in 0..{self.n_classes - 1}")
         return self._generate(z, y)
@@ -78,7 +79,7 @@ class Sampling:
         which takes no labels (asking it for some is an error)."""
         if not self.n_classes:
             if labels is not None:
-                raise HetganError("this generator is unconditional: it takes no class labels (model.conditional=false)")
+                raise HetganError(UNCONDITIONAL)
             return None
         if labels is None:
             return torch.arange(n) % self.n_classes

@@ -285,7 +285,7 @@ def ort_layer_kernels(G, z: np.ndarray) -> list[dict]:
         session = ort.InferenceSession(G.source, options, providers=["CPUExecutionProvider"])
         feeds = {G.input_names[0]: z}
         if G.n_classes:  # a conditional model's second input: the classes in turn
-            feeds[G.input_names[1]] = np.arange(len(z), dtype=np.int64) % G.n_classes
+            feeds[G.input_names[1]] = G.labels(len(z)).numpy()
         for _ in range(5):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())

@@ -167,7 +167,7 @@ class LabelledSequential(nn.Sequential):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
-            x = layer(x, y) if isinstance(layer, TakesLabels) else layer(x)
+            x = norm(layer, x, y)
         return x
 
 
@@ -205,7 +205,7 @@ def batch_norm(num_features: int, n_classes: int) -> nn.Module:
 
 
 def norm(layer: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-    """`layer(x)`, with y for a conditional BatchNorm."""
+    """`layer(x)`, with y for a layer that takes labels (`TakesLabels`: a conditional BatchNorm)."""
     return layer(x, y) if isinstance(layer, TakesLabels) else layer(x)
 
 
@@ -262,7 +262,7 @@ def with_labels(net, y: torch.Tensor | None):
     if y is None:
         return net
 
-    def labelled(x: torch.Tensor) -> torch.Tensor:
+    def D_with_labels(x: torch.Tensor) -> torch.Tensor:
         return net(x, y if len(x) == len(y) else y.repeat(len(x) // len(y)))
 
-    return labelled
+    return D_with_labels

@@ -258,10 +258,10 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
 
     app.add_middleware(Guard, token=token, metrics=metrics, batcher=batcher)
 
-    async def run(z: np.ndarray, n: int, label) -> np.ndarray | JSONResponse:
+    async def run(z: np.ndarray, label) -> np.ndarray | JSONResponse:
         """Samples for z, of classes `label` (one, or one per code) where G is conditional."""
         try:
-            y = G.labels(n, label)
+            y = G.labels(len(z), label)
         except HetganError as e:
             return error(422, f"class: {e}")
         try:
@@ -288,7 +288,7 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
             return req
         if req.n > limits.max_n:
             return error(413, f"n={req.n} is over this server's limit of {limits.max_n} samples per request")
-        out = await run(G.latent(req.n, req.seed, req.truncation).numpy(), req.n, req.label)
+        out = await run(G.latent(req.n, req.seed, req.truncation).numpy(), req.label)
         if isinstance(out, JSONResponse):
             return out
         return encode(out, req.format, G, {"n": req.n, "seed": req.seed, "truncation": req.truncation})
@@ -302,7 +302,7 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
             return error(413, f"frames={req.frames} is over this server's limit of {limits.max_frames}")
         a, b = (G.latent(1, seed, req.truncation)[0] for seed in (req.seed_a, req.seed_b))
         label = req.label if req.label is not None or not G.n_classes else 0  # one class along the walk
-        out = await run(slerp(a, b, req.frames).numpy(), req.frames, label)
+        out = await run(slerp(a, b, req.frames).numpy(), label)
         if isinstance(out, JSONResponse):
             return out
         info = {"seed_a": req.seed_a, "seed_b": req.seed_b, "frames": req.frames}
