@@ -264,8 +264,9 @@ def load_generator(
     return load_torch_generator(path, device)
 
 
-def load_torch_generator(path: Path, device: str | torch.device = "cpu") -> Generator:
+def load_torch_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
     """The eager PyTorch generator of a run directory or a `generator.safetensors` artifact."""
+    path = Path(path)
     device = resolve_device(str(device))  # a clear error for a device this machine lacks
     run_id = None
     if path.is_dir():

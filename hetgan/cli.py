@@ -78,7 +78,7 @@ def add_source(p: argparse.ArgumentParser, exported: bool = False) -> None:
         src.add_argument("--artifact", help="a generator.safetensors file")
 
 
-def add_backend(p: argparse.ArgumentParser) -> None:
+def add_backend(p: argparse.ArgumentParser, threads_default: str = "all this process may use") -> None:
     from hetgan.deploy.runtimes import BACKENDS
 
     p.add_argument(
@@ -87,9 +87,7 @@ def add_backend(p: argparse.ArgumentParser) -> None:
         help="what runs G (default: the file's: torch for a run or .safetensors, onnxruntime for .onnx, "
         "openvino for .xml); a run on another backend is exported in memory first",
     )
-    p.add_argument(
-        "--threads", type=int, help="CPU threads of onnxruntime/openvino (default: all this process may use)"
-    )
+    p.add_argument("--threads", type=int, help=f"CPU threads of onnxruntime/openvino (default: {threads_default})")
 
 
 def add_train(sub) -> None:
@@ -264,7 +262,7 @@ def add_serve(sub) -> None:
 
     s = sub.add_parser("serve", help="serve samples over HTTP, with a web page (bounded, batched, observable)")
     add_source(s, exported=True)
-    add_backend(s)
+    add_backend(s, threads_default="all cores but one, which is left to the HTTP side; torch's too")
     s.add_argument("--device", default="cpu", help="auto, cpu, cuda[:i], mps or xpu to run G on (default cpu)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     s.add_argument("--port", type=int, default=8000)

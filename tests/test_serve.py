@@ -175,6 +175,15 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(small):
         frames = client.post("/v1/interpolate", json={"seed_a": 0, "seed_b": 1, "frames": 33})
         assert frames.status_code == 413 and "limit of 32" in frames.json()["error"]
         assert client.get("/v1/nothing").status_code == 404
+        assert client.get("/v1/generate").status_code == 405  # only POST takes the fast path
+        huge = client.get("/healthz", headers={"X-Filler": "x" * 20_000})
+        assert huge.status_code == 400 and "limit of 16384 bytes" in huge.text
+        with socket.create_connection((client.base_url.host, client.base_url.port), timeout=10) as raw:
+            raw.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: ")  # one header without end
+            for _ in range(40):
+                with contextlib.suppress(OSError):  # the server may have closed the connection already
+                    raw.sendall(b"y" * 1024)
+            assert raw.recv(4096).startswith(b"HTTP/1.1 400")
         assert client.post("/v1/generate", json={"n": 2}).status_code == 200
         metrics = client.get("/metrics").text
     assert 'hetgan_requests_total{endpoint="/v1/generate",status="422"} 8.0' in metrics

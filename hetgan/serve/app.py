@@ -190,10 +190,16 @@ class Guard:
     """Plain ASGI middleware in front of every request (starlette's BaseHTTPMiddleware costs a
     task and a stream per request): the token check, the status and latency metrics, and a 503 at
     once when the queue is already full, before the body is read. Under overload that keeps the
-    answer to the excess a few microseconds of work instead of a request's."""
+    answer to the excess a few microseconds of work instead of a request's.
 
-    def __init__(self, app, token: str | None, metrics: Metrics, batcher: Batcher) -> None:
+    It also calls the POST handlers of the queued endpoints (`fast`: path -> handler(request) ->
+    response) itself: FastAPI's routing and its stack of middlewares cost more CPU than the rest of
+    such a request (benchmarks/RESULTS.md), and on a small server that CPU is the generator's.
+    Everything else, those paths' other methods included, goes on to FastAPI."""
+
+    def __init__(self, app, token: str | None, metrics: Metrics, batcher: Batcher, fast: dict | None = None) -> None:
         self.app, self.token, self.metrics, self.batcher = app, token, metrics, batcher
+        self.fast = fast or {}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -208,24 +214,38 @@ class Guard:
                 status["code"] = message["status"]
             await send(message)
 
-        early = None
-        if self.token and path not in OPEN_PATHS and not authorised(Request(scope), self.token):
-            scheme = 'Basic realm="hetgan"' if path == "/" else 'Bearer realm="hetgan"'
-            early = error(401, "this server needs its token: Authorization: Bearer TOKEN", {"WWW-Authenticate": scheme})
-        elif path in QUEUED_PATHS and self.batcher.full:
-            early = error(503, "the server is at capacity (its queue is full); retry shortly", {"Retry-After": "1"})
         try:
-            if early is not None:
-                await early(scope, receive, send_and_count)
+            if response := self.refusal(scope, path):
+                await response(scope, receive, send_and_count)
+            elif (handler := self.fast.get(path)) and scope["method"] == "POST":
+                await (await self.handle(handler, Request(scope, receive)))(scope, receive, send_and_count)
             else:
                 await self.app(scope, receive, send_and_count)
         finally:
             self.metrics.requests.labels(endpoint, str(status["code"])).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
+    def refusal(self, scope, path: str) -> JSONResponse | None:
+        """401 without the token, 503 when the queue is full; None to go on."""
+        if self.token and path not in OPEN_PATHS and not authorised(Request(scope), self.token):
+            scheme = 'Basic realm="hetgan"' if path == "/" else 'Bearer realm="hetgan"'
+            return error(401, "this server needs its token: Authorization: Bearer TOKEN", {"WWW-Authenticate": scheme})
+        if path in QUEUED_PATHS and self.batcher.full:
+            return error(503, "the server is at capacity (its queue is full); retry shortly", {"Retry-After": "1"})
+        return None
+
+    @staticmethod
+    async def handle(handler, request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as e:  # what FastAPI's ServerErrorMiddleware would have done: a 500, logged
+            log.exception("%s %s failed", request.method, request.url.path)
+            return error(500, f"internal error ({type(e).__name__}); the server logged it")
+
 
 def create_app(G, limits: ServeLimits | None = None, token: str | None = None, description: dict | None = None):
-    """The FastAPI app serving generator G (any backend: `hetgan.load_generator`)."""
+    """The ASGI app serving generator G (any backend: `hetgan.load_generator`): FastAPI behind
+    `Guard`; the FastAPI app is its `.app`."""
     limits = limits or ServeLimits()
     batcher = Batcher(G.generate, limits.max_batch, limits.max_wait_ms / 1000, limits.max_queue)
     metrics = Metrics(lambda: batcher.depth)
@@ -255,8 +275,6 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
 
     app = FastAPI(title="hetgan", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.limits, app.state.batcher, app.state.metrics = limits, batcher, metrics
-
-    app.add_middleware(Guard, token=token, metrics=metrics, batcher=batcher)
 
     async def run(z: np.ndarray, label) -> np.ndarray | JSONResponse:
         """Samples for z, of classes `label` (one, or one per code) where G is conditional."""
@@ -334,7 +352,9 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
     async def page():
         return HTMLResponse(resources.files("hetgan.serve").joinpath("page.html").read_text(encoding="utf-8"))
 
-    return app
+    # Outside FastAPI's own middleware stack, so that a request refused here (401, or 503 when the
+    # queue is full) costs none of it: under overload the refusals are most of the traffic.
+    return Guard(app, token, metrics, batcher, fast={"/v1/generate": generate, "/v1/interpolate": interpolate})
 
 
 ENDPOINTS = ("/", "/healthz", "/readyz", "/v1/generate", "/v1/interpolate", "/v1/model", "/metrics")

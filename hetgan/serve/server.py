@@ -11,6 +11,7 @@ from hetgan.serve import require
 from hetgan.serve.limits import ServeLimits
 
 log = logging.getLogger("hetgan")
+HEAD_LIMIT = 16 * 1024  # bytes of a request line and headers
 
 
 def serve(
@@ -29,11 +30,16 @@ def serve(
     from hetgan.serve.app import create_app
 
     limits = limits or ServeLimits()
+    threads = threads or serving_threads()
+    if device == "cpu":
+        import torch
+
+        torch.set_num_threads(threads)  # the torch backend's intra-op pool (load_generator sets the runtimes')
     G = load_generator(source, device=device, backend=backend, threads=threads)
     if warning := bind_warning(host, token):
         log.warning("%s", warning)
     app = create_app(G, limits, token)
-    log.info("serving %s (%s %s) on http://%s:%d/", source, G.backend, G.precision, host, port)
+    log.info("serving %s (%s %s, %d CPU threads) on http://%s:%d/", source, G.backend, G.precision, threads, host, port)
     # uvicorn finishes the accepted requests on SIGTERM, then raises the signal again under the
     # handler it found: a no-op one makes that a clean exit (status 0), as `hetgan train` has.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
@@ -43,13 +49,57 @@ def serve(
         port=port,
         log_level="warning",
         access_log=False,
+        http=http_protocol(HEAD_LIMIT),
         # No limit_concurrency: uvicorn counts open connections against it and, past it, answers
         # every request on every connection 503, so a crowd of keep-alive clients got nothing at
         # all (benchmarks/RESULTS.md). The queue bound above refuses the excess instead.
         timeout_graceful_shutdown=int(limits.timeout_s) + 1,  # accepted requests finish or time out first
-        h11_max_incomplete_event_size=16 * 1024,  # request line and headers
+        h11_max_incomplete_event_size=HEAD_LIMIT,  # where h11 is the fallback
     )
     log.info("stopped")
+
+
+def http_protocol(head_limit: int):
+    """uvicorn's httptools protocol with a bound on the request line and headers, or "h11" (whose
+    bound is `h11_max_incomplete_event_size`) where httptools is not installed. httptools parses in
+    C: it took the event loop's CPU per request from ~490 to ~330 us (benchmarks/RESULTS.md), CPU
+    the generator gets back. uvicorn bounds neither its parser nor its buffers, so without this a
+    client could send headers without end."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return "h11"
+
+    class BoundedHttpTools(HttpToolsProtocol):
+        head_bytes, reading_head = 0, True  # bytes since the request began, until its headers end
+
+        def data_received(self, data: bytes) -> None:
+            if self.reading_head:
+                self.head_bytes += len(data)
+                if self.head_bytes > head_limit:
+                    self.send_400_response(f"request line and headers over this server's limit of {head_limit} bytes")
+                    return
+            super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            self.reading_head, self.head_bytes = False, 0
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self.reading_head = True
+            super().on_message_complete()
+
+    return BoundedHttpTools
+
+
+def serving_threads() -> int:
+    """The generator's CPU threads when serving: every core this process may use but one, which is
+    left to the HTTP side (event loop, JSON, encoding). A runtime given every core shares them with
+    the event loop, and its threads then wait on each other at every layer: on 2 cores the service
+    made as many img/s with one runtime thread as with two (benchmarks/RESULTS.md)."""
+    from hetgan.deploy.runtimes import cpu_threads
+
+    return max(1, cpu_threads() - 1)
 
 
 def bind_warning(host: str, token: str | None) -> str | None:
