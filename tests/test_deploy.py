@@ -84,6 +84,15 @@ def test_rewrites_are_exact():
         first = nn.ConvTranspose2d(5, 4, 4, 1, 0, bias=bias).double()
         z = torch.randn(3, 5, dtype=torch.double)
         assert torch.allclose(linear_from_deconv(first)(z), first(z[:, :, None, None]), atol=1e-12, rtol=0)
+    # with the BatchNorm (eval mode, trained-looking statistics) and ReLU after it fused in
+    up = nn.ConvTranspose2d(6, 3, 4, 2, 1, bias=False).double()
+    bn = nn.BatchNorm2d(3).double().eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(-2, 2), bn.bias.normal_()
+    x = torch.randn(2, 6, 5, 7, dtype=torch.double)
+    fused = SubPixelConv(up, bn, relu=True)
+    assert torch.allclose(fused(x), torch.relu(bn(up(x))), atol=1e-12, rtol=0)
+    assert (fused(x) == 0).any() and (fused(x) < 0).sum() == 0
 
 
 def test_inference_copy_of_a_dcgan_generator_is_the_same_function(tmp_path, digits_npz):
@@ -96,6 +105,13 @@ def test_inference_copy_of_a_dcgan_generator_is_the_same_function(tmp_path, digi
     with torch.no_grad():
         assert (fast(z) - G(z)).abs().max() < 1e-5
     assert isinstance(G.net[0], nn.ConvTranspose2d)  # the original is left as it was
+    every = for_inference(G, subpixel_max_channels=10**6)  # every upsampling layer, BN and ReLU fused
+    assert not any(isinstance(m, nn.ConvTranspose2d | nn.BatchNorm2d) for m in every.modules())
+    assert sum(isinstance(m, SubPixelConv) for m in every.modules()) == 3
+    plain = for_inference(G, subpixel_max_channels=0)
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in plain.modules()) == 3
+    with torch.no_grad():
+        assert (every(z) - G(z)).abs().max() < 1e-5 and (plain(z) - G(z)).abs().max() < 1e-5
 
 
 def test_exports_are_checked_and_the_unoptimised_graph_is_the_fallback(tmp_path, digits_npz, monkeypatch, caplog):

@@ -48,6 +48,10 @@ TOLERANCE = 1e-4  # max abs error against eager PyTorch fp32, for fp32 models
 FP16_WEIGHTS_TOLERANCE = 1e-2  # weights rounded to 11 significant bits
 VERIFY_BATCHES = (1, 2, 64)
 VERIFY_SEED = 1234
+# The widest upsampling layer (output channels) each target gets as a sub-pixel convolution
+# (hetgan.deploy.rewrite): none for ONNX Runtime; up to 16 channels for OpenVINO fp32 and below 32
+# for its int8, where the transposed convolutions' kernels are slow (benchmarks/RESULTS.md).
+SUBPIXEL_FOR = {"onnxruntime": 0, "openvino": 16, "openvino-int8": 31}
 TRACE_BATCH = 2  # a batch of 1 would let the exporter specialise the batch axis to a constant
 MAX_ONNX_BYTES = 2**31 - 1  # protobuf's limit for one self-contained file
 
@@ -135,7 +139,7 @@ def trace_onnx(G: Generator, optimize: bool, target: str = "onnxruntime"):
     takes y [B] int64 as its second input."""
     require("onnxscript", "ONNX export")  # torch's dynamo exporter is built on it
     require("onnx", "ONNX export")
-    net = for_inference(G.G, subpixel_output=target == "openvino")
+    net = for_inference(G.G, SUBPIXEL_FOR[target])
     z = torch.randn(TRACE_BATCH, G.z_dim, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1)
     inputs, names, shapes = (z,), ["z"], ({0: batch},)
@@ -163,7 +167,8 @@ def trace_onnx(G: Generator, optimize: bool, target: str = "onnxruntime"):
 
 
 def onnx_with_check(G: Generator, target: str = "onnxruntime", tolerance: float = TOLERANCE) -> tuple[bytes, Check]:
-    """The verified ONNX bytes of G, for the `target` runtime (onnxruntime or openvino), and their
+    """The verified ONNX bytes of G, for the `target` runtime (onnxruntime, openvino, or
+    openvino-int8: the graph NNCF quantises), and their
     check in ONNX Runtime; with the exporter's graph optimisation, or without it when the
     optimised graph fails the check."""
     failures = []

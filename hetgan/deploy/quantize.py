@@ -104,7 +104,7 @@ def quantize(
         raise ExportError(f"--out {out}: int8 goes to FILE.xml (OpenVINO, NNCF) or FILE.onnx (ONNX Runtime)")
     batches = calibration_batches(G.z_dim, calibration_n, n_classes=G.n_classes)
     calibration = {"n": calibration_n, "seed": CALIBRATION_SEED, "batch": CALIBRATION_BATCH, "law": "N(0, 1)"}
-    fp32, _ = onnx_with_check(G, "openvino" if out.suffix.lower() == ".xml" else "onnxruntime")
+    fp32, _ = onnx_with_check(G, "openvino-int8" if out.suffix.lower() == ".xml" else "onnxruntime")
     if out.suffix.lower() == ".xml":
         model, method = openvino_int8(fp32, batches)
         candidate: Sampling = OpenVINOGenerator(model, "the int8 model")

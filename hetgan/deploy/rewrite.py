@@ -12,9 +12,12 @@ equivalent that it runs well:
 - `ConvTranspose2d(k=4, s=2, p=1)` is a sub-pixel convolution (Shi et al. 2016): each of the four
   output pixel parities (a, b) sums a 2x2 input neighbourhood with its own 2x2 slice of the
   kernel, so one 3x3 convolution with 4*C_out output channels (zero where a parity has no tap),
-  then `PixelShuffle(2)`, gives the same output. It does 9/4 the multiply-adds, so it pays only
-  where C_out is small: the output layer (C_out <= OUTPUT_CHANNELS_MAX), and on OpenVINO only
-  (ONNX Runtime's 3x3 convolution with so few channels was slower than its transposed one).
+  then `PixelShuffle(2)`, gives the same output; the BatchNorm after it folds into the
+  convolution and its ReLU moves before the shuffle. It does 9/4 the multiply-adds, so it pays
+  only where C_out is small and the transposed convolution's kernels run far below peak: on
+  OpenVINO, up to 16 channels in fp32 and below 32 in int8, where it made a pruned student 1.5-2x
+  faster (benchmarks/RESULTS.md); never on ONNX Runtime, whose 3x3 convolution with so few
+  channels was slower than its transposed one.
 
 The rewritten copy is what gets exported; the export check compares it with the original
 generator, so a mistake here is an error, never a silent file.
@@ -27,16 +30,18 @@ import copy
 import torch
 from torch import nn
 
-OUTPUT_CHANNELS_MAX = 4
+OUTPUT_CHANNELS_MAX = 4  # for_inference's default: the output layer only
 # For output row parity a: {input row offset dy: kernel row ky} (the same for columns), from
 # y = 2*i - 1 + k for ConvTranspose2d(k=4, s=2, p=1).
 TAPS = {0: {0: 1, -1: 3}, 1: {1: 0, 0: 2}}
 
 
 class SubPixelConv(nn.Module):
-    """ConvTranspose2d(k=4, s=2, p=1) as Conv2d(3x3, 4*C_out) + PixelShuffle(2), exactly."""
+    """ConvTranspose2d(k=4, s=2, p=1) as Conv2d(3x3, 4*C_out) + PixelShuffle(2), exactly; with
+    `fuse`, the deconvolution's BatchNorm folded into the convolution and its ReLU before the
+    shuffle (both act per channel, and a channel's four parities are its pixels)."""
 
-    def __init__(self, deconv: nn.ConvTranspose2d) -> None:
+    def __init__(self, deconv: nn.ConvTranspose2d, bn: nn.BatchNorm2d | None = None, relu: bool = False) -> None:
         super().__init__()
         W = deconv.weight.detach()  # [C_in, C_out, 4, 4]
         c_in, c_out = W.shape[:2]
@@ -51,9 +56,12 @@ class SubPixelConv(nn.Module):
         if deconv.bias is not None:
             self.conv.bias.data.copy_(deconv.bias.detach().repeat_interleave(4))
         self.shuffle = nn.PixelShuffle(2)  # channel o*4 + a*2 + b -> pixel (2m + a, 2n + b) of o
+        if bn is not None:
+            fold_batchnorm(self.conv, bn, per_channel=4)
+        self.relu = nn.ReLU() if relu else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shuffle(self.conv(x))
+        return self.shuffle(self.relu(self.conv(x)))
 
 
 def linear_from_deconv(deconv: nn.ConvTranspose2d) -> nn.Sequential:
@@ -90,19 +98,17 @@ class LatentDeconv(nn.Module):
         return self.rest(self.first(z))
 
 
-def for_inference(G: nn.Module, subpixel_output: bool = True) -> nn.Module:
+def for_inference(G: nn.Module, subpixel_max_channels: int = OUTPUT_CHANNELS_MAX) -> nn.Module:
     """An eval-mode copy of G on the CPU with the rewrites above where they apply (DCGAN
-    generators; the sub-pixel output layer if `subpixel_output`); any other network, and a
-    conditional one, comes back as a plain copy. `forward(z)` is G's, to float round-off."""
+    generators; upsampling layers of at most `subpixel_max_channels` output channels as sub-pixel
+    convolutions, 0 for none); any other network, and a conditional one, comes back as a plain
+    copy. `forward(z)` is G's, to float round-off."""
     from hetgan.models import dcgan
 
     G = copy.deepcopy(G).cpu().eval()
     if not isinstance(G, dcgan.Generator) or G.n_classes:  # a conditional G's BatchNorm is per class
         return G
-    layers = list(G.net)
-    for i, layer in enumerate(layers):
-        if subpixel_output and is_upsampling_deconv(layer) and layer.out_channels <= OUTPUT_CHANNELS_MAX:
-            layers[i] = SubPixelConv(layer)
+    layers = subpixel_layers(list(G.net), subpixel_max_channels)
     first = layers[0]
     if not (first.stride == (1, 1) and first.padding == (0, 0) and first.groups == 1 and first.dilation == (1, 1)):
         return _Unsqueezed(nn.Sequential(*layers)).eval()
@@ -116,9 +122,28 @@ def for_inference(G: nn.Module, subpixel_output: bool = True) -> nn.Module:
     return LatentDeconv(nn.Sequential(*head, unflatten), nn.Sequential(*rest)).eval()
 
 
-def fold_batchnorm(linear: nn.Linear, bn: nn.BatchNorm2d, per_channel: int) -> None:
+def subpixel_layers(layers: list[nn.Module], max_channels: int) -> list[nn.Module]:
+    """`layers` with every upsampling deconvolution of at most `max_channels` output channels as a
+    sub-pixel convolution, the BatchNorm and ReLU after it fused in."""
+    out: list[nn.Module] = []
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        if not (is_upsampling_deconv(layer) and layer.out_channels <= max_channels):
+            out.append(layer)
+            i += 1
+            continue
+        bn = layers[i + 1] if i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm2d) else None
+        relu = bn is not None and i + 2 < len(layers) and isinstance(layers[i + 2], nn.ReLU)
+        out.append(SubPixelConv(layer, bn, relu))
+        i += 1 + (bn is not None) + relu
+    return out
+
+
+def fold_batchnorm(linear: nn.Linear | nn.Conv2d, bn: nn.BatchNorm2d, per_channel: int) -> None:
     """Fold eval-mode BatchNorm of channels that each span `per_channel` consecutive outputs of
-    `linear` into its weights and bias: BN(Wz + b) = s * (Wz + b) + t per channel."""
+    `linear` (or output channels of a convolution) into its weights and bias: BN(Wz + b) =
+    s * (Wz + b) + t per channel."""
     gamma = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_var)
     beta = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_mean)
     scale = gamma / torch.sqrt(bn.running_var + bn.eps)  # [C]
@@ -126,7 +151,7 @@ def fold_batchnorm(linear: nn.Linear, bn: nn.BatchNorm2d, per_channel: int) -> N
     scale, shift = scale.repeat_interleave(per_channel), shift.repeat_interleave(per_channel)
     bias = linear.bias.detach() if linear.bias is not None else torch.zeros_like(scale)
     with torch.no_grad():
-        linear.weight.mul_(scale[:, None])
+        linear.weight.mul_(scale.view(-1, *[1] * (linear.weight.ndim - 1)))
         linear.bias = nn.Parameter(bias * scale + shift)
 
 
