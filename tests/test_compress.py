@@ -19,7 +19,7 @@ from hetgan.config import DistillConfig
 from hetgan.errors import CheckpointError, ConfigError, HetganError
 from hetgan.models import build_models
 from hetgan.training import train
-from tests.conftest import tiny_config
+from tests.conftest import run_benchmark, tiny_config
 
 PIXEL_ONLY = DistillConfig(feature_weight=0.0, adversarial_weight=0.0)
 
@@ -204,3 +204,19 @@ def test_the_search_times_a_generator_on_its_backend(tmp_path, teacher, backend)
     ms = measure_ms(teacher / "generator.safetensors", backend, 4, 0.2, tmp_path)
     assert 0 < ms < 1000
     assert list(tmp_path.glob("*.onnx")) == ([tmp_path / "teacher.onnx"] if backend == "onnxruntime" else [])
+
+
+@pytest.mark.slow
+def test_compress_targets_script_measures_given_students_end_to_end(tmp_path):
+    """benchmarks/compress_targets.py --student at a tiny scale: the teacher (on the digits, so
+    FID has its feature space) stands in as its own student, so the end-to-end step must quantise
+    it and time all four models."""
+    teacher = train(tiny_config("mnist5k"), out=tmp_path / "teacher", progress=False)
+    out = run_benchmark(
+        "compress_targets", "--default-run", str(teacher), "--student", str(teacher), "--out", str(tmp_path / "t"),
+        "--n", "200", "--rounds", "1", "--seconds", "0.2", "--json", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    e2e = json.loads((tmp_path / "r.json").read_text())["default"]["end_to_end"]
+    assert "| default | given [] | 1.00x fewer |" in out
+    models = {"teacher eager fp32", "student eager fp32", "student OpenVINO fp32", "student int8 OpenVINO"}
+    assert set(e2e["img_s"]) == models and all(v > 0 for v in e2e["img_s"].values()) and e2e["speedup"] > 0
