@@ -9,9 +9,10 @@ For each teacher (the default preset's and the textbook DCGAN-32's finished runs
    prune ratio, pruned then distilled for --kimg (wall time recorded);
 2. the same architecture as the first ratio's student trained from scratch (an ordinary GAN run)
    for the same wall time as its distillation, and its FID;
-3. end to end: the smallest student within 15 % of the teacher's FID, exported to OpenVINO and
-   quantised to int8, against the teacher's eager PyTorch fp32: img/s at batch 64 in interleaved
-   rounds, and the int8 student's FID.
+3. end to end: the smallest student whose int8 OpenVINO model is within 15 % of the teacher's
+   FID, against the teacher's eager PyTorch fp32: img/s at batch 64 in interleaved rounds (the
+   speed-up is the median of the rounds' ratios), with the student's eager and OpenVINO fp32
+   forms beside them.
 With --student (students `hetgan compress` already made, e.g. distilled longer than --kimg), only
 step 3 for the default teacher, on those students.
 With --colour-dir, the same for a colour case: a 64 px RGB DCGAN trained on a generated folder of
@@ -44,13 +45,20 @@ def fid(path: Path, n: int, evalnet=None) -> float:
     return float(evaluate(G, n=n, seed=0, metrics=("fid",), evalnet=evalnet)["fid"])
 
 
-def throughput(models: dict[str, object], rounds: int, seconds: float) -> dict[str, float]:
-    """Median img/s at batch 64 of each model, over interleaved rounds."""
+def throughput(models: dict[str, object], rounds: int, seconds: float) -> dict[str, list[float]]:
+    """img/s at batch 64 of each model, in interleaved rounds (one list per model, a value per round)."""
     seen: dict[str, list[float]] = {name: [] for name in models}
     for r in range(rounds):
         for name, G in models.items():
             seen[name].append(img_per_s(G, 64, seconds, warm=r > 0))
-    return {name: statistics.median(v) for name, v in seen.items()}
+    return seen
+
+
+def paired_ratio(fast: list[float], slow: list[float]) -> dict[str, float]:
+    """fast/slow round by round (this VM's speed drifts by up to 2x over minutes, which a ratio of
+    neighbouring measurements cancels and a ratio of medians does not): median, min, max."""
+    ratios = [f / s for f, s in zip(fast, slow, strict=True)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
 def given_students(run: Path, out: Path, args) -> dict:
@@ -141,12 +149,15 @@ def end_to_end(run: Path, record: dict, xml: Path, args, evalnet) -> dict:
         "student OpenVINO fp32": load_generator(best["artifact"], backend="openvino"),
         "student int8 OpenVINO": load_generator(xml),
     }
-    speeds = throughput(models, args.rounds, args.seconds)
+    seen = throughput(models, args.rounds, args.seconds)
+    speedups = {name: paired_ratio(v, seen["teacher eager fp32"]) for name, v in seen.items()}
     return {
         "student": best["ratio"],
         "widths": best["widths"],
-        "img_s": speeds,
-        "speedup": speeds["student int8 OpenVINO"] / speeds["teacher eager fp32"],
+        "img_s": {name: statistics.median(v) for name, v in seen.items()},
+        "img_s_rounds": seen,
+        "speedups": speedups,  # per model against the teacher's eager fp32, paired by round
+        "speedup": speedups["student int8 OpenVINO"]["median"],
         "int8_fid": int8_fid,
         "fid_vs_teacher": int8_fid / record["teacher_fid"] - 1,
     }
