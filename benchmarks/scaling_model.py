@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -145,6 +146,20 @@ def step_model(compute_s: float, world: int, m: dict, beta: float, alpha: float)
     return compute_s + comm + flags
 
 
+def run_group(cmd: list[str], timeout: float) -> None:
+    """Run torchrun in a process group of its own; past `timeout`, kill the whole group: killing
+    torchrun alone (what subprocess.run's timeout does) would leave its ranks running."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise SystemExit(f"torchrun did not finish within {timeout:g} s; it and its ranks were killed") from None
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, stderr=err)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="dcgan_textbook")
@@ -175,7 +190,7 @@ def main() -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
     cmd += [__file__, "--worker", str(out), "--preset", args.preset, "--batch", str(args.batch)]
     cmd += ["--steps", str(args.steps), "--device", args.device]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=1800)
+    run_group(cmd, timeout=1800)
     m = json.loads(out.read_text())
     out.unlink()
     m["raw"] = {int(k): v for k, v in m["raw"].items()}

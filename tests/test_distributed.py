@@ -520,3 +520,18 @@ def test_a_signal_landing_during_the_stop_agreement_waits_for_the_next_one():
 
     assert stop.agreed(SignalDuringCollective()) is False and not stop.stopping
     assert stop.agreed(SignalDuringCollective()) is True  # the next step's agreement stops
+
+
+def test_the_scaling_benchmark_kills_torchrun_and_its_ranks_on_timeout(tmp_path):
+    """A torchrun past its time is killed with everything it started, not left with orphaned ranks."""
+    model = benchmark_module("scaling_model")
+    pid_file = tmp_path / "child.pid"
+    cmd = ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"]  # sh stands in for torchrun, sleep for a rank
+    with pytest.raises(SystemExit, match="did not finish within 1 s"):
+        model.run_group(cmd, timeout=1)
+    child = int(pid_file.read_text())
+    time.sleep(0.2)
+    state = Path(f"/proc/{child}/status")
+    assert not state.exists() or "State:\tZ" in state.read_text(), "the rank outlived its torchrun"
+    with pytest.raises(subprocess.CalledProcessError):
+        model.run_group(["sh", "-c", "exit 3"], timeout=10)
