@@ -243,55 +243,47 @@ class Guard:
             return error(500, f"internal error ({type(e).__name__}); the server logged it")
 
 
-def create_app(G, limits: ServeLimits | None = None, token: str | None = None, description: dict | None = None):
-    """The ASGI app serving generator G (any backend: `hetgan.load_generator`): FastAPI behind
-    `Guard`; the FastAPI app is its `.app`."""
-    limits = limits or ServeLimits()
-    batcher = Batcher(G.generate, limits.max_batch, limits.max_wait_ms / 1000, limits.max_queue)
-    metrics = Metrics(lambda: batcher.depth)
-    batcher.on_batch = metrics.on_batch
-    state = {"ready": False}
+class Service:
+    """What the queued endpoints do, over one generator, its batcher and the service's limits."""
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        batcher.start()
-        warm = asyncio.get_running_loop().create_task(warm_up())
-        yield
-        warm.cancel()
-        await batcher.stop()  # uvicorn has finished the accepted requests by now
+    def __init__(self, G, limits: ServeLimits) -> None:
+        self.G, self.limits = G, limits
+        self.batcher = Batcher(G.generate, limits.max_batch, limits.max_wait_ms / 1000, limits.max_queue)
+        self.metrics = Metrics(lambda: self.batcher.depth)
+        self.batcher.on_batch = self.metrics.on_batch
+        self.ready = False
 
-    async def warm_up() -> None:
-        z = np.zeros((limits.max_batch, G.z_dim), dtype=np.float32)
-        y = G.labels(limits.max_batch)
+    async def warm_up(self) -> None:
+        limits = self.limits
+        z = np.zeros((limits.max_batch, self.G.z_dim), dtype=np.float32)
+        y = self.G.labels(limits.max_batch)
         for _ in range(limits.warmup):
-            await batcher.submit(z, None if y is None else y.numpy())
+            await self.batcher.submit(z, None if y is None else y.numpy())
         # What is loaded by now (torch, the runtime, the model) lives as long as the server: out of
         # the collector's sight, a full collection no longer walks its millions of objects while
         # holding the GIL, which stalled every request by a few hundred ms (benchmarks/RESULTS.md).
         gc.collect()
         gc.freeze()
-        state["ready"] = True
+        self.ready = True
         log.info("warmed up: %d generator calls at batch %d; ready", limits.warmup, limits.max_batch)
 
-    app = FastAPI(title="hetgan", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.limits, app.state.batcher, app.state.metrics = limits, batcher, metrics
-
-    async def run(z: np.ndarray, label) -> np.ndarray | JSONResponse:
+    async def run(self, z: np.ndarray, label) -> np.ndarray | JSONResponse:
         """Samples for z, of classes `label` (one, or one per code) where G is conditional."""
         try:
-            y = G.labels(len(z), label)
+            y = self.G.labels(len(z), label)
         except HetganError as e:
             return error(422, f"class: {e}")
+        timeout = self.limits.timeout_s
         try:
-            return await asyncio.wait_for(batcher.submit(z, None if y is None else y.numpy()), limits.timeout_s)
+            return await asyncio.wait_for(self.batcher.submit(z, None if y is None else y.numpy()), timeout)
         except QueueFull as e:
             return error(503, f"the server is at capacity ({e}); retry shortly", {"Retry-After": "1"})
         except TimeoutError:
-            return error(504, f"the request did not finish within {limits.timeout_s:g} s")
+            return error(504, f"the request did not finish within {timeout:g} s")
 
-    async def parse(request: Request, model: type[BaseModel]):
+    async def parse(self, request: Request, model: type[BaseModel]):
         """The request's body as `model`, or the 4xx response that says what is wrong with it."""
-        body = await read_json(request, limits.max_body_bytes)
+        body = await read_json(request, self.limits.max_body_bytes)
         if isinstance(body, JSONResponse):
             return body
         try:
@@ -299,28 +291,26 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
         except ValidationError as e:
             return error(422, validation_message(e))
 
-    @app.post("/v1/generate")
-    async def generate(request: Request):
-        req = await parse(request, GenerateRequest)
+    async def generate(self, request: Request):
+        req, G, limits = await self.parse(request, GenerateRequest), self.G, self.limits
         if isinstance(req, JSONResponse):
             return req
         if req.n > limits.max_n:
             return error(413, f"n={req.n} is over this server's limit of {limits.max_n} samples per request")
-        out = await run(G.latent(req.n, req.seed, req.truncation).numpy(), req.label)
+        out = await self.run(G.latent(req.n, req.seed, req.truncation).numpy(), req.label)
         if isinstance(out, JSONResponse):
             return out
         return encode(out, req.format, G, {"n": req.n, "seed": req.seed, "truncation": req.truncation})
 
-    @app.post("/v1/interpolate")
-    async def interpolate(request: Request):
-        req = await parse(request, InterpolateRequest)
+    async def interpolate(self, request: Request):
+        req, G, limits = await self.parse(request, InterpolateRequest), self.G, self.limits
         if isinstance(req, JSONResponse):
             return req
         if req.frames > limits.max_frames:
             return error(413, f"frames={req.frames} is over this server's limit of {limits.max_frames}")
         a, b = (G.latent(1, seed, req.truncation)[0] for seed in (req.seed_a, req.seed_b))
         label = req.label if req.label is not None or not G.n_classes else 0  # one class along the walk
-        out = await run(slerp(a, b, req.frames).numpy(), label)
+        out = await self.run(slerp(a, b, req.frames).numpy(), label)
         if isinstance(out, JSONResponse):
             return out
         info = {"seed_a": req.seed_a, "seed_b": req.seed_b, "frames": req.frames}
@@ -330,13 +320,33 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
             return Response(png_bytes(grid_image(torch.from_numpy(out), ncol=req.frames)), media_type="image/png")
         return encode(out, req.format, G, info)
 
+
+def create_app(G, limits: ServeLimits | None = None, token: str | None = None, description: dict | None = None):
+    """The ASGI app serving generator G (any backend: `hetgan.load_generator`): FastAPI behind
+    `Guard`; the FastAPI app is its `.app`."""
+    limits = limits or ServeLimits()
+    service = Service(G, limits)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.batcher.start()
+        warm = asyncio.get_running_loop().create_task(service.warm_up())
+        yield
+        warm.cancel()
+        await service.batcher.stop()  # uvicorn has finished the accepted requests by now
+
+    app = FastAPI(title="hetgan", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+    app.post("/v1/generate")(service.generate)
+    app.post("/v1/interpolate")(service.interpolate)
+
     @app.get("/healthz")
     async def healthz():
         return {"status": "alive"}
 
     @app.get("/readyz")
     async def readyz():
-        if not state["ready"]:
+        if not service.ready:
             return error(503, "warming up", {"Retry-After": "1"})
         return {"status": "ready"}
 
@@ -346,7 +356,8 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
 
     @app.get("/metrics")
     async def prometheus_metrics():
-        return Response(prometheus.generate_latest(metrics.registry), media_type=prometheus.CONTENT_TYPE_LATEST)
+        registry = service.metrics.registry
+        return Response(prometheus.generate_latest(registry), media_type=prometheus.CONTENT_TYPE_LATEST)
 
     @app.get("/")
     async def page():
@@ -354,7 +365,8 @@ def create_app(G, limits: ServeLimits | None = None, token: str | None = None, d
 
     # Outside FastAPI's own middleware stack, so that a request refused here (401, or 503 when the
     # queue is full) costs none of it: under overload the refusals are most of the traffic.
-    return Guard(app, token, metrics, batcher, fast={"/v1/generate": generate, "/v1/interpolate": interpolate})
+    fast = {"/v1/generate": service.generate, "/v1/interpolate": service.interpolate}
+    return Guard(app, token, service.metrics, service.batcher, fast)
 
 
 ENDPOINTS = ("/", "/healthz", "/readyz", "/v1/generate", "/v1/interpolate", "/v1/model", "/metrics")
