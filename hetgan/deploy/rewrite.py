@@ -15,7 +15,7 @@ equivalent that it runs well:
   then `PixelShuffle(2)`, gives the same output; the BatchNorm after it folds into the
   convolution and its ReLU moves before the shuffle. It does 9/4 the multiply-adds, so it pays
   only where C_out is small and the transposed convolution's kernels run far below peak: on
-  OpenVINO, up to 16 channels in fp32 and below 32 in int8, where it made a pruned student 1.5-2x
+  OpenVINO, up to 16 channels in fp32 and below 32 in int8, where it made a pruned student 1.3-2x
   faster (benchmarks/RESULTS.md); never on ONNX Runtime, whose 3x3 convolution with so few
   channels was slower than its transposed one.
 
@@ -37,9 +37,10 @@ TAPS = {0: {0: 1, -1: 3}, 1: {1: 0, 0: 2}}
 
 
 class SubPixelConv(nn.Module):
-    """ConvTranspose2d(k=4, s=2, p=1) as Conv2d(3x3, 4*C_out) + PixelShuffle(2), exactly; with
-    `fuse`, the deconvolution's BatchNorm folded into the convolution and its ReLU before the
-    shuffle (both act per channel, and a channel's four parities are its pixels)."""
+    """ConvTranspose2d(k=4, s=2, p=1) as Conv2d(3x3, 4*C_out) + PixelShuffle(2), exactly; given
+    the BatchNorm (eval mode) after the deconvolution, it is folded into the convolution, and with
+    `relu` the ReLU after that runs before the shuffle (both act per channel, and a channel's four
+    parities are its pixels)."""
 
     def __init__(self, deconv: nn.ConvTranspose2d, bn: nn.BatchNorm2d | None = None, relu: bool = False) -> None:
         super().__init__()
