@@ -66,12 +66,13 @@ def given_students(run: Path, out: Path, args) -> dict:
     from hetgan.compress.prune import macs
 
     teacher = load_torch_generator(run)
+    teacher_macs = macs(teacher.G, teacher.z_dim)
     record = {"teacher": str(run), "teacher_fid": fid(run, args.n), "students": []}
     for path in args.student:
         student = load_torch_generator(path)
         row = {"artifact": str(path), "widths": student.config.model.g_widths, "fid": fid(path, args.n)}
         row["ratio"] = "given"
-        row["mac_reduction"] = macs(teacher.G, teacher.z_dim) / macs(student.G, student.z_dim)
+        row["mac_reduction"] = teacher_macs / macs(student.G, student.z_dim)
         row["fid_vs_teacher"] = row["fid"] / record["teacher_fid"] - 1
         record["students"].append(row)
         print(f"  {row}", flush=True)
@@ -223,15 +224,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--student", type=Path, action="append", help="a student made before (repeatable)")
     args = parser.parse_args()
+    if args.student and (args.default_run is None or args.textbook_run is not None):
+        parser.error("--student measures students of the default teacher: pass its --default-run, no --textbook-run")
     args.ratios = [float(r) for r in args.ratios.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     results = {}
     if args.student:
         results["default"] = given_students(args.default_run, args.out, args)
-    for name, run in (("default", args.default_run), ("textbook", args.textbook_run)):
-        if run is not None and not args.student:
-            results[name] = teacher_case(name, run, args.out, args)
+    else:
+        for name, run in (("default", args.default_run), ("textbook", args.textbook_run)):
+            if run is not None:
+                results[name] = teacher_case(name, run, args.out, args)
     if args.colour_dir is not None:
         results["shapes64"] = colour_case(args.colour_dir, args.out, args)
     print()

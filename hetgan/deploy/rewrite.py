@@ -141,19 +141,19 @@ def subpixel_layers(layers: list[nn.Module], max_channels: int) -> list[nn.Modul
     return out
 
 
-def fold_batchnorm(linear: nn.Linear | nn.Conv2d, bn: nn.BatchNorm2d, per_channel: int) -> None:
-    """Fold eval-mode BatchNorm of channels that each span `per_channel` consecutive outputs of
-    `linear` (or output channels of a convolution) into its weights and bias: BN(Wz + b) =
-    s * (Wz + b) + t per channel."""
+def fold_batchnorm(layer: nn.Linear | nn.Conv2d, bn: nn.BatchNorm2d, per_channel: int) -> None:
+    """Fold eval-mode BatchNorm of channels that each span `per_channel` consecutive outputs (or
+    output channels) of `layer` into its weights and bias: BN(Wz + b) = s * (Wz + b) + t per
+    channel."""
     gamma = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_var)
     beta = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_mean)
     scale = gamma / torch.sqrt(bn.running_var + bn.eps)  # [C]
     shift = beta - bn.running_mean * scale
     scale, shift = scale.repeat_interleave(per_channel), shift.repeat_interleave(per_channel)
-    bias = linear.bias.detach() if linear.bias is not None else torch.zeros_like(scale)
+    bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(scale)
     with torch.no_grad():
-        linear.weight.mul_(scale.view(-1, *[1] * (linear.weight.ndim - 1)))
-        linear.bias = nn.Parameter(bias * scale + shift)
+        layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.ndim - 1)))
+        layer.bias = nn.Parameter(bias * scale + shift)
 
 
 class _Unsqueezed(nn.Module):
