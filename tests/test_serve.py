@@ -322,4 +322,6 @@ def test_serve_load_benchmark_runs_end_to_end(small):
         "--soak-requests", "1200", timeout=300,
     )  # fmt: skip
     assert "offline torch at batch 64" in out and " 4 clients:" in out and "soak: " in out and "server RSS" in out
+    loop_us = float(out.split("event loop (main thread): ")[1].split(" us")[0])
+    assert loop_us > 0  # the server did HTTP work on its main thread for the requests
     assert "overload (64 clients pausing" in out and "probe:" in out
