@@ -152,6 +152,64 @@ def probe(url: str, n: int, stop: threading.Event, times: dict) -> None:
             time.sleep(0.02)
 
 
+def soak(server: Server, args, served: int) -> None:
+    """`--soak-requests` more requests on 8 connections: the server's resident set before and after."""
+    rss_start = server.rss_mib()
+    runs, started = [], time.monotonic()
+    while sum(r["requests"] for r in runs) < args.soak_requests - 1000 and time.monotonic() - started < 300:
+        runs.append(wrk(server.url, 8, min(5, args.seconds), args.n))
+    rss_end = server.rss_mib()
+    grew = 100 * (rss_end - rss_start) / rss_start
+    total = sum(r["requests"] for r in runs)
+    statuses: dict[int, int] = {}
+    for r in runs:
+        for k, v in r["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    verdict = "met" if abs(grew) <= 10 else "NOT MET"
+    print(
+        f"soak: {total} more requests after {served}, statuses {statuses}; server RSS {rss_start:.0f} MiB "
+        f"before, {rss_end:.0f} MiB after ({grew:+.1f} %, target within 10 %): {verdict}"
+    )
+
+
+def overload(src: str, backend: str | None, flags: tuple, top: dict, args) -> None:
+    """A fresh service under 4x the request rate `top` was served at, probed for how fast the
+    excess hears 503."""
+    # 4x overload: connections pausing so that together they offer 4x the request rate the
+    # service sustained at the largest load (with no pause, every refused connection would ask
+    # again at once: a flood rather than 4x).
+    overloaded = Server(src, backend, *flags)
+    try:
+        # wrk waits for each answer, so a connection's cycle is its pause plus the latency: 16x the
+        # connections of the largest load, each pausing for its share of 4x that load's rate.
+        clients = 16 * max(args.clients)
+        pause_ms = max(1, round(1000 * clients / (4 * top["req_per_s"]) - top["p50_ms"]))
+        stop, times = threading.Event(), {}
+        prober = threading.Thread(target=probe, args=(overloaded.url, args.n, stop, times))
+        prober.start()
+        try:
+            r = wrk(overloaded.url, clients, args.seconds, args.n, pause_ms)
+        finally:
+            stop.set()
+            prober.join()
+        print(
+            f"overload ({clients} clients pausing {pause_ms} ms: {r['req_per_s'] / top['req_per_s']:.1f}x the rate "
+            f"served above): " + line(r)
+        )
+        refused = sorted(times.get(503, []))
+        p99 = 1000 * refused[min(len(refused) - 1, int(0.99 * len(refused)))] if refused else None
+        others = {k: v for k, v in r["statuses"].items() if k not in (200, 503)}
+        probe_line = {k: len(v) for k, v in times.items()}
+        fast = p99 is not None and p99 <= 50
+        shown = f"{p99:.1f} ms (median {1000 * statistics.median(refused):.1f} ms)" if refused else "- (none refused)"
+        print(
+            f"  probe: {probe_line}; its 503s answered in p99 {shown} (target <= 50 ms, only 200/503 overall): "
+            f"{'met' if fast and not others else 'NOT MET'}"
+        )
+    finally:
+        overloaded.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -198,59 +256,11 @@ def main() -> None:
             f"errors): {verdict}; {top['img_per_s'] / every_core:.2f} of the all-core offline img/s"
         )
 
-        served = sum(r["requests"] for r in results)
-        rss_start = server.rss_mib()
-        soak, started = [], time.monotonic()
-        while sum(r["requests"] for r in soak) < args.soak_requests - 1000 and time.monotonic() - started < 300:
-            soak.append(wrk(server.url, 8, min(5, args.seconds), args.n))
-        rss_end = server.rss_mib()
-        grew = 100 * (rss_end - rss_start) / rss_start
-        total = sum(r["requests"] for r in soak)
-        statuses: dict[int, int] = {}
-        for r in soak:
-            for k, v in r["statuses"].items():
-                statuses[k] = statuses.get(k, 0) + v
-        verdict = "met" if abs(grew) <= 10 else "NOT MET"
-        print(
-            f"soak: {total} more requests after {served}, statuses {statuses}; server RSS {rss_start:.0f} MiB "
-            f"before, {rss_end:.0f} MiB after ({grew:+.1f} %, target within 10 %): {verdict}"
-        )
+        soak(server, args, served=sum(r["requests"] for r in results))
     finally:
         server.stop()
 
-    # 4x overload: connections pausing so that together they offer 4x the request rate the
-    # service sustained at the largest load (with no pause, every refused connection would ask
-    # again at once: a flood rather than 4x).
-    overloaded = Server(src, backend, *flags)
-    try:
-        # wrk waits for each answer, so a connection's cycle is its pause plus the latency: 16x the
-        # connections of the largest load, each pausing for its share of 4x that load's rate.
-        clients = 16 * max(args.clients)
-        pause_ms = max(1, round(1000 * clients / (4 * top["req_per_s"]) - top["p50_ms"]))
-        stop, times = threading.Event(), {}
-        prober = threading.Thread(target=probe, args=(overloaded.url, args.n, stop, times))
-        prober.start()
-        try:
-            r = wrk(overloaded.url, clients, args.seconds, args.n, pause_ms)
-        finally:
-            stop.set()
-            prober.join()
-        print(
-            f"overload ({clients} clients pausing {pause_ms} ms: {r['req_per_s'] / top['req_per_s']:.1f}x the rate "
-            f"served above): " + line(r)
-        )
-        refused = sorted(times.get(503, []))
-        p99 = 1000 * refused[min(len(refused) - 1, int(0.99 * len(refused)))] if refused else None
-        others = {k: v for k, v in r["statuses"].items() if k not in (200, 503)}
-        probe_line = {k: len(v) for k, v in times.items()}
-        fast = p99 is not None and p99 <= 50
-        shown = f"{p99:.1f} ms (median {1000 * statistics.median(refused):.1f} ms)" if refused else "- (none refused)"
-        print(
-            f"  probe: {probe_line}; its 503s answered in p99 {shown} (target <= 50 ms, only 200/503 overall): "
-            f"{'met' if fast and not others else 'NOT MET'}"
-        )
-    finally:
-        overloaded.stop()
+    overload(src, backend, flags, top, args)
 
 
 if __name__ == "__main__":
