@@ -2,14 +2,16 @@
 
     python benchmarks/serve_load.py (--run RUN | --artifact FILE) [--backend openvino] [--seconds 10]
                                     [--clients 1 8 32] [--n 16] [--soak-requests 10000] [--threads N]
+                                    [--streams S] [--nice K]
 
 The load comes from wrk (Debian's `wrk`, C: a client's work per request is microseconds, so the
 server gets the machine's cores; a Python client spent more CPU per request than the server),
 driven by benchmarks/serve_load.lua: every request its own seed, responses counted by status.
 
-1. Offline: the backend's img/s at batch 64 in this process (`generate` in a loop) with the threads
-   the service gives it (`--threads`, default `hetgan serve`'s: every core but one), the figure
-   the service is held to; and, for reference, with every core.
+1. Offline: the backend's img/s at batch 64 in this process (`generate` in a loop) on the threads
+   the service gives it (`--threads`, default `hetgan serve`'s: every core), in one stream and in
+   the service's `--streams` (as many loops at once), before the service runs and again after it:
+   the best of these is the figure the service is held to.
 2. The service in its own process (`hetgan serve` on a free 127.0.0.1 port): for each client
    count, that many connections each asking for n samples (npz) again and again for `--seconds`:
    img/s, requests/s, latency p50/p99, statuses. Target: at 32 clients >= 70 % of the offline
@@ -41,7 +43,7 @@ import torch
 
 import hetgan
 from hetgan.deploy.runtimes import cpu_threads
-from hetgan.serve.server import serving_threads
+from hetgan.serve.server import GENERATOR_NICE, serving_streams
 
 LUA = Path(__file__).with_name("serve_load.lua")
 
@@ -97,17 +99,39 @@ class Server:
             print("the server did not stop within 60 s of SIGTERM; killed", file=sys.stderr)
 
 
-def offline_img_per_s(source: str, backend: str | None, seconds: float, threads: int, batch: int = 64) -> float:
-    torch.set_num_threads(threads)  # for the torch backend; load_generator sets the runtimes'
-    G = hetgan.load_generator(source, backend=backend, threads=threads)
-    z = torch.randn(batch, G.z_dim)
+def offline_img_per_s(source: str, backend: str | None, seconds: float, threads: int, streams: int) -> float:
+    """The backend's img/s at batch 64 in this process, `generate` in a loop in each of `streams`
+    threads (the runtime loaded with as many streams, sharing `threads`)."""
+    torch.set_num_threads(max(1, threads // streams))  # for the torch backend; load_generator sets the runtimes'
+    G = hetgan.load_generator(source, backend=backend, threads=threads, streams=streams)
+    z = torch.randn(64, G.z_dim)
     for _ in range(5):
         G.generate(z)
-    start, calls = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        G.generate(z)
-        calls += 1
-    return calls * batch / (time.perf_counter() - start)
+    calls = [0] * streams
+    start = time.perf_counter()
+
+    def loop(i: int) -> None:
+        while time.perf_counter() - start < seconds:
+            G.generate(z)
+            calls[i] += 1
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(streams)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(calls) * 64 / (time.perf_counter() - start)
+
+
+def offline_best(source: str, backend: str | None, seconds: float, threads: int, streams: int) -> tuple[float, str]:
+    """The best offline img/s at batch 64 on `threads` threads over one stream and `streams`, and
+    which it was: the figure the service is held to."""
+    tried = {
+        f"{s} stream{'s' * (s > 1)}": offline_img_per_s(source, backend, seconds, threads, s) for s in {1, streams}
+    }
+    best = max(tried, key=tried.get)
+    print("  offline " + ", ".join(f"{k}: {v:.0f} img/s" for k, v in tried.items()))
+    return tried[best], best
 
 
 def wrk(url: str, connections: int, seconds: float, n: int, pause_ms: int = 0) -> dict:
@@ -221,23 +245,22 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--soak-requests", type=int, default=10_000)
     parser.add_argument("--max-batch", type=int, default=256, help="the service's --max-batch (default 256)")
-    parser.add_argument("--threads", type=int, help="the runtime's threads, served and offline (default: serve's)")
+    parser.add_argument("--threads", type=int, help="the runtime's threads, served and offline (default: every core)")
+    parser.add_argument("--streams", type=int, help="the service's --streams (default: serve's)")
+    parser.add_argument("--nice", type=int, default=GENERATOR_NICE, help="the service's --nice (default: serve's)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("this benchmark drives the load with wrk: apt-get install wrk")
     src = args.run or args.artifact
     backend = args.backend
-    threads = args.threads or serving_threads()
+    threads = args.threads or cpu_threads()
+    streams = args.streams or serving_streams(threads)
 
     seconds = max(args.seconds / 2, 1)
-    every_core = offline_img_per_s(src, backend, seconds, cpu_threads())
-    offline = offline_img_per_s(src, backend, seconds, threads)
-    print(
-        f"offline {backend} at batch 64: {offline:.0f} img/s with {threads} threads, the service's "
-        f"({every_core:.0f} img/s with all {cpu_threads()} cores; this process)"
-    )
+    print(f"offline {backend} at batch 64 with {threads} threads (this process), before the service:")
+    before = offline_best(src, backend, seconds, threads, streams)
     flags = ("--max-batch", str(args.max_batch), "--max-wait-ms", "2", "--max-n", str(max(args.n, 64)))
-    flags += ("--threads", str(threads))
+    flags += ("--threads", str(threads), "--streams", str(streams), "--nice", str(args.nice))
     server = Server(src, backend, *flags)
     try:
         results = [wrk(server.url, c, args.seconds, args.n) for c in args.clients[:-1]]
@@ -248,17 +271,20 @@ def main() -> None:
             print(line(r))
         top = results[-1]
         print(f"  the server's event loop (main thread): {loop_us:.0f} us CPU per request at {top['clients']} clients")
-        ratio = top["img_per_s"] / offline
-        errors = top["socket_errors"] + sum(v for k, v in top["statuses"].items() if k != 200)
-        verdict = "met" if ratio >= 0.7 and errors == 0 else "NOT MET"
-        print(
-            f"at {top['clients']} clients: {ratio:.2f} of offline img/s at {threads} threads (target 0.70, no "
-            f"errors): {verdict}; {top['img_per_s'] / every_core:.2f} of the all-core offline img/s"
-        )
-
         soak(server, args, served=sum(r["requests"] for r in results))
     finally:
         server.stop()
+    # This machine's speed drifts: the service is held to the better of the offline figures
+    # taken before and after it ran.
+    print("offline again, after the service:")
+    offline, how = max(before, offline_best(src, backend, seconds, threads, streams))
+    ratio = top["img_per_s"] / offline
+    errors = top["socket_errors"] + sum(v for k, v in top["statuses"].items() if k != 200)
+    verdict = "met" if ratio >= 0.7 and errors == 0 else "NOT MET"
+    print(
+        f"at {top['clients']} clients: {top['img_per_s']:.0f} img/s = {ratio:.2f} of the best offline img/s "
+        f"({offline:.0f}, {how}, {threads} threads; target 0.70, no errors): {verdict}"
+    )
 
     overload(src, backend, flags, top, args)
 

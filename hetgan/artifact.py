@@ -236,7 +236,11 @@ def save_generator(G_ema: nn.Module, config: TrainConfig, path: Path, run_id: st
 
 
 def load_generator(
-    path: str | Path, device: str | torch.device = "cpu", backend: str | None = None, threads: int | None = None
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    backend: str | None = None,
+    threads: int | None = None,
+    streams: int = 1,
 ) -> Sampling:
     """Load a generator to sample from, whatever runs it.
 
@@ -248,14 +252,15 @@ def load_generator(
 
     For a run directory that has not finished (no artifact yet), G_ema comes from its newest
     valid checkpoint. `device`: a name as `--device` takes it (auto, cpu, cuda[:i], mps, xpu).
-    `threads`: CPU threads of an inference runtime (default: the cores this process may use).
+    `threads`: CPU threads of an inference runtime (default: the cores this process may use);
+    `streams`: how many calls it may run at once from as many threads, sharing those threads.
     """
     path = Path(path)
     from hetgan.deploy.runtimes import file_backend, load_runtime  # late: deploy imports this module
 
     backend = backend or file_backend(path)
     if backend != "torch":
-        return load_runtime(path, backend, str(device), threads)
+        return load_runtime(path, backend, str(device), threads, streams)
     if file_backend(path) != "torch":
         raise CheckpointError(
             f"{path}: an exported model runs on onnxruntime or openvino, not torch; pass --backend "

@@ -259,11 +259,17 @@ def add_compress(sub) -> None:
 
 def add_serve(sub) -> None:
     from hetgan.serve.limits import ServeLimits
+    from hetgan.serve.server import GENERATOR_NICE
 
     s = sub.add_parser("serve", help="serve samples over HTTP, with a web page (bounded, batched, observable)")
     add_source(s, exported=True)
-    add_backend(s, threads_default="all cores but one, which is left to the HTTP side; torch's too")
+    add_backend(s, threads_default="every core, shared by the --streams; torch's too")
     s.add_argument("--device", default="cpu", help="auto, cpu, cuda[:i], mps or xpu to run G on (default cpu)")
+    s.add_argument("--streams", type=int, help="generator calls at once, sharing --threads (default 2, 1 on one core)")
+    s.add_argument(
+        "--nice", type=int, default=GENERATOR_NICE, choices=range(20), metavar="0-19",
+        help=f"how much lower the generator threads' priority is than the HTTP side's (Linux; {GENERATOR_NICE})",
+    )  # fmt: skip
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--token", help="require `Authorization: Bearer TOKEN` (default: $HETGAN_SERVE_TOKEN, if set)")
@@ -729,7 +735,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     limits = ServeLimits(**{name: getattr(args, name) for name in vars(ServeLimits())})
     token = args.token or os.environ.get("HETGAN_SERVE_TOKEN") or None
-    serve(args.run or args.artifact, args.backend, args.device, args.threads, args.host, args.port, token, limits)
+    source, threads, streams = args.run or args.artifact, args.threads, args.streams
+    serve(source, args.backend, args.device, threads, streams, args.host, args.port, token, limits, args.nice)
     return 0
 
 

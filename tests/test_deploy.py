@@ -3,6 +3,7 @@
 import json
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -186,6 +187,22 @@ def test_a_run_on_another_backend_is_exported_in_memory(tmp_path, digits_npz):
         G = load_generator(path, backend=backend, threads=1)
         assert isinstance(G, kind) and (G.sample(5, seed=1) - want).abs().max() <= E.TOLERANCE
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.npz", "g.safetensors"]  # nothing written
+
+
+def test_runtimes_with_two_streams_take_two_calls_at_once_and_answer_alike(tmp_path, digits_npz):
+    path = artifact(tmp_path, digits_npz, "dcgan", "npz", 1, 32)
+    zs = [torch.randn(16, 8, generator=torch.Generator().manual_seed(i)) for i in range(12)]
+    for backend in ("onnxruntime", "openvino"):
+        one = load_generator(path, backend=backend, threads=2)
+        two = load_generator(path, backend=backend, threads=2, streams=2)
+        want = [one.generate(z) for z in zs]
+        with ThreadPoolExecutor(2) as pool:  # one infer request shared by two threads would fail here
+            got = list(pool.map(two.generate, zs))
+        assert max((g - w).abs().max().item() for g, w in zip(got, want, strict=True)) <= E.TOLERANCE
+        if backend == "openvino":
+            assert two.compiled.get_property("NUM_STREAMS") == 2 and two.requests.qsize() == 2
+        else:
+            assert two.session.get_session_options().intra_op_num_threads == 1  # each call on 1 of the 2
 
 
 def test_bad_export_requests(tmp_path, digits_npz, capsys):

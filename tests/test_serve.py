@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -264,6 +265,28 @@ def test_an_exported_model_is_served_on_its_runtime(small, tmp_path):
         assert np.abs(images.astype(int) - expected(G, 8, 2)).max() <= 1
 
 
+def thread_stats(pid: int) -> dict[int, tuple[int, int]]:
+    """Native thread id -> (niceness, CPU ticks used) for a process's threads, from /proc."""
+    stats = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        fields = (Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]).split()
+        stats[int(tid)] = (int(fields[16]), int(fields[11]) + int(fields[12]))
+    return stats
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_the_generator_threads_run_below_the_event_loop(wide):
+    with server(wide, "--nice", "7", "--threads", "2", "--streams", "2", "--warmup", "1") as (client, proc):
+        for seed in range(6):
+            assert client.post("/v1/generate", json={"n": 64, "seed": seed, "format": "npz"}).status_code == 200
+        stats = thread_stats(proc.pid)
+    main_nice = stats[proc.pid][0]  # the main thread runs the event loop
+    others = {tid: nice_cpu for tid, nice_cpu in stats.items() if tid != proc.pid}
+    busiest = max(others, key=lambda tid: others[tid][1])  # the generator's work is in its threads
+    assert others[busiest][0] == main_nice + 7, stats
+    assert sum(nice == main_nice + 7 for nice, _ in others.values()) >= 2, stats
+
+
 def test_binding_beyond_loopback_warns():
     assert bind_warning("127.0.0.1", None) is None and bind_warning("localhost", None) is None
     assert bind_warning("::1", None) is None
@@ -325,3 +348,5 @@ def test_serve_load_benchmark_runs_end_to_end(small):
     loop_us = float(out.split("event loop (main thread): ")[1].split(" us")[0])
     assert loop_us > 0  # the server did HTTP work on its main thread for the requests
     assert "overload (64 clients pausing" in out and "probe:" in out
+    ratio = float(out.split(" img/s = ")[1].split(" of the best offline img/s")[0])
+    assert 0 < ratio and "offline 1 stream: " in out and ", 2 streams: " in out

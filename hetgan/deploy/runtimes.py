@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 from pathlib import Path
 
 import numpy as np
@@ -86,12 +87,15 @@ class RuntimeGenerator(Sampling):
 
 class OnnxRuntimeGenerator(RuntimeGenerator):
     """An ONNX model in ONNX Runtime: the CPU provider with its threads set explicitly, or the CUDA
-    provider (`device` cuda[:i]), or TensorRT (backend tensorrt: fp16, engines cached on disk)."""
+    provider (`device` cuda[:i]), or TensorRT (backend tensorrt: fp16, engines cached on disk).
+    A session runs calls from several threads at once: `streams` of them share the `threads`."""
 
-    def __init__(self, model: bytes | Path, where: str, device: str = "cpu", threads: int | None = None, **kw):
+    def __init__(
+        self, model: bytes | Path, where: str, device: str = "cpu", threads: int | None = None, streams: int = 1, **kw
+    ):
         ort = require("onnxruntime", "the onnxruntime backend")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or cpu_threads()
+        options.intra_op_num_threads = max(1, (threads or cpu_threads()) // streams)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise
@@ -139,9 +143,15 @@ def ort_providers(ort, device: str, tensorrt: bool, cache_dir: Path | None) -> l
 
 class OpenVINOGenerator(RuntimeGenerator):
     """An OpenVINO model (IR, or ONNX read by OpenVINO) compiled for the CPU, in f32 (OpenVINO
-    would pick bf16 by itself on CPUs with bf16 units), one stream using `threads` threads."""
+    would pick bf16 by itself on CPUs with bf16 units), `threads` threads in all.
 
-    def __init__(self, model, where: str, device: str = "cpu", threads: int | None = None, **kw) -> None:
+    `streams` > 1 splits those threads into that many streams, each with an infer request of its
+    own, so that as many callers (threads) can run the model at once, each on its own batch and
+    cores: `hetgan serve` runs that many batches at a time."""
+
+    def __init__(
+        self, model, where: str, device: str = "cpu", threads: int | None = None, streams: int = 1, **kw
+    ) -> None:
         ov = require("openvino", "the openvino backend")
         if device not in ("cpu", "auto"):
             raise ConfigError(f"the openvino backend runs on the cpu here, not {device!r}")
@@ -154,18 +164,24 @@ class OpenVINOGenerator(RuntimeGenerator):
             check_weights(metadata, path.with_suffix(".bin"), where)
         super().__init__(metadata, where)
         self.backend = "openvino"
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-        config["INFERENCE_NUM_THREADS"] = threads or cpu_threads()
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": max(threads or cpu_threads(), streams)}
+        config |= {"NUM_STREAMS": streams} if streams > 1 else {"PERFORMANCE_HINT": "LATENCY"}
         self.model, self.core, self.compile_config = model, core, config
         self.compiled = core.compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        self.requests = queue.SimpleQueue()  # idle infer requests, one per stream
+        for _ in range(streams):
+            self.requests.put(self.compiled.create_infer_request())
 
     def run(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        # Shared: the request reads z (and y) where they are and returns no copies of its outputs
-        # (by default it copies both ways, 12 % of a pruned int8 student's img/s at batch 64); the
-        # one copy below is needed, as the request reuses its output buffer.
-        self.request.infer({0: z} if y is None else {0: z, 1: y}, share_inputs=True, share_outputs=True)
-        return self.request.get_output_tensor(0).data.copy()
+        request = self.requests.get()
+        try:
+            # Shared: the request reads z (and y) where they are and returns no copies of its outputs
+            # (by default it copies both ways, 12 % of a pruned int8 student's img/s at batch 64);
+            # the one copy below is needed, as the request reuses its output buffer.
+            request.infer({0: z} if y is None else {0: z, 1: y}, share_inputs=True, share_outputs=True)
+            return request.get_output_tensor(0).data.copy()
+        finally:
+            self.requests.put(request)
 
 
 def read_openvino(core, model: Path | str | bytes, where: str):
@@ -225,7 +241,9 @@ def _first_line(e: Exception) -> str:
 RUNTIMES = {"onnxruntime": OnnxRuntimeGenerator, "tensorrt": OnnxRuntimeGenerator, "openvino": OpenVINOGenerator}
 
 
-def load_runtime(path: Path, backend: str, device: str = "cpu", threads: int | None = None) -> RuntimeGenerator:
+def load_runtime(
+    path: Path, backend: str, device: str = "cpu", threads: int | None = None, streams: int = 1
+) -> RuntimeGenerator:
     """A model file, or a run / artifact exported in memory, on an inference runtime."""
     if backend not in RUNTIMES:
         raise ConfigError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
@@ -241,4 +259,4 @@ def load_runtime(path: Path, backend: str, device: str = "cpu", threads: int | N
     elif kind == "openvino" and backend != "openvino":
         raise ConfigError(f"{path}: an OpenVINO IR runs on the openvino backend only, not {backend}")
     kw = {"tensorrt": backend == "tensorrt", "cache_dir": path.parent / f"{path.stem}.trt-cache"}
-    return RUNTIMES[backend](model, where, device=device, threads=threads, **kw)
+    return RUNTIMES[backend](model, where, device=device, threads=threads, streams=streams, **kw)

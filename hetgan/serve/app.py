@@ -37,7 +37,7 @@ import torch
 from hetgan.artifact import slerp
 from hetgan.errors import HetganError
 from hetgan.serve import require
-from hetgan.serve.batcher import Batcher, QueueFull
+from hetgan.serve.batcher import Batcher, QueueFull, lower_priority, other_threads
 from hetgan.serve.limits import ServeLimits
 
 fastapi = require("fastapi")
@@ -246,9 +246,11 @@ class Guard:
 class Service:
     """What the queued endpoints do, over one generator, its batcher and the service's limits."""
 
-    def __init__(self, G, limits: ServeLimits) -> None:
-        self.G, self.limits = G, limits
-        self.batcher = Batcher(G.generate, limits.max_batch, limits.max_wait_ms / 1000, limits.max_queue)
+    def __init__(self, G, limits: ServeLimits, streams: int = 1, nice: int = 0) -> None:
+        self.G, self.limits, self.nice = G, limits, nice
+        self.batcher = Batcher(
+            G.generate, limits.max_batch, limits.max_wait_ms / 1000, limits.max_queue, workers=streams, nice=nice
+        )
         self.metrics = Metrics(lambda: self.batcher.depth)
         self.batcher.on_batch = self.metrics.on_batch
         self.ready = False
@@ -264,6 +266,9 @@ class Service:
         # holding the GIL, which stalled every request by a few hundred ms (benchmarks/RESULTS.md).
         gc.collect()
         gc.freeze()
+        if self.nice:
+            changed = lower_priority(self.nice, other_threads())  # the runtime's threads exist by now
+            log.info("the generator's %d threads run at niceness +%d: the event loop goes first", changed, self.nice)
         self.ready = True
         log.info("warmed up: %d generator calls at batch %d; ready", limits.warmup, limits.max_batch)
 
@@ -321,11 +326,20 @@ class Service:
         return encode(out, req.format, G, info)
 
 
-def create_app(G, limits: ServeLimits | None = None, token: str | None = None, description: dict | None = None):
+def create_app(
+    G,
+    limits: ServeLimits | None = None,
+    token: str | None = None,
+    description: dict | None = None,
+    streams: int = 1,
+    nice: int = 0,
+):
     """The ASGI app serving generator G (any backend: `hetgan.load_generator`): FastAPI behind
-    `Guard`; the FastAPI app is its `.app`."""
+    `Guard`; the FastAPI app is its `.app`. `streams`: generator calls at once (G loaded with as
+    many streams); `nice`: how much lower than the event loop's the priority of every other thread
+    of this process is set once warmed up (Linux; 0 leaves it)."""
     limits = limits or ServeLimits()
-    service = Service(G, limits)
+    service = Service(G, limits, streams, nice)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -1,0 +1,114 @@
+"""The serving batcher's workers and the thread priorities `hetgan serve` sets, in process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from hetgan.errors import HetganError
+from hetgan.serve.batcher import Batcher, lower_priority, other_threads
+from hetgan.serve.server import check_threads, serving_streams
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+
+
+def run_batcher(generate, pieces, delay: float = 0.0, **kw) -> list[np.ndarray]:
+    """Submit `pieces` (one after another, `delay` s apart) to a started Batcher; their outputs."""
+
+    async def main():
+        batcher = Batcher(generate, **kw)
+        batcher.start()
+        tasks = []
+        for z in pieces:
+            tasks.append(asyncio.create_task(batcher.submit(z)))
+            await asyncio.sleep(delay)
+        outs = await asyncio.gather(*tasks)
+        await batcher.stop()
+        return outs
+
+    return asyncio.run(main())
+
+
+def test_two_workers_run_two_batches_at_once_each_request_gets_its_rows():
+    both = threading.Barrier(2, timeout=10)  # passes only while two generator calls run together
+    sizes = []
+
+    def generate(z, y):
+        sizes.append(len(z))
+        both.wait()
+        return z * 2
+
+    pieces = [np.full((8, 3), i, np.float32) for i in range(2)]  # each fills a batch of 8
+    outs = run_batcher(generate, pieces, max_batch=8, max_wait=0.05, workers=2)
+    assert sizes == [8, 8]
+    for z, out in zip(pieces, outs, strict=True):
+        assert np.array_equal(out, z * 2)
+
+
+def test_workers_take_turns_to_gather_so_a_batch_is_not_split_between_them():
+    sizes = []
+
+    def generate(z, y):
+        sizes.append(len(z))
+        return z
+
+    # The second piece comes 20 ms after the first, within the first's wait: with the workers
+    # gathering at once, the idle one would take it and both would run half a batch.
+    pieces = [np.zeros((4, 3), np.float32), np.ones((4, 3), np.float32)]
+    outs = run_batcher(generate, pieces, delay=0.02, max_batch=8, max_wait=0.5, workers=2)
+    assert sizes == [8] and np.array_equal(outs[1], pieces[1])
+
+
+@linux
+def test_lower_priority_sets_a_thread_below_the_main_thread_once():
+    seen = {}
+
+    def work():
+        seen["changed"], seen["again"] = lower_priority(5), None
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        seen["again"] = lower_priority(5)  # already that low: left as it is
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    main = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    assert seen == {"changed": 1, "nice": min(main + 5, 19), "again": 0}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # the caller's unchanged
+    assert lower_priority(0) == 0
+
+
+@linux
+def test_other_threads_are_every_thread_but_the_caller():
+    stop, started = threading.Event(), threading.Event()
+    ids = {}
+
+    def work():
+        ids["worker"] = threading.get_native_id()
+        started.set()
+        stop.wait(10)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    started.wait(10)
+    try:
+        others = other_threads()
+    finally:
+        stop.set()
+        thread.join()
+    assert ids["worker"] in others and threading.get_native_id() not in others
+
+
+def test_streams_and_threads_are_checked():
+    assert serving_streams(1) == 1 and serving_streams(2) == 2 and serving_streams(16) == 2
+    check_threads(2, 2)
+    with pytest.raises(HetganError, match=r"--streams must be between 1 and the threads \(2\), got 3"):
+        check_threads(2, 3)
+    with pytest.raises(HetganError, match="--streams must be between 1 and the threads"):
+        check_threads(2, 0)
+    with pytest.raises(HetganError, match="--threads must be at least 1, got 0"):
+        check_threads(0, 1)
