@@ -10,9 +10,9 @@ For each teacher (the default preset's and the textbook DCGAN-32's finished runs
 2. the same architecture as the first ratio's student trained from scratch (an ordinary GAN run)
    for the same wall time as its distillation, and its FID;
 3. end to end: the smallest student whose int8 OpenVINO model is within 15 % of the teacher's
-   FID, against the teacher's eager PyTorch fp32: img/s at batch 64 in interleaved rounds (the
-   speed-up is the median of the rounds' ratios), with the student's eager and OpenVINO fp32
-   forms beside them.
+   FID, against the teacher's eager PyTorch fp32: img/s at batch 64 in interleaved rounds, each
+   model at the better of one call at a time and one per core (the speed-up is the median of the
+   rounds' ratios), with the student's eager and OpenVINO fp32 forms beside them.
 With --student (students `hetgan compress` already made, e.g. distilled longer than --kimg), only
 step 3 for the default teacher, on those students.
 With --colour-dir, the same for a colour case: a 64 px RGB DCGAN trained on a generated folder of
@@ -35,6 +35,7 @@ from hetgan.artifact import load_generator, load_torch_generator
 from hetgan.compress import compress
 from hetgan.config import DistillConfig
 from hetgan.deploy.bench import img_per_s
+from hetgan.deploy.runtimes import cpu_threads
 from hetgan.eval.score import evaluate
 
 FID_BOUND, END_TO_END_BOUND = 0.10, 0.15
@@ -45,12 +46,17 @@ def fid(path: Path, n: int, evalnet=None) -> float:
     return float(evaluate(G, n=n, seed=0, metrics=("fid",), evalnet=evalnet)["fid"])
 
 
-def throughput(models: dict[str, object], rounds: int, seconds: float) -> dict[str, list[float]]:
-    """img/s at batch 64 of each model, in interleaved rounds (one list per model, a value per round)."""
-    seen: dict[str, list[float]] = {name: [] for name in models}
+def throughput(models: dict[str, list[tuple[object, int]]], rounds: int, seconds: float) -> dict[str, dict]:
+    """img/s at batch 64 of each model in each of its modes (G, calls in flight), in interleaved
+    rounds: per model, a list per mode and the best mode's figure of each round ("best")."""
+    seen: dict[str, dict] = {name: {"best": []} for name in models}
     for r in range(rounds):
-        for name, G in models.items():
-            seen[name].append(img_per_s(G, 64, seconds, warm=r > 0))
+        for name, modes in models.items():
+            speeds = []
+            for G, callers in modes:
+                speeds.append(img_per_s(G, 64, seconds, warm=r > 0, callers=callers))
+                seen[name].setdefault(f"{callers} in flight", []).append(speeds[-1])
+            seen[name]["best"].append(max(speeds))
     return seen
 
 
@@ -143,19 +149,39 @@ def end_to_end(run: Path, record: dict, xml: Path, args, evalnet) -> dict:
         return {"met": False, "why": "no student's int8 model within 15 % of the teacher's FID"}
     teacher = load_torch_generator(run)
     # The student in eager fp32 and OpenVINO fp32 too: how much of the speed-up is fewer MACs,
-    # how much the runtime, how much int8.
+    # how much the runtime, how much int8. Every model in two modes, the best of each round
+    # counted: one call at a time on every core, and one call per core at a time (two OpenVINO
+    # streams, or torch's threads split between two callers), since which is faster depends on
+    # the model and on this VM's state (eager torch on two threads made 6.3k img/s where two
+    # one-thread callers made 10.5k, benchmarks/RESULTS.md).
+    streams = min(2, cpu_threads())
+
+    def both(one, many=None) -> list[tuple[object, int]]:  # one call at a time, and one per core
+        return [(one, 1)] + ([(many or one, streams)] if streams > 1 else [])
+
+    def ov_fp32(**kw):
+        return load_generator(best["artifact"], backend="openvino", **kw)
+
     models = {
-        "teacher eager fp32": teacher,
-        "student eager fp32": student,
-        "student OpenVINO fp32": load_generator(best["artifact"], backend="openvino"),
-        "student int8 OpenVINO": load_generator(xml),
+        "teacher eager fp32": both(teacher),
+        "student eager fp32": both(student),
+        "student OpenVINO fp32": both(ov_fp32(), ov_fp32(streams=streams)),
+        "student int8 OpenVINO": both(load_generator(xml), load_generator(xml, streams=streams)),
     }
     seen = throughput(models, args.rounds, args.seconds)
-    speedups = {name: paired_ratio(v, seen["teacher eager fp32"]) for name, v in seen.items()}
+    speedups = {name: paired_ratio(v["best"], seen["teacher eager fp32"]["best"]) for name, v in seen.items()}
+    for name, v in seen.items():
+        modes = ", ".join(f"{mode} {statistics.median(x):.0f}" for mode, x in v.items() if mode != "best")
+        ratio = speedups[name]
+        print(
+            f"  {name}: {statistics.median(v['best']):.0f} img/s at batch 64 ({modes}); vs the teacher "
+            f"{ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f})",
+            flush=True,
+        )
     return {
         "student": best["ratio"],
         "widths": best["widths"],
-        "img_s": {name: statistics.median(v) for name, v in seen.items()},
+        "img_s": {name: {mode: statistics.median(x) for mode, x in v.items()} for name, v in seen.items()},
         "img_s_rounds": seen,
         "speedups": speedups,  # per model against the teacher's eager fp32, paired by round
         "speedup": speedups["student int8 OpenVINO"]["median"],

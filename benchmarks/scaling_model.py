@@ -194,28 +194,7 @@ def main() -> None:
     m = json.loads(out.read_text())
     out.unlink()
     m["raw"] = {int(k): v for k, v in m["raw"].items()}
-    print(f"{args.preset}, global batch {args.batch} over {m['world']} rank(s) ({m['backend']}), {args.steps} steps")
-    print(
-        f"  gradients per step: D {m['d_bytes'] / 1e6:.2f} MB x {m['n_critic']} phase(s), G {m['g_bytes'] / 1e6:.2f} MB"
-    )
-    print(f"  one process, batch {local}: T_c = {compute * 1e3:.2f} ms per step")
-    print(
-        f"  {m['world']} rank(s): T_N = {m['step_s'] * 1e3:.2f} ms per step, of which all-reduce "
-        f"{m['allreduce_in_step_s'] * 1e3:.2f} ms ({m['allreduce_in_step_s'] / m['step_s']:.0%})"
-    )
-    raw = ", ".join(f"{n / 1e6:.3g} MB {t * 1e3:.3f} ms" for n, t in sorted(m["raw"].items()))
-    print(f"  raw all-reduce: {raw}")
-    rows = {}
-    if m["world"] > 1:  # one rank has no link to fit: its figures are the code path's own cost
-        beta, alpha = fit_link(m["raw"], m["world"])
-        predicted = step_model(compute, m["world"], m, beta, alpha)
-        print(f"  fitted link: bandwidth {beta / 1e9:.2f} GB/s, latency {alpha * 1e6:.0f} us per hop")
-        error = predicted / m["step_s"] - 1
-        print(
-            f"  model: T_N = {predicted * 1e3:.2f} ms predicted vs {m['step_s'] * 1e3:.2f} ms measured ({error:+.0%})"
-        )
-        print(f"  weak-scaling efficiency measured here: {compute / m['step_s']:.0%} (model {compute / predicted:.0%})")
-        rows["measured link, this machine's T_c"] = (beta, alpha, compute)
+    rows = report(args, local, compute, m)
     print()
     gpu = args.gpu_step_ms / 1e3
     worlds = (1, 2, 4, 8, 16)
@@ -227,6 +206,31 @@ def main() -> None:
     for name, (bw, lat, t_c) in rows.items():
         cells = "".join(f"{t_c / step_model(t_c, n, m, bw, lat):>7.0%}" for n in worlds)
         print(f"{name:<40}{cells}")
+
+
+def report(args, local: int, compute: float, m: dict) -> dict[str, tuple[float, float, float]]:
+    """Print what was measured and, with 2+ ranks, the link fitted and the model's step time;
+    the fitted link as a row for the prediction table ({} for one rank)."""
+    print(f"{args.preset}, global batch {args.batch} over {m['world']} rank(s) ({m['backend']}), {args.steps} steps")
+    print(
+        f"  gradients per step: D {m['d_bytes'] / 1e6:.2f} MB x {m['n_critic']} phase(s), G {m['g_bytes'] / 1e6:.2f} MB"
+    )
+    print(f"  one process, batch {local}: T_c = {compute * 1e3:.2f} ms per step")
+    print(
+        f"  {m['world']} rank(s): T_N = {m['step_s'] * 1e3:.2f} ms per step, of which all-reduce "
+        f"{m['allreduce_in_step_s'] * 1e3:.2f} ms ({m['allreduce_in_step_s'] / m['step_s']:.0%})"
+    )
+    raw = ", ".join(f"{n / 1e6:.3g} MB {t * 1e3:.3f} ms" for n, t in sorted(m["raw"].items()))
+    print(f"  raw all-reduce: {raw}")
+    if m["world"] == 1:  # one rank has no link to fit: its figures are the code path's own cost
+        return {}
+    beta, alpha = fit_link(m["raw"], m["world"])
+    predicted = step_model(compute, m["world"], m, beta, alpha)
+    print(f"  fitted link: bandwidth {beta / 1e9:.2f} GB/s, latency {alpha * 1e6:.0f} us per hop")
+    error = predicted / m["step_s"] - 1
+    print(f"  model: T_N = {predicted * 1e3:.2f} ms predicted vs {m['step_s'] * 1e3:.2f} ms measured ({error:+.0%})")
+    print(f"  weak-scaling efficiency measured here: {compute / m['step_s']:.0%} (model {compute / predicted:.0%})")
+    return {"measured link, this machine's T_c": (beta, alpha, compute)}
 
 
 if __name__ == "__main__":

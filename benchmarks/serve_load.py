@@ -42,6 +42,7 @@ import httpx
 import torch
 
 import hetgan
+from hetgan.deploy.bench import img_per_s
 from hetgan.deploy.runtimes import cpu_threads
 from hetgan.serve.server import GENERATOR_NICE, serving_streams
 
@@ -102,25 +103,11 @@ class Server:
 def offline_img_per_s(source: str, backend: str | None, seconds: float, threads: int, streams: int) -> float:
     """The backend's img/s at batch 64 in this process, `generate` in a loop in each of `streams`
     threads (the runtime loaded with as many streams, sharing `threads`)."""
-    torch.set_num_threads(max(1, threads // streams))  # for the torch backend; load_generator sets the runtimes'
+    torch.set_num_threads(
+        threads
+    )  # for the torch backend (split between the streams); load_generator sets the runtimes'
     G = hetgan.load_generator(source, backend=backend, threads=threads, streams=streams)
-    z = torch.randn(64, G.z_dim)
-    for _ in range(5):
-        G.generate(z)
-    calls = [0] * streams
-    start = time.perf_counter()
-
-    def loop(i: int) -> None:
-        while time.perf_counter() - start < seconds:
-            G.generate(z)
-            calls[i] += 1
-
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(streams)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return sum(calls) * 64 / (time.perf_counter() - start)
+    return img_per_s(G, 64, seconds, warm=False, callers=streams)
 
 
 def offline_best(source: str, backend: str | None, seconds: float, threads: int, streams: int) -> tuple[float, str]:

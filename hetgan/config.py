@@ -153,7 +153,18 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check value ranges that types alone cannot express; returns self."""
-        checks = [
+        checks = self._model_and_optimiser_checks() + self._data_and_loop_checks()
+        checks += self._conditional_and_ada_checks()
+        bad = [self._with_values(msg) for ok, msg in checks if not ok]
+        if self.train.batch_size % self.loss.pack:
+            bad.append(f"train.batch_size ({self.train.batch_size}) must be a multiple of loss.pack ({self.loss.pack})")
+        if bad:
+            raise ConfigError("invalid config: " + "; ".join(bad))
+        return self
+
+    def _model_and_optimiser_checks(self) -> list[tuple[bool, str]]:
+        """(holds, message) for the model, its loss, distillation and the optimiser."""
+        return [
             (self.model.z_dim > 0, "model.z_dim must be > 0"),
             (self.model.width > 0, "model.width must be > 0"),
             (self.model.g_depth >= 0, "model.g_depth must be >= 0 (0 = the family's own layout)"),
@@ -178,6 +189,11 @@ class TrainConfig:
                 "optim.decay_end_kimg must be > optim.decay_start_kimg >= 0 when optim.lr_decay is on",
             ),
             (0 <= self.optim.lr_final_scale <= 1, "optim.lr_final_scale must be in [0, 1]"),
+        ]
+
+    def _data_and_loop_checks(self) -> list[tuple[bool, str]]:
+        """(holds, message) for the data, the training loop and acceleration."""
+        return [
             (self.data.channels in (1, 3), "data.channels must be 1 or 3"),
             (self.data.resolution >= 4, "data.resolution must be >= 4"),
             (self.data.on_bad_image in ("error", "skip"), "data.on_bad_image must be error or skip"),
@@ -208,13 +224,6 @@ class TrainConfig:
             (self.train.eval_kimg >= 0, "train.eval_kimg must be >= 0 (0 = off)"),
             (self.train.eval_n >= MIN_EVAL_N, f"train.eval_n must be >= {MIN_EVAL_N}"),
         ]
-        checks += self._conditional_and_ada_checks()
-        bad = [self._with_values(msg) for ok, msg in checks if not ok]
-        if self.train.batch_size % self.loss.pack:
-            bad.append(f"train.batch_size ({self.train.batch_size}) must be a multiple of loss.pack ({self.loss.pack})")
-        if bad:
-            raise ConfigError("invalid config: " + "; ".join(bad))
-        return self
 
     def _conditional_and_ada_checks(self) -> list[tuple[bool, str]]:
         """(holds, message) for class-conditional models and ADA, and what they cannot be combined with."""

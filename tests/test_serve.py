@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -285,6 +287,39 @@ def test_the_generator_threads_run_below_the_event_loop(wide):
     busiest = max(others, key=lambda tid: others[tid][1])  # the generator's work is in its threads
     assert others[busiest][0] == main_nice + 7, stats
     assert sum(nice == main_nice + 7 for nice, _ in others.values()) >= 2, stats
+
+
+def test_a_handler_that_fails_gets_a_500_that_is_counted_and_logged(small, caplog):
+    """Guard's own call of the queued endpoints' handlers (past FastAPI, which would otherwise
+    answer an unexpected exception): a 500 with a message, in the metrics, in the log."""
+    from hetgan.serve.app import Guard, Metrics
+
+    async def broken(request):
+        raise RuntimeError("a bug")
+
+    async def not_here(scope, receive, send):
+        raise AssertionError("the queued endpoint's POST must not reach FastAPI")
+
+    class Idle:
+        full, depth = False, 0
+
+    metrics = Metrics(lambda: 0)
+    guard = Guard(not_here, None, metrics, Idle(), fast={"/v1/generate": broken})
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/generate", "headers": [], "query_string": b""}
+    asyncio.run(guard(scope, receive, send))
+    assert sent[0]["status"] == 500
+    assert json.loads(sent[1]["body"])["error"] == "internal error (RuntimeError); the server logged it"
+    assert "POST /v1/generate failed" in caplog.text and "a bug" in caplog.text
+    labels = {"endpoint": "/v1/generate", "status": "500"}
+    assert metrics.registry.get_sample_value("hetgan_requests_total", labels) == 1
 
 
 def test_binding_beyond_loopback_warns():

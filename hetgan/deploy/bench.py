@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,17 +77,38 @@ def make_rows(G: Generator, source: Path, extra: list[Path], tmp: Path, int8: bo
     return rows
 
 
-def img_per_s(G: Sampling, batch: int, seconds: float, warm: bool) -> float:
+def img_per_s(G: Sampling, batch: int, seconds: float, warm: bool, callers: int = 1) -> float:
+    """G's img/s at `batch`, calling it in a loop for `seconds`. `callers` > 1: that many threads
+    call it at once, each with its own batch (a runtime loaded with as many streams; eager torch
+    with its threads split between them for the while): throughput with that many calls in flight."""
     z = torch.randn(batch, G.z_dim, generator=torch.Generator().manual_seed(batch))
     for _ in range(0 if warm else 3):  # first calls allocate, and OpenVINO compiles for the shape
         G.generate(z)
-    start, calls = time.perf_counter(), 0
-    while True:
-        G.generate(z)
-        calls += 1
-        if time.perf_counter() - start >= seconds:
-            break
-    return calls * batch / (time.perf_counter() - start)
+    if callers == 1:
+        start, calls = time.perf_counter(), 0
+        while True:
+            G.generate(z)
+            calls += 1
+            if time.perf_counter() - start >= seconds:
+                break
+        return calls * batch / (time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    calls = [0] * callers
+    start = time.perf_counter()
+
+    def loop(i: int) -> None:
+        torch.set_num_threads(max(1, threads // callers))  # torch's pool is per calling thread too
+        while time.perf_counter() - start < seconds:
+            G.generate(z)
+            calls[i] += 1
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(callers)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    torch.set_num_threads(threads)
+    return sum(calls) * batch / (time.perf_counter() - start)
 
 
 def latencies(G: Sampling, seconds: float, warm: bool, batch: int = 1) -> list[float]:

@@ -216,18 +216,7 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
             return TrainResult(
                 run_dir, trainer.step_count, trainer.nimg / 1000, None, trainer.nonfinite_total, True, main
             )
-    metrics.truncate_after(trainer.step_count)  # records the run is about to redo (all, from step 0)
-    metrics.board = Board(run_dir, cfg.train.tensorboard and main, trainer.step_count)
-    if main:
-        write_config(run_dir, cfg)
-        write_machine(run_dir, trainer.device)
-    log.info("run directory %s; %s", run_dir, describe(trainer))
-    log.info("data %s", describe_data(trainer.data, cfg.data.spec))
-    if warning := colour_warning(trainer.data):
-        log.warning("%s", warning)
-    monitor = Monitor(trainer, run_dir, evaluator)
-    if trainer.step_count == 0 and main:
-        save_grid(trainer, run_dir)
+    monitor = _start(trainer, run_dir, metrics, evaluator)
     stop = StopSignal()
     # Counted in whole images and shown scaled (12.3k/200k img): float kimg added up step by step
     # showed round-off (10.240000000000007/60.0), and the last step's overshoot went past 100 %.
@@ -270,6 +259,24 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
         else:  # a signal from here on waits for the final outputs: the run has trained all it was asked
             finish(trainer, run_dir)
     return TrainResult(run_dir, trainer.step_count, trainer.nimg / 1000, stopped_by, trainer.nonfinite_total, main=main)
+
+
+def _start(trainer: Trainer, run_dir: Path, metrics: MetricsWriter, evaluator) -> Monitor:
+    """What a run, new or resumed, writes and says before its next step; the run's monitor."""
+    cfg, main = trainer.cfg, trainer.dist.is_main
+    metrics.truncate_after(trainer.step_count)  # records the run is about to redo (all, from step 0)
+    metrics.board = Board(run_dir, cfg.train.tensorboard and main, trainer.step_count)
+    if main:
+        write_config(run_dir, cfg)
+        write_machine(run_dir, trainer.device)
+    log.info("run directory %s; %s", run_dir, describe(trainer))
+    log.info("data %s", describe_data(trainer.data, cfg.data.spec))
+    if warning := colour_warning(trainer.data):
+        log.warning("%s", warning)
+    monitor = Monitor(trainer, run_dir, evaluator)
+    if trainer.step_count == 0 and main:
+        save_grid(trainer, run_dir)
+    return monitor
 
 
 def describe(trainer: Trainer) -> str:

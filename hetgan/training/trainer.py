@@ -154,31 +154,36 @@ class Trainer:
         self.G_fwd, self.D_fwd = compiled(self.G, self.D, accel, cfg.loss)
         self.g_precision, self.d_precision = accel.precision, d_precision(accel, cfg.loss)
         self.graph = StepGraph(self) if accel.cuda_graphs else None  # the step captured whole
-        # fp16 loss scaling on each network's own device (its loss is moved there to be scaled).
+        self._make_scalers()
+        # Fused Adam can skip a step on a device-side flag: then no phase waits for the device.
+        self.skip_on_device = accel.optimizer_impl == "fused"
+        self._group_ema_parameters()
+        self.timer = None  # a PhaseTimer while benchmarking (hetgan.bench)
+        self.step_count, self.nimg = 0, 0  # steps taken; real images its D phases saw, all ranks'
+        self.saved_step = -1  # step of the newest committed checkpoint
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        self._unsettled: list[tuple[int, StepResult]] = []  # steps not yet counted by settle()
+
+    def _make_scalers(self) -> None:
+        """fp16 loss scaling on each network's own device (its loss is moved there to be scaled)."""
         self.scale_device = {
             name: loss_scale_device(net, name.upper()) if precision == "fp16" else None
             for name, net, precision in (("g", self.G, self.g_precision), ("d", self.D, self.d_precision))
         }
         self.scaler_G = grad_scaler(self.g_precision, self.scale_device["g"])
         self.scaler_D = grad_scaler(self.d_precision, self.scale_device["d"])
-        # Fused Adam can skip a step on a device-side flag: then no phase waits for the device.
-        self.skip_on_device = accel.optimizer_impl == "fused"
-        # G_ema's and G's parameters by device (G's stages may sit on several), for the EMA
-        # update with a device-side flag; grouped once, here, not on every step.
+
+    def _group_ema_parameters(self) -> None:
+        """G_ema's and G's parameters by device (G's stages may sit on several), for the EMA update
+        with a device-side flag, grouped once, here, not on every step; and where each phase's flag
+        is read: its optimiser's parameters (and, for G, the EMA's)."""
         self.ema_groups: dict[torch.device, tuple[list[nn.Parameter], list[nn.Parameter]]] = {}
         for ema_p, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
             ema_list, g_list = self.ema_groups.setdefault(p.device, ([], []))
             ema_list.append(ema_p)
             g_list.append(p)
-        # Where each phase's flag is read: its optimiser's parameters (and, for G, the EMA's).
         self.flag_readers = {"D": {p.device for p in self.D.parameters()}, "G": set(self.ema_groups)}
-        self.timer = None  # a PhaseTimer while benchmarking (hetgan.bench)
-        self.step_count = 0
-        self.nimg = 0
-        self.saved_step = -1  # step of the newest committed checkpoint
-        self.nonfinite_in_row = 0
-        self.nonfinite_total = 0
-        self._unsettled: list[tuple[int, StepResult]] = []  # steps not yet counted by settle()
 
     def _refuse_cuda_graphs_of(self, cfg: TrainConfig) -> None:
         """The steps a captured CUDA graph cannot hold (conditional and ADA ones: TrainConfig.validate)."""
