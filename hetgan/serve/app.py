@@ -280,7 +280,8 @@ class Service:
             return error(422, f"class: {e}")
         timeout = self.limits.timeout_s
         try:
-            return await asyncio.wait_for(self.batcher.submit(z, None if y is None else y.numpy()), timeout)
+            async with asyncio.timeout(timeout):  # no task of its own, as wait_for makes
+                return await self.batcher.submit(z, None if y is None else y.numpy())
         except QueueFull as e:
             return error(503, f"the server is at capacity ({e}); retry shortly", {"Retry-After": "1"})
         except TimeoutError:

@@ -138,12 +138,13 @@ class Batcher:
             self.queue.put_nowait(piece)
             futures.append(piece.future)
         try:
-            parts = await asyncio.gather(*futures)
+            if len(futures) == 1:  # most requests: one piece, and no gathering future to make
+                return await futures[0]
+            return np.concatenate(await asyncio.gather(*futures))
         except asyncio.CancelledError:  # the request timed out or its client left: drop its pieces
             for future in futures:
                 future.cancel()
             raise
-        return np.concatenate(parts)
 
     async def _next_batch(self) -> list[Piece]:
         first = self.carry or await self.queue.get()
