@@ -112,3 +112,11 @@ def test_streams_and_threads_are_checked():
         check_threads(2, 0)
     with pytest.raises(HetganError, match="--threads must be at least 1, got 0"):
         check_threads(0, 1)
+
+
+def test_serve_refuses_a_niceness_out_of_range(capsys):
+    from hetgan.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["serve", "--artifact", "g.safetensors", "--nice", "20"])
+    assert stop.value.code == 2 and "--nice: invalid choice: 20" in capsys.readouterr().err
