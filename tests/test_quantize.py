@@ -11,6 +11,7 @@ from hetgan.artifact import load_generator, save_generator
 from hetgan.cli import main
 from hetgan.deploy.bench import layer_kernels
 from hetgan.deploy.quantize import CALIBRATION_SEED, quantize
+from hetgan.deploy.runtimes import cpu_threads
 from hetgan.errors import ExportError, HetganError
 from hetgan.models import build_models
 from tests.conftest import run_benchmark, strict_loads, tiny_config
@@ -110,6 +111,8 @@ def test_bench_deploy_table_and_json(digits_generator, tmp_path, capsys):
     assert rows["torch fp32"]["speedup_64"] == 1 and rows["torch fp32"]["max_abs_error"] == 0
     for name, row in rows.items():
         assert row["img_per_s_64"] > 0 and row["img_per_s_256"] > 0 and name in table
+        if cpu_threads() >= 2:  # two calls in flight: two streams, or torch's threads split in two
+            assert row["img_per_s_64_x2"] > 0 and "b64 x2" in table
         assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"]
         assert row["size_mib"] > 0 and row["peak_rss_mib"] > 10 and row["quality"] > 0
     for name in ("onnxruntime fp32", "openvino fp32", "mine.onnx (onnxruntime)"):

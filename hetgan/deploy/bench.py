@@ -7,7 +7,9 @@ and ONNX Runtime int8 (dynamic for Linear-only generators, QDQ otherwise), each 
 given. For each row:
 - img/s at batch 64 and 256, and batch-1 latency p50/p99, timed in rounds taken in turn with the
   other rows' (as `hetgan bench` does), so that a slow spell of the machine lands on every row;
-  the speed ratios over eager PyTorch are medians of per-round ratios;
+  the speed ratios over eager PyTorch are medians of per-round ratios; with 2+ threads also img/s
+  at batch 64 with two calls in flight ("b64 x2": the model loaded with two streams, eager PyTorch
+  with its threads split between two callers), the throughput of a server or a batch job;
 - the model's size on disk;
 - the peak resident memory of a fresh process that loads the model and generates a batch of 256,
   importing only what that backend needs (numpy and the runtime; torch and hetgan for PyTorch);
@@ -47,7 +49,8 @@ class Row:
     name: str
     G: Sampling
     files: list[Path]
-    speeds: dict[int, list[float]] = field(default_factory=dict)  # batch -> img/s per round
+    G2: Sampling | None = None  # the same model for two calls at once (two streams), where timed
+    speeds: dict[int | str, list[float]] = field(default_factory=dict)  # batch (or "64x2") -> img/s per round
     latencies: list[float] = field(default_factory=list)  # batch-1 seconds, every call
     result: dict = field(default_factory=dict)
 
@@ -63,7 +66,8 @@ def make_rows(G: Generator, source: Path, extra: list[Path], tmp: Path, int8: bo
     """The reference and every backend's file of it, exported (and quantised) into `tmp`."""
     from hetgan.deploy.quantize import quantize
 
-    rows = [Row(REFERENCE, G, model_files(source))]
+    two = threads >= 2
+    rows = [Row(REFERENCE, G, model_files(source), G if two else None)]
     made = [("onnxruntime fp32", tmp / "g.onnx"), ("openvino fp32", tmp / "g.xml")]
     for _, path in made:
         export(G, "onnx" if path.suffix == ".onnx" else "openvino", path)
@@ -73,7 +77,8 @@ def make_rows(G: Generator, source: Path, extra: list[Path], tmp: Path, int8: bo
             quantize(G, path, quality_n=0)
     made += [(f"{path.name} ({file_backend(path)})", path) for path in extra]
     for name, path in made:
-        rows.append(Row(name, load_generator(path, threads=threads), model_files(path)))
+        G2 = load_generator(path, threads=threads, streams=2) if two else None
+        rows.append(Row(name, load_generator(path, threads=threads), model_files(path), G2))
     return rows
 
 
@@ -131,6 +136,8 @@ def time_rows(rows: list[Row], seconds: float, rounds: int) -> None:
     for i, row in enumerate(rows):
         for batch in BATCHES:
             timers[(i, batch)] = lambda warm, row=row, batch=batch: img_per_s(row.G, batch, window, warm)
+        if row.G2 is not None:
+            timers[(i, "64x2")] = lambda warm, row=row: img_per_s(row.G2, 64, window, warm, callers=2)
 
         def latency_timer(warm: bool, row=row) -> float:
             row.latencies += latencies(row.G, window, warm)
@@ -201,6 +208,8 @@ def summarise(rows: list[Row]) -> None:
         ratios = [v / w for v, w in zip(row.speeds[64], ref.speeds[64], strict=True)]
         r["speedup_64"] = statistics.median(ratios)
         r["speedup_64_range"] = [min(ratios), max(ratios)]
+        two = row.speeds.get("64x2")
+        r["img_per_s_64_x2"] = statistics.median(two) if two else None
         r["latency_p50_ms"] = 1000 * statistics.median(row.latencies)
         r["latency_p99_ms"] = 1000 * float(np.percentile(row.latencies, 99))
         r["latency_speedup_1"] = ref_p50 / statistics.median(row.latencies)
@@ -258,7 +267,7 @@ def format_deploy(record: dict) -> str:
     d = record["deploy"]
     q = d["quality_metric"]
     head = (
-        f"{'backend':<26} {'img/s b64':>10} {'b256':>8} {'x eager':>16} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'backend':<26} {'img/s b64':>10} {'b256':>8} {'b64 x2':>8} {'x eager':>16} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'x eager':>7} {'MiB':>6} {'peak MiB':>8} {'max err':>8} {q:>7}"
     )
     lines = [f"deploy bench of {d['source']}: {d['threads']} threads, {d['rounds']} rounds; batch 1 for latency", head]
@@ -266,14 +275,16 @@ def format_deploy(record: dict) -> str:
         lo, hi = row["speedup_64_range"]
         size = f"{row['size_mib']:.2f}" if row["size_mib"] is not None else "-"
         peak = f"{row['peak_rss_mib']:.0f}" if row["peak_rss_mib"] is not None else "-"
+        two = f"{row['img_per_s_64_x2']:.0f}" if row.get("img_per_s_64_x2") is not None else "-"
         quality = f"{row['quality']:.2f}" if q == "FID" else str(row["quality"])
         lines.append(
-            f"{row['name']:<26} {row['img_per_s_64']:>10.0f} {row['img_per_s_256']:>8.0f} "
+            f"{row['name']:<26} {row['img_per_s_64']:>10.0f} {row['img_per_s_256']:>8.0f} {two:>8} "
             f"{row['speedup_64']:>6.2f}x ({lo:.2f}-{hi:.2f}) "
             f"{row['latency_p50_ms']:>7.3f} {row['latency_p99_ms']:>7.3f} "
             f"{row['latency_speedup_1']:>6.2f}x {size:>6} {peak:>8} {row['max_abs_error']:>8.1e} {quality:>7}"
         )
     lines.append(f"{q} on {d['n']} samples of seed {d['seed']} (the same z for every row); max err: against torch fp32")
+    lines.append("b64 x2: img/s at batch 64 with two calls in flight (two streams; torch's threads split in two)")
     return "\n".join(lines)
 
 
