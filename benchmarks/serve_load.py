@@ -103,9 +103,8 @@ class Server:
 def offline_img_per_s(source: str, backend: str | None, seconds: float, threads: int, streams: int) -> float:
     """The backend's img/s at batch 64 in this process, `generate` in a loop in each of `streams`
     threads (the runtime loaded with as many streams, sharing `threads`)."""
-    torch.set_num_threads(
-        threads
-    )  # for the torch backend (split between the streams); load_generator sets the runtimes'
+    # The torch backend's pool (img_per_s splits it between the streams); load_generator sets the runtimes'.
+    torch.set_num_threads(threads)
     G = hetgan.load_generator(source, backend=backend, threads=threads, streams=streams)
     return img_per_s(G, 64, seconds, warm=False, callers=streams)
 

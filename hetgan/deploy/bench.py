@@ -89,30 +89,28 @@ def img_per_s(G: Sampling, batch: int, seconds: float, warm: bool, callers: int 
     z = torch.randn(batch, G.z_dim, generator=torch.Generator().manual_seed(batch))
     for _ in range(0 if warm else 3):  # first calls allocate, and OpenVINO compiles for the shape
         G.generate(z)
-    if callers == 1:
-        start, calls = time.perf_counter(), 0
-        while True:
-            G.generate(z)
-            calls += 1
-            if time.perf_counter() - start >= seconds:
-                break
-        return calls * batch / (time.perf_counter() - start)
     threads = torch.get_num_threads()
     calls = [0] * callers
     start = time.perf_counter()
 
     def loop(i: int) -> None:
-        torch.set_num_threads(max(1, threads // callers))  # torch's pool is per calling thread too
-        while time.perf_counter() - start < seconds:
+        if callers > 1:
+            torch.set_num_threads(max(1, threads // callers))  # torch's pool is per calling thread too
+        while True:
             G.generate(z)
             calls[i] += 1
+            if time.perf_counter() - start >= seconds:
+                break
 
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(callers)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    torch.set_num_threads(threads)
+    if callers == 1:
+        loop(0)
+    else:
+        workers = [threading.Thread(target=loop, args=(i,)) for i in range(callers)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        torch.set_num_threads(threads)
     return sum(calls) * batch / (time.perf_counter() - start)
 
 

@@ -43,9 +43,8 @@ def serve(
     if device == "cpu":
         import torch
 
-        torch.set_num_threads(
-            max(1, threads // streams)
-        )  # the torch backend's pool (load_generator sets the runtimes')
+        # The torch backend's pool, per stream (load_generator sets the runtimes').
+        torch.set_num_threads(max(1, threads // streams))
     G = load_generator(source, device=device, backend=backend, threads=threads, streams=streams)
     if warning := bind_warning(host, token):
         log.warning("%s", warning)
@@ -107,6 +106,7 @@ def http_protocol(head_limit: int):
 
 
 def check_threads(threads: int, streams: int) -> None:
+    """A clear error for thread and stream counts the runtimes cannot be given."""
     if threads < 1:
         raise HetganError(f"--threads must be at least 1, got {threads}")
     if not 1 <= streams <= threads:
