@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -120,3 +121,28 @@ def test_serve_refuses_a_niceness_out_of_range(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["serve", "--artifact", "g.safetensors", "--nice", "20"])
     assert stop.value.code == 2 and "--nice: invalid choice: 20" in capsys.readouterr().err
+
+
+def test_a_worker_starts_its_next_batch_while_the_event_loop_is_busy():
+    calls = []
+
+    def generate(z, y):
+        calls.append(time.perf_counter())
+        return z
+
+    async def main():
+        batcher = Batcher(generate, max_batch=4, max_wait=0.0)
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(np.full((4, 3), i, np.float32))) for i in range(3)]
+        await asyncio.sleep(0)  # the three pieces are queued
+        busy = (time.perf_counter(), time.sleep(0.5), time.perf_counter())  # the loop does nothing else
+        outs = await asyncio.gather(*tasks)
+        threads = list(batcher.threads)
+        await batcher.stop()
+        return busy, outs, threads
+
+    (began, _, ended), outs, threads = asyncio.run(main())
+    # All three batches ran while the loop was blocked: none waited for it to hand out the last.
+    assert len(calls) == 3 and all(began <= t <= ended for t in calls)
+    assert [int(out[0, 0]) for out in outs] == [0, 1, 2]
+    assert threads and not any(thread.is_alive() for thread in threads)  # stop ended the workers

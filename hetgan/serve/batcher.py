@@ -3,8 +3,13 @@
 Each request's z is drawn from its own seed exactly as `hetgan sample` draws it (all n codes at
 once, on the CPU), cut into pieces of at most `max_batch`, and queued. A worker takes the first
 waiting piece, adds more until `max_batch` samples or until `max_wait` has passed since it took
-the first, runs the generator once on the concatenated codes in a thread of its own, and hands
-each piece its own rows. A request therefore gets its seed's samples whatever it was batched with.
+the first, runs the generator once on the concatenated codes, and hands each piece its own rows.
+A request therefore gets its seed's samples whatever it was batched with.
+
+The workers are threads of their own that wait on a thread-safe queue: the event loop only puts
+pieces in and receives finished batches (one callback each). A worker never waits for the event
+loop to be free before it starts its next batch; when the loop is busy answering the last batch's
+requests and parsing the next ones, the generator goes on with what is already queued.
 
 With `workers` > 1 (a runtime with as many streams), that many batches run at once; the workers
 take turns to gather a batch, so one fills while the others run theirs.
@@ -17,11 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,7 +78,8 @@ class Piece:
 class Batcher:
     """Merges queued pieces into generator calls. `generate(z [B, z_dim], y [B] or None) ->
     samples [B, ...]` runs in `workers` threads at most at once: the runtimes use several cores
-    themselves, and one call at a time unless they have as many streams."""
+    themselves, and one call at a time unless they have as many streams. `submit` and `stop` are
+    the event loop's; everything else runs in the worker threads."""
 
     def __init__(
         self,
@@ -87,54 +93,55 @@ class Batcher:
     ) -> None:
         self.generate = generate
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
-        self.on_batch = on_batch  # (samples, seconds) after each generator call, for metrics
-        self.queue: asyncio.Queue[Piece] | None = None
-        self.workers = workers
-        # A worker thread lowers its own priority when it starts (`nice`), and so do the threads it
-        # starts: a runtime's pool begun from it inherits the niceness.
-        self.executor = ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="hetgan-generate", initializer=lower_priority, initargs=(nice,)
-        )
-        self.tasks: list[asyncio.Task] = []
-        self.gathering: asyncio.Lock | None = None  # one worker gathers a batch at a time
-        self.carry: Piece | None = None  # taken from the queue, too big for the batch it was taken for
+        self.on_batch = on_batch  # (samples, seconds) after each generator call, for metrics; in the loop
+        self.workers, self.nice = workers, nice
+        self.queue: queue.Queue[Piece | None] = queue.Queue(maxsize=max_queue)  # None: a worker's stop
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.threads: list[threading.Thread] = []
+        self.gathering = threading.Lock()  # one worker gathers a batch at a time
+        self.carry: list[Piece | None] = []  # taken from the queue, too big for the batch it was taken for
 
     @property
     def depth(self) -> int:
         """Pieces waiting (not yet taken into a batch)."""
-        return self.queue.qsize() if self.queue is not None else 0
+        return self.queue.qsize()
 
     @property
     def full(self) -> bool:
-        return self.queue is not None and self.queue.full()
+        return self.queue.full()
 
     def start(self) -> None:
-        self.queue = asyncio.Queue(maxsize=self.max_queue)
-        self.gathering = asyncio.Lock()
-        loop = asyncio.get_running_loop()
-        self.tasks = [loop.create_task(self._run()) for _ in range(self.workers)]
+        """Start the workers; called in the event loop that will `submit`."""
+        self.loop = asyncio.get_running_loop()
+        self.threads = [
+            threading.Thread(target=self._work, name=f"hetgan-generate-{i}", daemon=True) for i in range(self.workers)
+        ]
+        for thread in self.threads:
+            thread.start()
 
     async def stop(self) -> None:
         """Finish what is queued, then stop the workers."""
-        if not self.tasks:
+        if not self.threads:
             return
-        await self.queue.join()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.executor.shutdown(wait=True)
+        await asyncio.to_thread(self.queue.join)
+        for _ in self.threads:
+            await asyncio.to_thread(self.queue.put, None)
+        for thread in self.threads:
+            await asyncio.to_thread(thread.join)
+        self.threads = []
 
     async def submit(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         """Samples for codes z [n, z_dim] (of classes y [n], for a conditional generator), in
         order. Raises QueueFull when its pieces do not fit."""
         starts = range(0, len(z), self.max_batch)
+        # Only the event loop puts pieces in, and the workers only take them out: the room seen
+        # here can only grow before the puts below.
         if self.queue.maxsize - self.queue.qsize() < len(starts):
             raise QueueFull(f"{self.queue.qsize()} of {self.queue.maxsize} queue places taken")
-        loop = asyncio.get_running_loop()
         futures = []
         for i in starts:
             part = slice(i, i + self.max_batch)
-            piece = Piece(z[part], loop.create_future(), None if y is None else y[part])
+            piece = Piece(z[part], self.loop.create_future(), None if y is None else y[part])
             self.queue.put_nowait(piece)
             futures.append(piece.future)
         try:
@@ -146,54 +153,64 @@ class Batcher:
                 future.cancel()
             raise
 
-    async def _next_batch(self) -> list[Piece]:
-        first = self.carry or await self.queue.get()
-        self.carry = None
+    def _work(self) -> None:
+        lower_priority(self.nice)  # the runtime threads this one starts inherit it
+        while True:
+            with self.gathering:
+                batch = self._next_batch()
+            if batch is None:
+                self.queue.task_done()
+                return
+            try:
+                self._run(batch)
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+
+    def _next_batch(self) -> list[Piece] | None:
+        """The next batch's pieces, or None when the worker is to stop."""
+        first = self.carry.pop() if self.carry else self.queue.get()
+        if first is None:
+            return None
         batch, size = [first], len(first.z)
         deadline = time.perf_counter() + self.max_wait
         while size < self.max_batch:
             try:
-                if self.queue.qsize():
-                    piece = self.queue.get_nowait()
-                else:
-                    piece = await asyncio.wait_for(self.queue.get(), max(deadline - time.perf_counter(), 0))
-            except TimeoutError:
+                piece = self.queue.get(timeout=max(deadline - time.perf_counter(), 0))
+            except queue.Empty:
                 break
-            if size + len(piece.z) > self.max_batch:
-                self.carry = piece  # it starts the next batch
+            if piece is None or size + len(piece.z) > self.max_batch:
+                self.carry.append(piece)  # it starts the next batch (or stops the next worker)
                 break
             batch.append(piece)
             size += len(piece.z)
         return batch
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            async with self.gathering:
-                batch = await self._next_batch()
-            live = [p for p in batch if not p.future.cancelled()]
-            try:
-                if live:
-                    z = torch.from_numpy(np.concatenate([p.z for p in live]))
-                    y = None if live[0].y is None else torch.from_numpy(np.concatenate([p.y for p in live]))
-                    start = time.perf_counter()
-                    out = await loop.run_in_executor(self.executor, self.generate, z, y)
-                    if self.on_batch:
-                        self.on_batch(len(z), time.perf_counter() - start)
-                    self._hand_out(live, out.numpy())
-            except Exception as e:  # a failed call fails its requests, not the server
-                for piece in live:
-                    if not piece.future.done():
-                        piece.future.set_exception(e)
-            finally:
-                for _ in batch:
-                    self.queue.task_done()
+    def _run(self, batch: list[Piece]) -> None:
+        live = [p for p in batch if not p.future.cancelled()]  # a read: the loop may cancel meanwhile
+        if not live:
+            return
+        try:
+            z = torch.from_numpy(np.concatenate([p.z for p in live]))
+            y = None if live[0].y is None else torch.from_numpy(np.concatenate([p.y for p in live]))
+            start = time.perf_counter()
+            out = self.generate(z, y).numpy()
+            self.loop.call_soon_threadsafe(self._hand_out, live, out, time.perf_counter() - start)
+        except Exception as e:  # a failed call fails its requests, not the server
+            self.loop.call_soon_threadsafe(self._fail, live, e)
 
-    @staticmethod
-    def _hand_out(pieces: list[Piece], out: np.ndarray) -> None:
+    def _hand_out(self, pieces: list[Piece], out: np.ndarray, seconds: float) -> None:
+        if self.on_batch:
+            self.on_batch(len(out), seconds)
         i = 0
         for piece in pieces:
             rows = out[i : i + len(piece.z)]
             i += len(piece.z)
             if not piece.future.done():
                 piece.future.set_result(rows)
+
+    @staticmethod
+    def _fail(pieces: list[Piece], error: Exception) -> None:
+        for piece in pieces:
+            if not piece.future.done():
+                piece.future.set_exception(error)
