@@ -146,3 +146,17 @@ def test_a_worker_starts_its_next_batch_while_the_event_loop_is_busy():
     assert len(calls) == 3 and all(began <= t <= ended for t in calls)
     assert [int(out[0, 0]) for out in outs] == [0, 1, 2]
     assert threads and not any(thread.is_alive() for thread in threads)  # stop ended the workers
+
+
+def test_finish_runs_once_per_batch_and_each_request_gets_its_finished_rows():
+    finished = []
+
+    def finish(out):
+        finished.append(len(out))
+        return (out * 10).astype(np.int64)
+
+    pieces = [np.full((3, 2), i, np.float32) for i in range(3)]
+    outs = run_batcher(lambda z, y: z + 1, pieces, max_batch=9, max_wait=0.5, finish=finish)
+    assert finished == [9]  # one batch of the three requests, converted at once
+    for i, out in enumerate(outs):
+        assert out.dtype == np.int64 and np.array_equal(out, np.full((3, 2), (i + 1) * 10))

@@ -150,8 +150,11 @@ def validation_message(e: ValidationError) -> str:
 
 def uint8_images(samples: np.ndarray) -> np.ndarray:
     """[N, C, H, W] float32 in [-1, 1] -> uint8 [N, H, W, C], the numbers hetgan.sampling.to_uint8
-    gives (float32 arithmetic, round half to even), in numpy: for a request's few images torch's
-    per-op dispatch and its thread pool, busy beside the runtime's, cost more than the work."""
+    gives (float32 arithmetic, round half to even), in numpy: for a batch's few images torch's
+    per-op dispatch and its thread pool, busy beside the runtime's, cost more than the work. The
+    batcher's workers apply it to each batch; uint8 input is taken as already converted."""
+    if samples.dtype == np.uint8:
+        return samples
     x = np.clip(samples, -1, 1)
     x += 1
     x *= np.float32(127.5)
@@ -248,8 +251,15 @@ class Service:
 
     def __init__(self, G, limits: ServeLimits, streams: int = 1, nice: int = 0) -> None:
         self.G, self.limits, self.nice = G, limits, nice
+        images = len(G.shape) == 3  # served as uint8, converted a batch at a time in the batcher's workers
         self.batcher = Batcher(
-            G.generate, limits.max_batch, limits.max_wait_ms / 1000, limits.max_queue, workers=streams, nice=nice
+            G.generate,
+            limits.max_batch,
+            limits.max_wait_ms / 1000,
+            limits.max_queue,
+            workers=streams,
+            nice=nice,
+            finish=uint8_images if images else None,
         )
         self.metrics = Metrics(lambda: self.batcher.depth)
         self.batcher.on_batch = self.metrics.on_batch
@@ -323,7 +333,7 @@ class Service:
         if req.format == "png" and out.ndim == 4:
             from hetgan.sampling import grid_image, png_bytes
 
-            return Response(png_bytes(grid_image(torch.from_numpy(out), ncol=req.frames)), media_type="image/png")
+            return Response(png_bytes(grid_image(uint8_images(out), ncol=req.frames)), media_type="image/png")
         return encode(out, req.format, G, info)
 
 

@@ -3,7 +3,9 @@
 Each request's z is drawn from its own seed exactly as `hetgan sample` draws it (all n codes at
 once, on the CPU), cut into pieces of at most `max_batch`, and queued. A worker takes the first
 waiting piece, adds more until `max_batch` samples or until `max_wait` has passed since it took
-the first, runs the generator once on the concatenated codes, and hands each piece its own rows.
+the first, runs the generator once on the concatenated codes (and `finish` on its output: the
+service turns a batch into uint8 images at once, not request by request on the event loop), and
+hands each piece its own rows.
 A request therefore gets its seed's samples whatever it was batched with.
 
 The workers are threads of their own that wait on a thread-safe queue: the event loop only puts
@@ -90,8 +92,10 @@ class Batcher:
         on_batch: Callable[[int, float], None] | None = None,
         workers: int = 1,
         nice: int = 0,
+        finish: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.generate = generate
+        self.finish = finish  # applied to each batch's output in its worker, e.g. to uint8 images
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
         self.on_batch = on_batch  # (samples, seconds) after each generator call, for metrics; in the loop
         self.workers, self.nice = workers, nice
@@ -195,6 +199,8 @@ class Batcher:
             y = None if live[0].y is None else torch.from_numpy(np.concatenate([p.y for p in live]))
             start = time.perf_counter()
             out = self.generate(z, y).numpy()
+            if self.finish is not None:
+                out = self.finish(out)
             self.loop.call_soon_threadsafe(self._hand_out, live, out, time.perf_counter() - start)
         except Exception as e:  # a failed call fails its requests, not the server
             self.loop.call_soon_threadsafe(self._fail, live, e)
