@@ -160,3 +160,35 @@ def test_finish_runs_once_per_batch_and_each_request_gets_its_finished_rows():
     assert finished == [9]  # one batch of the three requests, converted at once
     for i, out in enumerate(outs):
         assert out.dtype == np.int64 and np.array_equal(out, np.full((3, 2), (i + 1) * 10))
+
+
+def test_a_one_piece_request_is_encoded_in_the_worker_and_a_failing_encode_fails_only_its_request():
+    loop_thread = threading.get_native_id()
+    where = {}
+
+    def encode_as(name):
+        def encode(rows):
+            where[name] = threading.get_native_id()
+            if name == "bad":
+                raise ValueError("cannot encode")
+            return (name, rows.sum())
+
+        return encode
+
+    async def main():
+        batcher = Batcher(lambda z, y: z, max_batch=4, max_wait=0.5)
+        batcher.start()
+        ones = np.ones((2, 3), np.float32)
+        tasks = [
+            asyncio.create_task(batcher.submit(ones, encode=encode_as("good"))),
+            asyncio.create_task(batcher.submit(ones, encode=encode_as("bad"))),  # the same batch
+            asyncio.create_task(batcher.submit(np.ones((6, 3), np.float32), encode=encode_as("two pieces"))),
+        ]
+        outs = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.stop()
+        return outs
+
+    good, bad, joined = asyncio.run(main())
+    assert good == ("good", 6.0) and isinstance(bad, ValueError) and joined == ("two pieces", 18.0)
+    assert where["good"] != loop_thread and where["bad"] != loop_thread  # the worker encoded them
+    assert where["two pieces"] == loop_thread  # joined from two batches first, on the loop

@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from importlib import resources
@@ -173,20 +174,30 @@ def png_images(samples: np.ndarray, G, per_image: bool) -> list[bytes]:
     return [png_bytes(grid_image(uint8[i : i + 1], ncol=1, pad=0)) for i in range(len(uint8))]
 
 
-def encode(samples: np.ndarray, fmt: str, G, seed_info: dict) -> Response:
-    if fmt == "png":
-        return Response(png_images(samples, G, per_image=False)[0], media_type="image/png")
-    if fmt == "npz":
-        buf = io.BytesIO()
+def encoder(fmt: str, G, seed_info: dict, ncol: int | None = None) -> Callable[[np.ndarray], Response]:
+    """The function that makes a request's response of its samples, in format `fmt`; a PNG grid
+    of images has `ncol` columns (default: square-ish)."""
+
+    def encode(samples: np.ndarray) -> Response:
+        if fmt == "png":
+            if ncol and samples.ndim == 4:
+                from hetgan.sampling import grid_image, png_bytes
+
+                return Response(png_bytes(grid_image(uint8_images(samples), ncol=ncol)), media_type="image/png")
+            return Response(png_images(samples, G, per_image=False)[0], media_type="image/png")
+        if fmt == "npz":
+            buf = io.BytesIO()
+            if samples.ndim == 2:
+                np.savez(buf, points=samples.astype(np.float32))
+            else:
+                np.savez(buf, images=uint8_images(samples))
+            return Response(buf.getvalue(), media_type="application/octet-stream")
         if samples.ndim == 2:
-            np.savez(buf, points=samples.astype(np.float32))
-        else:
-            np.savez(buf, images=uint8_images(samples))
-        return Response(buf.getvalue(), media_type="application/octet-stream")
-    if samples.ndim == 2:
-        return JSONResponse({**seed_info, "points": samples.tolist()})
-    pngs = [base64.b64encode(p).decode() for p in png_images(samples, G, per_image=True)]
-    return JSONResponse({**seed_info, "images": pngs, "media_type": "image/png"})
+            return JSONResponse({**seed_info, "points": samples.tolist()})
+        pngs = [base64.b64encode(p).decode() for p in png_images(samples, G, per_image=True)]
+        return JSONResponse({**seed_info, "images": pngs, "media_type": "image/png"})
+
+    return encode
 
 
 class Guard:
@@ -282,8 +293,9 @@ class Service:
         self.ready = True
         log.info("warmed up: %d generator calls at batch %d; ready", limits.warmup, limits.max_batch)
 
-    async def run(self, z: np.ndarray, label) -> np.ndarray | JSONResponse:
-        """Samples for z, of classes `label` (one, or one per code) where G is conditional."""
+    async def run(self, z: np.ndarray, label, encode: Callable[[np.ndarray], Response]) -> Response:
+        """`encode(samples)` for z, of classes `label` (one, or one per code) where G is
+        conditional; encoded in the batcher's worker (see `Batcher.submit`). Or the error."""
         try:
             y = self.G.labels(len(z), label)
         except HetganError as e:
@@ -291,7 +303,7 @@ class Service:
         timeout = self.limits.timeout_s
         try:
             async with asyncio.timeout(timeout):  # no task of its own, as wait_for makes
-                return await self.batcher.submit(z, None if y is None else y.numpy())
+                return await self.batcher.submit(z, None if y is None else y.numpy(), encode)
         except QueueFull as e:
             return error(503, f"the server is at capacity ({e}); retry shortly", {"Retry-After": "1"})
         except TimeoutError:
@@ -313,10 +325,9 @@ class Service:
             return req
         if req.n > limits.max_n:
             return error(413, f"n={req.n} is over this server's limit of {limits.max_n} samples per request")
-        out = await self.run(G.latent(req.n, req.seed, req.truncation).numpy(), req.label)
-        if isinstance(out, JSONResponse):
-            return out
-        return encode(out, req.format, G, {"n": req.n, "seed": req.seed, "truncation": req.truncation})
+        info = {"n": req.n, "seed": req.seed, "truncation": req.truncation}
+        z = G.latent(req.n, req.seed, req.truncation).numpy()
+        return await self.run(z, req.label, encoder(req.format, G, info))
 
     async def interpolate(self, request: Request):
         req, G, limits = await self.parse(request, InterpolateRequest), self.G, self.limits
@@ -326,15 +337,8 @@ class Service:
             return error(413, f"frames={req.frames} is over this server's limit of {limits.max_frames}")
         a, b = (G.latent(1, seed, req.truncation)[0] for seed in (req.seed_a, req.seed_b))
         label = req.label if req.label is not None or not G.n_classes else 0  # one class along the walk
-        out = await self.run(slerp(a, b, req.frames).numpy(), label)
-        if isinstance(out, JSONResponse):
-            return out
         info = {"seed_a": req.seed_a, "seed_b": req.seed_b, "frames": req.frames}
-        if req.format == "png" and out.ndim == 4:
-            from hetgan.sampling import grid_image, png_bytes
-
-            return Response(png_bytes(grid_image(uint8_images(out), ncol=req.frames)), media_type="image/png")
-        return encode(out, req.format, G, info)
+        return await self.run(slerp(a, b, req.frames).numpy(), label, encoder(req.format, G, info, ncol=req.frames))
 
 
 def create_app(

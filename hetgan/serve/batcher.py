@@ -74,6 +74,7 @@ class Piece:
     z: np.ndarray  # [k, z_dim] float32, k <= max_batch
     future: asyncio.Future
     y: np.ndarray | None = None  # [k] int64 class indices, for a conditional generator
+    encode: Callable[[np.ndarray], object] | None = None  # what the request gets of its rows, made in the worker
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -134,24 +135,28 @@ class Batcher:
             await asyncio.to_thread(thread.join)
         self.threads = []
 
-    async def submit(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+    async def submit(self, z: np.ndarray, y: np.ndarray | None = None, encode: Callable | None = None):
         """Samples for codes z [n, z_dim] (of classes y [n], for a conditional generator), in
-        order. Raises QueueFull when its pieces do not fit."""
+        order, or `encode(samples)` where given: for a request of one piece the worker calls it,
+        so that encoding (an npz, a PNG) is not the event loop's work. Raises QueueFull when its
+        pieces do not fit."""
         starts = range(0, len(z), self.max_batch)
         # Only the event loop puts pieces in, and the workers only take them out: the room seen
         # here can only grow before the puts below.
         if self.queue.maxsize - self.queue.qsize() < len(starts):
             raise QueueFull(f"{self.queue.qsize()} of {self.queue.maxsize} queue places taken")
         futures = []
+        whole = encode if len(starts) == 1 else None  # several pieces: encoded here once joined
         for i in starts:
             part = slice(i, i + self.max_batch)
-            piece = Piece(z[part], self.loop.create_future(), None if y is None else y[part])
+            piece = Piece(z[part], self.loop.create_future(), None if y is None else y[part], whole)
             self.queue.put_nowait(piece)
             futures.append(piece.future)
         try:
             if len(futures) == 1:  # most requests: one piece, and no gathering future to make
                 return await futures[0]
-            return np.concatenate(await asyncio.gather(*futures))
+            samples = np.concatenate(await asyncio.gather(*futures))
+            return samples if encode is None else encode(samples)
         except asyncio.CancelledError:  # the request timed out or its client left: drop its pieces
             for future in futures:
                 future.cancel()
@@ -201,19 +206,37 @@ class Batcher:
             out = self.generate(z, y).numpy()
             if self.finish is not None:
                 out = self.finish(out)
-            self.loop.call_soon_threadsafe(self._hand_out, live, out, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
         except Exception as e:  # a failed call fails its requests, not the server
             self.loop.call_soon_threadsafe(self._fail, live, e)
-
-    def _hand_out(self, pieces: list[Piece], out: np.ndarray, seconds: float) -> None:
-        if self.on_batch:
-            self.on_batch(len(out), seconds)
-        i = 0
-        for piece in pieces:
+            return
+        results, i = [], 0
+        for piece in live:
             rows = out[i : i + len(piece.z)]
             i += len(piece.z)
-            if not piece.future.done():
-                piece.future.set_result(rows)
+            results.append(self._encoded(piece, rows))
+        self.loop.call_soon_threadsafe(self._hand_out, live, results, seconds, len(out))
+
+    @staticmethod
+    def _encoded(piece: Piece, rows: np.ndarray) -> tuple[bool, object]:
+        """(True, what the piece's request gets) or (False, the exception encoding raised)."""
+        if piece.encode is None:
+            return True, rows
+        try:
+            return True, piece.encode(rows)
+        except Exception as e:  # that request fails, not the batch
+            return False, e
+
+    def _hand_out(self, pieces: list[Piece], results: list, seconds: float, samples: int) -> None:
+        if self.on_batch:
+            self.on_batch(samples, seconds)
+        for piece, (ok, value) in zip(pieces, results, strict=True):
+            if piece.future.done():
+                continue
+            if ok:
+                piece.future.set_result(value)
+            else:
+                piece.future.set_exception(value)
 
     @staticmethod
     def _fail(pieces: list[Piece], error: Exception) -> None:
