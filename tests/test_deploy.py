@@ -15,7 +15,7 @@ import hetgan
 from hetgan.artifact import load_generator, save_generator
 from hetgan.cli import main
 from hetgan.deploy import export as E
-from hetgan.deploy.rewrite import SubPixelConv, for_inference, linear_from_deconv
+from hetgan.deploy.rewrite import SubPixelConv, SubPixelOutput, for_inference, linear_from_deconv
 from hetgan.deploy.runtimes import OnnxRuntimeGenerator, OpenVINOGenerator
 from hetgan.errors import CheckpointError, ConfigError, ExportError, HetganError
 from hetgan.models import build_models
@@ -96,6 +96,18 @@ def test_rewrites_are_exact():
     assert (fused(x) == 0).any() and (fused(x) < 0).sum() == 0
 
 
+@pytest.mark.parametrize(("c_out", "bias", "relu"), [(1, False, False), (3, True, True)])
+def test_two_subpixel_stages_as_one_output_stage_are_the_same_function(c_out, bias, relu):
+    torch.manual_seed(c_out)
+    first = SubPixelConv(nn.ConvTranspose2d(6, 5, 4, 2, 1, bias=True).double(), None, relu=True)
+    output = SubPixelConv(nn.ConvTranspose2d(5, c_out, 4, 2, 1, bias=bias).double(), None, relu=relu)
+    x = torch.randn(2, 6, 5, 7, dtype=torch.double)  # not square: rows and columns kept apart
+    fused = SubPixelOutput(first, output)
+    assert fused.conv2.out_channels == 16 * c_out and isinstance(fused.shuffle, nn.PixelShuffle)
+    assert fused(x).shape == (2, c_out, 20, 28)
+    assert torch.allclose(fused(x), output(first(x)), atol=1e-12, rtol=0)
+
+
 def test_inference_copy_of_a_dcgan_generator_is_the_same_function(tmp_path, digits_npz):
     G = load_generator(artifact(tmp_path, digits_npz, "dcgan", "npz", 1, 32)).G
     fast = for_inference(G)
@@ -108,7 +120,9 @@ def test_inference_copy_of_a_dcgan_generator_is_the_same_function(tmp_path, digi
     assert isinstance(G.net[0], nn.ConvTranspose2d)  # the original is left as it was
     every = for_inference(G, subpixel_max_channels=10**6)  # every upsampling layer, BN and ReLU fused
     assert not any(isinstance(m, nn.ConvTranspose2d | nn.BatchNorm2d) for m in every.modules())
-    assert sum(isinstance(m, SubPixelConv) for m in every.modules()) == 3
+    # the first sub-pixel stage stays; the second and the output layer become one
+    assert sum(isinstance(m, SubPixelConv) for m in every.modules()) == 1
+    assert sum(isinstance(m, SubPixelOutput) for m in every.modules()) == 1
     plain = for_inference(G, subpixel_max_channels=0)
     assert sum(isinstance(m, nn.ConvTranspose2d) for m in plain.modules()) == 3
     with torch.no_grad():
