@@ -162,15 +162,16 @@ def uint8_images(samples: np.ndarray) -> np.ndarray:
     return np.rint(x).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def png_images(samples: np.ndarray, G, per_image: bool) -> list[bytes]:
-    """PNG bytes: one grid (or a scatter plot for 2-D points), or one PNG per image."""
+def png_images(samples: np.ndarray, G, per_image: bool, ncol: int | None = None) -> list[bytes]:
+    """PNG bytes: one grid of `ncol` columns (default: square-ish; a scatter plot for 2-D points),
+    or one PNG per image."""
     from hetgan.sampling import grid_image, png_bytes, scatter_png
 
     if samples.ndim == 2:
         return [scatter_png(torch.from_numpy(samples), getattr(G, "modes", None))]
     uint8 = uint8_images(samples)
     if not per_image:
-        return [png_bytes(grid_image(uint8))]
+        return [png_bytes(grid_image(uint8, ncol=ncol))]
     return [png_bytes(grid_image(uint8[i : i + 1], ncol=1, pad=0)) for i in range(len(uint8))]
 
 
@@ -180,11 +181,7 @@ def encoder(fmt: str, G, seed_info: dict, ncol: int | None = None) -> Callable[[
 
     def encode(samples: np.ndarray) -> Response:
         if fmt == "png":
-            if ncol and samples.ndim == 4:
-                from hetgan.sampling import grid_image, png_bytes
-
-                return Response(png_bytes(grid_image(uint8_images(samples), ncol=ncol)), media_type="image/png")
-            return Response(png_images(samples, G, per_image=False)[0], media_type="image/png")
+            return Response(png_images(samples, G, per_image=False, ncol=ncol)[0], media_type="image/png")
         if fmt == "npz":
             buf = io.BytesIO()
             if samples.ndim == 2:
