@@ -15,7 +15,9 @@ driven by benchmarks/serve_load.lua: every request its own seed, responses count
 2. The service in its own process (`hetgan serve` on a free 127.0.0.1 port): for each client
    count, that many connections each asking for n samples (npz) again and again for `--seconds`:
    img/s, requests/s, latency p50/p99, statuses. Target: at 32 clients >= 70 % of the offline
-   img/s, with no errors.
+   img/s, with no errors. Over the largest load, where the time went: the event loop's CPU per
+   request, the generator's calls (samples per call, and how much of its streams' time they
+   filled, from /metrics) and how idle the machine was.
 3. Overload: a fresh service (a queue of 64 pieces) under 16x the connections of the largest
    load above, each pausing between requests so that together they offer 4x the request rate
    that load was served at, while a probe sends one request every 20 ms and times each answer:
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -88,6 +91,14 @@ class Server:
         fields = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def snapshot(self) -> Counters:
+        """The counters `Counters.since` turns into where a load's time went."""
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        metrics = {
+            k: float(v) for k, v in (row.split(" ") for row in text.splitlines() if row.startswith(GENERATOR_METRICS))
+        }
+        return Counters(self.event_loop_cpu_s(), metrics, machine_ticks(), time.monotonic())
+
     def stop(self) -> None:
         """SIGTERM (it finishes what it accepted), then SIGKILL if it has not gone in 60 s: the
         benchmark never leaves a server behind."""
@@ -98,6 +109,48 @@ class Server:
             self.proc.kill()
             self.proc.wait(timeout=10)
             print("the server did not stop within 60 s of SIGTERM; killed", file=sys.stderr)
+
+
+GENERATOR_METRICS = ("hetgan_batch_samples_count ", "hetgan_batch_samples_sum ", "hetgan_generate_seconds_sum ")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(idle, all) CPU ticks of the whole machine since boot (/proc/stat; (0, 0) elsewhere)."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0, 0
+    return ticks[3] + ticks[4], sum(ticks[:8])  # idle + iowait; guest time is inside user already
+
+
+@dataclass
+class Counters:
+    """The server's event-loop CPU, its generator metrics and the machine's ticks at one moment;
+    `since` an earlier one they are the difference."""
+
+    loop_cpu_s: float
+    metrics: dict[str, float]
+    ticks: tuple[int, int]
+    at: float
+
+    def since(self, earlier: Counters) -> Counters:
+        metrics = {k: v - earlier.metrics.get(k, 0.0) for k, v in self.metrics.items()}
+        ticks = (self.ticks[0] - earlier.ticks[0], self.ticks[1] - earlier.ticks[1])
+        return Counters(self.loop_cpu_s - earlier.loop_cpu_s, metrics, ticks, self.at - earlier.at)
+
+    def summary(self, requests: int, streams: int) -> str:
+        """The event loop's CPU per request, the generator's calls and how busy its streams were,
+        and how idle the machine was: the same CPU shared by the HTTP side, the load generator and
+        the generator, and the time none of them used."""
+        calls = self.metrics.get("hetgan_batch_samples_count", 0.0)
+        samples = self.metrics.get("hetgan_batch_samples_sum", 0.0)
+        busy = self.metrics.get("hetgan_generate_seconds_sum", 0.0) / max(self.at * streams, 1e-9)
+        idle = f"; the machine idle {100 * self.ticks[0] / self.ticks[1]:.0f} %" if self.ticks[1] else ""
+        return (
+            f"the event loop (main thread) {1e6 * self.loop_cpu_s / max(requests, 1):.0f} us CPU per request; "
+            f"{calls:.0f} generator calls of {samples / max(calls, 1):.0f} samples on average, in them "
+            f"{100 * busy:.0f} % of its {streams} stream{'s' * (streams > 1)}' time{idle}"
+        )
 
 
 def offline_img_per_s(source: str, backend: str | None, seconds: float, threads: int, streams: int) -> float:
@@ -250,13 +303,13 @@ def main() -> None:
     server = Server(src, backend, *flags)
     try:
         results = [wrk(server.url, c, args.seconds, args.n) for c in args.clients[:-1]]
-        loop_before = server.event_loop_cpu_s()
+        before_top = server.snapshot()
         results.append(wrk(server.url, args.clients[-1], args.seconds, args.n))
-        loop_us = 1e6 * (server.event_loop_cpu_s() - loop_before) / max(results[-1]["requests"], 1)
+        spent = server.snapshot().since(before_top)
         for r in results:
             print(line(r))
         top = results[-1]
-        print(f"  the server's event loop (main thread): {loop_us:.0f} us CPU per request at {top['clients']} clients")
+        print(f"  where the time went at {top['clients']} clients: " + spent.summary(top["requests"], streams))
         soak(server, args, served=sum(r["requests"] for r in results))
     finally:
         server.stop()

@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -380,8 +381,12 @@ def test_serve_load_benchmark_runs_end_to_end(small):
         "--soak-requests", "1200", timeout=300,
     )  # fmt: skip
     assert "offline torch at batch 64" in out and " 4 clients:" in out and "soak: " in out and "server RSS" in out
-    loop_us = float(out.split("event loop (main thread): ")[1].split(" us")[0])
+    spent = out.split("where the time went at 4 clients: ")[1].split("\n")[0]
+    loop_us = float(spent.split("event loop (main thread) ")[1].split(" us")[0])
     assert loop_us > 0  # the server did HTTP work on its main thread for the requests
+    calls, mean = (float(x) for x in re.search(r"(\d+) generator calls of (\d+) samples", spent).groups())
+    busy = float(re.search(r"in them (\d+) % of its", spent).group(1))
+    assert calls > 0 and 1 <= mean <= 64 and 0 < busy <= 100 and "the machine idle " in spent
     assert "overload (64 clients pausing" in out and "probe:" in out
     ratio = float(out.split(" img/s = ")[1].split(" of the best offline img/s")[0])
     assert 0 < ratio and "offline 1 stream: " in out and ", 2 streams: " in out
