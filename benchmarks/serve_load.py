@@ -43,6 +43,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 import hetgan
 from hetgan.deploy.bench import img_per_s
@@ -93,10 +94,8 @@ class Server:
 
     def snapshot(self) -> Counters:
         """The counters `Counters.since` turns into where a load's time went."""
-        text = httpx.get(self.url + "/metrics", timeout=10).text
-        metrics = {
-            k: float(v) for k, v in (row.split(" ") for row in text.splitlines() if row.startswith(GENERATOR_METRICS))
-        }
+        families = text_string_to_metric_families(httpx.get(self.url + "/metrics", timeout=10).text)
+        metrics = {s.name: s.value for family in families for s in family.samples if s.name in GENERATOR_METRICS}
         return Counters(self.event_loop_cpu_s(), metrics, machine_ticks(), time.monotonic())
 
     def stop(self) -> None:
@@ -111,7 +110,7 @@ class Server:
             print("the server did not stop within 60 s of SIGTERM; killed", file=sys.stderr)
 
 
-GENERATOR_METRICS = ("hetgan_batch_samples_count ", "hetgan_batch_samples_sum ", "hetgan_generate_seconds_sum ")
+GENERATOR_METRICS = ("hetgan_batch_samples_count", "hetgan_batch_samples_sum", "hetgan_generate_seconds_sum")
 
 
 def machine_ticks() -> tuple[int, int]:
