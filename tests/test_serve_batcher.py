@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hetgan.errors import HetganError
-from hetgan.serve.batcher import Batcher, lower_priority, other_threads
+from hetgan.serve.batcher import Batcher, Draw, lower_priority, other_threads
 from hetgan.serve.server import check_threads, serving_streams
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
@@ -223,3 +223,40 @@ def test_a_one_piece_request_is_encoded_in_the_worker_and_a_failing_encode_fails
     assert good == ("good", 6.0) and isinstance(bad, ValueError) and joined == ("two pieces", 18.0)
     assert where["good"] != loop_thread and where["bad"] != loop_thread  # the worker encoded them
     assert where["two pieces"] == loop_thread  # joined from two batches first, on the loop
+
+
+def test_a_one_piece_draw_is_drawn_in_the_worker_and_a_longer_one_once_in_the_loop():
+    loop_thread = threading.get_native_id()
+    drawn = []
+
+    def draw_as(name, n):
+        def draw():
+            drawn.append((name, threading.get_native_id() == loop_thread))
+            return np.arange(n * 2, dtype=np.float32).reshape(n, 2) + (100 if name == "long" else 0)
+
+        return Draw(n, draw)
+
+    outs = run_batcher(lambda z, y: z * 2, [draw_as("short", 3), draw_as("long", 10)], max_batch=4, max_wait=0.05)
+    assert sorted(drawn) == [("long", True), ("short", False)]  # each drawn once: the long one in the loop
+    assert np.array_equal(outs[0], 2 * np.arange(6, dtype=np.float32).reshape(3, 2))
+    assert np.array_equal(outs[1], 2 * (np.arange(20, dtype=np.float32).reshape(10, 2) + 100))  # its 3 pieces, in order
+
+
+def test_a_failing_draw_fails_only_its_request():
+    def bad():
+        raise ValueError("cannot draw")
+
+    async def main():
+        batcher = Batcher(lambda z, y: z + 1, max_batch=8, max_wait=0.5)
+        batcher.start()
+        tasks = [
+            asyncio.create_task(batcher.submit(Draw(2, lambda: np.zeros((2, 3), np.float32)))),
+            asyncio.create_task(batcher.submit(Draw(2, bad))),  # the same batch
+        ]
+        outs = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.stop()
+        return outs
+
+    good, failed = asyncio.run(main())
+    assert np.array_equal(good, np.ones((2, 3), np.float32))
+    assert isinstance(failed, ValueError) and str(failed) == "cannot draw"

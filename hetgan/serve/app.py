@@ -38,7 +38,7 @@ import torch
 from hetgan.artifact import slerp
 from hetgan.errors import HetganError
 from hetgan.serve import require
-from hetgan.serve.batcher import Batcher, QueueFull, lower_priority, other_threads
+from hetgan.serve.batcher import Batcher, Draw, QueueFull, lower_priority, other_threads
 from hetgan.serve.limits import ServeLimits
 
 fastapi = require("fastapi")
@@ -290,7 +290,7 @@ class Service:
         self.ready = True
         log.info("warmed up: %d generator calls at batch %d; ready", limits.warmup, limits.max_batch)
 
-    async def run(self, z: np.ndarray, label, encode: Callable[[np.ndarray], Response]) -> Response:
+    async def run(self, z: np.ndarray | Draw, label, encode: Callable[[np.ndarray], Response]) -> Response:
         """`encode(samples)` for z, of classes `label` (one, or one per code) where G is
         conditional; encoded in the batcher's worker (see `Batcher.submit`). Or the error."""
         try:
@@ -323,7 +323,7 @@ class Service:
         if req.n > limits.max_n:
             return error(413, f"n={req.n} is over this server's limit of {limits.max_n} samples per request")
         info = {"n": req.n, "seed": req.seed, "truncation": req.truncation}
-        z = G.latent(req.n, req.seed, req.truncation).numpy()
+        z = Draw(req.n, lambda: G.latent(req.n, req.seed, req.truncation).numpy())
         return await self.run(z, req.label, encoder(req.format, G, info))
 
     async def interpolate(self, request: Request):

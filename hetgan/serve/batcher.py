@@ -8,6 +8,10 @@ service turns a batch into uint8 images at once, not request by request on the e
 hands each piece its own rows.
 A request therefore gets its seed's samples whatever it was batched with.
 
+A request of one piece may come as a `Draw` instead of its codes: the worker draws them just
+before its batch runs, so that the event loop does not (torch releases the GIL in the draw, and
+the loop then waits to get it back from the workers).
+
 The workers are threads of their own that wait on a thread-safe queue: the event loop only puts
 pieces in and receives finished batches (one callback each). A worker never waits for the event
 loop to be free before it starts its next batch; when the loop is busy answering the last batch's
@@ -69,9 +73,20 @@ class QueueFull(Exception):
     """The request queue is at its bound; the caller should retry later."""
 
 
+@dataclass(frozen=True)
+class Draw:
+    """A request's latent codes, to be drawn in the batch's worker: `draw()` -> z [n, z_dim] float32."""
+
+    n: int
+    draw: Callable[[], np.ndarray]
+
+    def __len__(self) -> int:
+        return self.n
+
+
 @dataclass
 class Piece:
-    z: np.ndarray  # [k, z_dim] float32, k <= max_batch
+    z: np.ndarray | Draw  # [k, z_dim] float32, k <= max_batch
     future: asyncio.Future
     y: np.ndarray | None = None  # [k] int64 class indices, for a conditional generator
     encode: Callable[[np.ndarray], object] | None = None  # what the request gets of its rows, made in the worker
@@ -134,21 +149,25 @@ class Batcher:
             await asyncio.to_thread(thread.join)
         self.threads = []
 
-    async def submit(self, z: np.ndarray, y: np.ndarray | None = None, encode: Callable | None = None):
+    async def submit(self, z: np.ndarray | Draw, y: np.ndarray | None = None, encode: Callable | None = None):
         """Samples for codes z [n, z_dim] (of classes y [n], for a conditional generator), in
         order, or `encode(samples)` where given: for a request of one piece the worker calls it,
-        so that encoding (an npz, a PNG) is not the event loop's work. Raises QueueFull when its
-        pieces do not fit."""
+        so that encoding (an npz, a PNG) is not the event loop's work. z may be a `Draw`: the
+        worker draws the codes of a request of one piece; those of a longer one are drawn here, all
+        at once, and cut. Raises QueueFull when its pieces do not fit."""
         starts = range(0, len(z), self.max_batch)
         # Only the event loop puts pieces in, and the workers only take them out: the room seen
         # here can only grow before the puts below.
         if self.queue.maxsize - self.queue.qsize() < len(starts):
             raise QueueFull(f"{self.queue.qsize()} of {self.queue.maxsize} queue places taken")
+        one = len(starts) == 1
+        if isinstance(z, Draw) and not one:
+            z = z.draw()
         futures = []
-        whole = encode if len(starts) == 1 else None  # several pieces: encoded here once joined
+        whole = encode if one else None  # several pieces: encoded here once joined
         for i in starts:
             part = slice(i, i + self.max_batch)
-            piece = Piece(z[part], self.loop.create_future(), None if y is None else y[part], whole)
+            piece = Piece(z if one else z[part], self.loop.create_future(), None if y is None else y[part], whole)
             self.queue.put_nowait(piece)
             futures.append(piece.future)
         try:
@@ -196,10 +215,11 @@ class Batcher:
 
     def _run(self, batch: list[Piece]) -> None:
         live = [p for p in batch if not p.future.cancelled()]  # a read: the loop may cancel meanwhile
+        live, codes = self._drawn(live)
         if not live:
             return
         try:
-            z = torch.from_numpy(np.concatenate([p.z for p in live]))
+            z = torch.from_numpy(np.concatenate(codes))
             y = None if live[0].y is None else torch.from_numpy(np.concatenate([p.y for p in live]))
             start = time.perf_counter()
             out = self.generate(z, y).numpy()
@@ -215,6 +235,19 @@ class Batcher:
             i += len(piece.z)
             results.append(self._encoded(piece, rows))
         self.loop.call_soon_threadsafe(self._hand_out, live, results, seconds, len(out))
+
+    def _drawn(self, pieces: list[Piece]) -> tuple[list[Piece], list[np.ndarray]]:
+        """The pieces whose codes are at hand or could be drawn, and those codes; a piece whose
+        draw raised fails on its own, not the batch."""
+        drawn, codes = [], []
+        for piece in pieces:
+            try:
+                codes.append(piece.z.draw() if isinstance(piece.z, Draw) else piece.z)
+            except Exception as e:
+                self.loop.call_soon_threadsafe(self._fail, [piece], e)
+                continue
+            drawn.append(piece)
+        return drawn, codes
 
     @staticmethod
     def _encoded(piece: Piece, rows: np.ndarray) -> tuple[bool, object]:
