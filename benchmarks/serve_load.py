@@ -2,7 +2,7 @@
 
     python benchmarks/serve_load.py (--run RUN | --artifact FILE) [--backend openvino] [--seconds 10]
                                     [--clients 1 8 32] [--n 16] [--soak-requests 10000] [--threads N]
-                                    [--streams S] [--nice K]
+                                    [--streams S] [--nice K] [--overload-seconds 30]
 
 The load comes from wrk (Debian's `wrk`, C: a client's work per request is microseconds, so the
 server gets the machine's cores; a Python client spent more CPU per request than the server),
@@ -20,8 +20,10 @@ driven by benchmarks/serve_load.lua: every request its own seed, responses count
    filled, from /metrics) and how idle the machine was.
 3. Overload: a fresh service (a queue of 64 pieces) under 16x the connections of the largest
    load above, each pausing between requests so that together they offer 4x the request rate
-   that load was served at, while a probe sends one request every 20 ms and times each answer:
-   the excess must get 503 within 50 ms (p99 of the probe's 503s) and nothing but 200 or 503.
+   that load was served at, for `--overload-seconds` (default 30), while a probe sends one
+   request every 20 ms and times each answer: the excess must get 503 within 50 ms (p99 of the
+   probe's 503s, ~300 of them; with the ~100 of a 10 s run the p99 was their slowest) and
+   nothing but 200 or 503.
 4. Soak: `--soak-requests` requests (default 10,000) on 8 connections; the server's resident set
    (VmRSS) after the first 1,000 against after all of them: within 10 %.
 """
@@ -250,7 +252,7 @@ def overload(src: str, backend: str | None, flags: tuple, top: dict, args) -> No
         prober = threading.Thread(target=probe, args=(overloaded.url, args.n, stop, times))
         prober.start()
         try:
-            r = wrk(overloaded.url, clients, args.seconds, args.n, pause_ms)
+            r = wrk(overloaded.url, clients, args.overload_seconds, args.n, pause_ms)
         finally:
             stop.set()
             prober.join()
@@ -263,7 +265,11 @@ def overload(src: str, backend: str | None, flags: tuple, top: dict, args) -> No
         others = {k: v for k, v in r["statuses"].items() if k not in (200, 503)}
         probe_line = {k: len(v) for k, v in times.items()}
         fast = p99 is not None and p99 <= 50
-        shown = f"{p99:.1f} ms (median {1000 * statistics.median(refused):.1f} ms)" if refused else "- (none refused)"
+        shown = (
+            f"{p99:.1f} ms (median {1000 * statistics.median(refused):.1f} ms, slowest {1000 * refused[-1]:.1f} ms)"
+            if refused
+            else "- (none refused)"
+        )
         print(
             f"  probe: {probe_line}; its 503s answered in p99 {shown} (target <= 50 ms, only 200/503 overall): "
             f"{'met' if fast and not others else 'NOT MET'}"
@@ -282,6 +288,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--soak-requests", type=int, default=10_000)
+    parser.add_argument(
+        "--overload-seconds", type=float, default=30.0,
+        help="how long the overload runs (default 30: ~300 probe answers, so that their p99 is not simply the slowest)",
+    )  # fmt: skip
     parser.add_argument("--max-batch", type=int, default=256, help="the service's --max-batch (default 256)")
     parser.add_argument("--threads", type=int, help="the runtime's threads, served and offline (default: every core)")
     parser.add_argument("--streams", type=int, help="the service's --streams (default: serve's)")
