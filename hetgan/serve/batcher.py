@@ -86,7 +86,7 @@ class Draw:
 
 @dataclass
 class Piece:
-    z: np.ndarray | Draw  # [k, z_dim] float32, k <= max_batch
+    z: np.ndarray | Draw  # [k, z_dim] float32, k <= max_batch, or a Draw of them
     future: asyncio.Future
     y: np.ndarray | None = None  # [k] int64 class indices, for a conditional generator
     encode: Callable[[np.ndarray], object] | None = None  # what the request gets of its rows, made in the worker

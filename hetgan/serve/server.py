@@ -117,11 +117,12 @@ def hold_freed_memory(mmap_below: int = 32 << 20, trim_above: int = 128 << 20) -
 
     Every batch allocates and frees a few MB of temporaries (the runtime's output copy, the uint8
     images). With glibc's defaults a heap whose top is freed is trimmed at once, so the next batch
-    faults the same pages in again, in the kernel; at 32 clients one batch worker spent a third of
-    its CPU there. Set, the workers' CPU per request fell by a quarter and the service's img/s rose
-    7-11 % (benchmarks/RESULTS.md). Setting either threshold turns off glibc's own adjustment of
-    both, so both are set (each alone was slower than neither). The cost: up to `trim_above` bytes
-    freed but still resident."""
+    faults the same pages in again, in the kernel; at 32 clients on an int8 model one batch worker
+    spent about half its CPU there. Set, the workers' CPU per request fell by a third and that
+    model's img/s rose 4-12 %; the fp32 default, whose workers had no such churn, served the same
+    (benchmarks/RESULTS.md). Setting either threshold turns off glibc's own adjustment of both, so
+    both are set (each alone was slower than neither). The cost: up to `trim_above` bytes freed but
+    still resident."""
     if not sys.platform.startswith("linux"):
         return False
     try:
