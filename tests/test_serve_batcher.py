@@ -124,7 +124,8 @@ print(held, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 def test_freed_memory_is_reused_without_faulting_its_pages_in_again():
     def faults(mode: str) -> tuple[str, int]:
-        out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
+        cmd = [sys.executable, "-c", FAULTS, mode]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120)
         held, count = out.stdout.split()
         return held, int(count)
 
