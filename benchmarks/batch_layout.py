@@ -20,10 +20,10 @@ import statistics
 
 import torch
 
-from hetgan.bench.bench import interleaved, phase_breakdown, ratio_spread, trainer_timer
+from hetgan.benchmarking.training import interleaved, phase_breakdown, ratio_spread, trainer_timer
 from hetgan.config import apply_overrides
 from hetgan.presets import get_preset
-from hetgan.training import Trainer
+from hetgan.training.trainer import Trainer
 
 
 def main() -> None:

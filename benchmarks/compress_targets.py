@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from hetgan.artifact import load_generator, load_torch_generator
-from hetgan.compress import compress
+from hetgan.artifact import load_torch_generator
+from hetgan.benchmarking.inference import img_per_s
+from hetgan.compression.student import prune_and_distil
 from hetgan.config import DistillConfig
-from hetgan.deploy.bench import img_per_s
+from hetgan.deploy.load import load_generator
 from hetgan.deploy.runtimes import cpu_threads
 from hetgan.eval.score import evaluate
 
@@ -69,10 +70,10 @@ def paired_ratio(fast: list[float], slow: list[float]) -> dict[str, float]:
 
 def given_students(run: Path, out: Path, args) -> dict:
     """Step 3 alone, for students made before (their run directories or artifacts)."""
-    from hetgan.compress.prune import macs
+    from hetgan.compression.prune import macs
 
     teacher = load_torch_generator(run)
-    teacher_macs = macs(teacher.G, teacher.z_dim)
+    teacher_macs = macs(teacher.net, teacher.z_dim)
     record = {"teacher": str(run), "teacher_fid": fid(run, args.n), "students": []}
     for path in args.student:
         student = load_torch_generator(path)
@@ -95,7 +96,7 @@ def teacher_case(name: str, run: Path, out: Path, args, evalnet=None) -> dict:
     for ratio in args.ratios:
         start = time.perf_counter()
         where = out / f"{name}-prune-{ratio}"
-        student = compress(run, where, prune=ratio, kimg=args.kimg, weights=weights, progress=False)
+        student = prune_and_distil(run, where, prune=ratio, kimg=args.kimg, weights=weights, progress=False)
         seconds = time.perf_counter() - start
         row = {
             "ratio": ratio,
@@ -122,12 +123,12 @@ def scratch_baseline(run: Path, out: Path, distilled: dict, args, evalnet) -> di
     kimg the rest of that time buys."""
     probe_kimg = 4.0
     start = time.perf_counter()
-    student = compress(run, out, prune=distilled["ratio"], kimg=probe_kimg, scratch=True, progress=False)
+    student = prune_and_distil(run, out, prune=distilled["ratio"], kimg=probe_kimg, scratch=True, progress=False)
     records = [json.loads(line) for line in (student.run_dir / "metrics.jsonl").read_text().splitlines()]
     img_s = statistics.median(r["img_per_s"] for r in records if "img_per_s" in r)
     left = distilled["seconds"] - (time.perf_counter() - start)
     kimg = round(probe_kimg + max(left, 0) * img_s / 1000, 2)
-    student = compress(run, out, prune=distilled["ratio"], kimg=kimg, scratch=True, progress=False)
+    student = prune_and_distil(run, out, prune=distilled["ratio"], kimg=kimg, scratch=True, progress=False)
     seconds = time.perf_counter() - start
     return {"kimg": kimg, "seconds": seconds, "fid": fid(student.artifact, args.n, evalnet)}
 
@@ -214,16 +215,16 @@ def make_shapes(folder: Path, per_class: int = 600, size: int = 64) -> None:
 def colour_case(folder: Path, out: Path, args) -> dict:
     from hetgan.config import DataConfig
     from hetgan.data import load_data
-    from hetgan.eval.evalnet import save_evalnet, train_evalnet
+    from hetgan.eval.evalnet import fit_evalnet, save_evalnet
     from hetgan.presets import get_preset
-    from hetgan.training import train
+    from hetgan.training.loop import train
 
     if not folder.exists():
         make_shapes(folder)
     evalnet = out / "shapes-evalnet.safetensors"
     if not evalnet.exists():
         data = load_data(DataConfig(spec=f"folder:{folder}", resolution=64, channels=3))
-        save_evalnet(train_evalnet(data, epochs=args.evalnet_epochs), evalnet)
+        save_evalnet(fit_evalnet(data, epochs=args.evalnet_epochs), evalnet)
     cfg = get_preset("dcgan_mnist")
     cfg.data.spec, cfg.data.resolution, cfg.data.channels = f"folder:{folder}", 64, 3
     cfg.train.kimg, cfg.train.evalnet = args.colour_kimg, str(evalnet)

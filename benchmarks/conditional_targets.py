@@ -34,11 +34,11 @@ import torch
 from hetgan.artifact import load_torch_generator
 from hetgan.config import DataConfig
 from hetgan.data import ImageData, load_data
-from hetgan.eval.evalnet import DIGITS_EVALNET, accuracy, held_out_split, train_evalnet
+from hetgan.eval.evalnet import DIGITS_EVALNET, accuracy, fit_evalnet, held_out_split
 from hetgan.eval.score import Evaluator, evaluate
 from hetgan.presets import get_preset
 from hetgan.report.plots import make_plots
-from hetgan.sampling import sample_uint8
+from hetgan.sample_files import sample_uint8
 from hetgan.training.loop import train
 
 DIGITS = str(resources.files("hetgan.eval").joinpath(DIGITS_EVALNET))  # FID (digits) for npz subsets too
@@ -50,7 +50,7 @@ CONDITIONAL_ACCURACY_BOUND = 0.95
 def timed_run(preset: str, out: Path, kimg: float, overrides: list[str] = ()) -> tuple[Path, float]:
     cfg = get_preset(preset)
     start = time.perf_counter()
-    run = train(cfg, out, overrides=[f"train.kimg={kimg}", *overrides], progress=False)
+    run = train(cfg, out, overrides=[f"train.kimg={kimg}", *overrides], progress=False).run_dir
     return run, time.perf_counter() - start
 
 
@@ -88,7 +88,7 @@ def write_npz(data: ImageData, index: np.ndarray, path: Path) -> Path:
 
 def classifier_accuracy(images: np.ndarray, labels: np.ndarray, test: tuple, seed: int, epochs: int) -> float:
     train_set = ImageData(images, labels, [str(i) for i in range(10)], "train")
-    net = train_evalnet(train_set, epochs=epochs, held_out_per_class=1, seed=seed)
+    net = fit_evalnet(train_set, epochs=epochs, held_out_per_class=1, seed=seed)
     return accuracy(net, *test)
 
 

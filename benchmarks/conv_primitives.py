@@ -30,7 +30,7 @@ def child(args: argparse.Namespace) -> None:
 
     from hetgan.config import apply_overrides
     from hetgan.presets import get_preset
-    from hetgan.training import Trainer
+    from hetgan.training.trainer import Trainer
 
     cfg = get_preset(args.preset)
     cfg.model.width, cfg.train.batch_size = args.width, args.batch

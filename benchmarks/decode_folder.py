@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hetgan.bench.bench import interleaved, ratio_spread
+from hetgan.benchmarking.training import interleaved, ratio_spread
 from hetgan.data.images import decode_files, list_image_files
 
 

@@ -2,7 +2,7 @@
 
 Runs, in one process and one after the other on an otherwise idle machine:
   1. the default `hetgan train` (dcgan_mnist on the bundled digits), timed end to end;
-  2. the textbook loop (hetgan/bench/textbook.py: DCGAN-32 width 64, BCE with sigmoid, Adam 2e-4,
+  2. the textbook loop (hetgan/benchmarking/textbook.py: DCGAN-32 width 64, BCE with sigmoid, Adam 2e-4,
      batch 64) for --textbook-seconds, snapshotting its G when it has trained as long as hetgan did.
 Each is scored on --n samples with FID (digits) (features of the bundled digit classifier), the
 digit classes covered and the classifier's mean confidence. Grids go to --out for a look.
@@ -23,14 +23,14 @@ import numpy as np
 import torch
 
 import hetgan
-from hetgan.bench.textbook import TextbookLoop
+from hetgan.benchmarking.textbook import TextbookLoop
 from hetgan.config import DataConfig, TrainConfig
 from hetgan.data import load_data
 from hetgan.eval.evalnet import load_evalnet
 from hetgan.eval.metrics import class_histogram, fid
 from hetgan.eval.score import real_features
 from hetgan.models import build_models
-from hetgan.sampling import write_samples
+from hetgan.sample_files import write_samples
 
 
 def score(samples: torch.Tensor, net, real_feats: np.ndarray) -> dict:
@@ -68,7 +68,7 @@ def main() -> None:
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        run = hetgan.train(hetgan.get_preset("dcgan_mnist"), out=Path(tmp) / "run", progress=False)
+        run = hetgan.train(hetgan.get_preset("dcgan_mnist"), out=Path(tmp) / "run", progress=False).run_dir
         hetgan_wall = time.perf_counter() - start
         G = hetgan.load_generator(run)
     rows = {

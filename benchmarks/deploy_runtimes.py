@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 import hetgan
-from hetgan.bench.bench import FlopCount, matmul_peak
-from hetgan.deploy.bench import format_deploy, run_deploy_bench
+from hetgan.benchmarking.inference import bench_deploy, format_deploy
+from hetgan.benchmarking.training import FlopCount, matmul_peak
 
 
 def trained(run: str | None, preset: str, kimg: float | None, out: Path) -> Path:
@@ -43,7 +43,7 @@ def trained(run: str | None, preset: str, kimg: float | None, out: Path) -> Path
         cfg.train.snapshot_kimg = cfg.train.grid_kimg = kimg
     cfg.accel.device = "cpu"
     print(f"training {preset} for {cfg.train.kimg} kimg into {target} ...", flush=True)
-    return hetgan.train(cfg, out=target, progress=False)
+    return hetgan.train(cfg, out=target, progress=False).run_dir
 
 
 def verdicts(record: dict) -> list[str]:
@@ -74,7 +74,7 @@ def compute_bound(run: Path, record: dict) -> list[str]:
     from the machine's limit eager PyTorch already is, so what a 2x speed-up would need."""
     G = hetgan.load_generator(run)
     with FlopCount() as counter, torch.no_grad():
-        G.G(torch.randn(1, G.z_dim))
+        G.net(torch.randn(1, G.z_dim))
     peak = matmul_peak(torch.device("cpu"), torch.float32, seconds=2.0)
     lines = [f"G: {counter.total / 1e6:.1f} MFLOP per sample; fp32 matrix-product peak here {peak / 1e9:.0f} GFLOP/s"]
     for row in record["deploy"]["rows"]:
@@ -122,7 +122,7 @@ def main() -> None:
         "textbook DCGAN-32 (dcgan_textbook)": trained(args.textbook_run, "dcgan_textbook", args.textbook_kimg, out),
     }
     for title, run in models.items():
-        record = run_deploy_bench(run, seconds=args.seconds, rounds=args.rounds, n=args.n)
+        record = bench_deploy(run, seconds=args.seconds, rounds=args.rounds, n=args.n)
         slug = title.split(" (")[1].rstrip(")")
         (out / f"deploy-{slug}.json").write_text(json.dumps(record, indent=1))
         print(f"\n== {title}: {run}")

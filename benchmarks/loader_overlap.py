@@ -20,13 +20,13 @@ import statistics
 import numpy as np
 import torch
 
-from hetgan.bench.bench import interleaved, ratio_spread, trainer_timer
+from hetgan.benchmarking.training import interleaved, ratio_spread, trainer_timer
 from hetgan.data.sampler import ImageSampler, to_device, to_unit_range
 from hetgan.data.sources import ImageData
 from hetgan.placement import resolve_device
 from hetgan.presets import get_preset
-from hetgan.training import Trainer
 from hetgan.training.rundir import device_name
+from hetgan.training.trainer import Trainer
 
 
 class InlineSampler(ImageSampler):

@@ -32,7 +32,7 @@ def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from train_throughput import config
 
-    from hetgan.training import Trainer
+    from hetgan.training.trainer import Trainer
 
     cfg = config(args.batch, args.width, "cpu")
     cfg.accel.channels_last = True

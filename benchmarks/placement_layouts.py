@@ -26,13 +26,13 @@ import statistics
 
 import torch
 
-from hetgan.bench.bench import interleaved, ratio_spread, trainer_timer
+from hetgan.benchmarking.training import interleaved, ratio_spread, trainer_timer
 from hetgan.config import TrainConfig, apply_overrides
 from hetgan.models import build_models
 from hetgan.placement import resolve_device
 from hetgan.presets import get_preset
-from hetgan.training import Trainer
 from hetgan.training.rundir import device_name
+from hetgan.training.trainer import Trainer
 
 STEM = {"dcgan": 3, "resnet": 2}  # G's first layers: ConvTranspose + BatchNorm + ReLU; Linear + Unflatten
 

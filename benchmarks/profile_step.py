@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 from hetgan.config import apply_overrides
 from hetgan.placement import resolve_device
 from hetgan.presets import get_preset
-from hetgan.training import Trainer
+from hetgan.training.trainer import Trainer
 
 # Kernel and op names of matrix products: cuDNN/cuBLAS/CUTLASS kernels on a GPU, ATen and oneDNN
 # ops on a CPU. Names decide, so a fused pointwise kernel named after a convolution (torch.compile

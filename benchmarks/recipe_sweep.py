@@ -54,7 +54,7 @@ def main() -> None:
         cfg = apply_overrides(hetgan.get_preset("dcgan_mnist"), [*VARIANTS[name], f"accel.threads={args.threads}"])
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            run = hetgan.train(cfg, out=Path(tmp) / "run", progress=False)
+            run = hetgan.train(cfg, out=Path(tmp) / "run", progress=False).run_dir
             wall = time.perf_counter() - start
             r = evaluate(hetgan.load_generator(run), n=5000, metrics=("fid", "classes", "pr"))
         print(

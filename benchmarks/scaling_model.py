@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from hetgan.bench.bench import PhaseTimer, synchronize, trainer_devices
+from hetgan.benchmarking.training import PhaseTimer, synchronize, trainer_devices
 from hetgan.presets import get_preset
 from hetgan.training import distributed
 from hetgan.training.trainer import Trainer

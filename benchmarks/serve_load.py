@@ -48,9 +48,9 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 import hetgan
-from hetgan.deploy.bench import img_per_s
+from hetgan.benchmarking.inference import img_per_s
 from hetgan.deploy.runtimes import cpu_threads
-from hetgan.serve.server import GENERATOR_NICE, serving_streams
+from hetgan.serving.server import GENERATOR_NICE, serving_streams
 
 LUA = Path(__file__).with_name("serve_load.lua")
 

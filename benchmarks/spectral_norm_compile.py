@@ -20,14 +20,14 @@ import statistics
 import torch
 from torch._dynamo.utils import counters
 
-from hetgan.bench.bench import interleaved, ratio_spread, trainer_timer
+from hetgan.benchmarking.training import interleaved, ratio_spread, trainer_timer
 from hetgan.config import apply_overrides
 from hetgan.data import load_data
 from hetgan.models.layers import SpectralNorm, update_in_place
 from hetgan.placement import resolve_device
 from hetgan.presets import get_preset
-from hetgan.training import Trainer
 from hetgan.training.rundir import device_name
+from hetgan.training.trainer import Trainer
 
 SETUPS = {
     "eager": {"compile": False, "in_place": False},

@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from hetgan.bench.bench import steady_img_per_s
+from hetgan.benchmarking.training import steady_img_per_s
 from hetgan.placement import resolve_device
 from hetgan.presets import get_preset
-from hetgan.training import Trainer
+from hetgan.training.trainer import Trainer
 
 FUSED = {"optimizer_impl": "fused"}
 KNOB_SETS = [

@@ -19,9 +19,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from hetgan.artifact import Generator, load_generator, load_torch_generator
+from hetgan.artifact import TorchGenerator, load_torch_generator
+from hetgan.benchmarking.inference import img_per_s
 from hetgan.deploy import export
-from hetgan.deploy.bench import img_per_s
+from hetgan.deploy.load import load_generator
 from hetgan.deploy.quantize import quantize
 from hetgan.deploy.runtimes import OpenVINOGenerator
 from hetgan.models import build_models
@@ -38,14 +39,14 @@ def subpixel_up_to(channels: int):
         export.SUBPIXEL_FOR.update(saved)
 
 
-def generators(run: Path, widths: list[str]) -> dict[str, Generator]:
+def generators(run: Path, widths: list[str]) -> dict[str, TorchGenerator]:
     teacher = load_torch_generator(run)
     out = {f"teacher {teacher.config.model.g_widths or 'width ' + str(teacher.config.model.width)}": teacher}
     for w in widths:
         cfg = copy.deepcopy(teacher.config)
         cfg.model.g_widths = [int(x) for x in w.split(",")]
         G, _ = build_models(cfg.validate())
-        out[f"[{w}]"] = Generator(G.eval(), cfg)
+        out[f"[{w}]"] = TorchGenerator(G.eval(), cfg)
     return out
 
 

@@ -4,7 +4,8 @@ DCGAN-32 (width 64), batch 64, BCE loss, same device, in one process. Prints img
     python benchmarks/train_throughput.py [--rounds 5] [--seconds 6] [--batch 64] [--width 64] [--device cpu]
                                           [--tune-seconds 5]
 
-Rows: `textbook loop` (hetgan.bench.textbook: DataLoader, sigmoid + BCELoss, one G forward reused for the G step),
+Rows: `textbook loop` (hetgan.benchmarking.textbook: DataLoader, sigmoid + BCELoss, one G forward reused for the
+G step),
 `hetgan plain` (fp32, contiguous, eager: the reused G forward and device-resident data alone) and
 `hetgan tuned` (the knobs `hetgan tune` picks on this machine, measured again here).
 
@@ -30,7 +31,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hetgan.bench.bench import (
+from hetgan.benchmarking.training import (
     device_peak,
     flops_per_image,
     interleaved,
@@ -39,11 +40,11 @@ from hetgan.bench.bench import (
     textbook_loop,
     trainer_timer,
 )
-from hetgan.bench.tune import autotune
+from hetgan.benchmarking.tune import tune
 from hetgan.config import TrainConfig
 from hetgan.placement import resolve_device
 from hetgan.presets import get_preset
-from hetgan.training import Trainer
+from hetgan.training.trainer import Trainer
 
 
 def config(batch: int, width: int, device: str) -> TrainConfig:
@@ -82,7 +83,7 @@ def main() -> None:
         f"device {device}; DCGAN-32 width {args.width}, batch {args.batch}, "
         f"{args.rounds} rounds of {args.seconds:.0f} s per setup"
     )
-    tuning = autotune(cfg, seconds=args.tune_seconds)
+    tuning = tune(cfg, seconds=args.tune_seconds)
     print(tuning.summary())
     best = tuning.chosen
     plain = Trainer(cfg)

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from hetgan.accel import restored_backend_flags
-from hetgan.bench.bench import flops_per_image, run_bench, textbook_flops_per_image
-from hetgan.bench.tune import Candidate, Trial, autotune, candidates_for, format_tune, tolerance, tune
+from hetgan.benchmarking.training import bench, flops_per_image, textbook_flops_per_image
+from hetgan.benchmarking.tune import Candidate, Trial, candidates_for, format_tune, time_candidates, tolerance, tune
 from hetgan.config import AccelConfig, DataConfig, ModelConfig, TrainConfig, apply_overrides
 from hetgan.errors import ConfigError, TuneError
 from hetgan.models import build_models
 from hetgan.presets import get_preset
-from hetgan.training import Trainer
+from hetgan.training.trainer import Trainer
 from tests.conftest import GPU, benchmark_module, run_benchmark, tiny_config
 
 KNOBS = [
@@ -207,11 +207,11 @@ def test_tune_picks_fastest_sound_candidate(tiny):
         "precision=bf16,threads=0": (ref[0] * 1.2, ref[1]),  # 20 % off: beyond bf16's 5 %
         "precision=fp16,threads=0": (ref[0] * float("nan"), ref[1]),
     }
-    best, table = tune(tiny, cands, rounds=1, prepare=fake_prepare(speeds, outputs))
+    best, table = time_candidates(tiny, cands, rounds=1, prepare=fake_prepare(speeds, outputs))
     assert best.name == "one thread"
     assert "off the fp32 reference" in table[2].rejected and table[3].rejected == "non-finite outputs"
     outputs["precision=bf16,threads=0"] = (ref[0] * 1.01, ref[1])  # within tolerance now
-    best, _ = tune(tiny, cands, rounds=1, prepare=fake_prepare(speeds, outputs))
+    best, _ = time_candidates(tiny, cands, rounds=1, prepare=fake_prepare(speeds, outputs))
     assert best.name == "bf16"
 
 
@@ -222,7 +222,7 @@ def test_tune_takes_each_candidates_median_over_rounds(tiny):
     speeds = {"precision=fp32,threads=0": [200.0, 50.0, 210.0], "precision=fp32,threads=1": [500.0, 150.0, 160.0]}
     outputs = {"precision=fp32,threads=0": ref, "precision=fp32,threads=1": ref}
     cands = [Candidate("base"), Candidate("one thread", ["accel.threads=1"])]
-    best, table = tune(tiny, cands, rounds=3, prepare=fake_prepare(speeds, outputs))
+    best, table = time_candidates(tiny, cands, rounds=3, prepare=fake_prepare(speeds, outputs))
     assert best.name == "base"
     assert [c.img_per_s for c in table] == [200.0, 160.0]
 
@@ -247,7 +247,7 @@ def test_tune_stops_timing_what_cannot_be_chosen(tiny):
 
     cands = [Candidate("base"), Candidate("t1", ["accel.threads=1"]), Candidate("t2", ["accel.threads=2"])]
     cands += [Candidate("bf16", ["accel.precision=bf16"]), Candidate("fp16", ["accel.precision=fp16"])]
-    best, table = tune(tiny, cands, rounds=3, prepare=prepare)
+    best, table = time_candidates(tiny, cands, rounds=3, prepare=prepare)
     assert best.name == "bf16" and [t.windows_left_when_closed for t in trials] == [0, 0, 2, 0, 2]
     assert [c.timed_once for c in table] == [False, False, True, False, True]
     assert [c.img_per_s for c in table] == [100.0, 160.0, 140.0, 300.0, 900.0]
@@ -258,7 +258,7 @@ def test_tune_stops_timing_what_cannot_be_chosen(tiny):
 
 @pytest.mark.parametrize(("compiled_speed", "chosen"), [(204.0, "layout"), (240.0, "layout + compile")])
 def test_tune_prefers_fewer_knobs_within_the_tie_margin(compiled_speed, chosen):
-    from hetgan.bench.tune import TIE_MARGIN, format_tune, pick
+    from hetgan.benchmarking.tune import TIE_MARGIN, format_tune, pick
 
     assert 204.0 < 200.0 / (1 - TIE_MARGIN) < 240.0  # the first case is a tie, the second is not
     sound = [
@@ -281,7 +281,9 @@ def test_tune_rejects_a_candidate_that_fails_while_timed(tiny):
     def prepare(cfg):
         return Crashes(ref, []) if cfg.accel.threads == 1 else FakeTrial(ref, [10.0, 10.0])
 
-    best, table = tune(tiny, [Candidate("base"), Candidate("one", ["accel.threads=1"])], rounds=2, prepare=prepare)
+    best, table = time_candidates(
+        tiny, [Candidate("base"), Candidate("one", ["accel.threads=1"])], rounds=2, prepare=prepare
+    )
     assert best.name == "base" and table[1].rejected == "failed: RuntimeError: CUDA out of memory"
     assert table[1].img_per_s is None
 
@@ -358,7 +360,7 @@ def test_tune_reference_outputs_do_not_hang_on_the_augmentation_draws(tiny):
     """With DiffAugment on, D's outputs on the fixed batch must not depend on the trainer's random
     stream, which differs between placements (a CPU and a CUDA generator draw differently): a sound
     placement would otherwise be judged off the reference and rejected."""
-    from hetgan.bench.tune import reference_outputs
+    from hetgan.benchmarking.tune import reference_outputs
 
     tiny.loss.augment = "translation,cutout"
     t = Trainer(tiny)
@@ -382,7 +384,7 @@ def test_machine_info_lists_the_gpus_whatever_the_main_device():
 def test_bench_timers_wait_for_every_kind_of_accelerator(monkeypatch):
     """Timing an MPS or XPU run without waiting for the device measures only the launches: the
     timers wait on every accelerator, not on CUDA alone."""
-    from hetgan.bench import bench
+    from hetgan.benchmarking import training as bench
 
     waited = []
     monkeypatch.setattr(torch.accelerator, "synchronize", waited.append)
@@ -392,7 +394,7 @@ def test_bench_timers_wait_for_every_kind_of_accelerator(monkeypatch):
 
 
 def test_bench_reports_every_part(tiny):
-    r = run_bench(tiny, seconds=0.6, rounds=3)
+    r = bench(tiny, seconds=0.6, rounds=3)
     assert r["img_per_s"] > 0 and r["textbook_img_per_s"] > 0 and r["speedup_vs_textbook"] > 0
     hetgan, textbook = r["img_per_s_rounds"], r["textbook_img_per_s_rounds"]
     assert len(hetgan) == len(textbook) == 3  # timed in turn, one window each per round
@@ -408,7 +410,7 @@ def test_bench_reports_every_part(tiny):
 def test_share_of_peak_is_against_the_fastest_dtype_the_run_uses(monkeypatch):
     """A bf16 run on a CPU without bf16 units is bounded by its fp32 products, not by a bf16
     peak slower than what the run achieves (an fp16 bench here once reported 440 % of peak)."""
-    from hetgan.bench import bench
+    from hetgan.benchmarking import training as bench
 
     measured = {torch.float32: 100.0, torch.bfloat16: 5.0, torch.float16: 300.0}
     monkeypatch.setattr(bench, "matmul_peak", lambda device, dtype: measured[dtype])
@@ -419,7 +421,7 @@ def test_share_of_peak_is_against_the_fastest_dtype_the_run_uses(monkeypatch):
 
 
 def test_share_of_peak_counts_every_device_g_and_d_use(monkeypatch):
-    from hetgan.bench import bench
+    from hetgan.benchmarking import training as bench
 
     measured = {"cpu": (130e9, "fp32"), "cuda:0": (900e12, "bf16")}
     monkeypatch.setattr(bench, "device_peak", lambda device, precision: measured[str(device)])
@@ -476,17 +478,17 @@ def test_autotune_returns_the_config_with_the_choice_applied(tiny):
     outputs = {key: (torch.ones(2), torch.ones(2)) for key in ("precision=fp32,threads=0", "precision=fp32,threads=1")}
     speeds = {"precision=fp32,threads=0": [100.0, 100.0], "precision=fp32,threads=1": [150.0, 150.0]}
     cands = [Candidate("base"), Candidate("one thread", ["accel.threads=1"])]
-    result = autotune(tiny, seconds=0.1, rounds=2, candidates=cands, prepare=fake_prepare(speeds, outputs))
+    result = tune(tiny, seconds=0.1, rounds=2, candidates=cands, prepare=fake_prepare(speeds, outputs))
     assert result.chosen.name == "one thread" and result.config.accel.threads == 1 and tiny.accel.threads == 0
     assert "chosen: one thread: --set accel.threads=1" in result.summary()
     with pytest.raises(ConfigError, match="--rounds must be at least 1"):
-        autotune(tiny, rounds=0, candidates=cands, prepare=fake_prepare(speeds, outputs))
+        tune(tiny, rounds=0, candidates=cands, prepare=fake_prepare(speeds, outputs))
 
 
 def test_tune_saves_the_tuned_config_for_train(tmp_path, capsys, monkeypatch, digits_npz):
     """`hetgan tune --save-config FILE` writes the input config with the choice applied, which
     `--config FILE` (train, bench, tune) reads back as it was."""
-    from hetgan.bench import tune as tune_module
+    from hetgan.benchmarking import tune as tune_module
     from hetgan.cli import main
     from hetgan.config import load_yaml, to_dict
 
@@ -497,9 +499,9 @@ def test_tune_saves_the_tuned_config_for_train(tmp_path, capsys, monkeypatch, di
 
     def controlled(cfg, seconds, rounds):
         seen.append(cfg)
-        return autotune(cfg, seconds, rounds, candidates=cands, prepare=fake_prepare(speeds, outputs))
+        return tune(cfg, seconds, rounds, candidates=cands, prepare=fake_prepare(speeds, outputs))
 
-    monkeypatch.setattr(tune_module, "autotune", controlled)
+    monkeypatch.setattr(tune_module, "tune", controlled)
     path = tmp_path / "configs" / "tuned.yaml"  # its folder is made
     argv = ["tune", "--preset", "mlp_ring8", "--data", f"npz:{digits_npz}", "--set", "train.batch_size=32"]
     assert main([*argv, "--rounds", "1", "--save-config", str(path)]) == 0
@@ -523,14 +525,14 @@ def test_tune_stops_when_the_reference_candidate_fails(tiny):
         return FakeTrial((torch.ones(1), torch.ones(1)), [1.0])
 
     with pytest.raises(TuneError, match=r"reference candidate 'base' failed: ValueError: no such device"):
-        tune(tiny, [Candidate("base"), Candidate("one", ["accel.threads=1"])], rounds=1, prepare=prepare)
+        time_candidates(tiny, [Candidate("base"), Candidate("one", ["accel.threads=1"])], rounds=1, prepare=prepare)
     tiny.accel.g_device = "tpu"  # the user's config itself is wrong: its own error, not tune's
     with pytest.raises(ConfigError, match=r"^accel.g_device: unknown device 'tpu'; use auto, cpu"):
-        autotune(tiny, seconds=0.1, rounds=1)
+        tune(tiny, seconds=0.1, rounds=1)
 
 
 def test_tune_times_each_candidate_with_its_own_threads_and_restores_them(tiny, monkeypatch):
-    from hetgan.bench import tune as tune_module
+    from hetgan.benchmarking import tune as tune_module
 
     monkeypatch.setattr(tune_module, "DROP_BELOW", 0.0)  # every candidate is timed in every round,
     before = torch.get_num_threads()  # however slow threads=1 is on a busy machine
@@ -543,7 +545,7 @@ def test_tune_times_each_candidate_with_its_own_threads_and_restores_them(tiny, 
             return speed
 
     cands = [Candidate("base"), Candidate("one", ["accel.threads=1"]), Candidate("after")]
-    tune(tiny, cands, seconds=0.2, rounds=2, prepare=Recording)
+    time_candidates(tiny, cands, seconds=0.2, rounds=2, prepare=Recording)
     assert seen == [(0, before), (1, 1), (0, before)] * 2 and torch.get_num_threads() == before
 
 
@@ -733,7 +735,7 @@ def test_gpu_bench_reports_memory_and_peak(tiny):
     """The GPU's peak memory is the tiny model's steps' own: the matrix-product probe's three
     4096x4096 fp32 matrices (192 MiB) and the textbook loop's tensors are not in it."""
     tiny.accel.device, tiny.accel.precision = "cuda", "bf16"
-    r = run_bench(tiny, seconds=0.5)
+    r = bench(tiny, seconds=0.5)
     (name,) = [k for k in r["peak_memory_mib"] if k.startswith("cuda")]
     assert 0 < r["peak_memory_mib"][name] < 64 and r["matmul_peak_flop_per_s"] > 1e12
 
@@ -741,7 +743,7 @@ def test_gpu_bench_reports_memory_and_peak(tiny):
 def test_textbook_loop_is_the_pytorch_example_step():
     """One G forward per step (its output reused for the G step, as the PyTorch DCGAN example
     does), and both networks' weights move."""
-    from hetgan.bench.textbook import TextbookLoop
+    from hetgan.benchmarking.textbook import TextbookLoop
 
     torch.manual_seed(0)
     G, D = build_models(tiny_config("mnist5k"))
@@ -771,10 +773,10 @@ def test_timing_commands_refuse_empty_windows(capsys, command, flags, message):
 def test_the_python_api_checks_a_config_as_the_cli_does(tiny):
     """A config built in Python gets the same range checks as one from --set: a clear error, not
     a KeyError from deep in the trainer."""
-    from hetgan import autotune, run_bench
+    from hetgan import bench
 
     tiny.accel.precision = "fp8"
-    for call in (lambda: Trainer(tiny), lambda: run_bench(tiny, seconds=1), lambda: autotune(tiny, seconds=1)):
+    for call in (lambda: Trainer(tiny), lambda: bench(tiny, seconds=1), lambda: tune(tiny, seconds=1)):
         with pytest.raises(ConfigError, match=r"accel.precision must be fp32, bf16 or fp16 \(got 'fp8'\)"):
             call()
 
@@ -782,14 +784,14 @@ def test_the_python_api_checks_a_config_as_the_cli_does(tiny):
 @pytest.mark.parametrize("command", ["tune", "bench"])
 def test_a_bad_json_path_is_refused_before_the_timing(tmp_path, capsys, monkeypatch, command):
     """A finished benchmark is never lost to a --json path that cannot be written."""
-    from hetgan.bench import bench, tune
+    import hetgan
     from hetgan.cli import main
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("timed before checking --json")
 
-    monkeypatch.setattr(bench, "run_bench", must_not_run)
-    monkeypatch.setattr(tune, "autotune", must_not_run)
+    monkeypatch.setattr(hetgan, "bench", must_not_run)
+    monkeypatch.setattr(hetgan, "tune", must_not_run)
     (tmp_path / "afile").write_text("")
     for path, message in [(tmp_path, "that is a folder"), (tmp_path / "afile" / "x.json", "is a file")]:
         assert main([command, "--preset", "mlp_ring8", "--json", str(path)]) == 2
@@ -802,7 +804,7 @@ def test_a_bad_json_path_is_refused_before_the_timing(tmp_path, capsys, monkeypa
 def test_tune_reads_the_data_once_for_all_candidates(tiny, monkeypatch):
     """Each candidate's trainer gets the dataset tune read, instead of reading (for a folder,
     decoding) it again, and their samplers share one copy of the images per device."""
-    from hetgan.bench import tune as tune_module
+    from hetgan.benchmarking import tune as tune_module
     from hetgan.training import trainer as trainer_module
 
     reads = []
@@ -810,5 +812,5 @@ def test_tune_reads_the_data_once_for_all_candidates(tiny, monkeypatch):
     monkeypatch.setattr(tune_module, "load_data", lambda cfg: reads.append(cfg.spec) or real_load(cfg))
     monkeypatch.setattr(trainer_module, "load_data", lambda cfg: pytest.fail("a candidate read the data again"))
     cands = [Candidate("base"), Candidate("layout", ["accel.channels_last=true"])]
-    best, table = tune(tiny, cands, seconds=0.1, rounds=1)
+    best, table = time_candidates(tiny, cands, seconds=0.1, rounds=1)
     assert reads == [tiny.data.spec] and all(c.img_per_s for c in table)

@@ -6,8 +6,9 @@ from PIL import Image
 from hetgan import load_generator
 from hetgan.artifact import save_generator
 from hetgan.errors import CheckpointError, ConfigError, HetganError
-from hetgan.sampling import write_samples
-from hetgan.training import Trainer, train
+from hetgan.sample_files import write_samples
+from hetgan.training.loop import train
+from hetgan.training.trainer import Trainer
 from tests.conftest import tiny_config
 
 
@@ -49,13 +50,13 @@ def test_samples_are_drawn_in_full_fp32_and_the_flags_restored(tiny, tmp_path):
     from hetgan.accel import restored_backend_flags
 
     G = load_generator(save_generator(Trainer(tiny).G_ema, tiny, tmp_path / "g.safetensors"))
-    seen, forward = [], G.G.forward
+    seen, forward = [], G.net.forward
 
     def probe(z):
         seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
         return forward(z)
 
-    G.G.forward = probe
+    G.net.forward = probe
     with restored_backend_flags():
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
         for _ in G.sample_batches(5, batch_size=2):
@@ -66,7 +67,7 @@ def test_samples_are_drawn_in_full_fp32_and_the_flags_restored(tiny, tmp_path):
 def test_uint8_samples_batch_by_batch_equal_the_float_ones(tiny, tmp_path):
     """What `hetgan sample` writes (converted batch by batch, never holding n float samples) is
     exactly what the float samples give, in every output form."""
-    from hetgan.sampling import sample_uint8, to_uint8
+    from hetgan.sample_files import sample_uint8, to_uint8
 
     G = load_generator(save_generator(Trainer(tiny).G_ema, tiny, tmp_path / "g.safetensors"))
     as_bytes = sample_uint8(G, 300, seed=2)  # more than one batch of 256
@@ -85,7 +86,7 @@ def test_recalibrated_batchnorm_is_deterministic_and_differs_from_g(tiny, tmp_pa
     for _ in range(3):
         t.step()
     G = load_generator(save_generator(t.G_ema, tiny, tmp_path / "g.safetensors"))
-    bn = next(m for m in G.G.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn = next(m for m in G.net.modules() if isinstance(m, torch.nn.BatchNorm2d))
     g_bn = next(m for m in t.G.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert not torch.equal(bn.running_mean, g_bn.running_mean)
 
@@ -112,7 +113,7 @@ def test_write_samples_forms(tmp_path):
 
 
 def test_to_uint8_in_chunks_matches_the_whole_and_leaves_its_input():
-    from hetgan.sampling import to_uint8
+    from hetgan.sample_files import to_uint8
 
     images = torch.randn(7, 3, 4, 5) * 1.5  # some beyond [-1, 1]
     before = images.clone()
@@ -134,7 +135,7 @@ def test_write_samples_folder_and_points(tmp_path):
 
 
 def test_2d_run_samples_points(tmp_path):
-    run = train(tiny_config("ring8", arch="mlp"), out=tmp_path / "r", progress=False)
+    run = train(tiny_config("ring8", arch="mlp"), out=tmp_path / "r", progress=False).run_dir
     G = load_generator(run)
     pts = G.sample(7, seed=0)
     assert pts.shape == (7, 2)
@@ -142,7 +143,7 @@ def test_2d_run_samples_points(tmp_path):
 
 def test_unfinished_run_samples_from_its_newest_checkpoint(tiny, tmp_path):
     tiny.train.kimg = 0.08
-    run = train(tiny, out=tmp_path / "r", progress=False)
+    run = train(tiny, out=tmp_path / "r", progress=False).run_dir
     finished = load_generator(run).sample(4, seed=0)
     (run / "generator.safetensors").unlink()  # as if killed after the last checkpoint
     from_ckpt = load_generator(run).sample(4, seed=0)
@@ -188,7 +189,7 @@ def test_truncation_and_latent_walks(tiny, tmp_path, capsys):
     assert Image.open(tmp_path / "walk.png").size == (7 * 34 + 2, 36)
     assert main(["sample", "--artifact", str(path), "--n", "6", "--seed", "3", "--truncation", "0.5",
                  "--out", str(tmp_path / "t.npz")]) == 0  # fmt: skip
-    from hetgan.sampling import to_uint8
+    from hetgan.sample_files import to_uint8
 
     assert np.array_equal(np.load(tmp_path / "t.npz")["images"], to_uint8(G.sample(6, seed=3, truncation=0.5)))
     assert main(["sample", "--artifact", str(path), "--interpolate", "1", "2", "--out", str(tmp_path / "w.mp4")]) == 2
@@ -198,9 +199,9 @@ def test_truncation_and_latent_walks(tiny, tmp_path, capsys):
 def test_report_shows_latent_walks_for_images_only(tmp_path):
     from hetgan.report.html import build_report
 
-    run = train(tiny_config("ring8", arch="mlp"), out=tmp_path / "ring", progress=False)
+    run = train(tiny_config("ring8", arch="mlp"), out=tmp_path / "ring", progress=False).run_dir
     assert "Latent walks" not in build_report(run).read_text()
     cfg = tiny_config("mnist5k")
     cfg.train.kimg = 0.016
-    page = build_report(train(cfg, out=tmp_path / "digits", progress=False)).read_text()
+    page = build_report(train(cfg, out=tmp_path / "digits", progress=False).run_dir).read_text()
     assert page.count('alt="walk seed') == 3

@@ -65,7 +65,8 @@ def test_resume_refuses_flags_that_would_replace_its_config(capsys, tmp_path):
 def test_config_file_is_a_base_for_flags_and_set(tmp_path, capsys):
     """`--config` starts from a YAML file (a run's config.yaml, say) instead of a preset; flags and
     --set change it as they change a preset, for train, bench, tune and layers alike."""
-    from hetgan.cli import base_config, build_parser
+    from hetgan.cli import build_parser
+    from hetgan.cli.common import base_config
 
     path = tmp_path / "c.yaml"
     path.write_text("preset: mine\nmodel:\n  arch: mlp\n  width: 24\ndata:\n  spec: ring8\n")
@@ -85,7 +86,8 @@ def test_config_file_is_a_base_for_flags_and_set(tmp_path, capsys):
 
 
 def test_data_and_device_flags_become_config_overrides():
-    from hetgan.cli import build_parser, flag_overrides
+    from hetgan.cli import build_parser
+    from hetgan.cli.common import flag_overrides
 
     devices = ["--device", "cpu", "--g-device", "cuda:1", "--d-device", "cpu"]
     for command in ("train", "bench", "tune"):
@@ -139,27 +141,27 @@ def test_sample_refuses_an_n_whose_samples_do_not_fit_in_memory(digits_npz, tmp_
     """`--n 100000000` used to end in numpy's traceback (1.1 TiB). An n whose latent codes and
     samples (twice for a grid or an .npz, which build a copy) exceed the free memory is refused
     before sampling; an allocation that fails all the same is a clear error too."""
-    from hetgan import sampling
-    from hetgan.artifact import load_generator
+    from hetgan import sample_files, sampling
+    from hetgan.deploy.load import load_generator
 
     run = tmp_path / "run"
     assert main(["train", "--data", f"npz:{digits_npz}", "--kimg", "0.008", "--out", str(run), *TINY]) == 0
     G = load_generator(run)
     for form, out, copies in (("png", "g.png", 2), ("npz", "a.npz", 2), ("folder", "d/", 1)):
         need = 10 * G.z_dim * 4 + 10 * 32 * 32 * copies  # float32 codes, uint8 [1, 32, 32] samples
-        assert sampling.memory_needed(G, 10, form) == need
-        monkeypatch.setattr(sampling, "available_memory", lambda need=need: need - 1)
+        assert sample_files.memory_needed(G, 10, form) == need
+        monkeypatch.setattr(sample_files, "available_memory", lambda need=need: need - 1)
         capsys.readouterr()
         assert main(["sample", "--run", str(run), "--n", "10", "--out", f"{tmp_path}/{out}"]) == 2
         assert f"--n 10: 10 samples written as {form} take about " in capsys.readouterr().err
         assert not (tmp_path / out).exists()
-        monkeypatch.setattr(sampling, "available_memory", lambda need=need: need)
+        monkeypatch.setattr(sample_files, "available_memory", lambda need=need: need)
         assert main(["sample", "--run", str(run), "--n", "10", "--out", f"{tmp_path}/{out}"]) == 0
 
     def allocation_fails(*args, **kwargs):
         raise MemoryError("Unable to allocate 1.12 TiB for an array")
 
-    monkeypatch.setattr(sampling, "available_memory", lambda: None)  # not known: no check
+    monkeypatch.setattr(sample_files, "available_memory", lambda: None)  # not known: no check
     monkeypatch.setattr(sampling, "sample_uint8", allocation_fails)
     assert main(["sample", "--run", str(run), "--n", "10", "--out", str(tmp_path / "b.npz")]) == 2
     assert "error: out of memory (Unable to allocate 1.12 TiB for an array); ask for less" in capsys.readouterr().err
@@ -277,7 +279,7 @@ def test_train_placement_auto_writes_the_choice_into_the_run_config(tmp_path, ca
     the run's config.yaml records. Timings are controlled so that a non-plain candidate wins."""
     import yaml
 
-    from hetgan.bench.tune import Trial
+    from hetgan.benchmarking.tune import Trial
     from hetgan.config import apply_overrides
     from hetgan.presets import get_preset
 
@@ -323,12 +325,12 @@ def test_output_paths_are_checked_before_the_work(tmp_path, capsys, command, mes
 def test_ctrl_c_outside_training_exits_quietly(monkeypatch, capsys):
     """Ctrl-C during `hetgan bench` (or tune, eval...) ends with "interrupted" and exit status
     130, the shell's code for SIGINT, not a traceback."""
-    from hetgan.bench import bench
+    from hetgan.benchmarking import training as bench
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bench, "run_bench", interrupted)
+    monkeypatch.setattr(bench, "bench", interrupted)
     assert main(["bench", "--preset", "mlp_ring8"]) == 130
     assert capsys.readouterr().err.strip().endswith("interrupted")
 

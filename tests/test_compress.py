@@ -10,16 +10,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hetgan.artifact import load_generator, load_torch_generator, recalibrated_copy, save_generator
+from hetgan.artifact import load_torch_generator, recalibrated_copy, save_generator
 from hetgan.cli import main
-from hetgan.compress import compress, student_config
-from hetgan.compress.prune import macs, prune_generator, widths_of
-from hetgan.compress.search import Candidate, choose, pareto_front, search
+from hetgan.compression.prune import macs, prune_generator, widths_of
+from hetgan.compression.search import Candidate, choose, pareto_front, search
+from hetgan.compression.student import prune_and_distil, student_config
 from hetgan.config import DistillConfig
+from hetgan.deploy.load import load_generator
 from hetgan.deploy.runtimes import cpu_threads
 from hetgan.errors import CheckpointError, ConfigError, HetganError
 from hetgan.models import build_models
-from hetgan.training import train
+from hetgan.training.loop import train
 from tests.conftest import run_benchmark, tiny_config
 
 PIXEL_ONLY = DistillConfig(feature_weight=0.0, adversarial_weight=0.0)
@@ -30,7 +31,7 @@ def teacher(tmp_path, digits_npz):
     """A tiny dcgan run, width 8 (widths [32, 16, 8])."""
     cfg = tiny_config(f"npz:{digits_npz}")
     cfg.model.width = 8
-    return train(cfg, out=tmp_path / "teacher", progress=False)
+    return train(cfg, out=tmp_path / "teacher", progress=False).run_dir
 
 
 @pytest.mark.parametrize("arch", ["dcgan", "mlp", "maxout", "resnet"])
@@ -75,7 +76,7 @@ def distance_to_teacher(artifact, teacher_run) -> float:
 
 
 def test_distillation_brings_the_student_closer_to_its_teacher(tmp_path, teacher):
-    student = compress(teacher, tmp_path / "c", prune=0.5, kimg=0.32, weights=PIXEL_ONLY, progress=False)
+    student = prune_and_distil(teacher, tmp_path / "c", prune=0.5, kimg=0.32, weights=PIXEL_ONLY, progress=False)
     assert student.widths == [16, 8, 4]
     config = load_torch_generator(student.artifact).config
     G, _ = build_models(config)  # where it started: the pruned teacher compress wrote
@@ -92,7 +93,7 @@ def test_distillation_brings_the_student_closer_to_its_teacher(tmp_path, teacher
 
 def test_the_student_is_an_ordinary_artifact_that_exports(tmp_path, teacher):
     weights = DistillConfig(feature_weight=0.0)  # the npz data has no feature network
-    student = compress(teacher, tmp_path / "c", width=4, kimg=0.08, weights=weights, progress=False)
+    student = prune_and_distil(teacher, tmp_path / "c", width=4, kimg=0.08, weights=weights, progress=False)
     records = [json.loads(line) for line in (student.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {"distill_l1", "g_adversarial", "loss_d"} <= set(records[-1])  # adversarial: D fine-tuned
     G = load_generator(student.artifact)
@@ -107,16 +108,16 @@ def test_the_student_is_an_ordinary_artifact_that_exports(tmp_path, teacher):
 
 def test_an_interrupted_compression_resumes_exactly(tmp_path, teacher):
     kw = {"prune": 0.5, "weights": DistillConfig(feature_weight=0.0), "progress": False}
-    whole = compress(teacher, tmp_path / "whole", kimg=0.16, **kw)
-    compress(teacher, tmp_path / "parts", kimg=0.08, **kw)
-    resumed = compress(teacher, tmp_path / "parts", kimg=0.16, **kw)  # the same command, longer
+    whole = prune_and_distil(teacher, tmp_path / "whole", kimg=0.16, **kw)
+    prune_and_distil(teacher, tmp_path / "parts", kimg=0.08, **kw)
+    resumed = prune_and_distil(teacher, tmp_path / "parts", kimg=0.16, **kw)  # the same command, longer
     a, b = load_file(whole.artifact), load_file(resumed.artifact)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "resumed from" in (resumed.run_dir / "log.txt").read_text()
 
 
 def test_a_student_trained_from_scratch_is_an_ordinary_gan_run(tmp_path, teacher):
-    student = compress(teacher, tmp_path / "s", prune=0.5, kimg=0.04, scratch=True, progress=False)
+    student = prune_and_distil(teacher, tmp_path / "s", prune=0.5, kimg=0.04, scratch=True, progress=False)
     config = load_torch_generator(student.artifact).config
     assert config.model.g_widths == [16, 8, 4] and not config.distill.teacher
     assert not (tmp_path / "s" / "init.safetensors").exists()
@@ -124,20 +125,22 @@ def test_a_student_trained_from_scratch_is_an_ordinary_gan_run(tmp_path, teacher
 
 def test_bad_inputs_say_what_to_do(tmp_path, teacher, capsys):
     with pytest.raises(ConfigError, match=r"--prune 1.5: the share of channels to remove must be between 0 and 1"):
-        compress(teacher, tmp_path / "x", prune=1.5)
+        prune_and_distil(teacher, tmp_path / "x", prune=1.5)
     with pytest.raises(ConfigError, match=r"--width 64: a student is narrower than its teacher \(model.width 8\)"):
-        compress(teacher, tmp_path / "x", width=64)
+        prune_and_distil(teacher, tmp_path / "x", width=64)
     with pytest.raises(ConfigError, match="one way"):
-        compress(teacher, tmp_path / "x")
+        prune_and_distil(teacher, tmp_path / "x")
     bare = tmp_path / "bare"  # a teacher run that kept only its artifact and config
     bare.mkdir()
     for name in ("config.yaml", "generator.safetensors"):
         shutil.copy(teacher / name, bare / name)
     with pytest.raises(CheckpointError, match=r"no checkpoint with a discriminator .* \(--adversarial-weight 0\)"):
-        compress(bare, tmp_path / "y", prune=0.5, kimg=0.04, weights=DistillConfig(feature_weight=0.0), progress=False)
-    compress(bare, tmp_path / "z", prune=0.5, kimg=0.04, weights=PIXEL_ONLY, progress=False)  # without D: fine
+        prune_and_distil(
+            bare, tmp_path / "y", prune=0.5, kimg=0.04, weights=DistillConfig(feature_weight=0.0), progress=False
+        )
+    prune_and_distil(bare, tmp_path / "z", prune=0.5, kimg=0.04, weights=PIXEL_ONLY, progress=False)  # without D: fine
     with pytest.raises(HetganError, match="no feature network .* --feature-weight 0"):
-        compress(teacher, tmp_path / "f", prune=0.5, kimg=0.04, weights=DistillConfig(), progress=False)
+        prune_and_distil(teacher, tmp_path / "f", prune=0.5, kimg=0.04, weights=DistillConfig(), progress=False)
     assert main(["compress", "--run", str(teacher), "--out", str(tmp_path / "c"), "--prune", "0"]) == 2
     assert "must be between 0 and 1" in capsys.readouterr().err
 
@@ -199,7 +202,7 @@ def test_search_writes_every_candidate_and_the_choice(tmp_path, teacher):
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_the_search_times_a_generator_on_its_backend(tmp_path, teacher, backend):
-    from hetgan.compress.search import measure_ms
+    from hetgan.compression.search import measure_ms
 
     pytest.importorskip("onnxruntime")
     ms = measure_ms(teacher / "generator.safetensors", backend, 4, 0.2, tmp_path)
@@ -212,7 +215,7 @@ def test_compress_targets_script_measures_given_students_end_to_end(tmp_path):
     """benchmarks/compress_targets.py --student at a tiny scale: the teacher (on the digits, so
     FID has its feature space) stands in as its own student, so the end-to-end step must quantise
     it and time all four models."""
-    teacher = train(tiny_config("mnist5k"), out=tmp_path / "teacher", progress=False)
+    teacher = train(tiny_config("mnist5k"), out=tmp_path / "teacher", progress=False).run_dir
     out = run_benchmark(
         "compress_targets", "--default-run", str(teacher), "--student", str(teacher), "--out", str(tmp_path / "t"),
         "--n", "200", "--rounds", "1", "--seconds", "0.2", "--json", str(tmp_path / "r.json"),

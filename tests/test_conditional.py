@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from hetgan.artifact import Generator, Sampling, load_generator, load_torch_generator, save_generator
+from hetgan.artifact import TorchGenerator, load_torch_generator, save_generator
 from hetgan.config import TrainConfig
 from hetgan.data import load_data, with_classes
+from hetgan.deploy.load import load_generator
 from hetgan.errors import ConfigError, DataError, HetganError
 from hetgan.eval.score import Evaluator
+from hetgan.generator import SeededGenerator
 from hetgan.models import build_models
 from hetgan.training.loop import train
 from hetgan.training.trainer import Trainer
@@ -112,8 +114,8 @@ def test_real_batches_come_with_their_own_labels(labelled_npz):
 def test_a_conditional_run_resumes_bit_for_bit(labelled_npz, tmp_path):
     cfg = conditional(f"npz:{labelled_npz}", kimg=0.08)
     cfg.loss.ada_target, cfg.loss.ada_interval, cfg.loss.ada_kimg = 0.1, 1, 0.1  # ADA's p is training state too
-    whole = train(cfg, tmp_path / "whole", progress=False)
-    half = train(cfg, tmp_path / "half", progress=False, overrides=["train.kimg=0.04"])
+    whole = train(cfg, tmp_path / "whole", progress=False).run_dir
+    half = train(cfg, tmp_path / "half", progress=False, overrides=["train.kimg=0.04"]).run_dir
     train(resume=half, overrides=["train.kimg=0.08"], progress=False)
     a, b = load_torch_generator(whole), load_torch_generator(half)
     assert a.n_classes == 3 and torch.equal(a.sample(6, seed=1), b.sample(6, seed=1))
@@ -194,7 +196,7 @@ def test_npz_and_grid_carry_the_classes(cgan, tmp_path):
     assert Image.open(grid).size == (5 * 34 + 2, 3 * 34 + 2)  # a row per class
 
 
-class ClassDrawer(Sampling):
+class ClassDrawer(SeededGenerator):
     """A stand-in 'generator' that returns real digits of the class asked for (or of another)."""
 
     def __init__(self, config: TrainConfig, data, wrong: bool = False) -> None:
@@ -264,12 +266,12 @@ def test_served_with_a_class_per_request(cgan):
 
 @pytest.mark.slow
 def test_compress_prunes_and_distils_a_conditional_teacher(labelled_npz, tmp_path):
-    from hetgan.compress import compress
+    from hetgan.compression.student import prune_and_distil
     from hetgan.config import DistillConfig
 
-    teacher = train(conditional(f"npz:{labelled_npz}", kimg=0.04), tmp_path / "teacher", progress=False)
-    result = compress(teacher, tmp_path / "small", prune=0.5, kimg=0.02, weights=DistillConfig(feature_weight=0),
-                      progress=False)  # fmt: skip
+    teacher = train(conditional(f"npz:{labelled_npz}", kimg=0.04), tmp_path / "teacher", progress=False).run_dir
+    weights = DistillConfig(feature_weight=0)
+    result = prune_and_distil(teacher, tmp_path / "small", prune=0.5, kimg=0.02, weights=weights, progress=False)
     student = load_generator(result.run_dir)
     assert student.n_classes == 3 and student.config.model.g_widths == result.widths
     assert result.macs < result.teacher_macs
@@ -285,7 +287,7 @@ def test_the_conditional_preset_trains_from_the_cli(tmp_path):
     G = load_generator(run)
     assert G.n_classes == 10 and G.class_names == [str(i) for i in range(10)]
     assert "10 classes, 32x32 grayscale (stored 28x28, centre-cropped" in (run / "log.txt").read_text()
-    assert isinstance(G, Generator)
+    assert isinstance(G, TorchGenerator)
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from hetgan.config import DataConfig
 from hetgan.data import check_spec, colour_warning, describe_data, load_data, make_sampler
 from hetgan.data.images import MAX_IMAGE_PIXELS, LazyImages, decode_files, list_image_files
 from hetgan.errors import DataError
-from hetgan.training import train
+from hetgan.training.loop import train
 from tests.conftest import benchmark_module, run_benchmark
 
 
@@ -501,7 +501,7 @@ def test_stream_loader_needs_a_folder():
 
 
 def test_training_on_a_streamed_folder_equals_training_on_the_decoded_one(tmp_path):
-    from hetgan.training import Trainer
+    from hetgan.training.trainer import Trainer
     from tests.conftest import assert_train_alike, tiny_config
 
     folder = digit_folder(tmp_path / "f")

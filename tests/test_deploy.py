@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 import hetgan
-from hetgan.artifact import load_generator, save_generator
+from hetgan.artifact import save_generator
 from hetgan.cli import main
 from hetgan.deploy import export as E
+from hetgan.deploy.load import load_generator
 from hetgan.deploy.rewrite import SubPixelConv, SubPixelOutput, for_inference, linear_from_deconv
 from hetgan.deploy.runtimes import OnnxRuntimeGenerator, OpenVINOGenerator
 from hetgan.errors import CheckpointError, ConfigError, ExportError, HetganError
@@ -71,7 +72,7 @@ def test_onnx_metadata_says_what_the_file_is(tmp_path, digits_npz):
 
 
 def test_run_directory_exports_carry_its_name(tmp_path, tiny):
-    run = hetgan.train(tiny, out=tmp_path / "00003-tiny", progress=False)
+    run = hetgan.train(tiny, out=tmp_path / "00003-tiny", progress=False).run_dir
     assert main(["export", "--run", str(run), "--format", "onnx", "--out", str(tmp_path / "x" / "g.onnx")]) == 0
     assert load_generator(tmp_path / "x" / "g.onnx").run_id == "00003-tiny"
 
@@ -109,7 +110,7 @@ def test_two_subpixel_stages_as_one_output_stage_are_the_same_function(c_out, bi
 
 
 def test_inference_copy_of_a_dcgan_generator_is_the_same_function(tmp_path, digits_npz):
-    G = load_generator(artifact(tmp_path, digits_npz, "dcgan", "npz", 1, 32)).G
+    G = load_generator(artifact(tmp_path, digits_npz, "dcgan", "npz", 1, 32)).net
     fast = for_inference(G)
     assert not any(isinstance(m, nn.ConvTranspose2d) and m.out_channels == 1 for m in fast.modules())
     assert isinstance(fast.first[0], nn.Linear) and isinstance(fast.first[1], nn.ReLU)  # BN folded into it
@@ -259,7 +260,7 @@ def test_fp16_weights_halve_the_ir_and_stay_close(tmp_path, digits_npz):
 
 
 def test_sample_and_eval_with_a_backend_match_torch(tmp_path, capsys):
-    run = hetgan.train(tiny_config("mnist5k"), out=tmp_path / "run", progress=False)
+    run = hetgan.train(tiny_config("mnist5k"), out=tmp_path / "run", progress=False).run_dir
     E.export(load_generator(run), "onnx", tmp_path / "g.onnx")
     outs = {}
     for name, args in {

@@ -32,7 +32,7 @@ from hetgan.errors import CheckpointError, ConfigError, HetganError
 from hetgan.losses import build_loss
 from hetgan.presets import get_preset
 from hetgan.shard import Shard
-from hetgan.training import train
+from hetgan.training.loop import train
 from hetgan.training.rundir import write_config
 from hetgan.training.trainer import Trainer
 from tests.conftest import GPU, ROOT, benchmark_module, tiny_config
@@ -408,9 +408,9 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_auto_starts_a_run_then_continues_it(tiny, tmp_path):
-    full = weights(train(tiny, out=tmp_path / "full", progress=False))
+    full = weights(train(tiny, out=tmp_path / "full", progress=False).run_dir)
     tiny.train.kimg = 0.08
-    run = train(tiny, out=tmp_path / "auto", resume="auto", progress=False)  # new: started
+    run = train(tiny, out=tmp_path / "auto", resume="auto", progress=False).run_dir  # new: started
     tiny.train.kimg = 0.16
     train(tiny, out=run, resume="auto", progress=False)  # has a checkpoint: continued
     assert "resumed from" in (run / "log.txt").read_text()
@@ -418,7 +418,7 @@ def test_resume_auto_starts_a_run_then_continues_it(tiny, tmp_path):
 
 
 def test_resume_auto_restarts_a_run_killed_before_its_first_checkpoint_from_step_zero(tiny, tmp_path):
-    fresh = weights(train(tiny, out=tmp_path / "fresh", progress=False))
+    fresh = weights(train(tiny, out=tmp_path / "fresh", progress=False).run_dir)
     run = tmp_path / "killed"  # what a run killed before its first checkpoint leaves
     (run / "samples").mkdir(parents=True)
     write_config(run, tiny)

@@ -11,17 +11,18 @@ from torch import nn
 
 import hetgan
 from hetgan.accel import restored_backend_flags
-from hetgan.artifact import load_generator
 from hetgan.cli import main
 from hetgan.config import DataConfig
 from hetgan.data import load_data
+from hetgan.deploy.load import load_generator
 from hetgan.errors import DataError, HetganError
 from hetgan.eval import metrics as M
-from hetgan.eval.evalnet import embed_in_batches, load_evalnet, save_evalnet, train_evalnet
+from hetgan.eval.evalnet import embed_in_batches, fit_evalnet, load_evalnet, save_evalnet
 from hetgan.eval.score import Evaluator, evaluate
 from hetgan.report.html import build_report
-from hetgan.training import Trainer, train
+from hetgan.training.loop import train
 from hetgan.training.monitor import Monitor, rank
+from hetgan.training.trainer import Trainer
 from tests.conftest import CHROMIUM, CHROMIUM_FLAGS, GPU, strict_loads, tiny_config
 
 
@@ -30,7 +31,7 @@ def trained_digits_run(tmp_path_factory):
     """A tiny run on the bundled digits with evaluation during training, trained once (about 14 s)."""
     cfg = tiny_config("mnist5k")
     cfg.train.kimg, cfg.train.eval_kimg, cfg.train.eval_n = 0.08, 0.04, 200
-    return train(cfg, out=tmp_path_factory.mktemp("digits") / "run", progress=False)
+    return train(cfg, out=tmp_path_factory.mktemp("digits") / "run", progress=False).run_dir
 
 
 @pytest.fixture
@@ -107,7 +108,7 @@ def test_eval_on_a_gpu_agrees_with_the_cpu(digits_run, tmp_path):
 def test_evalnet_trains_on_a_gpu_and_saves_from_the_cpu(tmp_path):
     data = load_data(DataConfig(spec="mnist5k"))
     data.images, data.labels = data.images[::4], data.labels[::4]
-    net = train_evalnet(data, epochs=3, held_out_per_class=10, device="cuda")
+    net = fit_evalnet(data, epochs=3, held_out_per_class=10, device="cuda")
     assert next(net.parameters()).device.type == "cpu" and net.cfg.held_out_accuracy > 0.8  # 0.96-0.98 on the CPU
     assert load_evalnet(save_evalnet(net, tmp_path / "e.safetensors")).cfg == net.cfg
 
@@ -133,14 +134,14 @@ def test_features_are_computed_in_full_fp32_and_the_flags_restored():
 
 
 def test_eval_on_2d_run_reports_modes(tmp_path, capsys):
-    run = train(tiny_config("ring8", arch="mlp"), out=tmp_path / "r", progress=False)
+    run = train(tiny_config("ring8", arch="mlp"), out=tmp_path / "r", progress=False).run_dir
     assert main(["eval", "--run", str(run)]) == 0
     out = capsys.readouterr().out
     assert "modes_captured" in out and "modes_total        8" in out and "2500" in out
 
 
 def test_eval_without_feature_net_says_how_to_get_one(tiny, tmp_path, capsys):
-    run = train(tiny, out=tmp_path / "r", progress=False)
+    run = train(tiny, out=tmp_path / "r", progress=False).run_dir
     assert main(["eval", "--run", str(run), "--n", "50"]) == 2
     assert "hetgan evalnet train --data npz:" in capsys.readouterr().err
 
@@ -148,7 +149,7 @@ def test_eval_without_feature_net_says_how_to_get_one(tiny, tmp_path, capsys):
 def test_evalnet_train_any_labelled_data(digits_npz, tmp_path, caplog):
     data = load_data(DataConfig(spec="mnist5k"))
     data.images, data.labels = data.images[::8], data.labels[::8]  # 625 digits, all classes
-    net = train_evalnet(data, epochs=1, held_out_per_class=5)
+    net = fit_evalnet(data, epochs=1, held_out_per_class=5)
     assert net.cfg.held_out_count == 50 and 0.1 <= net.cfg.held_out_accuracy <= 1.0
     loaded = load_evalnet(save_evalnet(net, tmp_path / "e.safetensors"))
     x = torch.rand(3, 1, 32, 32) * 2 - 1
@@ -171,7 +172,7 @@ def test_a_feature_network_no_better_than_guessing_is_flagged(tmp_path, monkeypa
     data.images, data.labels = data.images[::50], data.labels[::50]  # 100 digits, 10 of each
     monkeypatch.setattr(evalnet, "accuracy", lambda *args: 0.2)  # 2 of 10 held out: within 2 SE of 0.1
     with caplog.at_level("WARNING", logger="hetgan"):
-        net = train_evalnet(data, epochs=1, held_out_per_class=5)
+        net = fit_evalnet(data, epochs=1, held_out_per_class=5)
     assert "held-out accuracy 0.2000 is no better than guessing (0.1000 for 10 classes" in caplog.text
     config = tiny_config("mnist5k")
     config.train.evalnet = str(save_evalnet(net, tmp_path / "e.safetensors"))
@@ -198,20 +199,19 @@ def test_eval_during_training_needs_its_feature_network_before_the_run_begins(ti
 
     monkeypatch.setattr("hetgan.eval.score.load_data", load_data_again)
     cfg = tiny_config("mnist5k", kimg=0.04, eval_kimg=0.04, eval_n=100)
-    assert (train(cfg, out=tmp_path / "d", progress=False) / "best.json").is_file()
+    assert (train(cfg, out=tmp_path / "d", progress=False).run_dir / "best.json").is_file()
 
 
 def test_a_finished_run_resumed_with_evaluation_computes_no_features(digits_run, monkeypatch):
     """The real images' features are computed at the first evaluation, not when the evaluator is
     made: resuming a finished run (nothing to do) spends nothing on them."""
     from hetgan.eval import score
-    from hetgan.training import run_training
 
     calls = []
     real_features = score.real_features
     monkeypatch.setattr(score, "real_features", lambda *a: calls.append(1) or real_features(*a))
-    assert run_training(resume=digits_run, progress=False).already_done and calls == []
-    assert run_training(resume=digits_run, overrides=["train.kimg=0.12"], progress=False).kimg == pytest.approx(0.12)
+    assert train(resume=digits_run, progress=False).already_done and calls == []
+    assert train(resume=digits_run, overrides=["train.kimg=0.12"], progress=False).kimg == pytest.approx(0.12)
     assert calls == [1]  # once, for the evaluation at 0.12 kimg
 
 
@@ -235,17 +235,17 @@ def test_evalnet_on_a_small_dataset_holds_out_a_fifth_of_the_smallest_class(tmp_
 
     data = load_data(DataConfig(spec=f"folder:{tmp_path / 'd'}", on_bad_image="skip"))
     with pytest.raises(HetganError, match="epochs=0: train for at least 1 epoch"):
-        train_evalnet(data, epochs=0)
+        fit_evalnet(data, epochs=0)
     data.images, data.labels = data.images[9:], data.labels[9:]  # class c0 keeps 1 image
     with pytest.raises(DataError, match="class c0 has 1 image; every class needs at least 2"):
-        train_evalnet(data, epochs=1)
+        fit_evalnet(data, epochs=1)
 
 
 def test_eval_of_a_run_uses_the_feature_network_it_trained_with(tiny, digits_npz, tmp_path, capsys):
     evalnet = tmp_path / "e.safetensors"
     assert main(["evalnet", "train", "--data", f"npz:{digits_npz}", "--out", str(evalnet), "--epochs", "1"]) == 0
     tiny.train.evalnet = str(evalnet)
-    run = train(tiny, out=tmp_path / "r", progress=False)
+    run = train(tiny, out=tmp_path / "r", progress=False).run_dir
     capsys.readouterr()
     assert main(["eval", "--run", str(run), "--n", "50"]) == 0
     assert f"feature space: evalnet {evalnet}" in capsys.readouterr().out
@@ -363,7 +363,7 @@ def test_best_json_is_strict_and_an_inf_best_survives_a_resume(tiny, tmp_path):
 def test_eval_json_of_a_lost_2d_generator_is_strict(tmp_path):
     """An untrained 2-D generator has no high-quality sample: its reverse KL is inf, null in the file."""
     cfg = tiny_config("ring8", arch="mlp", kimg=0.008)
-    run = train(cfg, out=tmp_path / "r", progress=False)
+    run = train(cfg, out=tmp_path / "r", progress=False).run_dir
     out = tmp_path / "m.json"
     assert main(["eval", "--run", str(run), "--json", str(out)]) == 0
     assert strict_loads(out.read_text())["reverse_kl"] is None

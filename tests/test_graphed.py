@@ -10,10 +10,10 @@ import torch
 
 from hetgan.errors import ConfigError
 from hetgan.models.layers import SpectralNorm
-from hetgan.training import Trainer
 from hetgan.training.checkpoint import flatten_optimizer
 from hetgan.training.graphed import WARMUP_STEPS
-from hetgan.training.trainer import StepResult
+from hetgan.training.step import StepResult
+from hetgan.training.trainer import Trainer
 from tests.conftest import GPU, tiny_config
 
 STEPS = WARMUP_STEPS + 5  # warm-up, the captured step, then replays
@@ -211,13 +211,13 @@ def test_gpu_captured_run_resumed_from_its_run_directory_goes_on_as_the_whole_ru
     again), ends where the uninterrupted run ends."""
     from safetensors.torch import load_file
 
-    from hetgan.training import train
+    from hetgan.training.loop import train
 
     tiny.accel.device, tiny.accel.optimizer_impl, tiny.accel.cuda_graphs = "cuda", "fused", True
     tiny.accel.channels_last, tiny.optim.lr_decay, tiny.optim.decay_end_kimg = True, "linear", tiny.train.kimg
-    full = load_file(str(train(tiny, out=tmp_path / "full", progress=False) / "generator.safetensors"))
+    full = load_file(str(train(tiny, out=tmp_path / "full", progress=False).run_dir / "generator.safetensors"))
     tiny.train.kimg /= 2
-    part = train(tiny, out=tmp_path / "part", progress=False)
+    part = train(tiny, out=tmp_path / "part", progress=False).run_dir
     train(resume=part, overrides=[f"train.kimg={2 * tiny.train.kimg}"], progress=False)
     resumed = load_file(str(part / "generator.safetensors"))
     for name in full:

@@ -74,7 +74,7 @@ def test_evaluate_in_inception_space(weights, tmp_path):
     np.savez(npz, images=rng.integers(0, 256, (12, 28, 28), dtype=np.uint8))
     cfg = tiny_config(f"npz:{npz}")
     cfg.train.kimg = 0.016
-    G = hetgan.load_generator(hetgan.train(cfg, out=tmp_path / "run", progress=False))
+    G = hetgan.load_generator(hetgan.train(cfg, out=tmp_path / "run", progress=False).run_dir)
     _, path = weights
     r = evaluate(G, n=10, metrics=("fid",), inception=path)  # the fewest evaluate takes
     assert "InceptionV3 pool3" in r["feature_space"] and r["n_real"] == 12

@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
-from hetgan.artifact import load_generator
 from hetgan.cli import main
 from hetgan.config import TrainConfig
+from hetgan.deploy.load import load_generator
 from hetgan.errors import ConfigError
 from hetgan.losses import pack
 from hetgan.models import MODELS, build_models
@@ -134,8 +134,8 @@ def test_resnet_runs_from_before_its_layer_list_resume_exactly(tmp_path):
     assert main(["train", "--resume", str(run), "--kimg", "0.016", "--no-progress"]) == 0
     resumed = load_generator(run / "generator.safetensors")
     uninterrupted = load_generator(fixture / "uninterrupted.safetensors")
-    assert "net.7.weight" in resumed.G.state_dict()
-    for (name, a), b in zip(resumed.G.state_dict().items(), uninterrupted.G.state_dict().values(), strict=True):
+    assert "net.7.weight" in resumed.net.state_dict()
+    for (name, a), b in zip(resumed.net.state_dict().items(), uninterrupted.net.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from hetgan.bench.layers import layer_table, network_tables
+from hetgan.benchmarking.layers import layer_table, network_tables
 from hetgan.cli import main
 from hetgan.errors import ConfigError
 from hetgan.models import build_models
@@ -16,7 +16,7 @@ from hetgan.placement import (
     resolve_device,
     split_network,
 )
-from hetgan.training import Trainer
+from hetgan.training.trainer import Trainer
 from tests.conftest import GPU, assert_train_alike, run_benchmark
 
 
@@ -135,7 +135,7 @@ def test_layer_table_counts_each_layer_by_hand(tiny):
 def test_layers_plans_a_split_for_devices_this_machine_lacks(tiny):
     """With a stage spec the table shows each layer's device and what crosses each boundary per
     batch, checked for form only, so a GPU split can be planned on a laptop."""
-    from hetgan.bench.layers import format_layers
+    from hetgan.benchmarking.layers import format_layers
 
     rows = network_tables(tiny)["D"][1]
     text = format_layers("D", "Discriminator", rows, spec="0-4@cuda:1,5-@cpu", batch=8)
@@ -147,7 +147,7 @@ def test_layers_plans_a_split_for_devices_this_machine_lacks(tiny):
 
 
 def test_layer_table_says_when_a_network_cannot_be_split(capsys):
-    from hetgan.bench.layers import format_layers
+    from hetgan.benchmarking.layers import format_layers
 
     assert layer_table(nn.Linear(2, 2), torch.zeros(1, 2)) is None
     assert format_layers("G", "my.Net", None) == "G (my.Net): no `net` layer list, so it cannot be split into stages"

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 import hetgan
-from hetgan.artifact import load_generator, save_generator
+from hetgan.artifact import save_generator
+from hetgan.benchmarking.inference import layer_kernels
 from hetgan.cli import main
-from hetgan.deploy.bench import layer_kernels
+from hetgan.deploy.load import load_generator
 from hetgan.deploy.quantize import CALIBRATION_SEED, quantize
 from hetgan.deploy.runtimes import cpu_threads
 from hetgan.errors import ExportError, HetganError
@@ -27,7 +28,7 @@ def digits_generator(tmp_path_factory):
     cfg.model.width, cfg.model.z_dim = 16, 32
     cfg.train.batch_size, cfg.train.kimg, cfg.train.snapshot_kimg = 32, 3.2, 3.2
     cfg.loss.name, cfg.optim.g_lr, cfg.optim.d_lr = "hinge", 1e-3, 1e-3
-    return hetgan.train(cfg.validate(), out=tmp_path_factory.mktemp("q") / "run", progress=False)
+    return hetgan.train(cfg.validate(), out=tmp_path_factory.mktemp("q") / "run", progress=False).run_dir
 
 
 def test_openvino_int8_keeps_quality_and_records_it(digits_generator, tmp_path):
@@ -42,7 +43,7 @@ def test_openvino_int8_keeps_quality_and_records_it(digits_generator, tmp_path):
     recorded = json.loads(G8.metadata["quantization"])
     assert recorded["calibration"] == {"n": 256, "seed": CALIBRATION_SEED, "batch": 16, "law": "N(0, 1)"}
     assert "NNCF" in recorded["method"] and json.loads(G8.metadata["quality"]) == q
-    fp32_bytes = 4 * sum(p.numel() for p in G.G.parameters())
+    fp32_bytes = 4 * sum(p.numel() for p in G.net.parameters())
     assert (tmp_path / "g8.bin").stat().st_size < 0.4 * fp32_bytes  # int8 weights: about a quarter
     # The same z gives nearly the same images, not just the same statistics.
     a, b = G.sample(64, seed=9), G8.sample(64, seed=9)

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from hetgan.presets import get_preset
-from hetgan.training import TrainResult
+from hetgan.training.loop import TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hetgan.artifact import load_generator, save_generator
+from hetgan.artifact import save_generator
+from hetgan.deploy.load import load_generator
 from hetgan.models import build_models
-from hetgan.sampling import to_uint8
-from hetgan.serve.server import bind_warning
+from hetgan.sample_files import to_uint8
+from hetgan.serving.server import bind_warning
 from tests.conftest import CHROMIUM, CHROMIUM_FLAGS, run_benchmark, tiny_config
 
 
@@ -293,7 +294,7 @@ def test_the_generator_threads_run_below_the_event_loop(wide):
 def test_a_handler_that_fails_gets_a_500_that_is_counted_and_logged(small, caplog):
     """Guard's own call of the queued endpoints' handlers (past FastAPI, which would otherwise
     answer an unexpected exception): a 500 with a message, in the metrics, in the log."""
-    from hetgan.serve.app import Guard, Metrics
+    from hetgan.serving.app import Guard, Metrics
 
     async def broken(request):
         raise RuntimeError("a bug")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from hetgan.errors import HetganError
-from hetgan.serve.batcher import Batcher, Draw, lower_priority, other_threads
-from hetgan.serve.server import check_threads, serving_streams
+from hetgan.serving.batcher import Batcher, Draw, lower_priority, other_threads
+from hetgan.serving.server import check_threads, serving_streams
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
 
@@ -109,7 +109,7 @@ def test_other_threads_are_every_thread_but_the_caller():
 FAULTS = """
 import resource, sys
 import numpy as np
-from hetgan.serve.server import hold_freed_memory
+from hetgan.serving.server import hold_freed_memory
 held = sys.argv[1] == "hold" and hold_freed_memory()
 x = np.ones((256, 1, 32, 32), np.float32)  # a batch's output: 1 MiB
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

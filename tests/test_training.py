@@ -10,15 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hetgan.artifact import load_generator
 from hetgan.config import OptimConfig, load_yaml
+from hetgan.deploy.load import load_generator
 from hetgan.errors import CheckpointError, HetganError, TrainingDiverged
 from hetgan.presets import PRESETS
 from hetgan.report.html import build_report
-from hetgan.training import Trainer, loop, run_training, train
+from hetgan.training import loop
 from hetgan.training.checkpoint import list_checkpoints, load_latest_checkpoint
+from hetgan.training.loop import train
 from hetgan.training.rundir import run_lock
-from hetgan.training.trainer import flag_needs_host, lr_scale
+from hetgan.training.trainer import Trainer, flag_needs_host, lr_scale
 from tests.conftest import strict_loads, tiny_config
 
 
@@ -27,7 +28,7 @@ def weights(run_dir):
 
 
 def test_run_directory_layout(tiny, tmp_path):
-    run = train(tiny, out=tmp_path / "run", progress=False)
+    run = train(tiny, out=tmp_path / "run", progress=False).run_dir
     assert (run / "config.yaml").is_file() and (run / "log.txt").is_file()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records and {"step", "kimg", "loss_d", "loss_g", "d_real", "d_fake", "img_per_s"} <= set(records[0])
@@ -39,7 +40,7 @@ def test_run_directory_layout(tiny, tmp_path):
 
 
 def test_api_prints_nothing_and_run_training_reports_the_outcome(tiny, tmp_path, capsys):
-    result = run_training(tiny, out=tmp_path / "run", progress=False)
+    result = train(tiny, out=tmp_path / "run", progress=False)
     assert capsys.readouterr().out == ""  # a library call leaves stdout to its caller
     assert result.stopped_by is None and result.steps == 20 and result.kimg == pytest.approx(0.16)  # 160 / batch 8
     assert "training finished" in result.summary() and str(result.run_dir / "generator.safetensors") in result.summary()
@@ -50,14 +51,14 @@ def test_api_prints_nothing_and_run_training_reports_the_outcome(tiny, tmp_path,
 def test_resuming_a_finished_run_changes_nothing(tiny, tmp_path):
     """A finished run resumed without a larger train.kimg (or with a smaller one) is left as it
     is: its config.yaml still says what it trained, and its outputs are not written again."""
-    run = train(tiny, out=tmp_path / "run", progress=False)
+    run = train(tiny, out=tmp_path / "run", progress=False).run_dir
     files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "log.txt"}
     for overrides in ([], ["train.kimg=0.08"]):
-        result = run_training(resume=run, overrides=overrides, progress=False)
+        result = train(resume=run, overrides=overrides, progress=False)
         assert result.already_done and result.steps == 20 and "nothing to do" in result.summary()
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "log.txt"} == files
     assert "is finished at 0.2 kimg (train.kimg=0.08): nothing to do" in (run / "log.txt").read_text()
-    result = run_training(resume=run, overrides=["train.kimg=0.24"], progress=False)  # extending still trains
+    result = train(resume=run, overrides=["train.kimg=0.24"], progress=False)  # extending still trains
     assert not result.already_done and result.steps == 30
 
 
@@ -75,7 +76,7 @@ def test_a_run_killed_while_finishing_is_finished_by_its_resume(tiny, tmp_path, 
     run = tmp_path / "run"
     assert (run / "samples" / "final.png").is_file() and not (run / "generator.safetensors").exists()
     monkeypatch.undo()
-    result = run_training(resume=run, progress=False)
+    result = train(resume=run, progress=False)
     assert not result.already_done and result.stopped_by is None and result.steps == 20
     assert (run / "generator.safetensors").is_file() and (run / "plots" / "losses.png").is_file()
     assert "done: 20 steps" in (run / "log.txt").read_text()
@@ -100,7 +101,7 @@ def test_a_signal_while_finishing_waits_for_the_final_outputs(tiny, tmp_path, mo
     monkeypatch.setattr(loop, "make_plots", interrupted)
     previous = signal.signal(signal.SIGINT, before_training)
     try:
-        result = run_training(tiny, out=tmp_path / "run", progress=False)
+        result = train(tiny, out=tmp_path / "run", progress=False)
     finally:
         signal.signal(signal.SIGINT, previous)
     assert result.stopped_by is None and "training finished" in result.summary()
@@ -109,10 +110,10 @@ def test_a_signal_while_finishing_waits_for_the_final_outputs(tiny, tmp_path, mo
 
 def test_resuming_with_another_network_names_the_checkpoint_and_keeps_the_run(tiny, tmp_path):
     tiny.train.kimg = 0.04
-    run = train(tiny, out=tmp_path / "run", progress=False)
+    run = train(tiny, out=tmp_path / "run", progress=False).run_dir
     config = (run / "config.yaml").read_text()
     with pytest.raises(CheckpointError, match=r"checkpoints/step-\d+: the checkpoint's G does not fit"):
-        run_training(resume=run, overrides=["model.width=8"], allow_config_change=True, progress=False)
+        train(resume=run, overrides=["model.width=8"], allow_config_change=True, progress=False)
     assert (run / "config.yaml").read_text() == config
 
 
@@ -129,15 +130,15 @@ def test_run_directory_is_never_overwritten(tiny, tmp_path):
 def test_numbered_run_dirs(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tiny.train.kimg = 0.016
-    assert train(tiny, progress=False).name == "00000-tiny"
-    assert train(tiny, progress=False).name == "00001-tiny"
+    assert train(tiny, progress=False).run_dir.name == "00000-tiny"
+    assert train(tiny, progress=False).run_dir.name == "00001-tiny"
 
 
 def test_same_seed_same_weights_other_seed_differs(tiny, tmp_path):
-    a = weights(train(tiny, out=tmp_path / "a", progress=False))
-    b = weights(train(tiny, out=tmp_path / "b", progress=False))
+    a = weights(train(tiny, out=tmp_path / "a", progress=False).run_dir)
+    b = weights(train(tiny, out=tmp_path / "b", progress=False).run_dir)
     tiny.seed += 1
-    c = weights(train(tiny, out=tmp_path / "c", progress=False))
+    c = weights(train(tiny, out=tmp_path / "c", progress=False).run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
@@ -148,9 +149,9 @@ def test_resume_in_process_equals_uninterrupted(digits_npz, tmp_path, arch, spec
     cfg = tiny_config(spec, arch=arch)
     cfg.loss.name = loss
     cfg.loss.n_critic = 2 if loss == "wgan-gp" else 1
-    full = weights(train(cfg, out=tmp_path / "full", progress=False))
+    full = weights(train(cfg, out=tmp_path / "full", progress=False).run_dir)
     cfg.train.kimg = 0.08
-    part = train(cfg, out=tmp_path / "part", progress=False)
+    part = train(cfg, out=tmp_path / "part", progress=False).run_dir
     train(resume=part, overrides=["train.kimg=0.16"], progress=False)
     resumed = weights(part)
     assert all(torch.equal(full[k], resumed[k]) for k in full)
@@ -158,7 +159,7 @@ def test_resume_in_process_equals_uninterrupted(digits_npz, tmp_path, arch, spec
 
 def test_resume_refuses_other_config_unless_told(tiny, tmp_path):
     tiny.train.kimg = 0.04
-    run = train(tiny, out=tmp_path / "r", progress=False)
+    run = train(tiny, out=tmp_path / "r", progress=False).run_dir
     with pytest.raises(CheckpointError, match=r"optim.g_lr: checkpoint 0.0002, now 0.001"):
         train(resume=run, overrides=["optim.g_lr=0.001", "train.kimg=0.08"], progress=False)
     train(
@@ -179,7 +180,7 @@ def test_a_run_stores_its_paths_absolute_and_resumes_from_anywhere(digits_npz, t
     monkeypatch.chdir(digits_npz.parent)
     cfg = tiny_config("npz:digits.npz", kimg=0.08)
     cfg.train.evalnet = "nets/features.safetensors"  # not loaded: no evaluation during this run
-    run = train(cfg, out=tmp_path / "run", progress=False)
+    run = train(cfg, out=tmp_path / "run", progress=False).run_dir
     saved = load_yaml(run / "config.yaml")
     assert saved.data.spec == f"npz:{digits_npz}" and cfg.data.spec == "npz:digits.npz"  # the caller's is kept
     assert saved.train.evalnet == str(digits_npz.parent / "nets" / "features.safetensors")
@@ -187,10 +188,10 @@ def test_a_run_stores_its_paths_absolute_and_resumes_from_anywhere(digits_npz, t
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert run_training(resume=run, overrides=["train.kimg=0.16"], progress=False).kimg == pytest.approx(0.16)
+    assert train(resume=run, overrides=["train.kimg=0.16"], progress=False).kimg == pytest.approx(0.16)
     monkeypatch.chdir(digits_npz.parent)
     overrides = ["train.kimg=0.24", "data.spec=npz:digits.npz"]
-    assert run_training(resume=run, overrides=overrides, progress=False).kimg == pytest.approx(0.24)
+    assert train(resume=run, overrides=overrides, progress=False).kimg == pytest.approx(0.24)
 
 
 def test_a_run_with_relative_paths_from_before_resumes_from_its_directory(digits_npz, tmp_path, monkeypatch):
@@ -200,9 +201,9 @@ def test_a_run_with_relative_paths_from_before_resumes_from_its_directory(digits
     monkeypatch.chdir(digits_npz.parent)
     with monkeypatch.context() as old_version:
         old_version.setattr(loop, "with_absolute_paths", lambda cfg: cfg)
-        run = train(tiny_config("npz:digits.npz", kimg=0.08), out=tmp_path / "run", progress=False)
+        run = train(tiny_config("npz:digits.npz", kimg=0.08), out=tmp_path / "run", progress=False).run_dir
     assert "spec: npz:digits.npz" in (run / "config.yaml").read_text()
-    assert run_training(resume=run, overrides=["train.kimg=0.16"], progress=False).kimg == pytest.approx(0.16)
+    assert train(resume=run, overrides=["train.kimg=0.16"], progress=False).kimg == pytest.approx(0.16)
     assert load_yaml(run / "config.yaml").data.spec == f"npz:{digits_npz}"
 
 
@@ -221,12 +222,12 @@ def test_a_checkpoint_from_before_a_config_field_existed_resumes(digits_npz, tmp
     cfg = tiny_config(f"npz:{digits_npz}", arch="mlp", kimg=0.08)  # a D that could run joint
     with monkeypatch.context() as old_version:
         old_version.setattr(trainer_module, "to_dict", as_before)
-        run = train(cfg, out=tmp_path / "run", progress=False)
+        run = train(cfg, out=tmp_path / "run", progress=False).run_dir
     _, _, meta = load_latest_checkpoint(run / "checkpoints")
     assert "batch_layout" not in meta["config"]["accel"]
     with pytest.raises(CheckpointError, match=r"accel.batch_layout: checkpoint 'separate', now 'joint'"):
-        run_training(resume=run, overrides=["train.kimg=0.16", "accel.batch_layout=joint"], progress=False)
-    assert run_training(resume=run, overrides=["train.kimg=0.16"], progress=False).kimg == pytest.approx(0.16)
+        train(resume=run, overrides=["train.kimg=0.16", "accel.batch_layout=joint"], progress=False)
+    assert train(resume=run, overrides=["train.kimg=0.16"], progress=False).kimg == pytest.approx(0.16)
 
 
 @pytest.mark.parametrize("shape", ["linear", "cosine"])
@@ -418,13 +419,13 @@ def test_a_run_whose_set_up_fails_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_a_run_being_written_cannot_be_resumed_a_second_time(tiny, tmp_path):
     """A second `train --resume` of a run that a live process is writing is refused, and
     leaves the run as it was; once the first one has let go, the resume goes ahead."""
-    run = train(tiny, out=tmp_path / "run", progress=False)
+    run = train(tiny, out=tmp_path / "run", progress=False).run_dir
     metrics = (run / "metrics.jsonl").read_text()
     with run_lock(run):  # as a `train` in another process holds it
         with pytest.raises(HetganError, match=r"being written by another `hetgan train` \(pid \d+ on "):
             train(resume=run, overrides=["train.kimg=0.24"], progress=False)
     assert (run / "metrics.jsonl").read_text() == metrics
-    assert run_training(resume=run, overrides=["train.kimg=0.24"], progress=False).kimg == pytest.approx(0.24)
+    assert train(resume=run, overrides=["train.kimg=0.24"], progress=False).kimg == pytest.approx(0.24)
 
 
 def test_a_file_system_without_locks_trains_unguarded(tmp_path, monkeypatch, caplog):
@@ -445,15 +446,15 @@ def prefetch_threads():
 
 
 def test_train_bench_and_tune_leave_no_loader_thread_behind(tiny, tmp_path):
-    from hetgan.bench.bench import run_bench
-    from hetgan.bench.tune import Candidate, autotune
+    from hetgan.benchmarking.training import bench
+    from hetgan.benchmarking.tune import Candidate, tune
 
     tiny.data.loader = "prefetch"
     train(tiny, out=tmp_path / "run", progress=False)
     assert not prefetch_threads()
-    run_bench(tiny, seconds=0.2, rounds=1, textbook=False)
+    bench(tiny, seconds=0.2, rounds=1, textbook=False)
     assert not prefetch_threads()
-    autotune(tiny, seconds=0.2, rounds=2, candidates=[Candidate("plain"), Candidate("t1", ["accel.threads=1"])])
+    tune(tiny, seconds=0.2, rounds=2, candidates=[Candidate("plain"), Candidate("t1", ["accel.threads=1"])])
     assert not prefetch_threads()
     t = Trainer(tiny)
     t.step()
@@ -492,7 +493,7 @@ def test_every_preset_trains_a_few_steps(preset, tmp_path):
     if preset == "resnet_cifar10":  # CIFAR-10 itself is not shipped: an RGB npz of the same shape
         np.savez(tmp_path / "rgb.npz", images=np.random.default_rng(0).integers(0, 255, (64, 32, 32, 3), np.uint8))
         shrink.append(f"data.spec=npz:{tmp_path / 'rgb.npz'}")
-    run = train(apply_overrides(cfg, shrink), out=tmp_path / "run", progress=False)
+    run = train(apply_overrides(cfg, shrink), out=tmp_path / "run", progress=False).run_dir
     assert (run / "generator.safetensors").is_file()
     assert not any(json.loads(line)["nonfinite_total"] for line in (run / "metrics.jsonl").read_text().splitlines())
 
@@ -505,7 +506,7 @@ def test_every_run_ends_with_a_metrics_record(tiny, tmp_path):
     tiny.train.log_interval = 2
     for kimg, steps in ((0.008, 1), (0.024, 3)):
         tiny.train.kimg = kimg
-        run = train(tiny, out=tmp_path / f"run-{steps}", progress=False)
+        run = train(tiny, out=tmp_path / f"run-{steps}", progress=False).run_dir
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records] == list(range(2, steps, 2)) + [steps]
         assert records[-1]["img_per_s"] > 0 and "loss_d" in records[-1]
@@ -536,7 +537,7 @@ def test_tensorboard_gets_scalars_grids_and_evals(tmp_path):
 
     cfg = tiny_config("mnist5k")
     cfg.train.tensorboard, cfg.train.eval_kimg, cfg.train.eval_n = True, 0.08, 100
-    run = train(cfg, out=tmp_path / "run", progress=False)
+    run = train(cfg, out=tmp_path / "run", progress=False).run_dir
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
     scalars = events.Tags()["scalars"]
     assert {"train/loss_d", "train/loss_g", "train/d_acc", "eval/fid"} <= set(scalars)
@@ -545,7 +546,7 @@ def test_tensorboard_gets_scalars_grids_and_evals(tmp_path):
     assert len(events.Images("samples")) == 2  # a grid each 0.08 kimg
     assert not (tmp_path / "plain").exists()
     cfg.train.tensorboard = False
-    assert not (train(cfg, out=tmp_path / "plain", progress=False) / "tensorboard").exists()
+    assert not (train(cfg, out=tmp_path / "plain", progress=False).run_dir / "tensorboard").exists()
 
 
 def test_tensorboard_without_its_package_fails_the_set_up_and_leaves_no_run(tiny, tmp_path, monkeypatch):
@@ -560,8 +561,8 @@ def test_tensorboard_without_its_package_fails_the_set_up_and_leaves_no_run(tiny
 
 
 def test_overrides_apply_to_a_new_run_and_leave_the_callers_config(tiny, tmp_path):
-    """`hetgan.train(cfg, overrides=[...])` starts the run with them (they were once read on resume only)."""
-    run = train(tiny, tmp_path / "run", overrides=["train.kimg=0.04", "loss.name=hinge"], progress=False)
+    """`hetgan.train(cfg, overrides=[...]).run_dir` starts the run with them (they were once read on resume only)."""
+    run = train(tiny, tmp_path / "run", overrides=["train.kimg=0.04", "loss.name=hinge"], progress=False).run_dir
     saved = load_yaml(run / "config.yaml")
     assert saved.train.kimg == 0.04 and saved.loss.name == "hinge"
     assert tiny.train.kimg == 0.16 and tiny.loss.name == "bce"  # the caller's config is not changed

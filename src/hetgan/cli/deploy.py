@@ -1,0 +1,46 @@
+"""`hetgan export` and `quantize`: thin wrappers over `hetgan.export` and `hetgan.quantize`."""
+
+from __future__ import annotations
+
+import argparse
+
+import hetgan
+from hetgan.cli.common import add_source, source
+from hetgan.deploy.export import FORMATS
+from hetgan.errors import HetganError
+from hetgan.fileio import output_path
+
+
+def add(sub) -> None:
+    x = sub.add_parser("export", help="export a trained generator to ONNX or OpenVINO IR, verified against PyTorch")
+    add_source(x)
+    x.add_argument("--format", required=True, help="onnx (one .onnx file) or openvino (.xml + .bin)")
+    x.add_argument("--out", required=True, help="FILE.onnx or FILE.xml")
+    x.add_argument("--fp16-weights", action="store_true", help="openvino: store weights in fp16 (half the size)")
+    x.set_defaults(handler=run_export)
+
+    q = sub.add_parser("quantize", help="int8 of a trained generator, calibrated on its own z, quality measured")
+    add_source(q)
+    q.add_argument(
+        "--out", required=True, help="FILE.xml (OpenVINO + NNCF, int8 convolutions) or FILE.onnx (ONNX Runtime)"
+    )
+    q.add_argument("--calibration-n", type=int, default=512, help="z draws to calibrate on (default 512)")
+    q.add_argument("--quality-n", type=int, default=2000, help="samples to score int8 against fp32 (0: skip)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the scored samples")
+    q.add_argument("--evalnet", help="feature network for FID (default: the run's, or the digit classifier)")
+    q.set_defaults(handler=run_quantize)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if args.format not in FORMATS:
+        raise HetganError(f"--format {args.format}: unknown export format; valid: {', '.join(FORMATS)}")
+    out = output_path(args.out, "--out", "generator.onnx")
+    print(hetgan.export(source(args), args.format, out, args.fp16_weights).summary())
+    return 0
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    out = output_path(args.out, "--out", "generator-int8.xml")
+    result = hetgan.quantize(source(args), out, args.calibration_n, args.quality_n, args.seed, args.evalnet)
+    print(result.summary())
+    return 0

@@ -1,0 +1,243 @@
+"""`evaluate()`: score a generator against its real data; used by `hetgan eval` and training."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hetgan.config import MIN_EVAL_N, TrainConfig
+from hetgan.data import Mixture, load_data
+from hetgan.data.sources import Data, parse_spec
+from hetgan.deploy.load import generator_from
+from hetgan.errors import HetganError
+from hetgan.eval import metrics as M
+from hetgan.eval.evalnet import EvalNet, chance_warning, load_evalnet
+from hetgan.eval.inception import load_inception
+from hetgan.generator import SeededGenerator
+from hetgan.placement import resolve_device
+
+log = logging.getLogger("hetgan")
+IMAGE_METRICS = ("fid", "kid", "pr", "dc", "classes", "diversity")
+# Conditional generators only: "per_class" (the share of samples the feature network classifies as
+# the class asked for, FID per class) is on by default; "cas" (a classifier trained on samples,
+# tested on real images) trains a network, so it is asked for by name.
+CONDITIONAL_METRICS = ("per_class", "cas")
+CAS_EPOCHS = 8
+CAS_TEST_PER_CLASS = 100
+POINT_METRICS = ("modes",)
+DIGIT_SPECS = ("mnist5k", "mnist")
+MAX_REAL = 10_000  # real images embedded for the reference statistics
+
+
+def real_features(net: EvalNet, images_uint8: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Features of uint8 images [N, C, R, R], converted to [-1, 1] floats a batch at a time."""
+    batches = (images_uint8[i : i + batch_size] for i in range(0, len(images_uint8), batch_size))
+    return np.concatenate([net.embed(torch.from_numpy(b).float().div(127.5).sub(1))[0] for b in batches])
+
+
+def feature_net_for(config: TrainConfig, evalnet: str | Path | None, inception: str | Path | None = None):
+    """(network with `.embed` and `.cfg`, a description of its feature space). Without `evalnet`,
+    the one the run was trained with (`train.evalnet`), if any."""
+    if inception is not None:
+        if evalnet is not None:
+            raise HetganError("pass either an evalnet or Inception weights, not both")
+        return load_inception(inception), f"InceptionV3 pool3, 2048-d (FID Inception weights {inception})"
+    evalnet = evalnet or config.train.evalnet or None
+    if evalnet is not None:
+        net = load_evalnet(evalnet)
+        name = f"evalnet {evalnet}"
+    elif parse_spec(config.data.spec)[0] in DIGIT_SPECS and config.data.channels == 1:
+        net = load_evalnet()
+        name = "digits (bundled digit classifier)"
+    else:
+        raise HetganError(
+            f"no feature network for data {config.data.spec!r}: train one with "
+            f"`hetgan evalnet train --data {config.data.spec} --resolution {config.data.resolution} "
+            f"--channels {config.data.channels} --out evalnet.safetensors` "
+            "and pass it: `hetgan eval --evalnet evalnet.safetensors` (from Python: "
+            "`hetgan.evaluate(G, evalnet='evalnet.safetensors')`), or `--set train.evalnet=evalnet.safetensors` "
+            "for eval during training"
+        )
+    if net.cfg.channels != config.data.channels:
+        raise HetganError(f"the feature network takes {net.cfg.channels} channels, the data has {config.data.channels}")
+    space = f"{name}; penultimate layer, {net.cfg.feature_dim}-d; held-out accuracy {net.cfg.held_out_accuracy:.4f}"
+    if warning := chance_warning(net.cfg):
+        log.warning("%s", warning)
+        space += " (no better than guessing: metrics in it mean little)"
+    return net, space
+
+
+class Evaluator:
+    """Reference statistics of a config's real data, computed once, and scoring against them."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        evalnet=None,
+        seed: int = 0,
+        metrics: tuple[str, ...] | None = None,
+        inception: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        data: Data | None = None,
+    ):
+        self.data = load_data(config.data) if data is None else data  # a trainer passes its own
+        self.seed = seed
+        if isinstance(self.data, Mixture):
+            self.metrics = POINT_METRICS
+            return
+        # Inception's 1008 ImageNet classes say nothing about the data's classes.
+        valid = tuple(m for m in IMAGE_METRICS if not (inception and m == "classes"))
+        conditional = config.model.conditional
+        self.metrics = metrics or (valid + ("per_class",) if conditional and not inception else valid)
+        valid += CONDITIONAL_METRICS if conditional and not inception else ()  # they need the data's classes
+        unknown = set(self.metrics) - set(valid)
+        if unknown:
+            raise HetganError(
+                f"unknown metric(s) {sorted(unknown)} for images with this feature network; valid: {', '.join(valid)}"
+            )
+        self.net, self.space = feature_net_for(config, evalnet, inception)
+        self.net.to(resolve_device(str(device)))
+
+    @functools.cached_property
+    def real(self) -> np.ndarray:
+        """The real images' features, computed at the first scoring: a feature network that cannot
+        be had is an error when the evaluator is made, but a resumed run that turns out finished
+        (or a `train` that stops before its first evaluation) spends nothing on them."""
+        return real_features(self.net, self.data.images[self.real_order])
+
+    @functools.cached_property
+    def real_order(self) -> np.ndarray:
+        """The real images scored against, up to MAX_REAL, in a fixed random order."""
+        return np.random.default_rng(self.seed).permutation(len(self.data.images))[:MAX_REAL]
+
+    def __call__(self, G: SeededGenerator, n: int) -> dict:
+        if n < MIN_EVAL_N:
+            raise HetganError(
+                f"n={n}: too few samples to score; at least {MIN_EVAL_N}, and FID and KID are biased "
+                "below a few thousand (the default is 5000 images, 2500 points)"
+            )
+        # Samples and features are computed in full fp32 (SeededGenerator.sample_batches and the feature
+        # networks switch TF32 off): the generator's own numbers, whatever TF32 setting it trained under.
+        if isinstance(self.data, Mixture):
+            points = G.sample(n, seed=self.seed).numpy()
+            return {
+                "feature_space": "raw 2-D coordinates (PacGAN protocol)",
+                "n_generated": n,
+                "seed": self.seed,
+                **M.mode_metrics(points, self.data.modes, self.data.sigma),
+            }
+        # A batch of samples at a time into features: the n images are never held at once. A
+        # conditional G draws the classes in turn (SeededGenerator.labels).
+        parts = [self.net.embed(batch) for _, batch in G.sample_batches(n, seed=self.seed)]
+        fake, probs = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+        real, wanted = self.real, self.metrics
+        result: dict = {"feature_space": self.space, "n_generated": n, "n_real": len(real), "seed": self.seed}
+        if "fid" in wanted:
+            result["fid"] = M.fid(fake, real)
+        if "kid" in wanted:
+            result["kid"], result["kid_std"] = M.kid(fake, real, subset_size=min(1000, n, len(real)))
+        if "pr" in wanted:
+            result["precision"], result["recall"] = M.precision_recall(real, fake)
+        if "dc" in wanted:
+            result["density"], result["coverage"] = M.density_coverage(real, fake)
+        if "classes" in wanted:
+            result.update(M.class_histogram(probs, self.net.cfg.n_classes))
+        if "diversity" in wanted:
+            result["diversity"] = M.diversity(fake, real)
+        if "per_class" in wanted:
+            result.update(self.per_class(G, fake, probs, n))
+        if "cas" in wanted:
+            result.update(self.cas(G, n))
+        return result
+
+    def per_class(self, G: SeededGenerator, fake: np.ndarray, probs: np.ndarray, n: int) -> dict:
+        """How well a conditional G makes the class it is asked for: the share of its samples the
+        feature network classifies as that class (where the network has the data's classes), and
+        FID per class, each class's samples against its real images."""
+        y = G.labels(n).numpy()
+        result: dict = {}
+        if self.net.cfg.n_classes == G.n_classes:
+            result["class_accuracy"] = float((probs.argmax(1) == y).mean())
+            result["class_accuracy_per_class"] = {
+                name: float((probs[y == k].argmax(1) == k).mean()) for k, name in enumerate(G.class_names)
+            }
+        else:
+            log.warning(
+                "the feature network has %d classes and the generator %d: no class accuracy",
+                self.net.cfg.n_classes,
+                G.n_classes,
+            )
+        real_y = self.data.labels[self.real_order]
+        fids = {
+            name: M.fid(fake[y == k], self.real[real_y == k])
+            for k, name in enumerate(G.class_names)
+            if (y == k).sum() >= MIN_EVAL_N and (real_y == k).sum() >= MIN_EVAL_N
+        }
+        result["fid_per_class"] = fids
+        if fids:
+            result["fid_class_mean"] = float(np.mean(list(fids.values())))
+        return result
+
+    def cas(self, G: SeededGenerator, n: int) -> dict:
+        """Classification accuracy score (Ravuri & Vinyals 2019): a classifier of the feature
+        network's architecture trained on n labelled samples of G alone, tested on real images (a
+        fixed stratified split of the data; G trained on them too, unless it was trained without)."""
+        from hetgan.data import ImageData
+        from hetgan.eval.evalnet import accuracy, fit_evalnet, held_out_split
+        from hetgan.sample_files import sample_uint8
+
+        y = G.labels(n).numpy()
+        synthetic = ImageData(sample_uint8(G, n, self.seed + 1).transpose(0, 3, 1, 2).copy(), y, G.class_names, "G")
+        net = fit_evalnet(synthetic, epochs=CAS_EPOCHS, held_out_per_class=1, seed=self.seed)
+        _, test = held_out_split(self.data.labels, CAS_TEST_PER_CLASS, seed=self.seed)
+        x = torch.from_numpy(np.asarray(self.data.images[test])).float().div(127.5).sub(1)
+        return {"cas": accuracy(net, x, torch.from_numpy(self.data.labels[test])), "cas_test_n": len(test)}
+
+
+def evaluate(
+    source: str | Path | SeededGenerator,
+    n: int | None = None,
+    seed: int = 0,
+    metrics: tuple[str, ...] | None = None,
+    evalnet=None,
+    inception: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    backend: str | None = None,
+    threads: int | None = None,
+) -> dict:
+    """Metrics of n samples (drawn with `seed`) against the generator's own training data (`hetgan eval`).
+
+    Args:
+        source: a run directory, a generator.safetensors, an exported .onnx/.xml, or a generator
+            from `hetgan.load_generator`.
+        n: samples to score (default 5000 images, 2500 points for 2-D data).
+        metrics: a subset of fid, kid, pr, dc, classes, diversity (images); default all that apply.
+        evalnet: the feature space: a file from `hetgan evalnet train` (default: the run's
+            train.evalnet, or the bundled digit classifier); `inception`: standard FID in
+            InceptionV3 features, weights from this local file (never downloaded).
+        device: where G (torch) and the feature network run, in full fp32; `backend`, `threads`:
+            what runs G when `source` is a path (see `hetgan.load_generator`).
+
+    Returns:
+        A dict: `feature_space`, `n_generated`, and each metric (fid, kid, precision, recall,
+        density, coverage, ...; for 2-D data modes, high_quality, reverse_kl).
+
+    Raises:
+        HetganError: a metric that does not apply, too few samples, a missing feature network.
+
+    Example:
+        >>> hetgan.evaluate("runs/00000-dcgan_mnist", n=2000)["fid"]
+    """
+    G = generator_from(source, device, backend, threads)
+    if n is None:
+        n = default_eval_n(G)
+    return Evaluator(G.config, evalnet, seed, metrics, inception, device)(G, n)
+
+
+def default_eval_n(G) -> int:
+    """5000 samples of images, 2500 of 2-D points (PacGAN's protocol)."""
+    return 2500 if len(G.shape) == 1 else 5000
