@@ -45,7 +45,7 @@ def child(args: argparse.Namespace) -> None:
             while time.perf_counter() - start < args.seconds:
                 trainer.step()
                 steps += 1
-            trainer.settle()
+            trainer.count_skipped()
             elapsed, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
             window = {
                 "ms_per_step": 1000 * elapsed / steps,

@@ -55,7 +55,7 @@ def main() -> None:
     try:
         for _ in range(args.steps):  # warm-up: compilation, capture, cuDNN autotuning
             trainer.step()
-        trainer.settle()
+        trainer.count_skipped()
         if cuda:
             torch.cuda.synchronize(device)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -63,7 +63,7 @@ def main() -> None:
         with profile(activities=activities) as prof:
             for _ in range(args.steps):
                 trainer.step()
-            trainer.settle()
+            trainer.count_skipped()
             if cuda:
                 torch.cuda.synchronize(device)
         wall_ms = 1000 * (time.perf_counter() - start) / args.steps

@@ -59,7 +59,7 @@ def main() -> None:
         trainer = Trainer(cfg)
         try:
             speed = steady_img_per_s(trainer, args.seconds, warmup_steps=8)
-            trainer.settle()
+            trainer.count_skipped()
             if not all(torch.isfinite(p).all() for p in trainer.G_ema.parameters()):
                 raise RuntimeError("G_ema has non-finite weights")
             print(f"{name:<70}{speed:>10.0f}  {time.perf_counter() - start - args.seconds:.0f} s")

@@ -47,7 +47,7 @@ def test_parts_of_a_global_batch_cover_it_once():
     parts = [Shard(r, 3).part(t) for r in range(3)]
     assert torch.equal(torch.cat(parts), t)
     # A joint batch: the real half and the fake half, each split over the ranks.
-    joint = [Shard(r, 3).part(t, segments=2) for r in range(3)]
+    joint = [Shard(r, 3).part(t, parts=2) for r in range(3)]
     assert torch.equal(joint[1][:, 0], torch.tensor([4, 6, 16, 18]))
     assert torch.equal(Shard(0, 1).part(t), t)
 

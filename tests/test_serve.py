@@ -292,9 +292,9 @@ def test_the_generator_threads_run_below_the_event_loop(wide):
 
 
 def test_a_handler_that_fails_gets_a_500_that_is_counted_and_logged(small, caplog):
-    """Guard's own call of the queued endpoints' handlers (past FastAPI, which would otherwise
+    """RequestGate's own call of the queued endpoints' handlers (past FastAPI, which would otherwise
     answer an unexpected exception): a 500 with a message, in the metrics, in the log."""
-    from hetgan.serving.app import Guard, Metrics
+    from hetgan.serving.app import Metrics, RequestGate
 
     async def broken(request):
         raise RuntimeError("a bug")
@@ -306,7 +306,7 @@ def test_a_handler_that_fails_gets_a_500_that_is_counted_and_logged(small, caplo
         full, depth = False, 0
 
     metrics = Metrics(lambda: 0)
-    guard = Guard(not_here, None, metrics, Idle(), fast={"/v1/generate": broken})
+    guard = RequestGate(not_here, None, metrics, Idle(), fast={"/v1/generate": broken})
     sent = []
 
     async def receive():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hetgan.errors import HetganError
-from hetgan.serving.batcher import Batcher, Draw, lower_priority, other_threads
+from hetgan.serving.batcher import Batcher, LatentDraw, lower_priority, other_threads
 from hetgan.serving.server import check_threads, serving_streams
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
@@ -235,7 +235,7 @@ def test_a_one_piece_draw_is_drawn_in_the_worker_and_a_longer_one_once_in_the_lo
             drawn.append((name, threading.get_native_id() == loop_thread))
             return np.arange(n * 2, dtype=np.float32).reshape(n, 2) + (100 if name == "long" else 0)
 
-        return Draw(n, draw)
+        return LatentDraw(n, draw)
 
     outs = run_batcher(lambda z, y: z * 2, [draw_as("short", 3), draw_as("long", 10)], max_batch=4, max_wait=0.05)
     assert sorted(drawn) == [("long", True), ("short", False)]  # each drawn once: the long one in the loop
@@ -251,8 +251,8 @@ def test_a_failing_draw_fails_only_its_request():
         batcher = Batcher(lambda z, y: z + 1, max_batch=8, max_wait=0.5)
         batcher.start()
         tasks = [
-            asyncio.create_task(batcher.submit(Draw(2, lambda: np.zeros((2, 3), np.float32)))),
-            asyncio.create_task(batcher.submit(Draw(2, bad))),  # the same batch
+            asyncio.create_task(batcher.submit(LatentDraw(2, lambda: np.zeros((2, 3), np.float32)))),
+            asyncio.create_task(batcher.submit(LatentDraw(2, bad))),  # the same batch
         ]
         outs = await asyncio.gather(*tasks, return_exceptions=True)
         await batcher.stop()

@@ -325,7 +325,7 @@ def test_fused_adam_skips_on_the_device_as_the_host_check_does(tiny, precision):
     assert torch.is_tensor(results[0].nonfinite["G"]) and results[1].nonfinite["G"] is True
     assert results[0].skipped == results[1].skipped == ["D", "G"]
     assert on_device.nonfinite_total == 0  # not counted until settled
-    on_device.settle()
+    on_device.count_skipped()
     assert (on_device.nonfinite_in_row, on_device.nonfinite_total) == (on_host.nonfinite_in_row, 4) == (4, 4)
     for a, b in [
         (params(on_device.G, on_device.G_ema, on_device.D), params(on_host.G, on_host.G_ema, on_host.D)),
@@ -348,7 +348,7 @@ def test_a_step_counts_as_nonfinite_when_any_critic_phase_was(tiny, impl):
     d_steps = t.opt_D.state_dict()["state"][0]["step"].item()
     poison_next_batches(t, 1)
     result = t.step()
-    t.settle()
+    t.count_skipped()
     assert result.skipped == ["D"] and t.nonfinite_total == 1
     assert t.opt_D.state_dict()["state"][0]["step"].item() == d_steps + 1  # the second D phase updated
 
@@ -368,7 +368,7 @@ def test_fused_adam_step_never_reads_a_tensor_on_the_host(tiny, monkeypatch):
             m.setattr(torch.Tensor, name, no_sync)
         results = [t.step() for _ in range(3)]
     assert len(t._unsettled) == 4 and t.step_count == 4
-    t.settle()
+    t.count_skipped()
     assert not t._unsettled and all(r.skipped == [] for r in results)
     assert set(results[0].floats()) >= {"loss_d", "loss_g"}
 

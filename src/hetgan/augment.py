@@ -30,44 +30,44 @@ def parse_policy(text: str) -> tuple[str, ...]:
 
 
 def augment(
-    x: torch.Tensor, policy: tuple[str, ...], gen: torch.Generator, shard: Shard = WHOLE, segments: int = 1
+    x: torch.Tensor, policy: tuple[str, ...], gen: torch.Generator, shard: Shard = WHOLE, parts: int = 1
 ) -> torch.Tensor:
     """Apply each transform of `policy` to images [B, C, H, W] (this rank's part of a global batch
-    of `segments` equal parts, see Shard.part); other shapes pass through."""
+    of `parts` equal parts, see Shard.part); other shapes pass through."""
     if x.dim() != 4:
         return x
-    draw = Draw(gen, shard, segments)
+    draw = AugmentDraws(gen, shard, parts)
     for name in policy:
         x = translation(x, draw) if name == "translation" else cutout(x, draw)
     return x
 
 
-class Draw:
+class AugmentDraws:
     """Integers drawn per image of the global batch from the run's generator; this rank's part."""
 
-    def __init__(self, gen: torch.Generator, shard: Shard = WHOLE, segments: int = 1) -> None:
-        self.gen, self.shard, self.segments = gen, shard, segments
+    def __init__(self, gen: torch.Generator, shard: Shard = WHOLE, parts: int = 1) -> None:
+        self.gen, self.shard, self.parts = gen, shard, parts
 
     def randint(self, low: int, high: int, B: int, device: torch.device) -> torch.Tensor:
         """[B, 1, 1] integers in [low, high) on `device`, for this rank's B images."""
         g = self.gen
         values = torch.randint(low, high, (B * self.shard.world, 1, 1), generator=g, device=g.device)
-        return self.shard.part(values, self.segments).to(device)
+        return self.shard.part(values, self.parts).to(device)
 
     def uniform(self, B: int, device: torch.device) -> torch.Tensor:
         """[B, 1, 1] draws from U[0, 1) on `device`, for this rank's B images."""
         g = self.gen
         values = torch.rand(B * self.shard.world, 1, 1, generator=g, device=g.device)
-        return self.shard.part(values, self.segments).to(device)
+        return self.shard.part(values, self.parts).to(device)
 
     def normal(self, B: int, device: torch.device) -> torch.Tensor:
         """[B, 1, 1] draws from N(0, 1) on `device`, for this rank's B images."""
         g = self.gen
         values = torch.randn(B * self.shard.world, 1, 1, generator=g, device=g.device)
-        return self.shard.part(values, self.segments).to(device)
+        return self.shard.part(values, self.parts).to(device)
 
 
-def translation(x: torch.Tensor, draw: Draw, ratio: float = 0.125) -> torch.Tensor:
+def translation(x: torch.Tensor, draw: AugmentDraws, ratio: float = 0.125) -> torch.Tensor:
     """Shift each image by up to `ratio` of its size, filling with -1 (black)."""
     B, C, H, W = x.shape
     sh, sw = int(H * ratio + 0.5), int(W * ratio + 0.5)
@@ -80,7 +80,7 @@ def translation(x: torch.Tensor, draw: Draw, ratio: float = 0.125) -> torch.Tens
     return padded[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous(memory_format=_format(x))  # [B, C, H, W]
 
 
-def cutout(x: torch.Tensor, draw: Draw, ratio: float = 0.5) -> torch.Tensor:
+def cutout(x: torch.Tensor, draw: AugmentDraws, ratio: float = 0.5) -> torch.Tensor:
     """Set one random square of `ratio` of the size per image to 0 (mid grey)."""
     B, C, H, W = x.shape
     ch, cw = int(H * ratio + 0.5), int(W * ratio + 0.5)
@@ -117,12 +117,12 @@ class AdaptiveAugment:
         self.rt: float | None = None  # the last r_t, for the log
         self._signs: list[torch.Tensor] = []
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator, shard: Shard = WHOLE, segments: int = 1) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, gen: torch.Generator, shard: Shard = WHOLE, parts: int = 1) -> torch.Tensor:
         """x [B, C, H, W] in [-1, 1] with each transform applied to each image with probability p.
         The draws are made whatever p is, so the run's random stream does not depend on it."""
         if x.dim() != 4:
             return x
-        draw = Draw(gen, shard, segments)
+        draw = AugmentDraws(gen, shard, parts)
         B = len(x)
         for name in ADA_TRANSFORMS:
             on = (draw.uniform(B, x.device) < self.p).to(x.dtype)  # [B, 1, 1]: 1 where it applies
@@ -153,29 +153,29 @@ class AdaptiveAugment:
         self._signs = [torch.tensor(s) for s in state.get("signs", [])]
 
 
-def xflip(x: torch.Tensor, draw: Draw, on: torch.Tensor) -> torch.Tensor:
+def xflip(x: torch.Tensor, draw: AugmentDraws, on: torch.Tensor) -> torch.Tensor:
     return torch.lerp(x, x.flip(3), on)
 
 
-def ada_translation(x: torch.Tensor, draw: Draw, on: torch.Tensor) -> torch.Tensor:
+def ada_translation(x: torch.Tensor, draw: AugmentDraws, on: torch.Tensor) -> torch.Tensor:
     """An integer shift of up to 1/8 of the size (DiffAugment's), where `on`."""
     shifted = translation(x, draw)
     return torch.lerp(x, shifted, on)
 
 
-def brightness(x: torch.Tensor, draw: Draw, on: torch.Tensor) -> torch.Tensor:
+def brightness(x: torch.Tensor, draw: AugmentDraws, on: torch.Tensor) -> torch.Tensor:
     """Add b ~ N(0, 0.2) to every pixel (ADA's brightness)."""
     return x + draw.normal(len(x), x.device)[:, :, :, None].to(x.dtype) * 0.2 * on
 
 
-def contrast(x: torch.Tensor, draw: Draw, on: torch.Tensor) -> torch.Tensor:
+def contrast(x: torch.Tensor, draw: AugmentDraws, on: torch.Tensor) -> torch.Tensor:
     """Scale around the image's mean by c ~ lognormal(0, 0.5 ln 2)."""
     c = torch.exp2(draw.normal(len(x), x.device)[:, :, :, None].to(x.dtype) * 0.5)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return torch.lerp(x, (x - mean) * c + mean, on)
 
 
-def saturation(x: torch.Tensor, draw: Draw, on: torch.Tensor) -> torch.Tensor:
+def saturation(x: torch.Tensor, draw: AugmentDraws, on: torch.Tensor) -> torch.Tensor:
     """Scale colour around each pixel's grey by s ~ lognormal(0, ln 2); grayscale images keep theirs."""
     s = torch.exp2(draw.normal(len(x), x.device)[:, :, :, None].to(x.dtype))
     if x.shape[1] != 3:
@@ -184,7 +184,7 @@ def saturation(x: torch.Tensor, draw: Draw, on: torch.Tensor) -> torch.Tensor:
     return torch.lerp(x, (x - grey) * s + grey, on)
 
 
-def ada_cutout(x: torch.Tensor, draw: Draw, on: torch.Tensor) -> torch.Tensor:
+def ada_cutout(x: torch.Tensor, draw: AugmentDraws, on: torch.Tensor) -> torch.Tensor:
     return torch.lerp(x, cutout(x, draw), on)
 
 

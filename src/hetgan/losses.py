@@ -40,12 +40,12 @@ class GANLoss:
         self.shard = shard  # this rank's part of the global batch: random draws are made for all of it
         self.trains_d = True  # D has a phase (not so for a student distilled without D)
 
-    def logits(self, D: nn.Module, x: torch.Tensor, augmented: bool = True, segments: int = 1) -> torch.Tensor:
-        """D's logits for x (`segments` equal parts, as Shard.part has them), seen through the
+    def logits(self, D: nn.Module, x: torch.Tensor, augmented: bool = True, parts: int = 1) -> torch.Tensor:
+        """D's logits for x (`parts` equal parts, as Shard.part has them), seen through the
         augmentation policy (unless `augmented` is False) and packed."""
         if augmented:
-            x = augment(x, self.augment, self.generator, self.shard, segments)
-            x = self.ada(x, self.generator, self.shard, segments) if self.ada else x
+            x = augment(x, self.augment, self.generator, self.shard, parts)
+            x = self.ada(x, self.generator, self.shard, parts) if self.ada else x
         logits = D(pack(x, self.pack))
         # Objectives and penalties in fp32 (or float64) whatever precision D ran in.
         return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
@@ -57,7 +57,7 @@ class GANLoss:
         over both (fewer, larger products; the augmentation draws for both at once)."""
         if not self.joint:
             return self.logits(D, real, augmented), self.logits(D, fake, augmented)
-        both = self.logits(D, torch.cat([real, fake]), augmented, segments=2)
+        both = self.logits(D, torch.cat([real, fake]), augmented, parts=2)
         n = len(real) // self.pack  # judgements of real samples; a pack never mixes the two
         return both[:n], both[n:]
 

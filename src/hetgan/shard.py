@@ -20,13 +20,13 @@ class Shard:
     rank: int = 0
     world: int = 1
 
-    def part(self, t: torch.Tensor, segments: int = 1) -> torch.Tensor:
-        """This rank's rows of `t`, drawn for the global batch. A batch made of `segments` equal
+    def part(self, t: torch.Tensor, parts: int = 1) -> torch.Tensor:
+        """This rank's rows of `t`, drawn for the global batch. A batch made of `parts` equal
         parts (the real and the fake half of a joint batch) gives this rank's rows of each."""
         if self.world == 1:
             return t
-        rows = t.shape[0] // (segments * self.world)
-        return t.reshape(segments, self.world, rows, *t.shape[1:])[:, self.rank].reshape(-1, *t.shape[1:])
+        rows = t.shape[0] // (parts * self.world)
+        return t.reshape(parts, self.world, rows, *t.shape[1:])[:, self.rank].reshape(-1, *t.shape[1:])
 
     def local_batch(self, batch_size: int, pack: int = 1) -> int:
         """The rows of a global batch of `batch_size` this rank computes on; a ConfigError if they

@@ -39,7 +39,7 @@ from hetgan.deploy.load import generator_from
 from hetgan.errors import HetganError
 from hetgan.generator import slerp
 from hetgan.serving import require
-from hetgan.serving.batcher import Batcher, Draw, QueueFull, lower_priority, other_threads
+from hetgan.serving.batcher import Batcher, LatentDraw, QueueFull, lower_priority, other_threads
 from hetgan.serving.limits import ServeLimits
 
 fastapi = require("fastapi")
@@ -198,7 +198,7 @@ def encoder(fmt: str, G, seed_info: dict, ncol: int | None = None) -> Callable[[
     return encode
 
 
-class Guard:
+class RequestGate:
     """Plain ASGI middleware in front of every request (starlette's BaseHTTPMiddleware costs a
     task and a stream per request): the token check, the status and latency metrics, and a 503 at
     once when the queue is already full, before the body is read. Under overload that keeps the
@@ -291,7 +291,7 @@ class Service:
         self.ready = True
         log.info("warmed up: %d generator calls at batch %d; ready", limits.warmup, limits.max_batch)
 
-    async def run(self, z: np.ndarray | Draw, label, encode: Callable[[np.ndarray], Response]) -> Response:
+    async def run(self, z: np.ndarray | LatentDraw, label, encode: Callable[[np.ndarray], Response]) -> Response:
         """`encode(samples)` for z, of classes `label` (one, or one per code) where G is
         conditional; encoded in the batcher's worker (see `Batcher.submit`). Or the error."""
         try:
@@ -324,7 +324,7 @@ class Service:
         if req.n > limits.max_n:
             return error(413, f"n={req.n} is over this server's limit of {limits.max_n} samples per request")
         info = {"n": req.n, "seed": req.seed, "truncation": req.truncation}
-        z = Draw(req.n, lambda: G.latent(req.n, req.seed, req.truncation).numpy())
+        z = LatentDraw(req.n, lambda: G.latent(req.n, req.seed, req.truncation).numpy())
         return await self.run(z, req.label, encoder(req.format, G, info))
 
     async def interpolate(self, request: Request):
@@ -408,7 +408,7 @@ def create_app(
     # Outside FastAPI's own middleware stack, so that a request refused here (401, or 503 when the
     # queue is full) costs none of it: under overload the refusals are most of the traffic.
     fast = {"/v1/generate": service.generate, "/v1/interpolate": service.interpolate}
-    return Guard(app, token, service.metrics, service.batcher, fast)
+    return RequestGate(app, token, service.metrics, service.batcher, fast)
 
 
 ENDPOINTS = ("/", "/healthz", "/readyz", "/v1/generate", "/v1/interpolate", "/v1/model", "/metrics")

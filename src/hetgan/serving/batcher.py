@@ -8,7 +8,7 @@ service turns a batch into uint8 images at once, not request by request on the e
 hands each piece its own rows.
 A request therefore gets its seed's samples whatever it was batched with.
 
-A request of one piece may come as a `Draw` instead of its codes: the worker draws them just
+A request of one piece may come as a `LatentDraw` instead of its codes: the worker draws them just
 before its batch runs, so that the event loop does not (torch releases the GIL in the draw, and
 the loop then waits to get it back from the workers).
 
@@ -74,7 +74,7 @@ class QueueFull(Exception):
 
 
 @dataclass(frozen=True)
-class Draw:
+class LatentDraw:
     """A request's latent codes, to be drawn in the batch's worker: `draw()` -> z [n, z_dim] float32."""
 
     n: int
@@ -85,8 +85,10 @@ class Draw:
 
 
 @dataclass
-class Piece:
-    z: np.ndarray | Draw  # [k, z_dim] float32, k <= max_batch, or a Draw of them
+class BatchItem:
+    """Up to max_batch rows of one request, queued to be merged with others into a generator call."""
+
+    z: np.ndarray | LatentDraw  # [k, z_dim] float32, k <= max_batch, or a LatentDraw of them
     future: asyncio.Future
     y: np.ndarray | None = None  # [k] int64 class indices, for a conditional generator
     encode: Callable[[np.ndarray], object] | None = None  # what the request gets of its rows, made in the worker
@@ -114,11 +116,11 @@ class Batcher:
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
         self.on_batch = on_batch  # (samples, seconds) after each generator call, for metrics; in the loop
         self.workers, self.nice = workers, nice
-        self.queue: queue.Queue[Piece | None] = queue.Queue(maxsize=max_queue)  # None: a worker's stop
+        self.queue: queue.Queue[BatchItem | None] = queue.Queue(maxsize=max_queue)  # None: a worker's stop
         self.loop: asyncio.AbstractEventLoop | None = None
         self.threads: list[threading.Thread] = []
         self.gathering = threading.Lock()  # one worker gathers a batch at a time
-        self.carry: list[Piece | None] = []  # taken from the queue, too big for the batch it was taken for
+        self.held_over: list[BatchItem | None] = []  # taken from the queue, too big for the batch it was taken for
 
     @property
     def depth(self) -> int:
@@ -149,10 +151,10 @@ class Batcher:
             await asyncio.to_thread(thread.join)
         self.threads = []
 
-    async def submit(self, z: np.ndarray | Draw, y: np.ndarray | None = None, encode: Callable | None = None):
+    async def submit(self, z: np.ndarray | LatentDraw, y: np.ndarray | None = None, encode: Callable | None = None):
         """Samples for codes z [n, z_dim] (of classes y [n], for a conditional generator), in
         order, or `encode(samples)` where given: for a request of one piece the worker calls it,
-        so that encoding (an npz, a PNG) is not the event loop's work. z may be a `Draw`: the
+        so that encoding (an npz, a PNG) is not the event loop's work. z may be a `LatentDraw`: the
         worker draws the codes of a request of one piece; those of a longer one are drawn here, all
         at once, and cut. Raises QueueFull when its pieces do not fit."""
         starts = range(0, len(z), self.max_batch)
@@ -161,13 +163,13 @@ class Batcher:
         if self.queue.maxsize - self.queue.qsize() < len(starts):
             raise QueueFull(f"{self.queue.qsize()} of {self.queue.maxsize} queue places taken")
         one = len(starts) == 1
-        if isinstance(z, Draw) and not one:
+        if isinstance(z, LatentDraw) and not one:
             z = z.draw()
         futures = []
         whole = encode if one else None  # several pieces: encoded here once joined
         for i in starts:
             part = slice(i, i + self.max_batch)
-            piece = Piece(z if one else z[part], self.loop.create_future(), None if y is None else y[part], whole)
+            piece = BatchItem(z if one else z[part], self.loop.create_future(), None if y is None else y[part], whole)
             self.queue.put_nowait(piece)
             futures.append(piece.future)
         try:
@@ -194,9 +196,9 @@ class Batcher:
                 for _ in batch:
                     self.queue.task_done()
 
-    def _next_batch(self) -> list[Piece] | None:
+    def _next_batch(self) -> list[BatchItem] | None:
         """The next batch's pieces, or None when the worker is to stop."""
-        first = self.carry.pop() if self.carry else self.queue.get()
+        first = self.held_over.pop() if self.held_over else self.queue.get()
         if first is None:
             return None
         batch, size = [first], len(first.z)
@@ -207,13 +209,13 @@ class Batcher:
             except queue.Empty:
                 break
             if piece is None or size + len(piece.z) > self.max_batch:
-                self.carry.append(piece)  # it starts the next batch (or stops the next worker)
+                self.held_over.append(piece)  # it starts the next batch (or stops the next worker)
                 break
             batch.append(piece)
             size += len(piece.z)
         return batch
 
-    def _run(self, batch: list[Piece]) -> None:
+    def _run(self, batch: list[BatchItem]) -> None:
         live = [p for p in batch if not p.future.cancelled()]  # a read: the loop may cancel meanwhile
         live, codes = self._drawn(live)
         if not live:
@@ -236,13 +238,13 @@ class Batcher:
             results.append(self._encoded(piece, rows))
         self.loop.call_soon_threadsafe(self._hand_out, live, results, seconds, len(out))
 
-    def _drawn(self, pieces: list[Piece]) -> tuple[list[Piece], list[np.ndarray]]:
+    def _drawn(self, pieces: list[BatchItem]) -> tuple[list[BatchItem], list[np.ndarray]]:
         """The pieces whose codes are at hand or could be drawn, and those codes; a piece whose
         draw raised fails on its own, not the batch."""
         drawn, codes = [], []
         for piece in pieces:
             try:
-                codes.append(piece.z.draw() if isinstance(piece.z, Draw) else piece.z)
+                codes.append(piece.z.draw() if isinstance(piece.z, LatentDraw) else piece.z)
             except Exception as e:
                 self.loop.call_soon_threadsafe(self._fail, [piece], e)
                 continue
@@ -250,7 +252,7 @@ class Batcher:
         return drawn, codes
 
     @staticmethod
-    def _encoded(piece: Piece, rows: np.ndarray) -> tuple[bool, object]:
+    def _encoded(piece: BatchItem, rows: np.ndarray) -> tuple[bool, object]:
         """(True, what the piece's request gets) or (False, the exception encoding raised)."""
         if piece.encode is None:
             return True, rows
@@ -259,7 +261,7 @@ class Batcher:
         except Exception as e:  # that request fails, not the batch
             return False, e
 
-    def _hand_out(self, pieces: list[Piece], results: list, seconds: float, samples: int) -> None:
+    def _hand_out(self, pieces: list[BatchItem], results: list, seconds: float, samples: int) -> None:
         if self.on_batch:
             self.on_batch(samples, seconds)
         for piece, (ok, value) in zip(pieces, results, strict=True):
@@ -271,7 +273,7 @@ class Batcher:
                 piece.future.set_exception(value)
 
     @staticmethod
-    def _fail(pieces: list[Piece], error: Exception) -> None:
+    def _fail(pieces: list[BatchItem], error: Exception) -> None:
         for piece in pieces:
             if not piece.future.done():
                 piece.future.set_exception(error)

@@ -273,14 +273,14 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
                 elapsed, timer = time.perf_counter() - timer, time.perf_counter()
                 img_s = cfg.train.log_interval * (trainer.nimg - before) / elapsed
                 logged_nimg = trainer.nimg
-                trainer.settle()
+                trainer.count_skipped()
                 record = log_metrics(trainer, result.floats(), img_s, metrics, bar)
                 if main:
                     monitor.check_record(record)
             maintain(trainer, run_dir, before, monitor, metrics)
             if monitor.alarms:
                 bar.set_description(f"ALARM x{len(monitor.alarms)} (see log)")
-        trainer.settle()
+        trainer.count_skipped()
         if trainer.nimg > logged_nimg:  # steps since the last log line (all of a short run's): their record
             img_s = (trainer.nimg - logged_nimg) / (time.perf_counter() - timer)
             record = log_metrics(trainer, result.floats(), img_s, metrics, bar)

@@ -7,7 +7,7 @@ phases: `n_critic` D steps, then one G step that reuses the last D step's genera
 A phase whose loss is non-finite is skipped (no weight, optimiser or EMA update). With fused Adam
 that decision is taken on the device (the optimiser's `found_inf`, as GradScaler uses it), so a
 step never waits for the device: losses stay tensors until they are logged, and the non-finite
-count is settled when it is read, at most every `SETTLE_EVERY` steps.
+count is taken when it is read, at most every `COUNT_EVERY` steps.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from hetgan.version import __version__
 
 log = logging.getLogger("hetgan")
 
-SETTLE_EVERY = 256  # steps whose non-finite flags may wait on the device before they are counted
+COUNT_EVERY = 256  # steps whose non-finite flags may wait on the device before they are counted
 
 
 def flag_needs_host(flag_device: torch.device, readers: set[torch.device]) -> bool:
@@ -142,7 +142,7 @@ class Trainer:
         self.saved_step = -1  # step of the newest committed checkpoint
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
-        self._unsettled: list[tuple[int, StepResult]] = []  # steps not yet counted by settle()
+        self._uncounted: list[tuple[int, StepResult]] = []  # steps not yet counted by count_skipped()
 
     def _make_scalers(self) -> None:
         """fp16 loss scaling on each network's own device (its loss is moved there to be scaled)."""
@@ -206,9 +206,9 @@ class Trainer:
             self.iterate(result)
         self._adapt_augmentation(result)
         self.step_count += 1
-        self._unsettled.append((self.step_count, result))
-        if not self.skip_on_device or len(self._unsettled) >= SETTLE_EVERY:
-            self.settle()
+        self._uncounted.append((self.step_count, result))
+        if not self.skip_on_device or len(self._uncounted) >= COUNT_EVERY:
+            self.count_skipped()
         return result
 
     def _adapt_augmentation(self, result: StepResult) -> None:
@@ -372,12 +372,12 @@ class Trainer:
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
             b_ema.copy_(b)
 
-    def settle(self) -> None:
+    def count_skipped(self) -> None:
         """Count the non-finite steps not yet counted (reading device-side flags waits for the
         device); raise TrainingDiverged once max_nonfinite_steps come in a row."""
-        unsettled, self._unsettled = self._unsettled, []
+        uncounted, self._uncounted = self._uncounted, []
         limit = self.cfg.train.max_nonfinite_steps
-        for step, result in unsettled:
+        for step, result in uncounted:
             if not result.skipped:
                 self.nonfinite_in_row = 0
                 continue
@@ -411,7 +411,7 @@ class Trainer:
         return {name: s for name, s in (("scaler_G", self.scaler_G), ("scaler_D", self.scaler_D)) if s}
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        self.settle()  # the counts go into the checkpoint, and a diverged run saves none
+        self.count_skipped()  # the counts go into the checkpoint, and a diverged run saves none
         tensors: dict[str, torch.Tensor] = {}
         for name in ("G", "D", "G_ema"):
             for k, v in getattr(self, name).state_dict().items():
