@@ -2,7 +2,7 @@
 # Every GPU measurement issue 4 asks for, in one go (about 11 minutes on one H100), with each
 # output kept under OUTDIR. Run from the repository root in an environment where `import torch`
 # sees a CUDA GPU and hetgan's dependencies are installed (pip install -e . without --deps works
-# when torch is already there; on a machine with no network, PYTHONPATH=. with a `python` whose
+# when torch is already there; on a machine with no network, PYTHONPATH=src with a `python3` whose
 # torch sees the GPU, as the device tool's H100 ran it):
 #     bash benchmarks/gpu_suite.sh OUTDIR
 # Then copy the numbers, the GPU's name and the date into benchmarks/RESULTS.md.
@@ -35,6 +35,7 @@ steps=" ${STEPS:-tests throughput bench knobs placement} "
 [ "${TESTS:-1}" = 1 ] || steps=${steps/ tests / }
 want() { [[ $steps == *" $1 "* ]]; }
 width=${WIDTH:-64}
+py=${PYTHON:-python3}  # the interpreter whose torch runs the suite (the tests pass their own)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 status=0
@@ -49,7 +50,7 @@ run() {  # run one step, keep its output, remember a failure and go on with the 
     fi
 }
 if [[ $device == cuda* ]]; then
-    python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible to torch')" || exit 2
+    "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible to torch')" || exit 2
     nvidia-smi >"$out/nvidia-smi.txt" 2>&1
     graphs=(--set accel.cuda_graphs=true --set accel.compile=true)  # tune's choice at batch 64 on an H100
 else
@@ -57,11 +58,11 @@ else
 fi
 # The GPU-only tests (skipped on CPU machines), so a pass here is what counts for them.
 if want tests; then
-    run gpu_tests python -m pytest -q -m gpu tests
+    run gpu_tests "$py" -m pytest -q -m gpu tests
 fi
 # >= 5x the textbook loop on the same GPU at batch 64 (and what tune picks there).
 if want throughput; then
-    run train_throughput python benchmarks/train_throughput.py --device "$device" --rounds "$rounds" \
+    run train_throughput "$py" benchmarks/train_throughput.py --device "$device" --rounds "$rounds" \
         --seconds "$secs" --tune-seconds "$tune_secs" --width "$width"
 fi
 # >= 25 % of the measured bf16 matrix peak at the best batch, each batch in a process of its own (a
@@ -69,49 +70,49 @@ fi
 # as wide at the largest batch.
 if want bench; then
     for batch in $batches; do
-        run "bench_bf16_b$batch" python -m hetgan bench --preset dcgan_textbook --batch "$batch" \
+        run "bench_bf16_b$batch" "$py" -m hetgan bench --preset dcgan_textbook --batch "$batch" \
             --seconds "$secs" --no-textbook --device "$device" --set model.width="$width" \
             --set accel.precision=bf16 --set accel.optimizer_impl=fused "${graphs[@]}" \
             --json "$out/bench_bf16_b$batch.json"
     done
-    run bench_bf16_wide python -m hetgan bench --preset dcgan_textbook --batch "${batch:?}" --seconds "$secs" \
+    run bench_bf16_wide "$py" -m hetgan bench --preset dcgan_textbook --batch "${batch:?}" --seconds "$secs" \
         --no-textbook --device "$device" --set model.width="$((2 * width))" --set accel.precision=bf16 \
         --set accel.optimizer_impl=fused "${graphs[@]}" --json "$out/bench_bf16_wide.json"
 fi
 # What each knob set is worth on its own at the first batch size (one window each).
 if want knobs; then
-    run step_knobs python benchmarks/step_knobs.py --device "$device" --batch "${batches%% *}" \
+    run step_knobs "$py" benchmarks/step_knobs.py --device "$device" --batch "${batches%% *}" \
         --width "$width" --seconds "$secs"
 fi
 if want knobs_large; then
-    run step_knobs_large python benchmarks/step_knobs.py --device "$device" --batch "${batches##* }" \
+    run step_knobs_large "$py" benchmarks/step_knobs.py --device "$device" --batch "${batches##* }" \
         --width "$width" --seconds "$secs"
 fi
 if want profile; then  # eager kernels (a replayed graph hides its launches, not its kernels' time)
-    run profile python benchmarks/profile_step.py --device "$device" --batch "${batches##* }" --width "$width" \
+    run profile "$py" benchmarks/profile_step.py --device "$device" --batch "${batches##* }" --width "$width" \
         --set accel.precision=bf16 --set accel.channels_last=true --set accel.cudnn_benchmark=true \
         --set accel.optimizer_impl=fused
 fi
 # G on the GPU with D on the CPU, the reverse, and split networks, against all on the GPU.
 if want placement; then
-    run placement python benchmarks/placement_layouts.py --device "$device" --rounds "$rounds" \
+    run placement "$py" benchmarks/placement_layouts.py --device "$device" --rounds "$rounds" \
         --seconds "$secs" --width "$width"
 fi
 if want placement_resnet; then
-    run placement_resnet python benchmarks/placement_layouts.py --device "$device" --rounds "$rounds" \
+    run placement_resnet "$py" benchmarks/placement_layouts.py --device "$device" --rounds "$rounds" \
         --seconds "$secs" --width "$width" --preset resnet_cifar10
 fi
 if want overlap; then
-    run overlap python benchmarks/loader_overlap.py --device "$device" --rounds "$rounds" --seconds "$secs" \
+    run overlap "$py" benchmarks/loader_overlap.py --device "$device" --rounds "$rounds" --seconds "$secs" \
         --width "$width"
 fi
 if want sn_compile; then
-    run sn_compile python benchmarks/spectral_norm_compile.py --device "$device" --rounds "$rounds" \
+    run sn_compile "$py" benchmarks/spectral_norm_compile.py --device "$device" --rounds "$rounds" \
         --seconds "$secs" --width "$width" --batch "${batches%% *}"
 fi
 if want scaling; then
-    gpus=$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')
-    run scaling python benchmarks/scaling_model.py --device "$device" --nproc "$gpus" \
+    gpus=$("$py" -c 'import torch; print(max(torch.cuda.device_count(), 1))')
+    run scaling "$py" benchmarks/scaling_model.py --device "$device" --nproc "$gpus" \
         --batch $((64 * gpus))
 fi
 exit $status

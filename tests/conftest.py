@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+import hetgan
+from hetgan.artifact import save_generator
 from hetgan.config import TrainConfig
+from hetgan.deploy.load import load_generator
+from hetgan.models import build_models
+from hetgan.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 
@@ -104,3 +109,40 @@ def assert_train_alike(a, b, steps: int) -> None:
         b.step()
     for x, y in zip(a.G_ema.parameters(), b.G_ema.parameters(), strict=True):
         assert torch.equal(x, y)
+
+
+@pytest.fixture
+def teacher(tmp_path, digits_npz):
+    """A tiny dcgan run, width 8 (widths [32, 16, 8])."""
+    cfg = tiny_config(f"npz:{digits_npz}")
+    cfg.model.width = 8
+    return train(cfg, out=tmp_path / "teacher", progress=False).run_dir
+
+
+@pytest.fixture(scope="session")
+def digits_generator(tmp_path_factory):
+    """A small DCGAN trained briefly on the bundled digits (~25 s, once for the whole suite):
+    blurry strokes, but trained weights and BatchNorm statistics, whose int8 ranges calibration
+    must find. Tests read it and never change it."""
+    cfg = tiny_config("mnist5k")
+    cfg.model.width, cfg.model.z_dim = 16, 32
+    cfg.train.batch_size, cfg.train.kimg, cfg.train.snapshot_kimg = 32, 3.2, 3.2
+    cfg.loss.name, cfg.optim.g_lr, cfg.optim.d_lr = "hinge", 1e-3, 1e-3
+    return hetgan.train(cfg.validate(), out=tmp_path_factory.mktemp("q") / "run", progress=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def digits_npz_module(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "digits.npz"
+    np.savez(path, images=rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), labels=rng.integers(0, 10, 64))
+    return path
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, digits_npz_module):
+    """A small DCGAN artifact (random weights, recalibrated BatchNorm) and its eager generator."""
+    cfg = tiny_config(f"npz:{digits_npz_module}")
+    G, _ = build_models(cfg)
+    path = save_generator(G, cfg, tmp_path_factory.mktemp("serve") / "g.safetensors", run_id="00001-serve")
+    return path, load_generator(path)

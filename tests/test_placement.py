@@ -17,7 +17,7 @@ from hetgan.placement import (
     split_network,
 )
 from hetgan.training.trainer import Trainer
-from tests.conftest import GPU, assert_train_alike, run_benchmark
+from tests.conftest import GPU, assert_train_alike
 
 
 def test_parse_stages():
@@ -204,69 +204,3 @@ def test_split_across_gpu_and_cpu_equals_all_gpu(tiny):
     G2 = split_network(copy.deepcopy(G), "0-5@cuda,6-@cpu")
     z = torch.randn(8, tiny.model.z_dim, device="cuda")
     torch.testing.assert_close(G(z).cpu(), G2(z).cpu(), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("preset", ["dcgan_textbook", "resnet_cifar10"])
-def test_placement_benchmark_times_every_layout(preset):
-    """benchmarks/placement_layouts.py on the CPU: every layout builds, trains and is reported
-    against the all-on-one-device reference (on a GPU the same script measures the real layouts)."""
-    args = ["--device", "cpu", "--rounds", "1", "--seconds", "0.2", "--width", "8", "--batch", "16"]
-    out = run_benchmark("placement_layouts", *args, "--preset", preset)
-    rows = [line for line in out.splitlines() if line.endswith(")") and "x (" in line]
-    assert [row.split("  ")[0] for row in rows] == [
-        "all on cpu",
-        "G on cpu, D on cpu",
-        "D on cpu, G on cpu",
-        "D split: convs on cpu, head on cpu",
-        "G split: stem on cpu, rest on cpu",
-    ]
-    assert rows[0].split()[-2] == "1.00x" and all(float(row.split()[-3]) > 0 for row in rows)
-
-
-@pytest.mark.slow
-def test_step_profile_splits_the_step_into_matrix_products_and_the_rest():
-    """benchmarks/profile_step.py on the CPU: the step's op time, split by kind, and the top ops,
-    among them the convolutions a DCGAN step is made of."""
-    args = ["--device", "cpu", "--width", "8", "--batch", "16", "--steps", "3", "--set", "accel.channels_last=true"]
-    out = run_benchmark("profile_step", *args)
-    assert "knobs: accel.channels_last=true" in out
-    split = [line for line in out.splitlines() if line.startswith("  in ")]
-    shares = {line.split()[1]: float(line.split("(")[1].rstrip("%)")) for line in split}
-    assert set(shares) == {"matrix", "everything"} and sum(shares.values()) == pytest.approx(100, abs=1)
-    assert 0 < shares["matrix"] < 100
-    top = [line for line in out.splitlines() if line.rstrip().endswith(("convolution", "convolution_backward"))]
-    assert top and all(" matrix " in line for line in top)
-
-
-@pytest.mark.slow
-def test_gpu_suite_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
-    """benchmarks/gpu_suite.sh with DEVICE=cpu and tiny settings: every step runs and writes its
-    output, so the first session with a GPU does not lose its measurements to a broken script."""
-    import json
-    import os
-    import subprocess
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    tiny = {"DEVICE": "cpu", "SECONDS_PER_WINDOW": "0.2", "ROUNDS": "1", "TUNE_SECONDS": "0.2", "TESTS": "0"}
-    env = {**os.environ, **tiny, "BATCHES": "8 16", "WIDTH": "8"}
-    done = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path / "ok")], env=env, cwd=root, timeout=500)
-    assert done.returncode == 0
-    outputs = {p.name for p in (tmp_path / "ok").iterdir()}
-    benches = {"bench_bf16_b8": (8, 8), "bench_bf16_b16": (16, 8), "bench_bf16_wide": (16, 16)}
-    steps = {"train_throughput.txt", "step_knobs.txt", "placement.txt"}
-    assert outputs == steps | {f"{b}.{e}" for b in benches for e in ("txt", "json")}
-    for name, (batch, width) in benches.items():
-        [row] = json.loads((tmp_path / "ok" / f"{name}.json").read_text())
-        assert (row["batch_size"], row["config"]["model"]["width"], row["accel"]["precision"]) == (batch, width, "bf16")
-    assert "hetgan tuned" in (tmp_path / "ok" / "train_throughput.txt").read_text()
-    assert "plain (fp32, eager)" in (tmp_path / "ok" / "step_knobs.txt").read_text()
-    # A failing step is reported and the others still run; the exit status says something failed.
-    env.update(WIDTH="0", STEPS="throughput knobs_large profile placement placement_resnet overlap sn_compile")
-    ran = ("train_throughput", "step_knobs_large", "profile", "placement", "placement_resnet", "overlap", "sn_compile")
-    done = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path / "bad")], env=env, cwd=root, timeout=300)
-    failed = (tmp_path / "bad" / "failed.txt").read_text()
-    assert done.returncode == 1 and all(f"'{step}' failed" in failed for step in ran)
-    assert {p.name for p in (tmp_path / "bad").iterdir()} == {"failed.txt", *(f"{step}.txt" for step in ran)}
-    assert "batch 16" in (tmp_path / "bad" / "step_knobs_large.txt").read_text()  # the largest of BATCHES

@@ -10,7 +10,6 @@ from hetgan.data import load_data
 from hetgan.eval import metrics as M
 from hetgan.eval.evalnet import load_evalnet
 from hetgan.eval.score import real_features
-from tests.conftest import run_benchmark
 
 
 def scipy_fid(a, b):
@@ -148,11 +147,3 @@ def test_digit_fid_real_halves_near_zero_noise_far():
     noise = net.embed(torch.rand(2500, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1)[0]
     real_vs_real, real_vs_noise = M.fid(feats, held), M.fid(feats, noise)
     assert real_vs_real < 0.02 * real_vs_noise, (real_vs_real, real_vs_noise)
-
-
-def test_eval_memory_benchmark_compares_whole_and_blocked():
-    """benchmarks/eval_memory.py, tiny: both sides run in child processes and agree."""
-    out = run_benchmark("eval_memory", "--real", "300", "--fake", "200", "250", "--dim", "8", timeout=180)
-    rows = [line.split() for line in out.splitlines()[2:]]
-    assert [row[0] for row in rows] == ["200", "250"]
-    assert all(float(row[1]) > 0 and float(row[3]) > 0 and row[5] == "True" for row in rows)

@@ -1,6 +1,5 @@
 import copy
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from hetgan.errors import ConfigError
 from hetgan.losses import pack
 from hetgan.models import MODELS, build_models
 from hetgan.models.layers import spectral_norm
-from tests.conftest import run_benchmark
+from tests.conftest import ROOT
 
 
 def config_for(arch: str, resolution: int = 32, channels: int = 1, spec: str = "mnist5k", p: int = 1):
@@ -127,7 +126,7 @@ def test_resnet_runs_from_before_its_layer_list_resume_exactly(tmp_path):
     """tests/fixtures/resnet_split_parts: a resnet run checkpointed halfway by hetgan at commit
     67608c0, when G kept `linear`, `blocks`, `out` and D `blocks`, `head` apart, and the generator
     of the same run trained without a stop. Resumed now, it must end at the same weights."""
-    fixture = Path(__file__).parent / "fixtures" / "resnet_split_parts"
+    fixture = ROOT / "tests" / "fixtures" / "resnet_split_parts"
     old_keys = load_file(fixture / "uninterrupted.safetensors")
     assert {"linear.weight", "blocks.2.conv2.bias", "out.2.weight"} <= set(old_keys)  # the old layout
     run = shutil.copytree(fixture / "run", tmp_path / "run")
@@ -187,7 +186,7 @@ def test_a_generator_without_spectral_norm_runs_without_importing_the_compiler()
         "assert 'torch._dynamo' not in sys.modules, 'imported with hetgan or by a DCGAN'\n"
         "spectral_norm(torch.nn.Linear(3, 2)); assert 'torch._dynamo' in sys.modules"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=Path(__file__).parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=ROOT)
 
 
 @pytest.mark.slow
@@ -213,17 +212,3 @@ def test_spectral_norm_compiles_where_torchs_fails(in_place):
     judge_twice_then_step(ours)
     for x, y in zip(compiled.state_dict().values(), ours.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.slow
-def test_spectral_norm_compile_benchmark_times_three_setups():
-    """benchmarks/spectral_norm_compile.py, tiny: eager, compiled with the power iteration outside
-    the graph (a break per layer) and compiled in one graph, each timed against eager."""
-    out = run_benchmark("spectral_norm_compile", "--rounds", "1", "--seconds", "0.2", "--width", "8", "--batch", "8")
-    rows = [line.split("  ") for line in out.splitlines() if line.endswith(")") and "x (" in line]
-    rows = [[cell.strip() for cell in row if cell.strip()] for row in rows]
-    assert [row[0] for row in rows] == ["eager", "compiled, iteration outside", "compiled, one graph"]
-    layers = int(out.split("D has ")[1].split()[0])
-    eager, outside, one_graph = (int(row[1]) for row in rows)
-    assert eager == one_graph == 0 and outside >= layers  # each layer's iteration breaks the graph
-    assert rows[0][3].startswith("1.00x") and all(float(row[2]) > 0 for row in rows)

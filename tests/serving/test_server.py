@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -24,60 +23,11 @@ import pytest
 from PIL import Image
 
 from hetgan.artifact import save_generator
-from hetgan.deploy.load import load_generator
 from hetgan.models import build_models
 from hetgan.sample_files import to_uint8
 from hetgan.serving.server import bind_warning
-from tests.conftest import CHROMIUM, CHROMIUM_FLAGS, run_benchmark, tiny_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def server(source, *flags: str, env: dict | None = None, ready: bool = True):
-    """`hetgan serve` started as a user would, on a free loopback port; stopped with SIGTERM."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "hetgan", "serve", "--artifact", str(source), "--port", str(port), *flags]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        wait_for(client, "/readyz" if ready else "/healthz", proc)
-        yield client, proc
-    finally:
-        client.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def wait_for(client: httpx.Client, path: str, proc, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        with contextlib.suppress(httpx.TransportError):
-            if client.get(path).status_code == 200:
-                return
-        time.sleep(0.1)
-    pytest.fail(f"{path} did not answer 200 within {seconds} s")
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory, digits_npz_module):
-    """A small DCGAN artifact (random weights, recalibrated BatchNorm) and its eager generator."""
-    cfg = tiny_config(f"npz:{digits_npz_module}")
-    G, _ = build_models(cfg)
-    path = save_generator(G, cfg, tmp_path_factory.mktemp("serve") / "g.safetensors", run_id="00001-serve")
-    return path, load_generator(path)
+from tests.conftest import CHROMIUM, CHROMIUM_FLAGS, tiny_config
+from tests.serving.server_process import server, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +37,6 @@ def wide(tmp_path_factory, digits_npz_module):
     cfg.model.width, cfg.model.z_dim, cfg.data.channels, cfg.data.resolution = 64, 100, 3, 64
     G, _ = build_models(cfg.validate())
     return save_generator(G, cfg, tmp_path_factory.mktemp("wide") / "g.safetensors")
-
-
-@pytest.fixture(scope="module")
-def digits_npz_module(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("data") / "digits.npz"
-    np.savez(path, images=rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), labels=rng.integers(0, 10, 64))
-    return path
 
 
 def expected(G, n: int, seed: int) -> np.ndarray:
@@ -370,28 +312,3 @@ def test_web_page_in_headless_chromium(small, tmp_path):
     assert outside == []  # no CDN, nothing from outside the server
     assert (tmp_path / "page.png").stat().st_size > 10_000
     shutil.copy(tmp_path / "page.png", path.parent / "page_screenshot.png")
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="Debian's wrk is not installed (.ci/run installs it)")
-def test_serve_load_benchmark_runs_end_to_end(small):
-    """benchmarks/serve_load.py with small bounds, so that the script cannot rot."""
-    path, _ = small
-    out = run_benchmark(
-        "serve_load", "--artifact", str(path), "--backend", "torch", "--seconds", "1", "--clients", "1", "4",
-        "--soak-requests", "1200", "--overload-seconds", "2", timeout=300,
-    )  # fmt: skip
-    assert "offline torch at batch 64" in out and " 4 clients:" in out and "soak: " in out and "server RSS" in out
-    spent = out.split("where the time went at 4 clients: ")[1].split("\n")[0]
-    loop_us = float(spent.split("event loop (main thread) ")[1].split(" us")[0])
-    assert loop_us > 0  # the server did HTTP work on its main thread for the requests
-    calls, mean = (float(x) for x in re.search(r"(\d+) generator calls of (\d+) samples", spent).groups())
-    busy = float(re.search(r"in them (\d+) % of its", spent).group(1))
-    assert calls > 0 and 1 <= mean <= 64 and 0 < busy <= 100 and "the machine idle " in spent
-    assert "overload (64 clients pausing" in out and "probe:" in out
-    if "none refused" not in out:  # the probe's 503s: p99 at most their slowest
-        answered = re.search(r"p99 ([\d.]+) ms \(median [\d.]+ ms, slowest ([\d.]+) ms", out)
-        p99, slowest = (float(x) for x in answered.groups())
-        assert 0 < p99 <= slowest
-    ratio = float(out.split(" img/s = ")[1].split(" of the best offline img/s")[0])
-    assert 0 < ratio and "offline 1 stream: " in out and ", 2 streams: " in out

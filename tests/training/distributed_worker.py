@@ -1,6 +1,6 @@
-"""One rank of the data-parallel tests (tests/test_distributed.py), started by torchrun.
+"""One rank of the data-parallel tests (tests/training/test_distributed.py), started by torchrun.
 
-    torchrun --standalone --nproc-per-node 2 tests/distributed_worker.py CASES.json OUT_DIR
+    torchrun --standalone --nproc-per-node 2 tests/training/distributed_worker.py CASES.json OUT_DIR
 
 CASES.json maps a case name to {"config": TrainConfig as a dict, "steps": N, "dtype": "float32" |
 "float64", "nan_at": [rank, step] or absent}. For each case this rank builds a Trainer in a

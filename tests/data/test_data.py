@@ -12,7 +12,6 @@ from hetgan.data import check_spec, colour_warning, describe_data, load_data, ma
 from hetgan.data.images import MAX_IMAGE_PIXELS, LazyImages, decode_files, list_image_files
 from hetgan.errors import DataError
 from hetgan.training.loop import train
-from tests.conftest import benchmark_module, run_benchmark
 
 
 def cfg(spec, resolution=32, channels=1, on_bad_image="error"):
@@ -391,38 +390,6 @@ def test_samplers_on_the_same_data_share_one_device_copy(digits_npz):
 def test_auto_loader_keeps_small_data_resident(digits_npz):
     data = load_data(cfg(f"npz:{digits_npz}", resolution=28))
     assert type(make_sampler(data, 0, torch.device("cpu"))).__name__ == "ImageSampler"
-
-
-def test_decode_benchmark_runs_and_reports_both_settings():
-    """benchmarks/decode_folder.py, tiny: both worker counts decode every file and get a ratio."""
-    out = run_benchmark("decode_folder", "--images", "12", "--size", "48", "--resolution", "16", "--rounds", "2")
-    rows = [line.split() for line in out.splitlines() if "img/s" in line]
-    assert [row[:2] for row in rows][0] == ["1", "worker"] and len(rows) == 2
-    assert rows[0][-2] == "1.00x" and all(float(row[2]) > 0 for row in rows)
-
-
-@pytest.mark.slow
-def test_loader_overlap_benchmark_compares_the_same_batches():
-    """benchmarks/loader_overlap.py, tiny: its three loaders draw the same batches in the same
-    order (so only where the data path runs differs), and each is timed against resident."""
-    loader_overlap = benchmark_module("loader_overlap")
-    args = loader_overlap.build_parser().parse_args(["--batch", "4", "--resolution", "32", "--channels", "1"])
-    args.images, args.width = 10, 4
-    trainers = loader_overlap.trainers(args, "cpu")
-    assert type(trainers["inline"].sampler).__name__ == "InlineSampler"
-    assert type(trainers["prefetch"].sampler).__name__ == "PrefetchSampler"
-    batches = {name: [t.sampler.next(4) for _ in range(4)] for name, t in trainers.items()}  # past an epoch
-    for name in ("prefetch", "inline"):
-        assert all(torch.equal(a, b) for a, b in zip(batches["resident"], batches[name], strict=True)), name
-    for trainer in trainers.values():
-        trainer.close()
-
-    args = ["--device", "cpu", "--rounds", "1", "--seconds", "0.2"]
-    args += ["--batch", "8", "--resolution", "32", "--channels", "1", "--images", "64", "--width", "4"]
-    out = run_benchmark("loader_overlap", *args)
-    rows = [line.split() for line in out.splitlines() if line.endswith(")") and "x (" in line]
-    assert [row[0] for row in rows] == ["resident", "prefetch", "inline"]
-    assert rows[0][-2] == "1.00x" and all(float(row[1]) > 0 for row in rows)
 
 
 def digit_folder(root, n=24):

@@ -4,7 +4,6 @@ labelled sampling (CLI and Python), per-class evaluation, export, serving and co
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
 
@@ -22,8 +21,8 @@ from hetgan.generator import SeededGenerator
 from hetgan.models import build_models
 from hetgan.training.loop import train
 from hetgan.training.trainer import Trainer
-from tests.conftest import ROOT, run_benchmark, tiny_config
-from tests.test_serve import server
+from tests.conftest import ROOT, tiny_config
+from tests.serving.server_process import server
 
 
 @pytest.fixture
@@ -288,17 +287,3 @@ def test_the_conditional_preset_trains_from_the_cli(tmp_path):
     assert G.n_classes == 10 and G.class_names == [str(i) for i in range(10)]
     assert "10 classes, 32x32 grayscale (stored 28x28, centre-cropped" in (run / "log.txt").read_text()
     assert isinstance(G, TorchGenerator)
-
-
-@pytest.mark.slow
-def test_conditional_targets_benchmark_runs_end_to_end(tmp_path):
-    """benchmarks/conditional_targets.py at a tiny scale, so that the script cannot rot."""
-    args = ["--kimg", "0.3", "--small-kimg", "0.3", "--n", "100", "--seeds", "0", "--classifier-epochs", "1"]
-    run_benchmark("conditional_targets", *args, "--out", str(tmp_path / "b"), "--json", str(tmp_path / "r.json"),
-                  timeout=900)  # fmt: skip
-    result = json.loads((tmp_path / "r.json").read_text())
-    assert set(result) == {"conditional", "augmentation", "ada"}
-    assert 0 <= result["conditional"]["cdcgan_mnist"]["class_accuracy"] <= 1
-    for row in result["augmentation"]["rows"].values():
-        assert 0 < row["real_only"][0] <= 1 and 0 < row["real_plus_synthetic"][0] <= 1
-    assert (tmp_path / "b" / "ada" / "ada_p.png").stat().st_size > 1000

@@ -17,21 +17,11 @@ from hetgan.compression.search import Candidate, choose, pareto_front, search
 from hetgan.compression.student import prune_and_distil, student_config
 from hetgan.config import DistillConfig
 from hetgan.deploy.load import load_generator
-from hetgan.deploy.runtimes import cpu_threads
 from hetgan.errors import CheckpointError, ConfigError, HetganError
 from hetgan.models import build_models
-from hetgan.training.loop import train
-from tests.conftest import run_benchmark, tiny_config
+from tests.conftest import tiny_config
 
 PIXEL_ONLY = DistillConfig(feature_weight=0.0, adversarial_weight=0.0)
-
-
-@pytest.fixture
-def teacher(tmp_path, digits_npz):
-    """A tiny dcgan run, width 8 (widths [32, 16, 8])."""
-    cfg = tiny_config(f"npz:{digits_npz}")
-    cfg.model.width = 8
-    return train(cfg, out=tmp_path / "teacher", progress=False).run_dir
 
 
 @pytest.mark.parametrize("arch", ["dcgan", "mlp", "maxout", "resnet"])
@@ -208,37 +198,3 @@ def test_the_search_times_a_generator_on_its_backend(tmp_path, teacher, backend)
     ms = measure_ms(teacher / "generator.safetensors", backend, 4, 0.2, tmp_path)
     assert 0 < ms < 1000
     assert list(tmp_path.glob("*.onnx")) == ([tmp_path / "teacher.onnx"] if backend == "onnxruntime" else [])
-
-
-@pytest.mark.slow
-def test_compress_targets_script_measures_given_students_end_to_end(tmp_path):
-    """benchmarks/compress_targets.py --student at a tiny scale: the teacher (on the digits, so
-    FID has its feature space) stands in as its own student, so the end-to-end step must quantise
-    it and time all four models."""
-    teacher = train(tiny_config("mnist5k"), out=tmp_path / "teacher", progress=False).run_dir
-    out = run_benchmark(
-        "compress_targets", "--default-run", str(teacher), "--student", str(teacher), "--out", str(tmp_path / "t"),
-        "--n", "200", "--rounds", "1", "--seconds", "0.2", "--json", str(tmp_path / "r.json"),
-    )  # fmt: skip
-    e2e = json.loads((tmp_path / "r.json").read_text())["default"]["end_to_end"]
-    assert "| default | given [] | 1.00x fewer |" in out
-    models = {"teacher eager fp32", "student eager fp32", "student OpenVINO fp32", "student int8 OpenVINO"}
-    assert set(e2e["img_s"]) == models and e2e["speedup"] > 0
-    for modes in e2e["img_s"].values():  # each model one call at a time and one per core, and the better
-        assert set(modes) == {"best"} | {f"{c} in flight" for c in {1, min(2, cpu_threads())}}
-        assert all(v > 0 for v in modes.values()) and modes["best"] >= min(modes.values())
-
-
-@pytest.mark.slow
-def test_subpixel_widths_script_prints_its_table(teacher):
-    """benchmarks/subpixel_widths.py at a tiny scale: a row per generator, a column per precision
-    and threshold, every cell a positive img/s."""
-    out = run_benchmark(
-        "subpixel_widths", "--run", str(teacher), "--widths", "16,8,4", "--thresholds", "0", "64",
-        "--rounds", "1", "--seconds", "0.1",
-    )  # fmt: skip
-    rows = [line for line in out.splitlines() if line.startswith("| teacher") or line.startswith("| [16,8,4]")]
-    assert len(rows) == 2, out
-    for row in rows:
-        cells = [c.strip() for c in row.strip("|").split("|")[1:]]
-        assert len(cells) == 4 and all(float(c.replace(",", "")) > 0 for c in cells), row

@@ -15,20 +15,9 @@ from hetgan.deploy.quantize import CALIBRATION_SEED, quantize
 from hetgan.deploy.runtimes import cpu_threads
 from hetgan.errors import ExportError, HetganError
 from hetgan.models import build_models
-from tests.conftest import run_benchmark, strict_loads, tiny_config
+from tests.conftest import strict_loads, tiny_config
 
 FID_BOUND_PCT = 10  # int8 FID within 10 % of fp32's for the small digit generator below (n=500)
-
-
-@pytest.fixture(scope="module")
-def digits_generator(tmp_path_factory):
-    """A small DCGAN trained briefly on the bundled digits (~25 s): blurry strokes, but trained
-    weights and BatchNorm statistics, whose int8 ranges calibration must find."""
-    cfg = tiny_config("mnist5k")
-    cfg.model.width, cfg.model.z_dim = 16, 32
-    cfg.train.batch_size, cfg.train.kimg, cfg.train.snapshot_kimg = 32, 3.2, 3.2
-    cfg.loss.name, cfg.optim.g_lr, cfg.optim.d_lr = "hinge", 1e-3, 1e-3
-    return hetgan.train(cfg.validate(), out=tmp_path_factory.mktemp("q") / "run", progress=False).run_dir
 
 
 def test_openvino_int8_keeps_quality_and_records_it(digits_generator, tmp_path):
@@ -133,17 +122,3 @@ def test_bench_deploy_refuses_training_flags_and_exported_references(tmp_path, c
     assert "needs the run or its generator.safetensors first" in capsys.readouterr().err
     assert main(["bench", "--run", str(tmp_path)]) == 2
     assert "--deploy with --run RUN" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_deploy_benchmark_script_runs_end_to_end(digits_generator, tmp_path):
-    """benchmarks/deploy_runtimes.py on a small run, so that the script cannot rot."""
-    run = str(digits_generator)
-    out = run_benchmark(
-        "deploy_runtimes", "--default-run", run, "--textbook-run", run, "--seconds", "0.4", "--rounds", "2",
-        "--n", "100", "--out", str(tmp_path), timeout=600,
-    )  # fmt: skip
-    assert out.count("targets:") == 2 and out.count("best fp32 at batch 64:") == 2
-    assert "openvino int8: " in out and "ConvolutionBackpropData" in out and "ConvTranspose" in out
-    record = strict_loads((tmp_path / "deploy-dcgan_mnist.json").read_text())
-    assert [r["name"] for r in record["deploy"]["rows"]][0] == "torch fp32"

@@ -1,0 +1,44 @@
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.mark.slow
+def test_gpu_suite_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
+    """benchmarks/gpu_suite.sh with DEVICE=cpu and tiny settings: every step runs and writes its
+    output, so the first session with a GPU does not lose its measurements to a broken script.
+    It runs the interpreter this test runs in (PYTHON), which need not be first on PATH."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = ROOT
+    tiny = {
+        "PYTHON": sys.executable,
+        "DEVICE": "cpu",
+        "SECONDS_PER_WINDOW": "0.2",
+        "ROUNDS": "1",
+        "TUNE_SECONDS": "0.2",
+        "TESTS": "0",
+    }
+    env = {**os.environ, **tiny, "BATCHES": "8 16", "WIDTH": "8"}
+    done = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path / "ok")], env=env, cwd=root, timeout=500)
+    assert done.returncode == 0
+    outputs = {p.name for p in (tmp_path / "ok").iterdir()}
+    benches = {"bench_bf16_b8": (8, 8), "bench_bf16_b16": (16, 8), "bench_bf16_wide": (16, 16)}
+    steps = {"train_throughput.txt", "step_knobs.txt", "placement.txt"}
+    assert outputs == steps | {f"{b}.{e}" for b in benches for e in ("txt", "json")}
+    for name, (batch, width) in benches.items():
+        [row] = json.loads((tmp_path / "ok" / f"{name}.json").read_text())
+        assert (row["batch_size"], row["config"]["model"]["width"], row["accel"]["precision"]) == (batch, width, "bf16")
+    assert "hetgan tuned" in (tmp_path / "ok" / "train_throughput.txt").read_text()
+    assert "plain (fp32, eager)" in (tmp_path / "ok" / "step_knobs.txt").read_text()
+    # A failing step is reported and the others still run; the exit status says something failed.
+    env.update(WIDTH="0", STEPS="throughput knobs_large profile placement placement_resnet overlap sn_compile")
+    ran = ("train_throughput", "step_knobs_large", "profile", "placement", "placement_resnet", "overlap", "sn_compile")
+    done = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path / "bad")], env=env, cwd=root, timeout=300)
+    failed = (tmp_path / "bad" / "failed.txt").read_text()
+    assert done.returncode == 1 and all(f"'{step}' failed" in failed for step in ran)
+    assert {p.name for p in (tmp_path / "bad").iterdir()} == {"failed.txt", *(f"{step}.txt" for step in ran)}
+    assert "batch 16" in (tmp_path / "bad" / "step_knobs_large.txt").read_text()  # the largest of BATCHES
