@@ -65,13 +65,17 @@ def sample(
             from `hetgan.load_generator`.
         out: FILE.png (a grid, or a scatter plot for 2-D data), FILE.npz (uint8 images or float
             points), or DIR/ (one PNG per sample, by class for a conditional generator).
-        n, seed, truncation: how many (default 64), which (the same seed draws the same z
-            everywhere), and the truncation psi in (0, 1].
+        n: how many (default 64).
+        seed: which (the same seed draws the same z on every device and backend).
+        truncation: the truncation psi in (0, 1]: typical samples over varied ones.
         classes: conditional generators: these classes (names or indices) in turn.
         per_class: conditional generators: this many of every class (or of each of `classes`),
             a grid row per class; that makes per_class x classes samples, so `n` is refused with it.
-        append, overwrite: a DIR/ that already holds samples: number on after them, or replace them.
-        device, backend, threads: what runs G (see `hetgan.load_generator`).
+        append: a DIR/ that already holds samples: number on after them.
+        overwrite: a DIR/ that already holds samples: replace them.
+        device: where G runs (torch); `backend` and `threads`: what runs it (see `hetgan.load_generator`).
+        backend: torch, onnxruntime, openvino or tensorrt (default: the file's).
+        threads: CPU threads of an inference runtime.
 
     Raises:
         HetganError: a bad count, path, class, or a folder that already holds files.
@@ -123,8 +127,12 @@ def interpolate(
 
     Args:
         out: FILE.gif (an animation) or FILE.png (a strip of `frames` images).
+        seed_a: the seed of the first frame.
+        seed_b: the seed of the last frame.
+        frames: how many images, both ends included.
         label: conditional generators: the one class to walk in (default the first).
-        Others as for `hetgan.sample`.
+
+    The other arguments are `hetgan.sample`'s.
 
     Example:
         >>> hetgan.interpolate("runs/00000-dcgan_mnist", "walk.gif", 0, 1, frames=16)

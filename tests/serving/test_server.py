@@ -312,3 +312,17 @@ def test_web_page_in_headless_chromium(small, tmp_path):
     assert outside == []  # no CDN, nothing from outside the server
     assert (tmp_path / "page.png").stat().st_size > 10_000
     shutil.copy(tmp_path / "page.png", path.parent / "page_screenshot.png")
+
+
+def test_the_model_description_names_no_path_of_this_machine(small, tmp_path):
+    """`GET /v1/model` once returned the whole config, with this machine's absolute paths (data,
+    feature network, teacher); a client gets what it needs to call the generator, no paths."""
+    from hetgan.serving.app import describe
+    from hetgan.serving.limits import ServeLimits
+
+    path, G = small
+    G.config.data.spec = f"folder:{tmp_path}/secret-photos"
+    G.config.train.evalnet = str(tmp_path / "evalnet.safetensors")
+    info = describe(G, ServeLimits())
+    assert str(tmp_path) not in json.dumps(info) and "config" not in info
+    assert info["arch"] == "dcgan" and info["sample_shape"] == [1, 32, 32] and info["conditional"] is False

@@ -233,8 +233,11 @@ def bench_deploy(
         source: the run or its generator.safetensors: the eager PyTorch reference row.
         extra: exported .onnx/.xml files to add as rows (the run is also exported to ONNX and
             OpenVINO in a temporary folder, and quantised to int8 unless `int8` is False).
-        seconds, rounds: timed seconds per row and the windows, taken in turn across the rows.
-        n, seed, evalnet: each row's quality is scored on n samples of `seed` against the eager one.
+        seconds: timed seconds per row.
+        rounds: timing windows, taken in turn across the rows.
+        n: each row's quality is scored on n samples against the eager one's.
+        seed: the seed of the scored samples.
+        evalnet: the feature network of the score (default: the run's, or the digits').
         threads: CPU threads of every backend (default: all this process may use).
 
     Returns:

@@ -375,7 +375,9 @@ def tune(
     Args:
         cfg: the run to tune; its device decides the candidates (threads, precision, channels_last,
             compile, placements of G and D, ...), unless `candidates` are given.
-        seconds, rounds: timed seconds per candidate, over `rounds` windows taken in turn.
+        seconds: timed seconds per candidate, over all its windows.
+        rounds: timing windows per candidate, taken in turn with the others'.
+        candidates: the candidates to time (default: those for cfg's device).
         prepare: a stand-in for building each candidate's trainer (tests).
 
     Returns:

@@ -102,8 +102,9 @@ def quantize(
         out: FILE.xml (OpenVINO + NNCF static int8) or FILE.onnx (ONNX Runtime: dynamic int8 for
             Linear-only generators, static QDQ otherwise).
         calibration_n: z draws G runs on to calibrate the activation ranges.
-        quality_n, seed: int8 is scored against fp32 on this many samples of `seed` (0 skips it),
-            in the feature space of `evalnet` (default: the run's, or the bundled digits').
+        quality_n: int8 is scored against fp32 on this many samples (0 skips it).
+        seed: the seed of the scored samples.
+        evalnet: the feature space of the score (default: the run's, or the bundled digits').
 
     Returns:
         `QuantizeResult`: the files, the method, the calibration and the measured quality delta.

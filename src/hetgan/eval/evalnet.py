@@ -231,8 +231,10 @@ def train_evalnet(
     Args:
         data: a labelled data spec: mnist:DIR, cifar10:DIR, folder:DIR (class folders), npz:FILE.
         out: the .safetensors file to write (checked before the training starts).
-        resolution, channels: the size images are read at (the generator's).
-        epochs: training epochs; on_bad_image: "skip" leaves unreadable files out, logged.
+        resolution: the size images are read at (the generator's).
+        channels: 1 (grey) or 3 (RGB).
+        epochs: training epochs.
+        on_bad_image: "skip" leaves unreadable files out, logged; "error" stops at the first.
         device: where it trains.
 
     Returns:

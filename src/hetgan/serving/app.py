@@ -359,7 +359,7 @@ def create_app(
 
     Returns:
         An ASGI callable: the request gate (token, metrics, 503 when the queue is full) in front
-        of the FastAPI app, which is its `.app`. Run it with any ASGI server:
+        of the FastAPI app, which is its `.app`. Run it with any ASGI server.
 
     Example:
         >>> app = hetgan.create_app("runs/00000-dcgan_mnist")
@@ -416,19 +416,20 @@ QUEUED_PATHS = ("/v1/generate", "/v1/interpolate")
 
 
 def describe(G, limits: ServeLimits) -> dict:
-    """What `GET /v1/model` says: the generator's config and where it runs, and the limits."""
-    from hetgan.config import to_dict
-
+    """What `GET /v1/model` says: what a client needs to call the generator (its architecture,
+    shapes, classes, backend, limits), and nothing of the machine it runs on: the run's config
+    holds absolute paths of this machine (data, feature network, teacher), so it is not sent."""
     info = {
         "arch": G.config.model.arch,
+        "preset": G.config.preset,
         "z_dim": G.z_dim,
         "sample_shape": list(G.shape),
         "output_range": [-1, 1] if len(G.shape) == 3 else None,
+        "conditional": bool(G.n_classes),
         "classes": G.class_names,  # [] for an unconditional generator
         "backend": G.backend,
         "precision": G.precision,
         "run_id": G.run_id,
-        "config": to_dict(G.config),
         "limits": asdict(limits),
     }
     metadata = getattr(G, "metadata", {})

@@ -35,10 +35,12 @@ def serve(
 
     Args:
         source: a run directory, a generator.safetensors, an exported .onnx or OpenVINO .xml.
-        backend, device: what runs G (see `hetgan.load_generator`).
+        backend: what runs G (see `hetgan.load_generator`; default: the file's).
+        device: where G runs (torch and onnxruntime).
         threads: CPU threads of the generator (default: every core), shared by `streams`
             generator calls at once (default 2, 1 on one core).
-        host, port: where to listen (default 127.0.0.1: this machine only).
+        host: the address to bind (default 127.0.0.1: this machine only).
+        port: the port to listen on.
         token: require `Authorization: Bearer TOKEN` (binding beyond loopback without one warns).
         limits: the bounds on every request (`ServeLimits`).
         nice: how much lower the generator threads' priority is than the HTTP side's (Linux).

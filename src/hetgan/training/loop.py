@@ -115,8 +115,8 @@ def train(
         with a checkpoint saved), `summary()` (what `hetgan train` prints).
 
     Raises:
-        HetganError (ConfigError, CheckpointError, DataError, ...): a bad config, data or run
-        directory, with what was wrong and how to fix it.
+        HetganError: a bad config, data or run directory (ConfigError, CheckpointError,
+            DataError, ...), with what was wrong and how to fix it.
 
     `resume="auto"` with `out`: continue `out` from its last checkpoint if it has one, else start
     it (again) from step 0, so that the same call both starts a run and continues it after a
