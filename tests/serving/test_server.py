@@ -115,14 +115,19 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(small):
             ({"json": [1, 2]}, 422, "must be a JSON object"),
             ({"json": {"n": 4, "truncation": 2}}, 422, "truncation: Input should be less than or equal to 1"),
             ({"content": b"{" + b" " * 5000 + b"}"}, 413, "the limit is 4096 bytes"),
+            ({"content": b'{"n": 4}', "headers": {"content-type": "text/plain"}}, 415, "got text/plain"),
+            ({"data": {"n": "4"}}, 415, "got application/x-www-form-urlencoded"),  # a blind cross-site form
+            ({"content": b'{"n": 4}'}, 415, "got no Content-Type"),
         ]
         for kwargs, status, message in cases:
             response = client.post("/v1/generate", **kwargs)
             assert response.status_code == status and message in response.json()["error"], (kwargs, response.text)
         frames = client.post("/v1/interpolate", json={"seed_a": 0, "seed_b": 1, "frames": 33})
         assert frames.status_code == 413 and "limit of 32" in frames.json()["error"]
-        assert client.get("/v1/nothing").status_code == 404
-        assert client.get("/v1/generate").status_code == 405  # only POST takes the fast path
+        missing, wrong_method = client.get("/v1/nothing"), client.get("/v1/generate")  # only POST takes the fast path
+        assert (missing.status_code, wrong_method.status_code) == (404, 405)
+        assert missing.json() == {"error": "Not Found: GET /v1/nothing"}  # one error shape for every status
+        assert wrong_method.json()["error"].startswith("Method Not Allowed")
         huge = client.get("/healthz", headers={"X-Filler": "x" * 20_000})
         assert huge.status_code == 400 and "limit of 16384 bytes" in huge.text
         with socket.create_connection((client.base_url.host, client.base_url.port), timeout=10) as raw:
@@ -326,3 +331,26 @@ def test_the_model_description_names_no_path_of_this_machine(small, tmp_path):
     info = describe(G, ServeLimits())
     assert str(tmp_path) not in json.dumps(info) and "config" not in info
     assert info["arch"] == "dcgan" and info["sample_shape"] == [1, 32, 32] and info["conditional"] is False
+
+
+def test_the_token_comes_from_a_file_and_a_token_on_the_command_line_warns(tmp_path, monkeypatch, caplog):
+    """`--token` shows in the process list to every user of the machine: `--token-file` reads it
+    from a file instead, and `--token` still works but says so."""
+    from hetgan.cli import build_parser
+    from hetgan.cli.serve import read_token
+    from hetgan.errors import HetganError
+
+    monkeypatch.delenv("HETGAN_SERVE_TOKEN", raising=False)
+    parse = build_parser().parse_args
+    (tmp_path / "token").write_text("s3cret\n")
+    assert read_token(parse(["serve", "--run", "r", "--token-file", str(tmp_path / "token")])) == "s3cret"
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="hetgan"):
+        assert read_token(parse(["serve", "--run", "r", "--token", "t0k"])) == "t0k"
+    assert "process list" in caplog.text and "--token-file" in caplog.text
+    (tmp_path / "empty").write_text("\n")
+    for name, message in (("empty", "first line is empty"), ("missing", "cannot read it")):
+        with pytest.raises(HetganError, match=message):
+            read_token(parse(["serve", "--run", "r", "--token-file", str(tmp_path / name)]))
+    monkeypatch.setenv("HETGAN_SERVE_TOKEN", "from-env")
+    assert read_token(parse(["serve", "--run", "r"])) == "from-env"

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+from pathlib import Path
 
 import hetgan
 from hetgan.cli.common import add_backend, add_source, source
+from hetgan.errors import HetganError
 from hetgan.serving.limits import ServeLimits
 from hetgan.serving.server import GENERATOR_NICE
+
+log = logging.getLogger("hetgan")
 
 LIMIT_HELP = {
     "max_n": "samples per request",
@@ -34,16 +39,45 @@ def add(sub) -> None:
     )  # fmt: skip
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--token", help="require `Authorization: Bearer TOKEN` (default: $HETGAN_SERVE_TOKEN, if set)")
+    token = s.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="require `Authorization: Bearer TOKEN`, the token read from FILE (its first line)",
+    )
+    token.add_argument(
+        "--token",
+        help="the token itself (visible to every user of the machine in the process list: prefer "
+        "--token-file or $HETGAN_SERVE_TOKEN, which is the default if set)",
+    )
     for name, value in vars(ServeLimits()).items():
         flag = "--" + name.replace("_", "-")
         s.add_argument(flag, type=type(value), default=value, help=f"{LIMIT_HELP[name]} (default {value:g})")
     s.set_defaults(handler=run)
 
 
+def read_token(args: argparse.Namespace) -> str | None:
+    """--token-file, --token (with a warning: the process list shows it) or $HETGAN_SERVE_TOKEN."""
+    if args.token_file:
+        try:
+            lines = Path(args.token_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise HetganError(f"--token-file {args.token_file}: cannot read it ({e}); pass a text file") from None
+        if not lines or not lines[0].strip():
+            raise HetganError(f"--token-file {args.token_file}: its first line is empty; write the token there")
+        return lines[0].strip()
+    if args.token:
+        log.warning(
+            "--token shows in the process list to every user of this machine; pass --token-file FILE or "
+            "set HETGAN_SERVE_TOKEN instead"
+        )
+        return args.token
+    return os.environ.get("HETGAN_SERVE_TOKEN") or None
+
+
 def run(args: argparse.Namespace) -> int:
     limits = ServeLimits(**{name: getattr(args, name) for name in vars(ServeLimits())})
-    token = args.token or os.environ.get("HETGAN_SERVE_TOKEN") or None
+    token = read_token(args)
     hetgan.serve(
         source(args), args.backend, args.device, args.threads, args.streams, args.host, args.port, token, limits,
         args.nice,

@@ -48,6 +48,7 @@ prometheus = require("prometheus_client")
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import HTMLResponse, JSONResponse, Response  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field, ValidationError  # noqa: E402
+from starlette.exceptions import HTTPException  # noqa: E402
 
 log = logging.getLogger("hetgan")
 OPEN_PATHS = ("/healthz", "/readyz")
@@ -128,6 +129,13 @@ async def read_json(request: Request, limit: int) -> dict | JSONResponse:
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         return error(413, f"request body of {declared} bytes; the limit is {limit} bytes")
+    # Only JSON is parsed: a page on another site can send a form or text/plain without the
+    # browser asking first (no CORS preflight), but not application/json.
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        return error(
+            415, f"the body must be JSON with Content-Type: application/json, got {media_type or 'no Content-Type'}"
+        )
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -378,6 +386,11 @@ def create_app(
         await service.batcher.stop()  # uvicorn has finished the accepted requests by now
 
     app = FastAPI(title="hetgan", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(HTTPException)
+    async def one_error_shape(request: Request, exc: HTTPException):  # 404, 405: {"error": ...} as every other
+        return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", exc.headers)
+
     app.state.service = service
     app.post("/v1/generate")(service.generate)
     app.post("/v1/interpolate")(service.interpolate)
