@@ -66,11 +66,15 @@ def read_safetensors(path: Path, what: str, fix: str) -> tuple[dict[str, torch.T
         raise CheckpointError(f"{path}: not a valid safetensors {what} ({e}); {fix}") from None
 
 
-def output_path(arg: str | Path, flag: str, example: str) -> Path:
+def output_path(arg: str | Path, flag: str, example: str, overwrite: bool | None = None) -> Path:
     """A file (or, for an `arg` ending in "/", a folder) that a command will write, checked before
     the work starts so that a bad path cannot lose finished work: a folder where a file is wanted
     is refused (and the reverse), and so is a parent that is a file or cannot be written. `flag`
-    names the argument in the error (e.g. "--out"); `example` is a file name to suggest."""
+    names the argument in the error (e.g. "--out"); `example` is a file name to suggest.
+
+    With `overwrite` given (False or True), a file that exists already is refused unless it is
+    True: a command that writes a model or samples never replaces one without being asked. An
+    OpenVINO .xml brings its .bin with it."""
     text = str(arg)
     path = Path(arg)
     if text.endswith(("/", "\\")):
@@ -83,6 +87,12 @@ def output_path(arg: str | Path, flag: str, example: str) -> Path:
         raise HetganError(f"{flag} {text}: {ancestor} is a file, so no folder can be made there; pick another path")
     if not os.access(ancestor, os.W_OK):
         raise HetganError(f"{flag} {text}: {ancestor} is not writable; pick another path")
+    if overwrite is False and not text.endswith(("/", "\\")):
+        taken = [p for p in (path, path.with_suffix(".bin") if path.suffix == ".xml" else None) if p and p.exists()]
+        if taken:
+            raise HetganError(
+                f"{flag} {text}: {taken[0]} exists already; pass --overwrite to replace it, or pick another path"
+            )
     return path
 
 

@@ -72,7 +72,8 @@ def sample(
         per_class: conditional generators: this many of every class (or of each of `classes`),
             a grid row per class; that makes per_class x classes samples, so `n` is refused with it.
         append: a DIR/ that already holds samples: number on after them.
-        overwrite: a DIR/ that already holds samples: replace them.
+        overwrite: replace an existing FILE.png/.npz, or the samples a DIR/ already holds
+            (without it, either is refused).
         device: where G runs (torch); `backend` and `threads`: what runs it (see `hetgan.load_generator`).
         backend: torch, onnxruntime, openvino or tensorrt (default: the file's).
         threads: CPU threads of an inference runtime.
@@ -93,7 +94,7 @@ def sample(
         raise HetganError(f"--n must be at least 1, got {n}")
     if per_class is not None and per_class < 1:
         raise HetganError(f"--per-class must be at least 1, got {per_class}")
-    form = output_form(output_path(out, "--out", "samples.png"), str(out))  # before the sampling
+    form = output_form(output_path(out, "--out", "samples.png", overwrite), str(out))  # before the sampling
     G = generator_from(source, device, backend, threads)
     n, labels = requested_labels(G, n, classes, per_class)
     names = G.class_names if labels is not None else None
@@ -122,6 +123,7 @@ def interpolate(
     device: str = "cpu",
     backend: str | None = None,
     threads: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a latent walk from seed_a's sample to seed_b's (`hetgan sample --interpolate A B`).
 
@@ -137,7 +139,7 @@ def interpolate(
     Example:
         >>> hetgan.interpolate("runs/00000-dcgan_mnist", "walk.gif", 0, 1, frames=16)
     """
-    out = output_path(out, "--out", "walk.gif")
+    out = output_path(out, "--out", "walk.gif", overwrite)
     if out.suffix not in (".gif", ".png"):
         raise HetganError(f"--out {out}: a latent walk is FILE.gif (an animation) or FILE.png (a strip)")
     G = generator_from(source, device, backend, threads)

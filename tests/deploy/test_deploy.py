@@ -152,7 +152,7 @@ def test_exports_are_checked_and_the_unoptimised_graph_is_the_fallback(tmp_path,
     monkeypatch.setattr(E, "trace_onnx", lambda G, optimize, target="onnxruntime": broken_when_optimised(G, True))
     (tmp_path / "old.onnx").write_bytes(b"the previous export")
     with pytest.raises(ExportError, match="does not match PyTorch.*max abs error.*Nothing was written"):
-        E.export(G, "onnx", tmp_path / "old.onnx")
+        E.export(G, "onnx", tmp_path / "old.onnx", overwrite=True)  # asked to replace it, but the check fails
     assert (tmp_path / "old.onnx").read_bytes() == b"the previous export"
 
 
@@ -305,3 +305,29 @@ def test_onnxruntime_cuda_and_tensorrt_match_torch(tmp_path, digits_npz):
         trt = load_generator(path, backend="tensorrt", device="cuda")
         assert (trt.sample(64, seed=2) - want).abs().max() < 2e-2  # fp16
         assert any((tmp_path / "g.trt-cache").iterdir())
+
+
+def test_no_command_replaces_a_file_without_being_asked(tmp_path, digits_npz, capsys):
+    """`export`, `quantize` and `sample --out x.png` once replaced an existing file silently; each
+    refuses now, says which file and how to go on, and replaces it with --overwrite."""
+    from hetgan.cli import main
+
+    run = str(artifact(tmp_path, digits_npz, "dcgan", "npz", 1, 32))
+    commands = {
+        "g.onnx": ["export", "--artifact", run, "--format", "onnx", "--out"],
+        "g.xml": ["export", "--artifact", run, "--format", "openvino", "--out"],
+        "g8.onnx": ["quantize", "--artifact", run, "--quality-n", "0", "--calibration-n", "16", "--out"],
+        "grid.png": ["sample", "--artifact", run, "--n", "4", "--out"],
+        "walk.gif": ["sample", "--artifact", run, "--interpolate", "0", "1", "--frames", "3", "--out"],
+    }
+    for name, argv in commands.items():
+        out = tmp_path / name
+        assert main([*argv, str(out)]) == 0
+        before = out.read_bytes()
+        assert main([*argv, str(out)]) == 2
+        assert f"{out} exists already; pass --overwrite to replace it" in capsys.readouterr().err
+        assert out.read_bytes() == before
+        assert main([*argv, str(out), "--overwrite"]) == 0
+    (tmp_path / "g.xml").unlink()  # its .bin left behind is still an export's: refused
+    assert main([*commands["g.xml"], str(tmp_path / "g.xml")]) == 2
+    assert "g.bin exists already" in capsys.readouterr().err

@@ -17,6 +17,7 @@ def add(sub) -> None:
     x.add_argument("--format", required=True, help="onnx (one .onnx file) or openvino (.xml + .bin)")
     x.add_argument("--out", required=True, help="FILE.onnx or FILE.xml")
     x.add_argument("--fp16-weights", action="store_true", help="openvino: store weights in fp16 (half the size)")
+    x.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
     x.set_defaults(handler=run_export)
 
     q = sub.add_parser("quantize", help="int8 of a trained generator, calibrated on its own z, quality measured")
@@ -28,19 +29,22 @@ def add(sub) -> None:
     q.add_argument("--quality-n", type=int, default=2000, help="samples to score int8 against fp32 (0: skip)")
     q.add_argument("--seed", type=int, default=0, help="seed of the scored samples")
     q.add_argument("--evalnet", help="feature network for FID (default: the run's, or the digit classifier)")
+    q.add_argument("--overwrite", action="store_true", help="replace --out (and its .bin) if it exists")
     q.set_defaults(handler=run_quantize)
 
 
 def run_export(args: argparse.Namespace) -> int:
     if args.format not in FORMATS:
         raise HetganError(f"--format {args.format}: unknown export format; valid: {', '.join(FORMATS)}")
-    out = output_path(args.out, "--out", "generator.onnx")
-    print(hetgan.export(source(args), args.format, out, args.fp16_weights).summary())
+    out = output_path(args.out, "--out", "generator.onnx", args.overwrite)
+    print(hetgan.export(source(args), args.format, out, args.fp16_weights, args.overwrite).summary())
     return 0
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    out = output_path(args.out, "--out", "generator-int8.xml")
-    result = hetgan.quantize(source(args), out, args.calibration_n, args.quality_n, args.seed, args.evalnet)
+    out = output_path(args.out, "--out", "generator-int8.xml", args.overwrite)
+    result = hetgan.quantize(
+        source(args), out, args.calibration_n, args.quality_n, args.seed, args.evalnet, args.overwrite
+    )
     print(result.summary())
     return 0

@@ -48,7 +48,7 @@ def add_sample(sub) -> None:
     )
     kept = s.add_mutually_exclusive_group()
     kept.add_argument("--append", action="store_true", help="DIR/ that holds samples: add after them, numbering on")
-    kept.add_argument("--overwrite", action="store_true", help="DIR/ that holds samples: replace them")
+    kept.add_argument("--overwrite", action="store_true", help="replace an existing FILE, or the samples DIR/ holds")
     s.add_argument("--device", default="cpu", help="auto, cpu, cuda[:i], mps or xpu to run G on (default cpu)")
     s.set_defaults(handler=run_sample)
 
@@ -60,7 +60,8 @@ def run_sample(args: argparse.Namespace) -> int:
             raise HetganError("--interpolate walks within one class: give one --class")
         label = args.classes[0] if args.classes else None
         a, b = args.interpolate
-        out = hetgan.interpolate(source(args), args.out, a, b, args.frames, args.truncation, label, **runs_on)
+        walk = (source(args), args.out, a, b, args.frames, args.truncation, label)
+        out = hetgan.interpolate(*walk, **runs_on, overwrite=args.overwrite)
         print(f"wrote {args.frames} frames from seed {a} to seed {b} to {out}")
         return 0
     written = hetgan.sample(

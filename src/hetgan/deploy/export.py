@@ -38,7 +38,7 @@ from hetgan.deploy import require
 from hetgan.deploy.rewrite import for_inference
 from hetgan.deploy.runtimes import FORMAT, ONNX_PREFIX, OnnxRuntimeGenerator, OpenVINOGenerator, file_sha256
 from hetgan.errors import ExportError
-from hetgan.fileio import atomic_write_bytes, fsync_dir
+from hetgan.fileio import atomic_write_bytes, fsync_dir, output_path
 from hetgan.generator import SeededGenerator
 from hetgan.version import __version__
 
@@ -211,7 +211,9 @@ class ExportResult:
         return f"exported {self.format}: {files}\n  verified: {self.check.summary()}"
 
 
-def export(source: str | Path | TorchGenerator, fmt: str, out: str | Path, fp16_weights: bool = False) -> ExportResult:
+def export(
+    source: str | Path | TorchGenerator, fmt: str, out: str | Path, fp16_weights: bool = False, overwrite: bool = False
+) -> ExportResult:
     """Export a trained generator to ONNX or OpenVINO IR, checked against PyTorch (`hetgan export`).
 
     Args:
@@ -219,6 +221,7 @@ def export(source: str | Path | TorchGenerator, fmt: str, out: str | Path, fp16_
         fmt: "onnx" (one .onnx file) or "openvino" (.xml + .bin).
         out: FILE.onnx or FILE.xml; written atomically, only after the check passed.
         fp16_weights: openvino only: store the weights in fp16 (half the size, a looser check).
+        overwrite: replace `out` if it exists (refused otherwise).
 
     Returns:
         `ExportResult`: the files written and the check's largest difference and tolerance.
@@ -231,7 +234,7 @@ def export(source: str | Path | TorchGenerator, fmt: str, out: str | Path, fp16_
         >>> hetgan.export("runs/00000-dcgan_mnist", "onnx", "g.onnx")
         >>> G = hetgan.load_generator("g.onnx")                 # ONNX Runtime, the same samples
     """
-    out = Path(out)
+    out = output_path(out, "--out", "generator.onnx", overwrite)
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     if out.suffix.lower() != SUFFIXES[fmt]:

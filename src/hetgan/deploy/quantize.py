@@ -31,7 +31,7 @@ from hetgan.deploy import require
 from hetgan.deploy.export import Check, compare, metadata, onnx_with_check, quiet_libraries, write_openvino
 from hetgan.deploy.runtimes import ONNX_PREFIX, OnnxRuntimeGenerator, OpenVINOGenerator
 from hetgan.errors import ExportError, HetganError
-from hetgan.fileio import atomic_write_bytes
+from hetgan.fileio import atomic_write_bytes, output_path
 from hetgan.generator import SeededGenerator
 
 log = logging.getLogger("hetgan")
@@ -94,6 +94,7 @@ def quantize(
     quality_n: int = 2000,
     seed: int = 0,
     evalnet: str | Path | None = None,
+    overwrite: bool = False,
 ) -> QuantizeResult:
     """int8 of a trained generator written to `out` (`hetgan quantize`).
 
@@ -105,6 +106,7 @@ def quantize(
         quality_n: int8 is scored against fp32 on this many samples (0 skips it).
         seed: the seed of the scored samples.
         evalnet: the feature space of the score (default: the run's, or the bundled digits').
+        overwrite: replace `out` (and its .bin) if it exists (refused otherwise).
 
     Returns:
         `QuantizeResult`: the files, the method, the calibration and the measured quality delta.
@@ -115,7 +117,7 @@ def quantize(
     Example:
         >>> print(hetgan.quantize("runs/00000-dcgan_mnist", "g-int8.xml").summary())
     """
-    out = Path(out)
+    out = output_path(out, "--out", "generator-int8.xml", overwrite)
     if out.suffix.lower() not in (".xml", ".onnx"):
         raise ExportError(f"--out {out}: int8 goes to FILE.xml (OpenVINO, NNCF) or FILE.onnx (ONNX Runtime)")
     G = torch_generator_from(source)
