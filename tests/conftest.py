@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,18 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def pytest_runtest_setup(item):
+    """`@pytest.mark.program("chromium")`: a test that needs a program Debian installs. Where it is
+    missing the test is skipped on a developer's machine, but fails under CI (CI=true; .ci/run
+    installs them), so that a green CI means the page and the load were really tested."""
+    for marker in item.iter_markers("program"):
+        name = marker.args[0]
+        if shutil.which(name) is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"{name} is not installed; CI must run this test (.ci/run installs it with apt-get)")
+            pytest.skip(f"Debian's {name} is not installed (.ci/run installs it)")
 
 
 def GPU(test):

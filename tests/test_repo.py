@@ -51,3 +51,30 @@ def test_torch_is_pinned():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"torch==2.13.0"' in pyproject
     assert "torchvision" not in pyproject
+
+
+def test_a_test_that_needs_a_missing_program_fails_under_ci(tmp_path):
+    """The browser and load tests skip where chromium or wrk is missing on a developer's machine,
+    but fail under CI, so that a green CI run means the page was really tested."""
+    import os
+    import subprocess
+    import sys
+
+    test = tmp_path / "probe" / "test_needs.py"
+    test.parent.mkdir()
+    (test.parent / "__init__.py").write_text("")
+    (test.parent / "conftest.py").write_text("from tests.conftest import pytest_runtest_setup  # noqa: F401\n")
+    test.write_text("import pytest\n\n\n@pytest.mark.program('no-such-program-here')\ndef test_it():\n    pass\n")
+
+    def outcome(ci: str) -> tuple[int, str]:
+        env = {**os.environ, "CI": ci, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore", str(test)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        return done.returncode, done.stdout + done.stderr
+
+    code, out = outcome("")
+    assert code == 0 and "1 skipped" in out
+    code, out = outcome("true")  # an error in the test's set-up: a red run
+    assert code == 1 and "no-such-program-here is not installed; CI must run this test" in out

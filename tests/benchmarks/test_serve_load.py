@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 
@@ -11,7 +10,7 @@ from tests.conftest import run_benchmark
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="Debian's wrk is not installed (.ci/run installs it)")
+@pytest.mark.program("wrk")
 def test_serve_load_benchmark_runs_end_to_end(small):
     """benchmarks/serve_load.py with small bounds, so that the script cannot rot."""
     path, _ = small

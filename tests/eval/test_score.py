@@ -377,7 +377,7 @@ def test_report_is_self_contained(digits_run):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+@pytest.mark.program("chromium")
 def test_report_renders_in_headless_chromium(digits_run, tmp_path):
     report = build_report(digits_run)
     flags = [CHROMIUM, "--headless", *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]

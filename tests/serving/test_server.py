@@ -279,7 +279,7 @@ def test_binding_beyond_loopback_warns():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+@pytest.mark.program("chromium")
 def test_web_page_in_headless_chromium(small, tmp_path):
     """A person's path through the page: it loads offline, a click gives a grid that decodes, the
     seed steps, an interpolation strip appears, a bad n shows the server's message."""
