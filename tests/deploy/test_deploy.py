@@ -178,8 +178,13 @@ def test_corrupt_or_foreign_model_files_are_clear_errors(tmp_path, digits_npz):
         load_generator(tmp_path / "h.xml")
     (tmp_path / "junk.xml").write_text("<not a model")
     (tmp_path / "junk.bin").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="junk.xml: OpenVINO cannot read this model"):
+    with pytest.raises(CheckpointError, match=r"junk.xml: OpenVINO cannot read it: .*junk.bin \(0 bytes\) is damaged"):
         load_generator(tmp_path / "junk.xml")
+    weights = (tmp_path / "g.bin").read_bytes()
+    (tmp_path / "g.bin").write_bytes(weights[: len(weights) // 2])  # a copy cut short
+    with pytest.raises(CheckpointError, match=r"g.xml: OpenVINO cannot read it: .*g.bin .* damaged or truncated") as e:
+        load_generator(tmp_path / "g.xml")
+    assert "core.cpp" not in str(e.value)  # the runtime's source location says nothing to a user
     with pytest.raises(CheckpointError, match="an exported model runs on onnxruntime or openvino, not torch"):
         load_generator(tmp_path / "g.onnx", backend="torch")
     with pytest.raises(ConfigError, match="an OpenVINO IR runs on the openvino backend only"):
@@ -225,7 +230,7 @@ def test_bad_export_requests(tmp_path, digits_npz, capsys):
     (tmp_path / "file").write_text("")
     cases = {
         ("--format", "tflite", "--out", str(tmp_path / "g.onnx")): "unknown export format; valid: onnx, openvino",
-        ("--format", "onnx", "--out", str(tmp_path / "g.xml")): "a onnx export is a .onnx file; name it e.g.",
+        ("--format", "onnx", "--out", str(tmp_path / "g.xml")): "an ONNX export is a .onnx file; name it e.g.",
         ("--format", "onnx", "--out", str(tmp_path / "file" / "g.onnx")): "is a file, so no folder can be made there",
         ("--format", "onnx", "--out", str(tmp_path)): "that is a folder; name a file in it",
         ("--format", "onnx", "--fp16-weights", "--out", str(tmp_path / "g.onnx")): "fp16 weights are an OpenVINO",

@@ -211,6 +211,9 @@ class ExportResult:
         return f"exported {self.format}: {files}\n  verified: {self.check.summary()}"
 
 
+FORMAT_NAMES = {"onnx": "ONNX", "openvino": "OpenVINO"}  # for messages: an ONNX export
+
+
 def export(
     source: str | Path | TorchGenerator, fmt: str, out: str | Path, fp16_weights: bool = False, overwrite: bool = False
 ) -> ExportResult:
@@ -239,7 +242,8 @@ def export(
         raise ExportError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     if out.suffix.lower() != SUFFIXES[fmt]:
         raise ExportError(
-            f"--out {out}: a {fmt} export is a {SUFFIXES[fmt]} file; name it e.g. {out.with_suffix(SUFFIXES[fmt])}"
+            f"--out {out}: an {FORMAT_NAMES[fmt]} export is a {SUFFIXES[fmt]} file; name it e.g. "
+            f"{out.with_suffix(SUFFIXES[fmt])}"
         )
     if fp16_weights and fmt != "openvino":
         raise ExportError("fp16 weights are an OpenVINO IR option; export --format openvino")

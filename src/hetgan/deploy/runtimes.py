@@ -195,6 +195,12 @@ def read_openvino(core, model: Path | str | bytes, where: str):
     except CheckpointError:
         raise
     except Exception as e:
+        if isinstance(model, Path | str) and Path(model).suffix.lower() == ".xml":
+            weights = Path(model).with_suffix(".bin")
+            raise CheckpointError(
+                f"{where}: OpenVINO cannot read it: the model file or its weights file {weights.name} "
+                f"({weights.stat().st_size} bytes) is damaged or truncated ({_first_line(e)}); {EXPORT_HINT}"
+            ) from None
         raise CheckpointError(f"{where}: OpenVINO cannot read this model ({_first_line(e)}); {EXPORT_HINT}") from None
 
 
@@ -234,8 +240,11 @@ def _strip(items: dict[str, str]):
 
 
 def _first_line(e: Exception) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]
+    """The first line of a runtime's error that says something: OpenVINO's start with where in
+    its own sources it was raised ("Exception from src/inference/src/cpp/core.cpp:84:")."""
+    lines = [line.strip() for line in (str(e).strip() or type(e).__name__).splitlines() if line.strip()]
+    telling = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return (telling or lines)[0][:300]
 
 
 RUNTIMES = {"onnxruntime": OnnxRuntimeGenerator, "tensorrt": OnnxRuntimeGenerator, "openvino": OpenVINOGenerator}
