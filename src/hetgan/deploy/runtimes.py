@@ -31,6 +31,7 @@ from hetgan.models import sample_shape
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 FORMAT = "hetgan.exported-generator/1"  # the metadata that makes a model file a hetgan generator
 ONNX_PREFIX = "hetgan."  # ONNX metadata_props keys; OpenVINO keeps the same keys under rt_info["hetgan"]
+JSON_METADATA = ("config", "input", "labels", "output", "quality", "quantization")  # stored as JSON text
 EXPORT_HINT = "export one with `hetgan export --run RUN --format onnx|openvino --out FILE`"
 
 
@@ -56,9 +57,11 @@ class RuntimeGenerator(SeededGenerator):
                 f"{where}: not a hetgan generator (its metadata has format {metadata.get('format')!r}, expected "
                 f"{FORMAT!r}); {EXPORT_HINT}"
             )
-        self.metadata = metadata
+        # The file stores strings; the structured entries are JSON in them. A caller reads
+        # `metadata["quality"]` as the dict it is.
+        self.metadata = {key: json.loads(value) if key in JSON_METADATA else value for key, value in metadata.items()}
         self.where = where
-        self.config = from_dict(json.loads(metadata["config"]), where=f"{where} metadata")
+        self.config = from_dict(self.metadata["config"], where=f"{where} metadata")
         self.z_dim = self.config.model.z_dim
         self.shape = sample_shape(self.config)
         self.precision = metadata.get("precision", "fp32")

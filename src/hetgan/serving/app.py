@@ -448,5 +448,5 @@ def describe(G, limits: ServeLimits) -> dict:
     metadata = getattr(G, "metadata", {})
     for key in ("quality", "quantization"):
         if metadata.get(key):
-            info[key] = json.loads(metadata[key])
+            info[key] = metadata[key]
     return info
