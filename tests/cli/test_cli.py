@@ -416,3 +416,15 @@ def test_sample_into_a_folder_never_overwrites_silently(tiny, tmp_path, capsys):
     assert main(["sample", "--artifact", path, "--n", "2", "--out", out, "--overwrite"]) == 2
     assert "holds 1 other files (e.g. notes.txt)" in capsys.readouterr().err
     assert (tmp_path / "pngs" / "notes.txt").read_text() == "mine"
+
+
+def test_resume_auto_keeps_allow_config_change(digits_npz, tmp_path):
+    """A requeued job that changes a rate: `--resume auto` once dropped --allow-config-change and
+    refused with "pass --allow-config-change" however often it was passed."""
+    run = tmp_path / "run"
+    base = ["train", "--data", f"npz:{digits_npz}", "--snapshot-kimg", "0.008", "--out", str(run), *TINY]
+    assert main([*base, "--kimg", "0.008", "--resume", "auto"]) == 0
+    more = [*base, "--kimg", "0.016", "--resume", "auto", "--set", "optim.g_lr=0.0001"]
+    assert main(more) == 2  # a changed field must be confirmed
+    assert main([*more, "--allow-config-change"]) == 0
+    assert "g_lr: 0.0001" in (run / "config.yaml").read_text()

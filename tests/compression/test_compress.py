@@ -178,8 +178,13 @@ def test_search_writes_every_candidate_and_the_choice(tmp_path, teacher):
 
     out = tmp_path / "search"
     kw = {"ratios": (0.5, 0.75), "kimg": 0.04, "weights": PIXEL_ONLY, "progress": False}
-    chosen = search(teacher, out, 3.0, measure=measure, score=score, **kw)
+    chosen = search(teacher, out, 3.0, measure=measure, score=score, importance="bn_scale", **kw)
     assert chosen.name == "prune-0.750"  # the fastest, within 10 % of the teacher's score
+    for ratio in ("0.500", "0.750"):  # --importance reaches every candidate (it was once dropped here)
+        assert (
+            json.loads((out / "candidates" / f"prune-{ratio}" / "compress.json").read_text())["importance"]
+            == "bn_scale"
+        )
     record = json.loads((out / "search.json").read_text())
     assert [c["ms"] for c in record["candidates"]] == [4.0, 2.0] and record["chosen"] == "prune-0.750"
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
