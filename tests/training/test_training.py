@@ -48,6 +48,29 @@ def test_api_prints_nothing_and_run_training_reports_the_outcome(tiny, tmp_path,
     assert logging.getLogger("hetgan").level == logging.NOTSET  # and the caller's level is restored
 
 
+def test_quiet_means_quiet_through_the_callers_logging_levels(tiny, tmp_path):
+    """`train(progress=False)` in a script that set up logging at WARNING once printed every step
+    and checkpoint line: log.txt gets them all, the caller's handlers what their levels ask for."""
+    import io
+
+    root, stream = logging.getLogger(), io.StringIO()
+    handler, root_level = logging.StreamHandler(stream), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)  # what logging.basicConfig() sets up
+    try:
+        run = train(tiny, out=tmp_path / "run", progress=False).run_dir
+        warnings = stream.getvalue().splitlines()  # the alarms of this tiny run: warnings, as asked
+        assert all(line.startswith("ALARM") for line in warnings) and ": checkpoint step-" not in stream.getvalue()
+        assert ": checkpoint step-" in (run / "log.txt").read_text()
+        logging.getLogger("hetgan").setLevel(logging.INFO)  # a caller who asks for the progress lines
+        train(tiny, out=tmp_path / "loud", progress=False)
+        assert ": checkpoint step-" in stream.getvalue()
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(root_level)
+        logging.getLogger("hetgan").setLevel(logging.NOTSET)
+
+
 def test_resuming_a_finished_run_changes_nothing(tiny, tmp_path):
     """A finished run resumed without a larger train.kimg (or with a smaller one) is left as it
     is: its config.yaml still says what it trained, and its outputs are not written again."""

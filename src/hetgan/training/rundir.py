@@ -103,23 +103,50 @@ def write_config(run_dir: Path, cfg: TrainConfig) -> None:
 
 @contextmanager
 def run_log(run_dir: Path) -> Iterator[None]:
-    """Write the "hetgan" logger's INFO and above to run_dir/log.txt while the block runs.
+    """Write the "hetgan" logger's INFO and above to run_dir/log.txt while the block runs, and
+    hand the caller's logging only what the caller's levels ask for.
 
-    The logger is lowered to INFO for the block if it was above (the default WARNING of an API
-    caller who configured no logging), so log.txt is complete however train() was called.
+    log.txt must be complete however train() was called, so the logger is lowered to INFO for the
+    block if it was above (the default WARNING of an API caller). Lowering it alone would send the
+    INFO records on to the caller's handlers too (a script with logging.basicConfig() at WARNING
+    would print every step line): instead the block's records stop at this logger, and those at
+    or above the level it had go on to the handlers above it, as before.
     """
     handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    level = log.level
-    if log.getEffectiveLevel() > logging.INFO:
-        log.setLevel(logging.INFO)
+    level, effective, propagate = log.level, log.getEffectiveLevel(), log.propagate
+    forward = ToParentHandlers(effective) if propagate and log.parent is not None else None
+    log.setLevel(min(effective, logging.INFO))
     log.addHandler(handler)
+    if forward:
+        log.propagate = False
+        log.addHandler(forward)
     try:
         yield
     finally:
         log.removeHandler(handler)
+        if forward:
+            log.removeHandler(forward)
+        log.propagate = propagate
         log.setLevel(level)
         handler.close()
+
+
+class ToParentHandlers(logging.Handler):
+    """Hands a record to the handlers above the "hetgan" logger (the caller's), if it reaches the
+    level the caller's configuration gave that logger."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        parent = log.parent
+        while parent is not None:
+            for handler in parent.handlers:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+            if not parent.propagate:
+                break
+            parent = parent.parent
+        if not log.parent.hasHandlers() and record.levelno >= logging.lastResort.level:
+            logging.lastResort.handle(record)  # what Python does when nobody configured logging
 
 
 class MetricsWriter:
