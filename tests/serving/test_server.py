@@ -354,3 +354,18 @@ def test_the_token_comes_from_a_file_and_a_token_on_the_command_line_warns(tmp_p
             read_token(parse(["serve", "--run", "r", "--token-file", str(tmp_path / name)]))
     monkeypatch.setenv("HETGAN_SERVE_TOKEN", "from-env")
     assert read_token(parse(["serve", "--run", "r"])) == "from-env"
+
+
+def test_only_its_own_host_names_are_answered(small):
+    """With no token (the default), a page on another site could read the service through DNS
+    rebinding: its requests carry that site's Host. Only the loopback names, the bound address and
+    --allowed-host are answered; anything else gets a 421 and the server keeps serving."""
+    path, _ = small
+    with server(path, "--allowed-host", "gan.internal") as (client, _):
+        port = client.base_url.port
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "gan.internal", "GAN.internal:80"):
+            assert client.get("/v1/model", headers={"Host": host}).status_code == 200, host
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", ""):
+            refused = client.post("/v1/generate", json={"n": 1}, headers={"Host": host})
+            assert refused.status_code == 421 and "does not answer for Host" in refused.json()["error"], host
+        assert client.post("/v1/generate", json={"n": 1, "format": "npz"}).status_code == 200

@@ -39,6 +39,14 @@ def add(sub) -> None:
     )  # fmt: skip
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="answer requests for this Host name too (repeatable); by default only the loopback names and "
+        "--host are answered (421 otherwise), against DNS rebinding",
+    )
     token = s.add_mutually_exclusive_group()
     token.add_argument(
         "--token-file",
@@ -80,6 +88,6 @@ def run(args: argparse.Namespace) -> int:
     token = read_token(args)
     hetgan.serve(
         source(args), args.backend, args.device, args.threads, args.streams, args.host, args.port, token, limits,
-        args.nice,
+        args.nice, tuple(args.allowed_host),
     )  # fmt: skip
     return 0

@@ -52,6 +52,18 @@ from starlette.exceptions import HTTPException  # noqa: E402
 
 log = logging.getLogger("hetgan")
 OPEN_PATHS = ("/healthz", "/readyz")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def request_host(scope) -> str:
+    """The Host header's name, without the port and brackets, lower-cased ("" if none)."""
+    for key, value in scope.get("headers", ()):
+        if key == b"host":
+            name = value.decode("latin-1").strip().lower()
+            if name.startswith("["):  # [::1]:8000
+                return name[1 : name.find("]")] if "]" in name else name
+            return name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+    return ""
 
 
 Label = int | str  # a class index or name
@@ -217,9 +229,17 @@ class RequestGate:
     such a request (benchmarks/RESULTS.md), and on a small server that CPU is the generator's.
     Everything else, those paths' other methods included, goes on to FastAPI."""
 
-    def __init__(self, app, token: str | None, metrics: Metrics, batcher: Batcher, fast: dict | None = None) -> None:
+    def __init__(
+        self,
+        app,
+        token: str | None,
+        metrics: Metrics,
+        batcher: Batcher,
+        fast: dict | None = None,
+        hosts: frozenset[str] = frozenset(LOOPBACK_HOSTS),
+    ) -> None:
         self.app, self.token, self.metrics, self.batcher = app, token, metrics, batcher
-        self.fast = fast or {}
+        self.fast, self.hosts = fast or {}, hosts
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -246,7 +266,13 @@ class RequestGate:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
     def refusal(self, scope, path: str) -> JSONResponse | None:
-        """401 without the token, 503 when the queue is full; None to go on."""
+        """421 for a Host this server is not, 401 without the token, 503 when the queue is full;
+        None to go on."""
+        host = request_host(scope)
+        if host not in self.hosts:
+            return error(
+                421, f"this server does not answer for Host {host!r}; start it with --allowed-host {host} to allow it"
+            )
         if self.token and path not in OPEN_PATHS and not authorised(Request(scope), self.token):
             scheme = 'Basic realm="hetgan"' if path == "/" else 'Bearer realm="hetgan"'
             return error(401, "this server needs its token: Authorization: Bearer TOKEN", {"WWW-Authenticate": scheme})
@@ -354,6 +380,7 @@ def create_app(
     description: dict | None = None,
     streams: int = 1,
     nice: int = 0,
+    allowed_hosts: tuple[str, ...] = (),
 ):
     """The ASGI app that `hetgan serve` runs, for those who embed it in their own server.
 
@@ -364,6 +391,9 @@ def create_app(
         streams: generator calls at once (G loaded with as many streams).
         nice: how much lower than the event loop's the priority of the generator threads is set
             once warmed up (Linux; 0 leaves it).
+        allowed_hosts: Host names the app answers besides the loopback ones (localhost,
+            127.0.0.1, ::1); any other Host header gets a 421, so that a page on another site
+            cannot read the service through DNS rebinding.
 
     Returns:
         An ASGI callable: the request gate (token, metrics, 503 when the queue is full) in front
@@ -421,7 +451,8 @@ def create_app(
     # Outside FastAPI's own middleware stack, so that a request refused here (401, or 503 when the
     # queue is full) costs none of it: under overload the refusals are most of the traffic.
     fast = {"/v1/generate": service.generate, "/v1/interpolate": service.interpolate}
-    return RequestGate(app, token, service.metrics, service.batcher, fast)
+    hosts = frozenset(h.lower() for h in (*LOOPBACK_HOSTS, *allowed_hosts))
+    return RequestGate(app, token, service.metrics, service.batcher, fast, hosts)
 
 
 ENDPOINTS = ("/", "/healthz", "/readyz", "/v1/generate", "/v1/interpolate", "/v1/model", "/metrics")

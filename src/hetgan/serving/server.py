@@ -30,6 +30,7 @@ def serve(
     token: str | None = None,
     limits: ServeLimits | None = None,
     nice: int = GENERATOR_NICE,
+    allowed_hosts: tuple[str, ...] = (),
 ) -> None:
     """Serve samples of a generator over HTTP, with a web page, until SIGINT or SIGTERM (`hetgan serve`).
 
@@ -44,6 +45,7 @@ def serve(
         token: require `Authorization: Bearer TOKEN` (binding beyond loopback without one warns).
         limits: the bounds on every request (`ServeLimits`).
         nice: how much lower the generator threads' priority is than the HTTP side's (Linux).
+        allowed_hosts: Host names to answer besides the loopback ones and `host` (421 otherwise).
 
     Blocks until stopped; the accepted requests are answered first. `hetgan.create_app` gives the
     ASGI app itself, to embed.
@@ -69,7 +71,8 @@ def serve(
     G = load_generator(source, device=device, backend=backend, threads=threads, streams=streams)
     if warning := bind_warning(host, token):
         log.warning("%s", warning)
-    app = create_app(G, limits, token, streams=streams, nice=nice)
+    hosts = (*allowed_hosts, *(() if host in ("0.0.0.0", "::") else (host,)))
+    app = create_app(G, limits, token, streams=streams, nice=nice, allowed_hosts=hosts)
     log.info(
         "serving %s (%s %s, %d CPU threads in %d streams) on http://%s:%d/",
         *(source, G.backend, G.precision, threads, streams, host, port),
@@ -174,8 +177,11 @@ def bind_warning(host: str, token: str | None) -> str | None:
     """What to say when the service will be reachable from other machines."""
     if _is_loopback(host):
         return None
-    unguarded = "" if token else ", with no token (--token or $HETGAN_SERVE_TOKEN)"
-    return f"binding {host}: the service is reachable from other machines{unguarded}"
+    unguarded = "" if token else ", with no token (--token-file or $HETGAN_SERVE_TOKEN)"
+    return (
+        f"binding {host}: the service is reachable from other machines{unguarded}; it answers only the Host "
+        "names it is given (--allowed-host NAME for each name clients use)"
+    )
 
 
 def _is_loopback(host: str) -> bool:
