@@ -369,3 +369,19 @@ def test_only_its_own_host_names_are_answered(small):
             refused = client.post("/v1/generate", json={"n": 1}, headers={"Host": host})
             assert refused.status_code == 421 and "does not answer for Host" in refused.json()["error"], host
         assert client.post("/v1/generate", json={"n": 1, "format": "npz"}).status_code == 200
+
+
+def test_the_uvicorn_protocol_subclass_finds_the_hooks_it_overrides():
+    """hetgan.serving.server subclasses uvicorn's private httptools protocol to bound a request's
+    head; uvicorn is bounded in the serve extra, and this says what a newer one must still have."""
+    import inspect
+
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from hetgan.serving.server import http_protocol
+
+    bounded = http_protocol(1024)
+    assert issubclass(bounded, HttpToolsProtocol)
+    for hook, params in (("data_received", ["data"]), ("on_headers_complete", []), ("on_message_complete", [])):
+        assert list(inspect.signature(getattr(HttpToolsProtocol, hook)).parameters)[1:] == params, hook
+    assert callable(HttpToolsProtocol.send_400_response)
