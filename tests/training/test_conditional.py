@@ -215,11 +215,25 @@ def test_class_accuracy_and_per_class_fid_tell_right_classes_from_wrong():
     cfg = resolved(cfg)
     evaluator = Evaluator(cfg)
     assert "per_class" in evaluator.metrics
-    right = evaluator(ClassDrawer(cfg, evaluator.data), 1000)
-    wrong = evaluator(ClassDrawer(cfg, evaluator.data, wrong=True), 1000)
+    right = evaluator(ClassDrawer(cfg, evaluator.data), 1300)  # 130 a class: per-class FID in 128-d needs 129
+    wrong = evaluator(ClassDrawer(cfg, evaluator.data, wrong=True), 1300)
     assert right["class_accuracy"] > 0.95 and wrong["class_accuracy"] < 0.05
     assert set(right["fid_per_class"]) == set("0123456789")
     assert right["fid_class_mean"] * 5 < wrong["fid_class_mean"]
+
+
+def test_per_class_fid_needs_a_full_rank_covariance_and_says_so(caplog):
+    """Per-class FID from 10 samples per class in a 128-d feature space says nothing: below 129 a
+    class the FID is left out, and a warning says how many samples are needed."""
+    cfg = TrainConfig()
+    cfg.model.conditional = True
+    cfg = resolved(cfg)
+    evaluator = Evaluator(cfg, metrics=("per_class",))
+    with caplog.at_level("WARNING", logger="hetgan"):
+        result = evaluator(ClassDrawer(cfg, evaluator.data), 100)
+    assert result["fid_per_class"] == {} and "fid_class_mean" not in result
+    assert "needs 129 samples of each class in this 128-d feature space" in caplog.text
+    assert "got 10 generated" in caplog.text and "pass --n 1290 or more" in caplog.text
 
 
 @pytest.mark.slow

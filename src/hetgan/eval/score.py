@@ -171,16 +171,32 @@ class Evaluator:
                 self.net.cfg.n_classes,
                 G.n_classes,
             )
-        real_y = self.data.labels[self.real_order]
-        fids = {
-            name: M.fid(fake[y == k], self.real[real_y == k])
-            for k, name in enumerate(G.class_names)
-            if (y == k).sum() >= MIN_EVAL_N and (real_y == k).sum() >= MIN_EVAL_N
-        }
-        result["fid_per_class"] = fids
+        result["fid_per_class"] = fids = self.fid_per_class(G, fake, y)
         if fids:
             result["fid_class_mean"] = float(np.mean(list(fids.values())))
         return result
+
+    def fid_per_class(self, G: SeededGenerator, fake: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """FID of each class's samples against its real images, for the classes with enough of
+        both: a covariance in D feature dimensions has full rank only from D + 1 samples, and from
+        fewer the FID says more about the count than about the generator. The classes left out are
+        named in a warning, with the --n that would include them."""
+        need = max(MIN_EVAL_N, self.real.shape[1] + 1)
+        real_y = self.data.labels[self.real_order]
+        counts = {name: (int((y == k).sum()), int((real_y == k).sum())) for k, name in enumerate(G.class_names)}
+        short = {name: got for name, got in counts.items() if min(got) < need}
+        if short:
+            name, (fake_n, real_n) = next(iter(short.items()))
+            log.warning(
+                "no per-class FID for %d of %d classes: it needs %d samples of each class in this %d-d feature "
+                "space (a full-rank covariance), got %d generated and %d real of class %r; pass --n %d or more",
+                len(short), len(counts), need, self.real.shape[1], fake_n, real_n, name, need * len(counts),
+            )  # fmt: skip
+        return {
+            name: M.fid(fake[y == k], self.real[real_y == k])
+            for k, name in enumerate(G.class_names)
+            if name not in short
+        }
 
     def cas(self, G: SeededGenerator, n: int) -> dict:
         """Classification accuracy score (Ravuri & Vinyals 2019): a classifier of the feature
