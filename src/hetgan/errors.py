@@ -27,3 +27,7 @@ class TuneError(HetganError):
 
 class ExportError(HetganError):
     """An exported or quantised model that fails its check against PyTorch, or cannot be written."""
+
+
+class QualityError(HetganError):
+    """A model that fails its quality bound (int8 against fp32, a student against its teacher)."""

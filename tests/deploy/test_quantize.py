@@ -120,3 +120,37 @@ def test_bench_deploy_refuses_training_flags_and_exported_references(tmp_path, c
     assert "needs the run or its generator.safetensors first" in capsys.readouterr().err
     assert main(["bench", "--run", str(tmp_path)]) == 2
     assert "--deploy with --run RUN" in capsys.readouterr().err
+
+
+def test_int8_past_its_quality_bound_is_refused_unless_forced(digits_generator, tmp_path, capsys):
+    """quantize measured the int8 model's quality but never acted on it: past --max-quality-loss
+    it exits non-zero and writes nothing, unless --force. A bound of -100 % (FID at least halved)
+    no int8 model can meet."""
+    from hetgan.cli import main
+
+    argv = ["quantize", "--run", str(digits_generator), "--calibration-n", "32", "--quality-n", "200"]
+    out = tmp_path / "g8.xml"
+    assert main([*argv, "--out", str(out), "--max-quality-loss", "-100"]) == 2
+    err = capsys.readouterr().err
+    assert "over the bound of -100 %: nothing was written" in err and "--force" in err
+    assert not out.exists() and not out.with_suffix(".bin").exists()
+
+
+def test_the_quality_gate_records_the_loss_and_the_bound_either_way():
+    from hetgan.deploy.quantize import QuantizeResult, gate
+    from hetgan.errors import QualityError
+
+    images = {"n": 200, "feature_space": "digits", "fid_fp32": 10.0, "fid_int8": 10.5, "fid_delta_pct": 5.0,
+              "class_tv": 0.01}  # fmt: skip
+    within = gate(images, 10.0, force=False)
+    assert (within["loss_pct"], within["max_loss_pct"]) == (5.0, 10.0)
+    with pytest.raises(QualityError, match=r"loses 5.00 % .*FID 10.000 -> 10.500.*over the bound of 4 %"):
+        gate(images, 4.0, force=False)
+    forced = gate(images, 4.0, force=True)
+    check = type("Check", (), {"summary": lambda self: "checked"})()
+    lines = QuantizeResult([], "m", {"n": 0, "law": "none"}, forced, check).summary()
+    assert "quality loss 5.00 %: OVER (written with --force) the bound of 4 %" in lines
+    points = {"n": 200, "modes_fp32": 8, "modes_int8": 7, "hq_fp32": 0.9, "hq_int8": 0.9}
+    with pytest.raises(QualityError, match="modes 8 -> 7"):  # a lost mode is a total loss
+        gate(points, 10.0, force=False)
+    assert gate({"measured": False}, 10.0, force=False) == {"measured": False}  # nothing to gate

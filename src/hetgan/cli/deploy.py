@@ -7,6 +7,7 @@ import argparse
 import hetgan
 from hetgan.cli.common import add_source, source
 from hetgan.deploy.export import FORMATS
+from hetgan.deploy.quantize import MAX_QUALITY_LOSS
 from hetgan.errors import HetganError
 from hetgan.fileio import output_path
 
@@ -30,6 +31,15 @@ def add(sub) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed of the scored samples")
     q.add_argument("--evalnet", help="feature network for FID (default: the run's, or the digit classifier)")
     q.add_argument("--overwrite", action="store_true", help="replace --out (and its .bin) if it exists")
+    q.add_argument(
+        "--max-quality-loss",
+        type=float,
+        default=MAX_QUALITY_LOSS,
+        metavar="PCT",
+        help=f"refuse (exit 2, nothing written) an int8 model whose FID is over PCT %% above fp32's (2-D data: "
+        f"high quality PCT points lower, or a mode lost); default {MAX_QUALITY_LOSS:g}",
+    )
+    q.add_argument("--force", action="store_true", help="write the int8 model even past --max-quality-loss")
     q.set_defaults(handler=run_quantize)
 
 
@@ -44,7 +54,8 @@ def run_export(args: argparse.Namespace) -> int:
 def run_quantize(args: argparse.Namespace) -> int:
     out = output_path(args.out, "--out", "generator-int8.xml", args.overwrite)
     result = hetgan.quantize(
-        source(args), out, args.calibration_n, args.quality_n, args.seed, args.evalnet, args.overwrite
-    )
+        source(args), out, args.calibration_n, args.quality_n, args.seed, args.evalnet, args.overwrite,
+        args.max_quality_loss, args.force,
+    )  # fmt: skip
     print(result.summary())
     return 0

@@ -30,7 +30,7 @@ from hetgan.artifact import TorchGenerator, torch_generator_from
 from hetgan.deploy import require
 from hetgan.deploy.export import Check, compare, metadata, onnx_with_check, quiet_libraries, write_openvino
 from hetgan.deploy.runtimes import ONNX_PREFIX, OnnxRuntimeGenerator, OpenVINOGenerator
-from hetgan.errors import ExportError, HetganError
+from hetgan.errors import ExportError, HetganError, QualityError
 from hetgan.fileio import atomic_write_bytes, output_path
 from hetgan.generator import SeededGenerator
 
@@ -38,6 +38,9 @@ log = logging.getLogger("hetgan")
 CALIBRATION_SEED = 987_654_321  # calibration z: not a seed that samples and scores use
 CALIBRATION_BATCH = 16
 CONV_OPS = {"Conv", "ConvTranspose"}
+
+
+MAX_QUALITY_LOSS = 10.0  # percent: int8's FID at most 10 % above fp32's (2-D: high quality 10 points lower)
 
 
 @dataclass
@@ -64,7 +67,10 @@ class QuantizeResult:
                 f"fp32 {q['hq_fp32']:.4f}, int8 {q['hq_int8']:.4f}"
             )
         else:
-            lines.append("  quality: not measured (--quality-n 0)")
+            lines.append("  quality: not measured (--quality-n 0), so not checked against a bound")
+        if "loss_pct" in q:
+            verdict = "within" if q["loss_pct"] <= q["max_loss_pct"] else "OVER (written with --force)"
+            lines.append(f"  quality loss {q['loss_pct']:.2f} %: {verdict} the bound of {q['max_loss_pct']:g} %")
         return "\n".join(lines)
 
     def calibration_line(self) -> str:
@@ -95,6 +101,8 @@ def quantize(
     seed: int = 0,
     evalnet: str | Path | None = None,
     overwrite: bool = False,
+    max_quality_loss: float = MAX_QUALITY_LOSS,
+    force: bool = False,
 ) -> QuantizeResult:
     """int8 of a trained generator written to `out` (`hetgan quantize`).
 
@@ -107,11 +115,15 @@ def quantize(
         seed: the seed of the scored samples.
         evalnet: the feature space of the score (default: the run's, or the bundled digits').
         overwrite: replace `out` (and its .bin) if it exists (refused otherwise).
+        max_quality_loss: the most quality int8 may lose, in percent: FID's increase over fp32's
+            for images; for 2-D data, the high-quality share's drop in points, and no mode lost.
+        force: write the int8 model even past `max_quality_loss`.
 
     Returns:
         `QuantizeResult`: the files, the method, the calibration and the measured quality delta.
 
     Raises:
+        QualityError: int8 lost more than `max_quality_loss` (nothing is written unless `force`).
         ExportError: a suffix other than .xml/.onnx; HetganError: the deploy extra is missing.
 
     Example:
@@ -133,7 +145,7 @@ def quantize(
     if is_dynamic(method):
         calibration = {"n": 0, "seed": None, "batch": None, "law": "none: activation ranges are taken at run time"}
     check = compare(G, candidate, tolerance=None)
-    quality = measure_quality(G, candidate, quality_n, seed, evalnet)
+    quality = gate(measure_quality(G, candidate, quality_n, seed, evalnet), max_quality_loss, force)
     info = metadata(G, "int8", quantization={"method": method, "calibration": calibration}, quality=quality)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".xml":
@@ -143,6 +155,39 @@ def quantize(
         atomic_write_bytes(out, with_onnx_metadata(data, info))
         paths = [out]
     return QuantizeResult(paths, method, calibration, quality, check)
+
+
+def quality_loss(quality: dict) -> float | None:
+    """How much quality int8 lost, in percent (see `quantize`); None where it was not measured.
+    A lost mode of a 2-D mixture counts as a total loss."""
+    if "fid_fp32" in quality:
+        return quality["fid_delta_pct"]
+    if "modes_fp32" in quality:
+        if quality["modes_int8"] < quality["modes_fp32"]:
+            return 100.0
+        return 100 * (quality["hq_fp32"] - quality["hq_int8"])
+    return None
+
+
+def gate(quality: dict, bound: float, force: bool) -> dict:
+    """`quality` with the loss and its bound recorded; a QualityError past the bound unless `force`."""
+    loss = quality_loss(quality)
+    if loss is None:
+        return quality
+    quality = {**quality, "loss_pct": loss, "max_loss_pct": bound}
+    if loss > bound and not force:
+        what = (
+            f"FID {quality['fid_fp32']:.3f} -> {quality['fid_int8']:.3f}"
+            if "fid_fp32" in quality
+            else f"modes {quality['modes_fp32']} -> {quality['modes_int8']}, high quality "
+            f"{quality['hq_fp32']:.4f} -> {quality['hq_int8']:.4f}"
+        )
+        raise QualityError(
+            f"int8 loses {loss:.2f} % of the quality ({what} on {quality['n']} samples), over the bound of "
+            f"{bound:g} %: nothing was written. Pass --force to write it anyway, raise --max-quality-loss, or "
+            "calibrate on more z draws (--calibration-n)"
+        )
+    return quality
 
 
 def openvino_int8(onnx_fp32: bytes, batches: list[np.ndarray]):
