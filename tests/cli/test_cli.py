@@ -274,7 +274,7 @@ def test_eval_every_logs_metrics_and_keeps_best(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_placement_auto_writes_the_choice_into_the_run_config(tmp_path, capsys, monkeypatch):
+def test_train_placement_auto_writes_the_choice_into_the_run_config(tmp_path, caplog, monkeypatch):
     """`train --placement auto` tunes, prints the table and trains with the chosen knobs, which
     the run's config.yaml records. Timings are controlled so that a non-plain candidate wins."""
     import yaml
@@ -286,8 +286,10 @@ def test_train_placement_auto_writes_the_choice_into_the_run_config(tmp_path, ca
     monkeypatch.setattr(Trial, "img_per_s", lambda self, seconds: 1000.0 if self.cfg.accel.threads == 1 else 100.0)
     run = tmp_path / "run"
     args = ["--preset", "mlp_ring8", "--kimg", "0.1", "--out", str(run), "--no-progress", "--set", "model.width=16"]
-    assert main(["train", "--placement", "auto", "--tune-seconds", "0.3", *args]) == 0
-    chosen = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("chosen: "))
+    with caplog.at_level("INFO", logger="hetgan"):  # as the command's own logging set-up has it
+        assert main(["train", "--placement", "auto", "--tune-seconds", "0.3", *args]) == 0
+    # The table is logged before training starts (the command's log goes to stderr); here, to caplog.
+    chosen = next(line for line in caplog.text.splitlines() if line.startswith("chosen: "))
     overrides = [flag for flag in chosen.split(": ", 2)[-1].split() if flag != "--set" and "=" in flag]
     expected = apply_overrides(get_preset("mlp_ring8"), ["model.width=16", *overrides]).accel
     assert yaml.safe_load((run / "config.yaml").read_text())["accel"] == vars(expected)
