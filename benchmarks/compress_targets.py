@@ -79,7 +79,7 @@ def given_students(run: Path, out: Path, args) -> dict:
         student = load_torch_generator(path)
         row = {"artifact": str(path), "widths": student.config.model.g_widths, "fid": fid(path, args.n)}
         row["ratio"] = "given"
-        row["mac_reduction"] = teacher_macs / macs(student.G, student.z_dim)
+        row["mac_reduction"] = teacher_macs / macs(student.net, student.z_dim)
         row["fid_vs_teacher"] = row["fid"] / record["teacher_fid"] - 1
         record["students"].append(row)
         print(f"  {row}", flush=True)
