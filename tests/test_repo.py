@@ -29,7 +29,10 @@ def test_readme_shows_what_train_prints_at_the_end():
     its kimg (the last step overshoots a little)."""
     cfg = get_preset("dcgan_mnist")
     steps = math.ceil(cfg.train.kimg * 1000 / cfg.train.batch_size)
-    run = TrainResult(Path("runs/00000-dcgan_mnist"), steps, steps * cfg.train.batch_size / 1000, None, 0)
+    shown_speed = 1216.0  # the README's example (a real default run's figure on 2 cores)
+    run = TrainResult(
+        Path("runs/00000-dcgan_mnist"), steps, steps * cfg.train.batch_size / 1000, None, 0, img_per_s=shown_speed
+    )
     readme = (ROOT / "README.md").read_text()
     shown = re.search(r"`hetgan train` prints where everything went:\n\n```\n(.*?)\n```", readme, re.S).group(1)
     assert shown == run.summary()

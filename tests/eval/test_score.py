@@ -199,7 +199,10 @@ def test_eval_during_training_needs_its_feature_network_before_the_run_begins(ti
 
     monkeypatch.setattr("hetgan.eval.score.load_data", load_data_again)
     cfg = tiny_config("mnist5k", kimg=0.04, eval_kimg=0.04, eval_n=100)
-    assert (train(cfg, out=tmp_path / "d", progress=False).run_dir / "best.json").is_file()
+    result = train(cfg, out=tmp_path / "d", progress=False)
+    assert (result.run_dir / "best.json").is_file()
+    # The end-of-training summary gives the last quality figure.
+    assert f"quality:       FID {result.last_eval['fid']:.2f} in digits at 0.04 kimg" in result.summary()
 
 
 def test_a_finished_run_resumed_with_evaluation_computes_no_features(digits_run, monkeypatch):

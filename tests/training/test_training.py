@@ -44,6 +44,8 @@ def test_api_prints_nothing_and_run_training_reports_the_outcome(tiny, tmp_path,
     assert capsys.readouterr().out == ""  # a library call leaves stdout to its caller
     assert result.stopped_by is None and result.steps == 20 and result.kimg == pytest.approx(0.16)  # 160 / batch 8
     assert "training finished" in result.summary() and str(result.run_dir / "generator.safetensors") in result.summary()
+    assert result.img_per_s > 0 and f"speed:         {result.img_per_s:,.0f} img/s" in result.summary()
+    assert "quality:       not measured during training (--eval-every KIMG)" in result.summary()
     assert "done:" in (result.run_dir / "log.txt").read_text()  # INFO reaches log.txt without logging set up
     assert logging.getLogger("hetgan").level == logging.NOTSET  # and the caller's level is restored
 
@@ -58,8 +60,12 @@ def test_quiet_means_quiet_through_the_callers_logging_levels(tiny, tmp_path):
     root.addHandler(handler)
     root.setLevel(logging.WARNING)  # what logging.basicConfig() sets up
     try:
-        run = train(tiny, out=tmp_path / "run", progress=False).run_dir
+        result = train(tiny, out=tmp_path / "run", progress=False)
+        run = result.run_dir
         warnings = stream.getvalue().splitlines()  # the alarms of this tiny run: warnings, as asked
+        # and the end-of-training summary says so, where a user looks
+        assert result.alarms and f"WARNING: {len(result.alarms)} alarm(s) during training" in result.summary()
+        assert result.alarms[-1] in result.summary()
         assert all(line.startswith("ALARM") for line in warnings) and ": checkpoint step-" not in stream.getvalue()
         assert ": checkpoint step-" in (run / "log.txt").read_text()
         logging.getLogger("hetgan").setLevel(logging.INFO)  # a caller who asks for the progress lines

@@ -64,6 +64,9 @@ class TrainResult:
     nonfinite_steps: int
     already_done: bool = False  # resumed a finished run that had reached train.kimg: nothing ran
     main: bool = True  # rank 0 (or a single process): the rank that wrote the run directory
+    img_per_s: float | None = None  # real images per second over this call's steps, wall clock
+    last_eval: dict | None = None  # the last evaluation during training (--eval-every), if any
+    alarms: tuple[str, ...] = ()  # the monitor's alarms: collapse, a saturated D, blown-up losses
 
     def summary(self) -> str:
         if self.already_done:
@@ -77,13 +80,33 @@ class TrainResult:
                 f"Continue with: hetgan train --resume {self.run_dir}"
             )
         skipped = f"; {self.nonfinite_steps} non-finite steps skipped" if self.nonfinite_steps else ""
-        return (
-            f"training finished: {self.kimg:.1f} kimg in {self.steps} steps{skipped}\n"
-            f"  run directory: {self.run_dir}\n  generator:     {self.run_dir / ARTIFACT_NAME}\n"
-            f"  final samples: {self.run_dir / 'samples' / 'final.png'}\n"
-            f"  metrics:       {self.run_dir / 'metrics.jsonl'}\n"
-            f"  report:        hetgan report {self.run_dir}"
-        )
+        lines = [
+            f"training finished: {self.kimg:.1f} kimg in {self.steps} steps{skipped}",
+            *([f"  speed:         {self.img_per_s:,.0f} img/s"] if self.img_per_s else []),
+            f"  quality:       {quality_line(self.last_eval, self.run_dir)}",
+            f"  run directory: {self.run_dir}",
+            f"  generator:     {self.run_dir / ARTIFACT_NAME}",
+            f"  final samples: {self.run_dir / 'samples' / 'final.png'}",
+            f"  metrics:       {self.run_dir / 'metrics.jsonl'}",
+            f"  report:        hetgan report {self.run_dir}",
+        ]
+        if self.alarms:
+            lines += [f"  WARNING: {len(self.alarms)} alarm(s) during training; the last:", f"    {self.alarms[-1]}"]
+            lines.append("    look at the samples before using this generator (log.txt has them all)")
+        return "\n".join(lines)
+
+
+def quality_line(record: dict | None, run_dir: Path) -> str:
+    """The last evaluation's headline figure, or how to measure one."""
+    if not record:
+        return f"not measured during training (--eval-every KIMG); measure it: hetgan eval --run {run_dir}"
+    at = f"at {record['kimg']:g} kimg"
+    if "fid" in record:
+        space = record.get("feature_space", "features").split(";")[0].split(" (")[0]  # "digits (bundled ...)"
+        return f"FID {record['fid']:.2f} in {space} {at}"
+    if "modes_captured" in record:
+        return f"{record['modes_captured']} modes, {record['high_quality']:.1%} high quality {at}"
+    return f"evaluated {at}: see metrics.jsonl"
 
 
 def train(
@@ -263,6 +286,7 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
         dynamic_ncols=True,
     )
     timer, logged_nimg = time.perf_counter(), trainer.nimg
+    started, started_nimg = timer, trainer.nimg
     # Log lines go above the bar, not onto it; TensorBoard's events are flushed however the loop ends.
     with stop, bar, logging_redirect_tqdm(), contextlib.closing(metrics.board):
         while trainer.nimg < total_nimg and not stop.agreed(trainer.dist):
@@ -292,7 +316,12 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
             log.info("stopped by %s at step %d; checkpoint saved", stopped_by, trainer.step_count)
         else:  # a signal from here on waits for the final outputs: the run has trained all it was asked
             finish(trainer, run_dir)
-    return TrainResult(run_dir, trainer.step_count, trainer.nimg / 1000, stopped_by, trainer.nonfinite_total, main=main)
+    seconds, trained = time.perf_counter() - started, trainer.nimg - started_nimg
+    return TrainResult(
+        run_dir, trainer.step_count, trainer.nimg / 1000, stopped_by, trainer.nonfinite_total, main=main,
+        img_per_s=trained / seconds if trained and seconds > 0 else None, last_eval=monitor.last_eval,
+        alarms=tuple(monitor.alarms),
+    )  # fmt: skip
 
 
 def _start(trainer: Trainer, run_dir: Path, metrics: MetricsWriter, evaluator) -> Monitor:

@@ -87,6 +87,7 @@ class Monitor:
     def __init__(self, trainer: Trainer, run_dir: Path, evaluator=None) -> None:
         self.trainer, self.run_dir = trainer, run_dir
         self.alarms: list[str] = []
+        self.last_eval: dict | None = None  # the newest evaluation record, for the run's summary
         self.d_acc: collections.deque[float] = collections.deque(maxlen=D_WON_WINDOW)
         self.d_won = False  # alarmed, until the mean falls back below the bar
         self.loss_scale: list[float] = []
@@ -150,6 +151,7 @@ class Monitor:
         record = {"step": t.step_count, "kimg": round(t.nimg / 1000, 3), "eval": True}
         record.update({k: v for k, v in result.items() if not isinstance(v, list)})
         self._keep_best(record)
+        self.last_eval = record
         return record
 
     def _keep_best(self, record: dict) -> None:
