@@ -396,9 +396,9 @@ def test_fused_adam_step_never_reads_a_tensor_on_the_host(tiny, monkeypatch):
         for name in ("__bool__", "__float__", "__int__", "item", "tolist"):
             m.setattr(torch.Tensor, name, no_sync)
         results = [t.step() for _ in range(3)]
-    assert len(t._unsettled) == 4 and t.step_count == 4
+    assert len(t._uncounted) == 4 and t.step_count == 4
     t.count_skipped()
-    assert not t._unsettled and all(r.skipped == [] for r in results)
+    assert not t._uncounted and all(r.skipped == [] for r in results)
     assert set(results[0].floats()) >= {"loss_d", "loss_g"}
 
 
