@@ -262,7 +262,13 @@ def test_a_handler_that_fails_gets_a_500_that_is_counted_and_logged(small, caplo
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/generate", "headers": [(b"host", b"127.0.0.1:8000")], "query_string": b""}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/generate",
+        "headers": [(b"host", b"127.0.0.1:8000")],
+        "query_string": b"",
+    }
     asyncio.run(guard(scope, receive, send))
     assert sent[0]["status"] == 500
     assert json.loads(sent[1]["body"])["error"] == "internal error (RuntimeError); the server logged it"
