@@ -21,10 +21,10 @@ def get_preset(name: str) -> TrainConfig:
 def dcgan_mnist() -> TrainConfig:
     """The default: DCGAN on the bundled 5000 digits, tuned to learn fast on a small CPU.
 
-    A narrower net than the textbook (width 32 instead of 64) sees about 3x the images per second
-    here; batch 128, the hinge loss, a high learning rate (Adam 1.5e-3, betas (0.5, 0.99)) and
-    G_ema do the rest. benchmarks/RESULTS.md has the sweep and the comparison with the textbook
-    loop.
+    A narrower net than the textbook (width 32 instead of 64) sees several times the images per
+    second; batch 128, the hinge loss, a high learning rate (Adam 1.5e-3, betas (0.5, 0.99)) and
+    G_ema do the rest. benchmarks/RESULTS.md, "Training quality", has the sweep and the comparison
+    with the textbook loop.
     """
     cfg = TrainConfig(preset="dcgan_mnist")
     cfg.model.width = 32
@@ -45,9 +45,9 @@ def dcgan_mnist() -> TrainConfig:
 def cdcgan_mnist() -> TrainConfig:
     """The default made class-conditional: G(z, y) with class-conditional BatchNorm and a
     projection D (Miyato & Koyama 2018), on the bundled digits and their labels; dcgan_mnist's
-    recipe and budget, with D learning twice as fast (Adam 3e-3): at the default's rate 8.8 % of
-    the 2s came out as 3s, at 3e-3 every digit is drawn as asked for 95.8 % of the time or more
-    (benchmarks/RESULTS.md). `hetgan sample --per-class 8` draws every digit on demand."""
+    recipe and budget, with D learning twice as fast (Adam 3e-3): at the default's rate too many
+    2s came out as 3s (benchmarks/RESULTS.md, "Conditional GANs"). `hetgan sample --per-class 8`
+    draws every digit on demand."""
     cfg = dcgan_mnist()
     cfg.preset = "cdcgan_mnist"
     cfg.model.conditional = True
@@ -82,7 +82,7 @@ def mlp_ring8() -> TrainConfig:
 
     With G at 3e-4, some ring seeds reach the data's own score and others stall 2 points below;
     the slower G keeps all seeds close together, and the faster D with the longer schedule lifts
-    them past 98 % high quality on the mean. benchmarks/RESULTS.md has the sweeps.
+    them past the target on the mean. benchmarks/RESULTS.md, "2-D mixtures", has the sweeps.
     """
     cfg = mlp_grid25()
     cfg.preset = "mlp_ring8"
@@ -102,7 +102,7 @@ def mlp_grid25() -> TrainConfig:
     D that learns faster than G (Adam 1e-3 for D, 3e-4 for G, betas (0.5, 0.99)), many small steps
     (batch 50), R1 on real points (gamma 0.1) and a linear learning-rate decay to zero over the
     second half of the 2400 kimg. Packing slowed this recipe down, so it is off;
-    benchmarks/RESULTS.md has the sweep.
+    benchmarks/RESULTS.md, "2-D mixtures", has the sweep.
     """
     cfg = TrainConfig(preset="mlp_grid25")
     cfg.data.spec = "grid25"

@@ -147,7 +147,8 @@ def accelerator_candidates(make: CandidateMaker, device: torch.device) -> list[C
         out.append(make.plain_plus("bf16 + CUDA graphs", **bf16, **graphs))
         out.append(make.with_layout("bf16 + CUDA graphs", **bf16, **graphs))
         out.append(make.plain_plus("bf16 + compile + CUDA graphs", **bf16, compile=True, **graphs))
-        # cuDNN's autotuning: +13 % for the captured step at batch 8192 on an H100.
+        # cuDNN's autotuning paid off for the captured step at large batches
+        # (benchmarks/RESULTS.md, "Training speed on a GPU").
         out.append(make.with_layout("bf16 + cudnn.benchmark + CUDA graphs", **bf16, cudnn_benchmark=True, **graphs))
     if make.joint:  # D judges real and fake in one forward
         joint = {"batch_layout": "joint"}

@@ -51,7 +51,7 @@ VERIFY_BATCHES = (1, 2, 64)
 VERIFY_SEED = 1234
 # The widest upsampling layer (output channels) each target gets as a sub-pixel convolution
 # (hetgan.deploy.rewrite): none for ONNX Runtime; up to 16 channels for OpenVINO fp32 and below 32
-# for its int8, where the transposed convolutions' kernels are slow (benchmarks/RESULTS.md).
+# for its int8, where the transposed convolutions' kernels are slow (benchmarks/RESULTS.md, "Compression").
 SUBPIXEL_FOR = {"onnxruntime": 0, "openvino": 16, "openvino-int8": 31}
 TRACE_BATCH = 2  # a batch of 1 would let the exporter specialise the batch axis to a constant
 MAX_ONNX_BYTES = 2**31 - 1  # protobuf's limit for one self-contained file

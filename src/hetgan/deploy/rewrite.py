@@ -2,8 +2,7 @@
 
 A DCGAN generator starts with a transposed convolution of a 1x1 input and ends with one of few
 output channels; oneDNN (OpenVINO, PyTorch) runs both far below its speed on the layers between
-(benchmarks/RESULTS.md: 35 and 7 GMAC/s against 140-180 in the middle layers). Both have an
-equivalent that it runs well:
+(their profiles: benchmarks/RESULTS.md, "Deployment"). Both have an equivalent that it runs well:
 
 - `ConvTranspose2d(k=K, s=1, p=0)` of a 1x1 input is a matrix product: z [B, C_in] times the
   weights [C_in, C_out*K*K], reshaped to [B, C_out, K, K] (`Linear` + `Unflatten`). The
@@ -15,18 +14,18 @@ equivalent that it runs well:
   then `PixelShuffle(2)`, gives the same output; the BatchNorm after it folds into the
   convolution and its ReLU moves before the shuffle. It does 9/4 the multiply-adds, so it pays
   only where C_out is small and the transposed convolution's kernels run far below peak: on
-  OpenVINO, up to 16 channels in fp32 and below 32 in int8, where it made a pruned student 1.3-2x
-  faster (benchmarks/RESULTS.md); never on ONNX Runtime, whose 3x3 convolution with so few
-  channels was slower than its transposed one.
+  OpenVINO, up to 16 channels in fp32 and below 32 in int8, the widths where it made pruned
+  students faster (`benchmarks/subpixel_widths.py`; benchmarks/RESULTS.md, "Compression"); never
+  on ONNX Runtime, whose 3x3 convolution with so few channels was slower than its transposed one.
 
 - Two sub-pixel stages in a row whose second is the output layer (few channels) become one
   (`SubPixelOutput`): the second's 3x3 convolution is taken onto the first's map before its
   shuffle, a 3x3 convolution there to 16*C_out channels (each coarse pixel's 4x4 block of output
   pixels), then one `PixelShuffle(4)`. It does 4x the output layer's multiply-adds, but with 16
   output channels instead of 4 oneDNN runs them several times faster, and one shuffle of the
-  whole map goes: a pruned int8 student ran 1.2-1.5x faster on OpenVINO, fp32 1.1-1.2x
-  (benchmarks/RESULTS.md). The taps are a rearrangement of the same weights, so int8 gives the
-  same numbers too.
+  whole map goes, which is what took the int8 student past its speed target (benchmarks/RESULTS.md,
+  "Compression"). The taps are a rearrangement of the same weights, so int8 gives the same numbers
+  too.
 
 The rewritten copy is what gets exported; the export check compares it with the original
 generator, so a mistake here is an error, never a silent file.

@@ -179,7 +179,7 @@ class OpenVINOGenerator(RuntimeGenerator):
         request = self.requests.get()
         try:
             # Shared: the request reads z (and y) where they are and returns no copies of its outputs
-            # (by default it copies both ways, 12 % of a pruned int8 student's img/s at batch 64);
+            # (by default it copies both ways, which costs a small int8 model a noticeable share of its speed);
             # the one copy below is needed, as the request reuses its output buffer.
             request.infer({0: z} if y is None else {0: z, 1: y}, share_inputs=True, share_outputs=True)
             return request.get_output_tensor(0).data.copy()

@@ -48,7 +48,7 @@ class Generator(FlatGenerator):
 
     Depth is what lets G switch steeply from one mode of a 2-D mixture to the next: at the same
     training budget six layers of 256 put far fewer samples on the bridges between modes than
-    256-512-1024; eight were unstable (benchmarks/RESULTS.md).
+    256-512-1024; eight were unstable (benchmarks/RESULTS.md, "2-D mixtures").
     """
 
     def __init__(

@@ -226,7 +226,7 @@ class RequestGate:
 
     It also calls the POST handlers of the queued endpoints (`fast`: path -> handler(request) ->
     response) itself: FastAPI's routing and its stack of middlewares cost more CPU than the rest of
-    such a request (benchmarks/RESULTS.md), and on a small server that CPU is the generator's.
+    such a request (benchmarks/RESULTS.md, "Serving"), and on a small server that CPU is the generator's.
     Everything else, those paths' other methods included, goes on to FastAPI."""
 
     def __init__(
@@ -316,7 +316,7 @@ class Service:
             await self.batcher.submit(z, None if y is None else y.numpy())
         # What is loaded by now (torch, the runtime, the model) lives as long as the server: out of
         # the collector's sight, a full collection no longer walks its millions of objects while
-        # holding the GIL, which stalled every request by a few hundred ms (benchmarks/RESULTS.md).
+        # holding the GIL, which stalled every request by a few hundred ms (benchmarks/RESULTS.md, "Serving").
         gc.collect()
         gc.freeze()
         if self.nice:

@@ -12,7 +12,7 @@ class ServeLimits:
     max_n: int = 256  # samples per request
     max_frames: int = 32  # interpolation frames per request
     max_body_bytes: int = 4096  # a request body is a few small JSON fields
-    max_batch: int = 256  # samples per generator call: 256 served 1.3x the img/s of 64 (benchmarks/RESULTS.md)
+    max_batch: int = 256  # samples per generator call: 256 served more img/s than 64 or 128 at 32 clients
     max_wait_ms: float = 2.0  # how long the first queued piece waits for others
     max_queue: int = 64  # queued pieces (of at most max_batch samples each)
     timeout_s: float = 30.0  # per request, queue wait included

@@ -89,7 +89,7 @@ def serve(
         http=http_protocol(HEAD_LIMIT),
         # No limit_concurrency: uvicorn counts open connections against it and, past it, answers
         # every request on every connection 503, so a crowd of keep-alive clients got nothing at
-        # all (benchmarks/RESULTS.md). The queue bound above refuses the excess instead.
+        # all (benchmarks/RESULTS.md, "Serving"). The queue bound above refuses the excess instead.
         timeout_graceful_shutdown=int(limits.timeout_s) + 1,  # accepted requests finish or time out first
         h11_max_incomplete_event_size=HEAD_LIMIT,  # where h11 is the fallback
     )
@@ -99,9 +99,8 @@ def serve(
 def http_protocol(head_limit: int):
     """uvicorn's httptools protocol with a bound on the request line and headers, or "h11" (whose
     bound is `h11_max_incomplete_event_size`) where httptools is not installed. httptools parses in
-    C: it took the event loop's CPU per request from ~490 to ~330 us (benchmarks/RESULTS.md), CPU
-    the generator gets back. uvicorn bounds neither its parser nor its buffers, so without this a
-    client could send headers without end."""
+    C, at a fraction of h11's CPU per request, CPU the generator gets back. uvicorn bounds neither
+    its parser nor its buffers, so without this a client could send headers without end."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
@@ -138,10 +137,10 @@ def hold_freed_memory(mmap_below: int = 32 << 20, trim_above: int = 128 << 20) -
     Every batch allocates and frees a few MB of temporaries (the runtime's output copy, the uint8
     images). With glibc's defaults a heap whose top is freed is trimmed at once, so the next batch
     faults the same pages in again, in the kernel; at 32 clients on an int8 model one batch worker
-    spent about half its CPU there. Set, the workers' CPU per request fell by a third and that
-    model's img/s rose 4-12 %; the fp32 default, whose workers had no such churn, served the same
-    (benchmarks/RESULTS.md). Setting either threshold turns off glibc's own adjustment of both, so
-    both are set (each alone was slower than neither). The cost: up to `trim_above` bytes freed but
+    spent about half its CPU there. Set, the int8 model served more, and the fp32 default, whose
+    workers had no such churn, the same (benchmarks/RESULTS.md, "Serving"). Setting either
+    threshold turns off glibc's own adjustment of both, so both are set (each alone was slower than
+    neither). The cost: up to `trim_above` bytes freed but
     still resident."""
     if not sys.platform.startswith("linux"):
         return False
@@ -168,8 +167,8 @@ def serving_streams(threads: int) -> int:
     """Generator calls at once when serving: two where there are two threads or more, each stream
     with half of them. One stream's threads wait on each other at every layer, and when the event
     loop takes a core from one of them, all wait; two streams run two batches on their own cores,
-    and one goes on while the other is held up. On 2 cores two streams served 1.1x the img/s of one
-    stream of two threads, and 1.3x one thread with a core left to HTTP (benchmarks/RESULTS.md)."""
+    and one goes on while the other is held up; on 2 cores that served more than one stream of two
+    threads or one thread with a core left to HTTP (benchmarks/RESULTS.md, "Serving")."""
     return 2 if threads >= 2 else 1
 
 
