@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+from pathlib import Path
 
 import torch
 
-from hetgan.benchmarking.training import interleaved, phase_breakdown, ratio_spread, trainer_timer
+from hetgan.benchmarking.training import interleaved, phase_breakdown, ratio_spread, speed_record, trainer_timer
 from hetgan.config import apply_overrides
+from hetgan.fileio import write_json
 from hetgan.presets import get_preset
 from hetgan.training.trainer import Trainer
 
@@ -33,12 +35,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per side per round")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--set", action="append", default=None, metavar="FIELD=VALUE")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     args = parser.parse_args()
     overrides = args.set if args.set is not None else ["accel.optimizer_impl=fused"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; both sides: {' '.join(overrides) or '-'}")
     ratio = "joint vs separate: median (min-max)"
     header = f"{'preset':<14}{'batch':>6}{'separate img/s':>16}{'joint img/s':>13}{ratio:>38}"
     print(f"{header}{'D phase ms: separate':>23}{'joint':>8}{'ratio':>8}")
+    record = {"both_sides": overrides, "presets": {}}
     for preset in args.presets:
         cfg = apply_overrides(get_preset(preset), [f"accel.device={args.device}", *overrides])
         trainers = {
@@ -58,6 +62,13 @@ def main() -> None:
             f"{statistics.median(joint):>13.1f}{ratio_spread(joint, separate):>38}"
             f"{d_separate:>23.2f}{d_joint:>8.2f}{d_separate / d_joint:>7.2f}x"
         )
+        record["presets"][preset] = {
+            "batch": cfg.train.batch_size,
+            "separate": speed_record(separate, separate),
+            "joint": speed_record(joint, separate),
+            "d_phase_ms": {"separate": d_separate, "joint": d_joint},
+        }
+    write_json(args.json, record)
 
 
 def d_phase_ms(trainer: Trainer) -> float:

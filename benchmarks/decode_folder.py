@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hetgan.benchmarking.training import interleaved, ratio_spread
+from hetgan.benchmarking.training import interleaved, ratio_spread, speed_record
 from hetgan.data.images import decode_files, list_image_files
+from hetgan.fileio import write_json
 
 
 def write_jpegs(root: Path, n: int, size: int) -> None:
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="side of the JPEGs written")
     parser.add_argument("--resolution", type=int, default=64, help="the model's resolution")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,6 +63,10 @@ def main() -> None:
     one = speeds["1 worker"]
     for name, values in speeds.items():
         print(f"{name:<12}{statistics.median(values):>10.1f} img/s   {ratio_spread(values, one)}")
+    record = {"images": args.images, "cores": cores, "workers": {}}
+    for name, values in speeds.items():
+        record["workers"][int(name.split()[0])] = speed_record(values, one)
+    write_json(args.json, record)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 WHOLE = 1 << 62  # BLOCK_ENTRIES so large that every matrix is one block: the code before blocking
 
@@ -48,14 +49,17 @@ def main() -> None:
     p.add_argument("--real", type=int, default=10_000)
     p.add_argument("--fake", type=int, nargs="+", default=[5000, 20_000])
     p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     p.add_argument("--child", type=int, nargs=4, help=argparse.SUPPRESS)  # real, fake, dim, block entries
     args = p.parse_args()
     if args.child:
         return child(*args.child)
     from hetgan.eval.metrics import BLOCK_ENTRIES
+    from hetgan.fileio import write_json
 
     print(f"real {args.real}, features {args.dim}-d; blocks of at most {BLOCK_ENTRIES:,} distances")
     print(f"{'generated':>9}  {'whole: peak MiB':>15}  {'s':>6}  {'blocked: peak MiB':>17}  {'s':>6}  same scores")
+    rows = []
     for fake in args.fake:
         whole = measure(args.real, fake, args.dim, WHOLE)
         blocked = measure(args.real, fake, args.dim, BLOCK_ENTRIES)
@@ -66,6 +70,8 @@ def main() -> None:
             f"{fake:>9}  {whole['peak_mib']:>15.0f}  {whole['seconds']:>6.1f}  "
             f"{blocked['peak_mib']:>17.0f}  {blocked['seconds']:>6.1f}  {same}"
         )
+        rows.append({"generated": fake, "whole": whole, "blocked": blocked, "same_scores": same})
+    write_json(args.json, {"real": args.real, "dim": args.dim, "block_entries": BLOCK_ENTRIES, "rows": rows})
 
 
 if __name__ == "__main__":

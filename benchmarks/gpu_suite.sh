@@ -63,7 +63,7 @@ fi
 # >= 5x the textbook loop on the same GPU at batch 64 (and what tune picks there).
 if want throughput; then
     run train_throughput "$py" benchmarks/train_throughput.py --device "$device" --rounds "$rounds" \
-        --seconds "$secs" --tune-seconds "$tune_secs" --width "$width"
+        --seconds "$secs" --tune-seconds "$tune_secs" --width "$width" --json "$out/train_throughput.json"
 fi
 # >= 25 % of the measured bf16 matrix peak at the best batch, each batch in a process of its own (a
 # compiled network recompiled for a second batch size turns to dynamic shapes); then the model twice

@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from hetgan.benchmarking.training import interleaved, ratio_spread, trainer_timer
+from hetgan.benchmarking.training import interleaved, ratio_spread, speed_record, trainer_timer
 from hetgan.data.sampler import ImageSampler, to_device, to_unit_range
 from hetgan.data.sources import ImageData
+from hetgan.fileio import write_json
 from hetgan.placement import resolve_device
 from hetgan.presets import get_preset
 from hetgan.training.rundir import device_name
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels", type=int, default=3, choices=[1, 3])
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     return parser
 
 
@@ -91,6 +94,7 @@ def main() -> None:
     print(f"{'loader':<12}{'median img/s':>13}{'vs resident: median (min-max)':>32}")
     for loader, values in speeds.items():
         print(f"{loader:<12}{statistics.median(values):>13.1f}{ratio_spread(values, reference):>32}")
+    write_json(args.json, {"device": dev, "loaders": {k: speed_record(v, reference) for k, v in speeds.items()}})
 
 
 if __name__ == "__main__":

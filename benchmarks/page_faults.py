@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 KEEP_MEMORY = {  # freed memory stays with the process instead of going back to the kernel
     "MALLOC_MMAP_THRESHOLD_": "1073741824",
@@ -72,11 +73,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="seconds per window")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
+    from hetgan.fileio import write_json
+
     settings = {"glibc defaults": {}, "keep freed memory": KEEP_MEMORY}
     windows: dict[str, list[dict]] = {name: [] for name in settings}
     for _ in range(args.pairs):
@@ -84,16 +88,24 @@ def main() -> None:
             windows[name] += run_child(args, env)
     print(f"DCGAN-32 width {args.width}, batch {args.batch}, channels_last; {args.pairs} processes per setting")
     print(f"{'setting':<20}{'ms/step':>10}{'img/s':>10}{'faults/step':>14}{'system ms/step':>16}")
-    means = {}
+    means, record = {}, {"settings": {}}
     for name, rows in windows.items():
         means[name] = statistics.mean(r["ms_per_step"] for r in rows)
         img_s = statistics.mean(r["img_per_s"] for r in rows)
         faults = statistics.mean(r["faults_per_step"] for r in rows)
         system = statistics.mean(r["system_ms_per_step"] for r in rows)
         print(f"{name:<20}{means[name]:>10.1f}{img_s:>10.1f}{faults:>14.0f}{system:>16.1f}")
+        record["settings"][name] = {
+            "windows": len(rows),
+            "ms_per_step": means[name],
+            "img_per_s": img_s,
+            "faults_per_step": faults,
+            "system_ms_per_step": system,
+        }
     ratio = means["glibc defaults"] / means["keep freed memory"]
     n = len(windows["glibc defaults"])
     print(f"step time, defaults over keep-freed-memory: {ratio:.3f}x (mean of {n} windows each)")
+    write_json(args.json, {**record, "defaults_over_keep": ratio})
 
 
 if __name__ == "__main__":

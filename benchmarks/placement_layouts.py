@@ -23,11 +23,13 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+from pathlib import Path
 
 import torch
 
-from hetgan.benchmarking.training import interleaved, ratio_spread, trainer_timer
+from hetgan.benchmarking.training import interleaved, ratio_spread, speed_record, trainer_timer
 from hetgan.config import TrainConfig, apply_overrides
+from hetgan.fileio import write_json
 from hetgan.models import build_models
 from hetgan.placement import resolve_device
 from hetgan.presets import get_preset
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--preset", default="dcgan_textbook", choices=["dcgan_textbook", "resnet_cifar10"])
     parser.add_argument("--data", default="mnist5k")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     args = parser.parse_args()
     dev = str(resolve_device(args.device))
     cfg = get_preset(args.preset)
@@ -69,8 +72,10 @@ def main() -> None:
     trainers = {
         label: Trainer(apply_overrides(copy.deepcopy(cfg), overrides)) for label, overrides in layouts(cfg, dev).items()
     }
+    devices = {}
     for label, trainer in trainers.items():
         g, d = ({str(p.device) for p in net.parameters()} for net in (trainer.G, trainer.D))
+        devices[label] = {"G": sorted(g), "D": sorted(d)}
         print(f"  {label:<44} G on {', '.join(sorted(g))}; D on {', '.join(sorted(d))}")
     timers = {label: trainer_timer(trainer, args.seconds) for label, trainer in trainers.items()}
     speeds = interleaved(timers, args.rounds)
@@ -78,6 +83,8 @@ def main() -> None:
     print(f"{'layout':<46}{'median img/s':>13}{'vs all on ' + dev + ': median (min-max)':>34}")
     for label, values in speeds.items():
         print(f"{label:<46}{statistics.median(values):>13.1f}{ratio_spread(values, reference):>34}")
+    layouts_record = {label: {**devices[label], **speed_record(v, reference)} for label, v in speeds.items()}
+    write_json(args.json, {"device": dev, "preset": args.preset, "layouts": layouts_record})
 
 
 if __name__ == "__main__":

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from hetgan.config import apply_overrides
+from hetgan.fileio import write_json
 from hetgan.placement import resolve_device
 from hetgan.presets import get_preset
 from hetgan.training.trainer import Trainer
@@ -44,6 +46,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="profiled steps, after as many warm-up steps")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--top", type=int, default=25, help="kernels (or ops, on a CPU) listed")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     args = parser.parse_args()
     device = resolve_device(args.device)
     overrides = [f"model.width={args.width}", f"train.batch_size={args.batch}", f"accel.device={device}", *args.set]
@@ -86,10 +89,14 @@ def main() -> None:
     print(f"  in matrix products    {matrix_ms:9.3f} ms  ({matrix_ms / max(total_ms, 1e-9):.0%})")
     print(f"  in everything else    {total_ms - matrix_ms:9.3f} ms  ({1 - matrix_ms / max(total_ms, 1e-9):.0%})")
     print(f"\n{'ms/step':>9} {'share':>6} {'calls/step':>10}  {'kind':<7} name")
+    top = []
     for e in events[: args.top]:
         ms = getattr(e, field) / 1000 / args.steps
         kind = "matrix" if is_matrix(e.key) else "other"
         print(f"{ms:9.3f} {ms / total_ms:6.1%} {e.count / args.steps:10.1f}  {kind:<7} {e.key[:110]}")
+        top.append({"name": e.key, "kind": kind, "ms_per_step": ms, "calls_per_step": e.count / args.steps})
+    record = {"device": str(device), "knobs": args.set, "wall_ms_per_step": wall_ms, "op_ms_per_step": total_ms}
+    write_json(args.json, {**record, "matrix_ms_per_step": matrix_ms, "top": top})
 
 
 if __name__ == "__main__":

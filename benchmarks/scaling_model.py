@@ -3,6 +3,7 @@ predicts the efficiency on N devices from those figures and a link's bandwidth a
 
     python benchmarks/scaling_model.py [--preset dcgan_textbook] [--batch 64] [--steps 40]
                                        [--device cpu|cuda] [--nproc 2] [--gpu-step-ms MS]
+                                       [--plot scaling.png]
 
 Two CPU ranks on a 2-core machine cannot beat one process (each rank gets one core), so this
 measures what can be measured and checks the model against it:
@@ -174,6 +175,7 @@ def main() -> None:
         help="a GPU's step time at the per-device batch, for the GPU predictions (default: the "
         "H100's eager fp32 DCGAN-32 step at batch 64, benchmarks/RESULTS.md)",
     )
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="also plot the predicted efficiencies")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # a rank writing its figures to this file
     args = parser.parse_args()
     if args.worker:
@@ -203,9 +205,41 @@ def main() -> None:
     )
     print(f"{'link':<40}" + "".join(f"{n:>7}" for n in worlds))
     rows |= {name: (bw, lat, gpu) for name, (bw, lat) in LINKS.items()}
-    for name, (bw, lat, t_c) in rows.items():
-        cells = "".join(f"{t_c / step_model(t_c, n, m, bw, lat):>7.0%}" for n in worlds)
-        print(f"{name:<40}{cells}")
+    efficiency = {name: [t_c / step_model(t_c, n, m, bw, lat) for n in worlds] for name, (bw, lat, t_c) in rows.items()}
+    for name, values in efficiency.items():
+        print(f"{name:<40}" + "".join(f"{e:>7.0%}" for e in values))
+    if args.plot:
+        measured = (m["world"], compute / m["step_s"])
+        args.plot.write_bytes(plot(worlds, efficiency, measured, f"{args.preset}, batch {local} per device"))
+        print(f"plot: {args.plot}")
+
+
+def plot(worlds: tuple[int, ...], efficiency: dict[str, list[float]], measured: tuple[int, float], title: str) -> bytes:
+    """The predicted weak-scaling efficiency against the number of devices, a line per link, and
+    the efficiency measured here as a point, as PNG bytes."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for name, values in efficiency.items():
+        ax.plot(worlds, [100 * e for e in values], marker="o", markersize=3, label=name)
+    ax.scatter([measured[0]], [100 * measured[1]], marker="*", s=140, color="black", zorder=3, label="measured here")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(worlds, [str(n) for n in worlds])
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("devices (weak scaling: the per-device batch fixed)")
+    ax.set_ylabel("efficiency, % (model)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def report(args, local: int, compute: float, m: dict) -> dict[str, tuple[float, float, float]]:

@@ -50,6 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import hetgan
 from hetgan.benchmarking.inference import img_per_s
 from hetgan.deploy.runtimes import cpu_threads
+from hetgan.fileio import write_json
 from hetgan.serving.server import GENERATOR_NICE, serving_streams
 
 LUA = Path(__file__).with_name("serve_load.lua")
@@ -139,18 +140,28 @@ class Counters:
         ticks = (self.ticks[0] - earlier.ticks[0], self.ticks[1] - earlier.ticks[1])
         return Counters(self.loop_cpu_s - earlier.loop_cpu_s, metrics, ticks, self.at - earlier.at)
 
-    def summary(self, requests: int, streams: int) -> str:
+    def figures(self, requests: int, streams: int) -> dict:
         """The event loop's CPU per request, the generator's calls and how busy its streams were,
-        and how idle the machine was: the same CPU shared by the HTTP side, the load generator and
-        the generator, and the time none of them used."""
+        and how idle the machine was (None where /proc/stat could not be read): the same CPU shared
+        by the HTTP side, the load generator and the generator, and the time none of them used."""
         calls = self.metrics.get("hetgan_batch_samples_count", 0.0)
         samples = self.metrics.get("hetgan_batch_samples_sum", 0.0)
-        busy = self.metrics.get("hetgan_generate_seconds_sum", 0.0) / max(self.at * streams, 1e-9)
-        idle = f"; the machine idle {100 * self.ticks[0] / self.ticks[1]:.0f} %" if self.ticks[1] else ""
+        return {
+            "loop_us_per_request": 1e6 * self.loop_cpu_s / max(requests, 1),
+            "generator_calls": calls,
+            "mean_samples_per_call": samples / max(calls, 1),
+            "streams_busy": self.metrics.get("hetgan_generate_seconds_sum", 0.0) / max(self.at * streams, 1e-9),
+            "machine_idle": self.ticks[0] / self.ticks[1] if self.ticks[1] else None,
+        }
+
+    def summary(self, requests: int, streams: int) -> str:
+        """`figures` in words."""
+        f = self.figures(requests, streams)
+        idle = f"; the machine idle {100 * f['machine_idle']:.0f} %" if f["machine_idle"] is not None else ""
         return (
-            f"the event loop (main thread) {1e6 * self.loop_cpu_s / max(requests, 1):.0f} us CPU per request; "
-            f"{calls:.0f} generator calls of {samples / max(calls, 1):.0f} samples on average, in them "
-            f"{100 * busy:.0f} % of its {streams} stream{'s' * (streams > 1)}' time{idle}"
+            f"the event loop (main thread) {f['loop_us_per_request']:.0f} us CPU per request; "
+            f"{f['generator_calls']:.0f} generator calls of {f['mean_samples_per_call']:.0f} samples on average, "
+            f"in them {100 * f['streams_busy']:.0f} % of its {streams} stream{'s' * (streams > 1)}' time{idle}"
         )
 
 
@@ -216,7 +227,7 @@ def probe(url: str, n: int, stop: threading.Event, times: dict) -> None:
             time.sleep(0.02)
 
 
-def soak(server: Server, args, served: int) -> None:
+def soak(server: Server, args, served: int) -> dict:
     """`--soak-requests` more requests on 8 connections: the server's resident set before and after."""
     rss_start = server.rss_mib()
     runs, started = [], time.monotonic()
@@ -234,9 +245,10 @@ def soak(server: Server, args, served: int) -> None:
         f"soak: {total} more requests after {served}, statuses {statuses}; server RSS {rss_start:.0f} MiB "
         f"before, {rss_end:.0f} MiB after ({grew:+.1f} %, target within 10 %): {verdict}"
     )
+    return {"requests": total, "statuses": statuses, "rss_mib": [rss_start, rss_end], "rss_growth_pct": grew}
 
 
-def overload(src: str, backend: str | None, flags: tuple, top: dict, args) -> None:
+def overload(src: str, backend: str | None, flags: tuple, top: dict, args) -> dict:
     """A fresh service under 4x the request rate `top` was served at, probed for how fast the
     excess hears 503."""
     # 4x overload: connections pausing so that together they offer 4x the request rate the
@@ -274,6 +286,9 @@ def overload(src: str, backend: str | None, flags: tuple, top: dict, args) -> No
             f"  probe: {probe_line}; its 503s answered in p99 {shown} (target <= 50 ms, only 200/503 overall): "
             f"{'met' if fast and not others else 'NOT MET'}"
         )
+        slowest = 1000 * refused[-1] if refused else None
+        rate = r["req_per_s"] / top["req_per_s"]
+        return {"load": r, "rate_over_served": rate, "probe": probe_line, "refused_p99_ms": p99, "slowest_ms": slowest}
     finally:
         overloaded.stop()
 
@@ -296,6 +311,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="the runtime's threads, served and offline (default: every core)")
     parser.add_argument("--streams", type=int, help="the service's --streams (default: serve's)")
     parser.add_argument("--nice", type=int, default=GENERATOR_NICE, help="the service's --nice (default: serve's)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("this benchmark drives the load with wrk: apt-get install wrk")
@@ -319,7 +335,7 @@ def main() -> None:
             print(line(r))
         top = results[-1]
         print(f"  where the time went at {top['clients']} clients: " + spent.summary(top["requests"], streams))
-        soak(server, args, served=sum(r["requests"] for r in results))
+        soaked = soak(server, args, served=sum(r["requests"] for r in results))
     finally:
         server.stop()
     # This machine's speed drifts: the service is held to the better of the offline figures
@@ -334,7 +350,10 @@ def main() -> None:
         f"({offline:.0f}, {how}, {threads} threads; target 0.70, no errors): {verdict}"
     )
 
-    overload(src, backend, flags, top, args)
+    overloaded = overload(src, backend, flags, top, args)
+    record = {"backend": backend, "threads": threads, "streams": streams, "offline": {"img_per_s": offline, "how": how}}
+    record |= {"loads": results, "spent": spent.figures(top["requests"], streams), "ratio": ratio}
+    write_json(args.json, record | {"soak": soaked, "overload": overloaded})
 
 
 if __name__ == "__main__":

@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+from pathlib import Path
 
 import torch
 from torch._dynamo.utils import counters
 
-from hetgan.benchmarking.training import interleaved, ratio_spread, trainer_timer
+from hetgan.benchmarking.training import interleaved, ratio_spread, speed_record, trainer_timer
 from hetgan.config import apply_overrides
 from hetgan.data import load_data
+from hetgan.fileio import write_json
 from hetgan.models.layers import SpectralNorm, update_in_place
 from hetgan.placement import resolve_device
 from hetgan.presets import get_preset
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     return parser
 
 
@@ -89,6 +92,8 @@ def main() -> None:
     for setup, values in speeds.items():
         speed, ratio = statistics.median(values), ratio_spread(values, reference)
         print(f"{setup:<30}{breaks[setup]:>13}{speed:>14.1f}{ratio:>30}")
+    setups = {setup: {"graph_breaks": breaks[setup], **speed_record(speeds[setup], reference)} for setup in speeds}
+    write_json(args.json, {"device": dev, "spectral_norm_layers": layers, "setups": setups})
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from hetgan.deploy import export
 from hetgan.deploy.load import load_generator
 from hetgan.deploy.quantize import quantize
 from hetgan.deploy.runtimes import OpenVINOGenerator
+from hetgan.fileio import write_json
 from hetgan.models import build_models
 
 
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--thresholds", type=int, nargs="+", default=[4, 16, 32, 64])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=0.7)
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     args = parser.parse_args()
     models = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,9 +77,12 @@ def main() -> None:
     cols = [f"{p}, <= {t}" for p in ("fp32", "int8") for t in args.thresholds]
     print("| G | " + " | ".join(cols) + " |")
     print("| --- |" + " ---: |" * len(cols))
+    record: dict[str, dict] = {}
     for name in dict.fromkeys(key[0] for key in models):
         cells = [f"{statistics.median(seen[(name, p, t)]):,.0f}" for p in ("fp32", "int8") for t in args.thresholds]
         print(f"| {name} | " + " | ".join(cells) + " |")
+        record[name] = {p: {t: statistics.median(seen[name, p, t]) for t in args.thresholds} for p in ("fp32", "int8")}
+    write_json(args.json, {"batch": 64, "rounds": args.rounds, "img_per_s": record})
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import argparse
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -36,12 +37,14 @@ from hetgan.benchmarking.training import (
     flops_per_image,
     interleaved,
     ratio_spread,
+    speed_record,
     textbook_flops_per_image,
     textbook_loop,
     trainer_timer,
 )
 from hetgan.benchmarking.tune import tune
 from hetgan.config import TrainConfig
+from hetgan.fileio import write_json
 from hetgan.placement import resolve_device
 from hetgan.presets import get_preset
 from hetgan.training.trainer import Trainer
@@ -75,6 +78,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64, help="DCGAN width (textbook ngf = ndf = 64)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tune-seconds", type=float, default=5.0, help="timed seconds per tune candidate")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     args = parser.parse_args()
     cfg = config(args.batch, args.width, args.device)
     device = resolve_device(args.device)
@@ -120,6 +124,9 @@ def main() -> None:
     print(f"a {target}x ratio needs hetgan at {need / 1e9:.1f} GFLOP/s, {need / peak:.0%} of the measured peak")
     if device.type == "cpu":
         print_convolution_bound(tuned, args.batch, textbook_img_s=medians[0], tuned_img_s=medians[2])
+    setups = {name: speed_record(values, img_s[0]) for name, values in zip(names, img_s, strict=True)}
+    record = {"device": str(device), "tuned": best.name, "setups": setups, "peak_flop_s": peak}
+    write_json(args.json, record | {"flops_per_image": {"textbook": tb_flops, "hetgan": hg_flops}})
 
 
 def print_convolution_bound(tuned: Trainer, batch: int, textbook_img_s: float, tuned_img_s: float) -> None:

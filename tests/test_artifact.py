@@ -196,6 +196,7 @@ def test_truncation_and_latent_walks(tiny, tmp_path, capsys):
     assert "FILE.gif (an animation) or FILE.png (a strip)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_shows_latent_walks_for_images_only(tmp_path):
     from hetgan.report.html import build_report
 

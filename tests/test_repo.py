@@ -5,6 +5,8 @@ import math
 import re
 from pathlib import Path
 
+import pytest
+
 from hetgan.presets import get_preset
 from hetgan.training.loop import TrainResult
 
@@ -56,6 +58,7 @@ def test_torch_is_pinned():
     assert "torchvision" not in pyproject
 
 
+@pytest.mark.slow
 def test_a_test_that_needs_a_missing_program_fails_under_ci(tmp_path):
     """The browser and load tests skip where chromium or wrk is missing on a developer's machine,
     but fail under CI, so that a green CI run means the page was really tested."""

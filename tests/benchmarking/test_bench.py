@@ -103,6 +103,7 @@ def test_share_of_peak_counts_every_device_g_and_d_use(monkeypatch):
     assert "900130.00 GFLOP/s (bf16, fp32; cpu 130.0 + cuda:0 900000.0)" in bench.format_bench(report)
 
 
+@pytest.mark.slow
 def test_bench_cli_writes_json(tmp_path, capsys):
     from hetgan.cli import main
 

@@ -8,6 +8,7 @@ from tests.conftest import benchmark_module
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+@pytest.mark.slow
 def test_conv_primitives_benchmark_sees_every_forward_convolution():
     """benchmarks/conv_primitives.py, tiny: the forward convolutions oneDNN reports for one step
     add up to G's forward once and D's three times (real, fake, fake again in the G step), as

@@ -1,9 +1,16 @@
+import json
+import os
+
+from tests.benchmarks.records import assert_timed_against
 from tests.conftest import run_benchmark
 
 
-def test_decode_benchmark_runs_and_reports_both_settings():
+def test_decode_benchmark_runs_and_reports_both_settings(tmp_path):
     """benchmarks/decode_folder.py, tiny: both worker counts decode every file and get a ratio."""
-    out = run_benchmark("decode_folder", "--images", "12", "--size", "48", "--resolution", "16", "--rounds", "2")
-    rows = [line.split() for line in out.splitlines() if "img/s" in line]
-    assert [row[:2] for row in rows][0] == ["1", "worker"] and len(rows) == 2
-    assert rows[0][-2] == "1.00x" and all(float(row[2]) > 0 for row in rows)
+    args = ["--images", "12", "--size", "48", "--resolution", "16", "--rounds", "2", "--json", str(tmp_path / "r.json")]
+    run_benchmark("decode_folder", *args)
+    record = json.loads((tmp_path / "r.json").read_text())
+    cores = os.cpu_count() or 1
+    assert record["images"] == 12 and record["cores"] == cores
+    assert set(record["workers"]) == {"1", str(cores)}
+    assert_timed_against(record["workers"], "1", rounds=2)

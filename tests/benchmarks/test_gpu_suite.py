@@ -1,5 +1,6 @@
 import pytest
 
+from tests.benchmarks.records import assert_timed_against
 from tests.conftest import ROOT
 
 
@@ -27,12 +28,16 @@ def test_gpu_suite_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
     assert done.returncode == 0
     outputs = {p.name for p in (tmp_path / "ok").iterdir()}
     benches = {"bench_bf16_b8": (8, 8), "bench_bf16_b16": (16, 8), "bench_bf16_wide": (16, 16)}
-    steps = {"train_throughput.txt", "step_knobs.txt", "placement.txt"}
+    steps = {"train_throughput.txt", "train_throughput.json", "step_knobs.txt", "placement.txt"}
     assert outputs == steps | {f"{b}.{e}" for b in benches for e in ("txt", "json")}
     for name, (batch, width) in benches.items():
         [row] = json.loads((tmp_path / "ok" / f"{name}.json").read_text())
         assert (row["batch_size"], row["config"]["model"]["width"], row["accel"]["precision"]) == (batch, width, "bf16")
-    assert "hetgan tuned" in (tmp_path / "ok" / "train_throughput.txt").read_text()
+    throughput = json.loads((tmp_path / "ok" / "train_throughput.json").read_text())
+    assert throughput["device"] == "cpu" and len(throughput["setups"]) == 3
+    assert_timed_against(throughput["setups"], "textbook loop", rounds=1)
+    flops = throughput["flops_per_image"]  # hetgan skips D's weight gradients in the G step
+    assert 0 < flops["hetgan"] < flops["textbook"] and throughput["peak_flop_s"] > 0
     assert "plain (fp32, eager)" in (tmp_path / "ok" / "step_knobs.txt").read_text()
     # A failing step is reported and the others still run; the exit status says something failed.
     env.update(WIDTH="0", STEPS="throughput knobs_large profile placement placement_resnet overlap sn_compile")

@@ -1,11 +1,14 @@
+import json
+
 import pytest
 import torch
 
+from tests.benchmarks.records import assert_timed_against
 from tests.conftest import benchmark_module, run_benchmark
 
 
 @pytest.mark.slow
-def test_loader_overlap_benchmark_compares_the_same_batches():
+def test_loader_overlap_benchmark_compares_the_same_batches(tmp_path):
     """benchmarks/loader_overlap.py, tiny: its three loaders draw the same batches in the same
     order (so only where the data path runs differs), and each is timed against resident."""
     loader_overlap = benchmark_module("loader_overlap")
@@ -20,9 +23,9 @@ def test_loader_overlap_benchmark_compares_the_same_batches():
     for trainer in trainers.values():
         trainer.close()
 
-    args = ["--device", "cpu", "--rounds", "1", "--seconds", "0.2"]
+    args = ["--device", "cpu", "--rounds", "2", "--seconds", "0.2", "--json", str(tmp_path / "r.json")]
     args += ["--batch", "8", "--resolution", "32", "--channels", "1", "--images", "64", "--width", "4"]
-    out = run_benchmark("loader_overlap", *args)
-    rows = [line.split() for line in out.splitlines() if line.endswith(")") and "x (" in line]
-    assert [row[0] for row in rows] == ["resident", "prefetch", "inline"]
-    assert rows[0][-2] == "1.00x" and all(float(row[1]) > 0 for row in rows)
+    run_benchmark("loader_overlap", *args)
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["device"] == "cpu" and list(record["loaders"]) == ["resident", "prefetch", "inline"]
+    assert_timed_against(record["loaders"], "resident", rounds=2)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import json
 
 import pytest
 
@@ -11,24 +11,33 @@ from tests.conftest import run_benchmark
 
 @pytest.mark.slow
 @pytest.mark.program("wrk")
-def test_serve_load_benchmark_runs_end_to_end(small):
+def test_serve_load_benchmark_runs_end_to_end(small, tmp_path):
     """benchmarks/serve_load.py with small bounds, so that the script cannot rot."""
     path, _ = small
     out = run_benchmark(
         "serve_load", "--artifact", str(path), "--backend", "torch", "--seconds", "1", "--clients", "1", "4",
-        "--soak-requests", "1200", "--overload-seconds", "2", timeout=300,
+        "--soak-requests", "1200", "--overload-seconds", "2", "--json", str(tmp_path / "r.json"), timeout=300,
     )  # fmt: skip
-    assert "offline torch at batch 64" in out and " 4 clients:" in out and "soak: " in out and "server RSS" in out
-    spent = out.split("where the time went at 4 clients: ")[1].split("\n")[0]
-    loop_us = float(spent.split("event loop (main thread) ")[1].split(" us")[0])
-    assert loop_us > 0  # the server did HTTP work on its main thread for the requests
-    calls, mean = (float(x) for x in re.search(r"(\d+) generator calls of (\d+) samples", spent).groups())
-    busy = float(re.search(r"in them (\d+) % of its", spent).group(1))
-    assert calls > 0 and 1 <= mean <= 64 and 0 < busy <= 100 and "the machine idle " in spent
-    assert "overload (64 clients pausing" in out and "probe:" in out
-    if "none refused" not in out:  # the probe's 503s: p99 at most their slowest
-        answered = re.search(r"p99 ([\d.]+) ms \(median [\d.]+ ms, slowest ([\d.]+) ms", out)
-        p99, slowest = (float(x) for x in answered.groups())
-        assert 0 < p99 <= slowest
-    ratio = float(out.split(" img/s = ")[1].split(" of the best offline img/s")[0])
-    assert 0 < ratio and "offline 1 stream: " in out and ", 2 streams: " in out
+    assert "where the time went at 4 clients: " in out and "probe:" in out  # the report in words
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["backend"] == "torch" and [load["clients"] for load in record["loads"]] == [1, 4]
+    for load in record["loads"]:  # every request answered 200; img/s is n=16 images per answer
+        assert load["statuses"] == {"200": load["requests"]} and load["socket_errors"] == 0
+        assert 0 < load["p50_ms"] <= load["p99_ms"] and load["img_per_s"] == pytest.approx(16 * load["req_per_s"])
+    spent = record["spent"]  # the server did HTTP work on its main thread, and batched the requests
+    assert spent["loop_us_per_request"] > 0 and spent["generator_calls"] > 0
+    assert 1 <= spent["mean_samples_per_call"] <= 64 and 0 < spent["streams_busy"] <= 1
+    assert 0 <= spent["machine_idle"] <= 1
+    top, offline = record["loads"][-1], record["offline"]
+    assert record["ratio"] == pytest.approx(top["img_per_s"] / offline["img_per_s"]) and offline["how"] in (
+        "1 stream",
+        f"{record['streams']} streams",
+    )
+    soak = record["soak"]
+    assert soak["requests"] >= 200 and soak["rss_growth_pct"] == pytest.approx(
+        100 * (soak["rss_mib"][1] - soak["rss_mib"][0]) / soak["rss_mib"][0]
+    )
+    overload = record["overload"]
+    assert overload["load"]["clients"] == 64 and set(overload["load"]["statuses"]) <= {"200", "503"}
+    if overload["refused_p99_ms"] is not None:  # the probe's 503s: p99 at most their slowest
+        assert 0 < overload["refused_p99_ms"] <= overload["slowest_ms"]

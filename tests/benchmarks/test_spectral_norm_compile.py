@@ -1,17 +1,26 @@
+import json
+
 import pytest
 
+from hetgan.models import build_models
+from hetgan.models.layers import SpectralNorm
+from hetgan.presets import get_preset
+from tests.benchmarks.records import assert_timed_against
 from tests.conftest import run_benchmark
 
 
 @pytest.mark.slow
-def test_spectral_norm_compile_benchmark_times_three_setups():
+def test_spectral_norm_compile_benchmark_times_three_setups(tmp_path):
     """benchmarks/spectral_norm_compile.py, tiny: eager, compiled with the power iteration outside
     the graph (a break per layer) and compiled in one graph, each timed against eager."""
-    out = run_benchmark("spectral_norm_compile", "--rounds", "1", "--seconds", "0.2", "--width", "8", "--batch", "8")
-    rows = [line.split("  ") for line in out.splitlines() if line.endswith(")") and "x (" in line]
-    rows = [[cell.strip() for cell in row if cell.strip()] for row in rows]
-    assert [row[0] for row in rows] == ["eager", "compiled, iteration outside", "compiled, one graph"]
-    layers = int(out.split("D has ")[1].split()[0])
-    eager, outside, one_graph = (int(row[1]) for row in rows)
-    assert eager == one_graph == 0 and outside >= layers  # each layer's iteration breaks the graph
-    assert rows[0][3].startswith("1.00x") and all(float(row[2]) > 0 for row in rows)
+    args = ["--rounds", "2", "--seconds", "0.2", "--width", "8", "--batch", "8", "--json", str(tmp_path / "r.json")]
+    run_benchmark("spectral_norm_compile", *args)
+    record = json.loads((tmp_path / "r.json").read_text())
+    setups = record["setups"]
+    assert list(setups) == ["eager", "compiled, iteration outside", "compiled, one graph"]
+    layers = sum(isinstance(m, SpectralNorm) for m in build_models(get_preset("resnet_cifar10"))[1].modules())
+    assert record["spectral_norm_layers"] == layers > 0
+    breaks = {name: s["graph_breaks"] for name, s in setups.items()}
+    assert breaks["eager"] == breaks["compiled, one graph"] == 0
+    assert breaks["compiled, iteration outside"] >= layers  # each layer's iteration breaks the graph
+    assert_timed_against(setups, "eager", rounds=2)

@@ -297,6 +297,7 @@ def test_train_placement_auto_writes_the_choice_into_the_run_config(tmp_path, ca
         assert overrides == ["accel.threads=1"] and expected.threads == 1
 
 
+@pytest.mark.slow
 def test_output_cut_short_by_the_reader_is_not_a_crash():
     """`hetgan layers | head -1`: the closed pipe ends the command quietly, without a traceback."""
     done = subprocess.run(

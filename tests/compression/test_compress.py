@@ -25,6 +25,7 @@ PIXEL_ONLY = DistillConfig(feature_weight=0.0, adversarial_weight=0.0)
 
 
 @pytest.mark.parametrize("arch", ["dcgan", "mlp", "maxout", "resnet"])
+@pytest.mark.slow
 def test_a_pruned_generator_keeps_its_shape_and_reloads_from_its_artifact(tmp_path, digits_npz, arch):
     cfg = tiny_config(f"npz:{digits_npz}", arch=arch)
     cfg.model.width = 16
@@ -65,6 +66,7 @@ def distance_to_teacher(artifact, teacher_run) -> float:
     return (load_torch_generator(artifact)(z) - load_torch_generator(teacher_run)(z)).abs().mean().item()
 
 
+@pytest.mark.slow
 def test_distillation_brings_the_student_closer_to_its_teacher(tmp_path, teacher):
     student = prune_and_distil(teacher, tmp_path / "c", prune=0.5, kimg=0.32, weights=PIXEL_ONLY, progress=False)
     assert student.widths == [16, 8, 4]
@@ -81,6 +83,7 @@ def test_distillation_brings_the_student_closer_to_its_teacher(tmp_path, teacher
     assert info["mac_reduction"] == pytest.approx(student.teacher_macs / student.macs) and info["mac_reduction"] > 2
 
 
+@pytest.mark.slow
 def test_the_student_is_an_ordinary_artifact_that_exports(tmp_path, teacher):
     weights = DistillConfig(feature_weight=0.0)  # the npz data has no feature network
     student = prune_and_distil(teacher, tmp_path / "c", width=4, kimg=0.08, weights=weights, progress=False)
@@ -96,6 +99,7 @@ def test_the_student_is_an_ordinary_artifact_that_exports(tmp_path, teacher):
     assert torch.allclose(load_generator(tmp_path / "student.onnx").sample(3, seed=1), G.sample(3, seed=1), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_an_interrupted_compression_resumes_exactly(tmp_path, teacher):
     kw = {"prune": 0.5, "weights": DistillConfig(feature_weight=0.0), "progress": False}
     whole = prune_and_distil(teacher, tmp_path / "whole", kimg=0.16, **kw)
@@ -106,6 +110,7 @@ def test_an_interrupted_compression_resumes_exactly(tmp_path, teacher):
     assert "resumed from" in (resumed.run_dir / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_a_student_trained_from_scratch_is_an_ordinary_gan_run(tmp_path, teacher):
     student = prune_and_distil(teacher, tmp_path / "s", prune=0.5, kimg=0.04, scratch=True, progress=False)
     config = load_torch_generator(student.artifact).config
@@ -113,6 +118,7 @@ def test_a_student_trained_from_scratch_is_an_ordinary_gan_run(tmp_path, teacher
     assert not (tmp_path / "s" / "init.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_bad_inputs_say_what_to_do(tmp_path, teacher, capsys):
     with pytest.raises(ConfigError, match=r"--prune 1.5: the share of channels to remove must be between 0 and 1"):
         prune_and_distil(teacher, tmp_path / "x", prune=1.5)
@@ -166,6 +172,7 @@ def test_the_search_picks_the_fastest_candidate_within_the_quality_bound():
     assert chosen is None and "the best, c, scores 101" in decision
 
 
+@pytest.mark.slow
 def test_search_writes_every_candidate_and_the_choice(tmp_path, teacher):
     timings = {"0.500": 4.0, "0.750": 2.0}
     scores = {"0.500": 1.02, "0.750": 1.05}
@@ -196,6 +203,7 @@ def test_search_writes_every_candidate_and_the_choice(tmp_path, teacher):
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.slow
 def test_the_search_times_a_generator_on_its_backend(tmp_path, teacher, backend):
     from hetgan.compression.search import measure_ms
 

@@ -41,6 +41,7 @@ def artifact(tmp_path, digits_npz, arch, spec, channels, resolution):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.slow
 def test_every_family_exports_to_both_formats_and_samples_alike(family, tmp_path, digits_npz):
     path = artifact(tmp_path, digits_npz, *FAMILIES[family])
     G = load_generator(path)
@@ -56,6 +57,7 @@ def test_every_family_exports_to_both_formats_and_samples_alike(family, tmp_path
     assert not (tmp_path / "g.onnx.data").exists()  # one self-contained file
 
 
+@pytest.mark.slow
 def test_onnx_metadata_says_what_the_file_is(tmp_path, digits_npz):
     G = load_generator(artifact(tmp_path, digits_npz, "dcgan", "npz", 3, 64))
     E.export(G, "onnx", tmp_path / "g.onnx")
@@ -71,6 +73,7 @@ def test_onnx_metadata_says_what_the_file_is(tmp_path, digits_npz):
     assert z.name == "z" and z.type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch axis
 
 
+@pytest.mark.slow
 def test_run_directory_exports_carry_its_name(tmp_path, tiny):
     run = hetgan.train(tiny, out=tmp_path / "00003-tiny", progress=False).run_dir
     assert main(["export", "--run", str(run), "--format", "onnx", "--out", str(tmp_path / "x" / "g.onnx")]) == 0
@@ -130,6 +133,7 @@ def test_inference_copy_of_a_dcgan_generator_is_the_same_function(tmp_path, digi
         assert (every(z) - G(z)).abs().max() < 1e-5 and (plain(z) - G(z)).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_exports_are_checked_and_the_unoptimised_graph_is_the_fallback(tmp_path, digits_npz, monkeypatch, caplog):
     """An exporter that folds BatchNorm wrongly (as reported upstream) must not yield a silent file."""
     G = load_generator(artifact(tmp_path, digits_npz, "dcgan", "npz", 1, 32))
@@ -156,6 +160,7 @@ def test_exports_are_checked_and_the_unoptimised_graph_is_the_fallback(tmp_path,
     assert (tmp_path / "old.onnx").read_bytes() == b"the previous export"
 
 
+@pytest.mark.slow
 def test_corrupt_or_foreign_model_files_are_clear_errors(tmp_path, digits_npz):
     G = load_generator(artifact(tmp_path, digits_npz, "mlp", "ring8", 1, 32))
     E.export(G, "onnx", tmp_path / "g.onnx")
@@ -200,6 +205,7 @@ def test_wrong_shaped_input_is_a_clear_error(tmp_path, digits_npz):
                 runtime.generate(z)
 
 
+@pytest.mark.slow
 def test_a_run_on_another_backend_is_exported_in_memory(tmp_path, digits_npz):
     path = artifact(tmp_path, digits_npz, "resnet", "npz", 3, 32)
     want = load_generator(path).sample(5, seed=1)
@@ -209,6 +215,7 @@ def test_a_run_on_another_backend_is_exported_in_memory(tmp_path, digits_npz):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.npz", "g.safetensors"]  # nothing written
 
 
+@pytest.mark.slow
 def test_runtimes_with_two_streams_take_two_calls_at_once_and_answer_alike(tmp_path, digits_npz):
     path = artifact(tmp_path, digits_npz, "dcgan", "npz", 1, 32)
     zs = [torch.randn(16, 8, generator=torch.Generator().manual_seed(i)) for i in range(12)]
@@ -254,6 +261,7 @@ def test_a_missing_runtime_names_the_extra_to_install(tmp_path, digits_npz, monk
     assert "needs the package 'openvino', which is not installed" in err and "pip install 'hetgan[deploy]'" in err
 
 
+@pytest.mark.slow
 def test_fp16_weights_halve_the_ir_and_stay_close(tmp_path, digits_npz):
     G = load_generator(artifact(tmp_path, digits_npz, "dcgan", "npz", 3, 64))
     E.export(G, "openvino", tmp_path / "f32.xml")
@@ -264,6 +272,7 @@ def test_fp16_weights_halve_the_ir_and_stay_close(tmp_path, digits_npz):
     assert load_generator(tmp_path / "f16.xml").precision == "fp16-weights"
 
 
+@pytest.mark.slow
 def test_sample_and_eval_with_a_backend_match_torch(tmp_path, capsys):
     run = hetgan.train(tiny_config("mnist5k"), out=tmp_path / "run", progress=False).run_dir
     E.export(load_generator(run), "onnx", tmp_path / "g.onnx")
@@ -312,6 +321,7 @@ def test_onnxruntime_cuda_and_tensorrt_match_torch(tmp_path, digits_npz):
         assert any((tmp_path / "g.trt-cache").iterdir())
 
 
+@pytest.mark.slow
 def test_no_command_replaces_a_file_without_being_asked(tmp_path, digits_npz, capsys):
     """`export`, `quantize` and `sample --out x.png` once replaced an existing file silently; each
     refuses now, says which file and how to go on, and replaces it with --overwrite."""

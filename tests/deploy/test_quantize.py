@@ -18,6 +18,7 @@ from tests.conftest import strict_loads, tiny_config
 FID_BOUND_PCT = 10  # int8 FID within 10 % of fp32's for the small digit generator below (n=500)
 
 
+@pytest.mark.slow
 def test_openvino_int8_keeps_quality_and_records_it(digits_generator, tmp_path):
     G = load_generator(digits_generator)
     result = quantize(G, tmp_path / "g8.xml", calibration_n=256, quality_n=500)
@@ -65,6 +66,7 @@ def test_onnxruntime_dynamic_int8_for_linear_generators(tmp_path):
     assert (G8.sample(100, seed=1) - load_generator(path).sample(100, seed=1)).abs().max() < 0.05
 
 
+@pytest.mark.slow
 def test_bad_quantize_requests(tmp_path, digits_npz, capsys):
     cfg = tiny_config(f"npz:{digits_npz}")
     G, _ = build_models(cfg)
@@ -122,6 +124,7 @@ def test_bench_deploy_refuses_training_flags_and_exported_references(tmp_path, c
     assert "--deploy with --run RUN" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_int8_past_its_quality_bound_is_refused_unless_forced(digits_generator, tmp_path, capsys):
     """quantize measured the int8 model's quality but never acted on it: past --max-quality-loss
     it exits non-zero and writes nothing, unless --force. A bound of -100 % (FID at least halved)

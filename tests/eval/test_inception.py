@@ -65,6 +65,7 @@ def test_bad_weight_files_are_clear_errors(weights, tmp_path):
         load_inception(wrong)
 
 
+@pytest.mark.slow
 def test_evaluate_in_inception_space(weights, tmp_path):
     import hetgan
     from hetgan.eval.score import evaluate

@@ -138,6 +138,7 @@ def test_class_histogram_and_diversity():
     assert M.diversity(collapsed, real) == 0.0 and M.diversity(real, real) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_digit_fid_real_halves_near_zero_noise_far():
     net = load_evalnet()
     assert net.cfg.held_out_accuracy >= 0.98

@@ -40,6 +40,7 @@ def digits_run(trained_digits_run, tmp_path):
     return shutil.copytree(trained_digits_run, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_eval_during_training_logs_metrics_and_keeps_best(digits_run):
     records = [json.loads(x) for x in (digits_run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r.get("eval")]
@@ -52,6 +53,7 @@ def test_eval_during_training_logs_metrics_and_keeps_best(digits_run):
     assert {p.name for p in (digits_run / "plots").iterdir()} >= {"losses.png", "d_outputs.png", "eval.png"}
 
 
+@pytest.mark.slow
 def test_eval_cli_table_and_json(digits_run, tmp_path, capsys):
     out = tmp_path / "m.json"
     assert main(["eval", "--run", str(digits_run), "--n", "300", "--json", str(out)]) == 0
@@ -67,6 +69,7 @@ def test_eval_cli_table_and_json(digits_run, tmp_path, capsys):
         assert f"n={n}: too few samples to score; at least 10" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_embeds_the_samples_a_batch_at_a_time(digits_run, monkeypatch):
     """n generated images are never held at once (50,000 RGB 64x64 would be 2.4 GB), and the
     features are those of the whole set."""
@@ -77,6 +80,7 @@ def test_eval_embeds_the_samples_a_batch_at_a_time(digits_run, monkeypatch):
     assert evaluator(G, 600)["fid"] == pytest.approx(whole, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_eval_device_flag(digits_run, tmp_path, capsys):
     """`--device` puts G and the feature network on a device; a bad name is a clear error."""
     out = tmp_path / "m.json"
@@ -186,6 +190,7 @@ def test_a_feature_network_no_better_than_guessing_is_flagged(tmp_path, monkeypa
     assert "guessing" not in space and not caplog.text  # the bundled digit network: 0.99
 
 
+@pytest.mark.slow
 def test_eval_during_training_needs_its_feature_network_before_the_run_begins(tiny, tmp_path, monkeypatch):
     """Data with no feature network fails at once, leaving no run behind, not at the first eval
     after training has begun; and the evaluator uses the trainer's data, not a second decode."""
@@ -205,6 +210,7 @@ def test_eval_during_training_needs_its_feature_network_before_the_run_begins(ti
     assert f"quality:       FID {result.last_eval['fid']:.2f} in digits at 0.04 kimg" in result.summary()
 
 
+@pytest.mark.slow
 def test_a_finished_run_resumed_with_evaluation_computes_no_features(digits_run, monkeypatch):
     """The real images' features are computed at the first evaluation, not when the evaluator is
     made: resuming a finished run (nothing to do) spends nothing on them."""

@@ -172,6 +172,7 @@ def test_spectral_norm_computes_torchs_numbers():
         assert torch.equal(theirs.eval().weight, ours.eval().weight)
 
 
+@pytest.mark.slow
 def test_a_generator_without_spectral_norm_runs_without_importing_the_compiler():
     """torch._dynamo takes over a second to import, which `hetgan sample` of a DCGAN never needs:
     hetgan's spectral norm makes its eager power iteration (torch.compiler.disable, which imports

@@ -407,6 +407,7 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "generator.safetensors")
 
 
+@pytest.mark.slow
 def test_resume_auto_starts_a_run_then_continues_it(tiny, tmp_path):
     full = weights(train(tiny, out=tmp_path / "full", progress=False).run_dir)
     tiny.train.kimg = 0.08
@@ -417,6 +418,7 @@ def test_resume_auto_starts_a_run_then_continues_it(tiny, tmp_path):
     assert all(torch.equal(full[k], weights(run)[k]) for k in full)
 
 
+@pytest.mark.slow
 def test_resume_auto_restarts_a_run_killed_before_its_first_checkpoint_from_step_zero(tiny, tmp_path):
     fresh = weights(train(tiny, out=tmp_path / "fresh", progress=False).run_dir)
     run = tmp_path / "killed"  # what a run killed before its first checkpoint leaves
@@ -465,6 +467,7 @@ def test_placement_auto_is_refused_under_torchrun(monkeypatch, capsys, tmp_path)
         ("accel.sync_batchnorm=true", "SyncBatchNorm, which runs on CUDA only, so a gloo (CPU) run cannot"),
     ],
 )
+@pytest.mark.slow
 def test_settings_that_cannot_run_on_these_ranks_fail_clearly_on_every_rank(tmp_path, setting, message):
     out = tmp_path / "run"
     code, output = torchrun(*launch(out), "--set", setting, check=False)

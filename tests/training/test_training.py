@@ -50,6 +50,7 @@ def test_api_prints_nothing_and_run_training_reports_the_outcome(tiny, tmp_path,
     assert logging.getLogger("hetgan").level == logging.NOTSET  # and the caller's level is restored
 
 
+@pytest.mark.slow
 def test_quiet_means_quiet_through_the_callers_logging_levels(tiny, tmp_path):
     """`train(progress=False)` in a script that set up logging at WARNING once printed every step
     and checkpoint line: log.txt gets them all, the caller's handlers what their levels ask for."""
@@ -77,6 +78,7 @@ def test_quiet_means_quiet_through_the_callers_logging_levels(tiny, tmp_path):
         logging.getLogger("hetgan").setLevel(logging.NOTSET)
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_changes_nothing(tiny, tmp_path):
     """A finished run resumed without a larger train.kimg (or with a smaller one) is left as it
     is: its config.yaml still says what it trained, and its outputs are not written again."""
@@ -163,6 +165,7 @@ def test_numbered_run_dirs(tiny, tmp_path, monkeypatch):
     assert train(tiny, progress=False).run_dir.name == "00001-tiny"
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_other_seed_differs(tiny, tmp_path):
     a = weights(train(tiny, out=tmp_path / "a", progress=False).run_dir)
     b = weights(train(tiny, out=tmp_path / "b", progress=False).run_dir)
@@ -173,6 +176,7 @@ def test_same_seed_same_weights_other_seed_differs(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("arch,spec_kind,loss", [("mlp", "ring8", "wgan-gp"), ("dcgan", "npz", "hinge")])
+@pytest.mark.slow
 def test_resume_in_process_equals_uninterrupted(digits_npz, tmp_path, arch, spec_kind, loss):
     spec = "ring8" if spec_kind == "ring8" else f"npz:{digits_npz}"
     cfg = tiny_config(spec, arch=arch)
@@ -202,6 +206,7 @@ def test_resume_refuses_other_config_unless_told(tiny, tmp_path):
     assert meta["opt_G"]["param_groups"][0]["lr"] == pytest.approx(0.001)  # not the 2e-4 saved with Adam's state
 
 
+@pytest.mark.slow
 def test_a_run_stores_its_paths_absolute_and_resumes_from_anywhere(digits_npz, tmp_path, monkeypatch):
     """data.spec's path and train.evalnet, given relative to the working directory, go into the
     run's config as absolute paths, so the run resumes from another directory (where the relative
@@ -223,6 +228,7 @@ def test_a_run_stores_its_paths_absolute_and_resumes_from_anywhere(digits_npz, t
     assert train(resume=run, overrides=overrides, progress=False).kimg == pytest.approx(0.24)
 
 
+@pytest.mark.slow
 def test_a_run_with_relative_paths_from_before_resumes_from_its_directory(digits_npz, tmp_path, monkeypatch):
     """Runs made before paths were stored absolute hold them relative, in config.yaml and in their
     checkpoints; resumed from the directory they meant, they continue without a config change."""
@@ -445,6 +451,7 @@ def test_a_run_whose_set_up_fails_leaves_nothing_behind(tmp_path, monkeypatch):
     assert not any((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.slow
 def test_a_run_being_written_cannot_be_resumed_a_second_time(tiny, tmp_path):
     """A second `train --resume` of a run that a live process is writing is refused, and
     leaves the run as it was; once the first one has let go, the resume goes ahead."""
@@ -474,6 +481,7 @@ def prefetch_threads():
     return [t for t in threading.enumerate() if t.name == "hetgan-prefetch"]
 
 
+@pytest.mark.slow
 def test_train_bench_and_tune_leave_no_loader_thread_behind(tiny, tmp_path):
     from hetgan.benchmarking.training import bench
     from hetgan.benchmarking.tune import Candidate, tune
@@ -504,6 +512,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("preset", PRESETS.names())
+@pytest.mark.slow
 def test_every_preset_trains_a_few_steps(preset, tmp_path):
     import numpy as np
 
@@ -557,6 +566,7 @@ def test_progress_bar_counts_whole_images_and_stops_at_its_total(tiny, tmp_path,
     assert not re.search(r"\d\.\d{6,}/", err)  # no round-off in the count
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_scalars_grids_and_evals(tmp_path):
     """--set train.tensorboard=true: the standard SummaryWriter's event files, read back with
     TensorBoard's own reader (issue 26)."""

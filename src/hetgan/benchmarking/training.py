@@ -100,6 +100,18 @@ def ratio_spread(values: list[float], reference: list[float]) -> str:
     return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
+def speed_record(values: list[float], reference: list[float]) -> dict:
+    """What a benchmark's `--json` says of one setup timed by `interleaved`: its speed per round
+    and their median, and the per-round ratios over `reference` (median, min, max), as
+    `ratio_spread` prints them."""
+    ratios = round_ratios(values, reference)
+    return {
+        "rounds": list(values),
+        "median": statistics.median(values),
+        "ratio": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
+    }
+
+
 def phase_breakdown(trainer: Trainer, steps: int = 10) -> dict[str, float]:
     """Milliseconds per step in each phase."""
     trainer.timer = PhaseTimer(trainer_devices(trainer))
