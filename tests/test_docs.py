@@ -35,3 +35,18 @@ def test_every_endpoint_is_documented_with_an_example():
         assert f"`GET {path}`" in page or f"`POST {path}`" in page or f"{path}`" in page, path
         if path != "/":
             assert f"http://127.0.0.1:8000{path}" in page, f"{path}: no example request"
+
+
+def test_every_picture_is_small_used_and_made_by_the_script():
+    """The docs' pictures (docs/images, made by scripts/make_figures.py) stay small, each is shown
+    on some page or the README, and each name is one the script makes."""
+    images = sorted((ROOT / "docs" / "images").glob("*.png"))
+    assert images, "no pictures in docs/images: run python3 scripts/make_figures.py"
+    pages = "".join(p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+    script = (ROOT / "scripts" / "make_figures.py").read_text()
+    for image in images:
+        assert image.stat().st_size <= 200 * 1024, f"{image.name}: over 200 KB"
+        assert f"images/{image.name}" in pages, f"{image.name}: shown on no page"
+        assert f'"{image.stem}"' in script, f"{image.name}: not one scripts/make_figures.py makes"
+    for shown in re.findall(r"images/([\w.-]+\.png)", pages):
+        assert (ROOT / "docs" / "images" / shown).exists(), f"a page shows images/{shown}, which is missing"

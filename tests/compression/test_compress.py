@@ -200,6 +200,11 @@ def test_search_writes_every_candidate_and_the_choice(tmp_path, teacher):
     with pytest.raises(HetganError, match=r"no candidate meets 1 ms per call .* prune-0.750, takes 2 ms"):
         search(teacher, out, 1.0, measure=measure, score=score, **kw)  # resumes the candidates, measures again
     assert json.loads((out / "search.json").read_text())["chosen"] is None
+    with pytest.raises(HetganError, match=r"teacher already runs in 8 ms per call .* --search-anyway"):
+        search(teacher, tmp_path / "met", 8.0, measure=measure, score=score, **kw)
+    assert not (tmp_path / "met" / "candidates").exists()  # said before any student is distilled
+    chosen = search(teacher, tmp_path / "met", 8.0, measure=measure, score=score, search_anyway=True, **kw)
+    assert chosen.name == "prune-0.750"
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])

@@ -302,8 +302,9 @@ def test_binding_beyond_loopback_warns():
 @pytest.mark.slow
 @pytest.mark.program("chromium")
 def test_web_page_in_headless_chromium(small, tmp_path):
-    """A person's path through the page: it loads offline, a click gives a grid that decodes, the
-    seed steps, an interpolation strip appears, a bad n shows the server's message."""
+    """A person's path through the page: it opens on a grid, offline; a click gives a grid that
+    decodes, the seed steps, an interpolation strip appears, a bad n shows the server's message next
+    to the form that sent it and marks the grid below as stale until a request succeeds."""
     from playwright.sync_api import sync_playwright
 
     path, _ = small
@@ -314,10 +315,12 @@ def test_web_page_in_headless_chromium(small, tmp_path):
         page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(str(client.base_url)) else None)
         page.goto(str(client.base_url) + "/")
         page.wait_for_function("document.getElementById('model').textContent.includes('dcgan generator')")
+        page.wait_for_function("document.getElementById('grid').naturalWidth > 0")  # no click needed
+        assert "16 samples of seed 0" in page.inner_text("#status")  # the form's defaults
         page.fill("#n", "9")
         page.fill("#seed", "4")
         page.click("#generate")
-        page.wait_for_function("document.getElementById('grid').naturalWidth > 0")
+        page.wait_for_function("document.getElementById('status').textContent.includes('9 samples')")
         # 9 samples of 32 px: a 3x3 grid with 2 px gaps
         assert page.evaluate("[grid.naturalWidth, grid.naturalHeight]") == [104, 104]
         assert "9 samples of seed 4" in page.inner_text("#status")
@@ -332,8 +335,17 @@ def test_web_page_in_headless_chromium(small, tmp_path):
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         page.fill("#n", "1000")
         page.click("#generate")
-        page.wait_for_function("document.getElementById('status').className === 'error'")
+        page.wait_for_function("document.getElementById('status').className === 'status error'")
         assert "413: n=1000 is over this server's limit of 100" in page.inner_text("#status")
+        # said inside the samples form, above its grid, which is marked stale; the download goes
+        said = "document.getElementById('status')"  # (the page's script has a function called status)
+        assert page.evaluate(f"{said}.closest('fieldset') === grid.closest('fieldset')")
+        assert page.evaluate(f"{said}.getBoundingClientRect().bottom <= grid.getBoundingClientRect().top")
+        assert page.evaluate("grid.classList.contains('stale') && download.hidden")
+        assert page.inner_text("#walk_status").startswith("6 frames")  # the other form keeps its own
+        page.fill("#n", "4")
+        page.click("#generate")
+        page.wait_for_function("!document.getElementById('grid').classList.contains('stale')")
         browser.close()
     assert outside == []  # no CDN, nothing from outside the server
     assert (tmp_path / "page.png").stat().st_size > 10_000

@@ -34,6 +34,9 @@ def add(sub) -> None:
     c.add_argument("--ratios", default="0.5,0.625,0.75,0.875", help="search: prune ratios to try")
     c.add_argument("--max-increase", type=float, default=0.10, help="search: allowed FID increase (0.10 = 10%%)")
     c.add_argument("--n", type=int, default=5000, help="search: samples per FID")
+    c.add_argument(
+        "--search-anyway", action="store_true", help="search even where the teacher already meets --target-ms"
+    )
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(handler=run)
 
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     result = hetgan.compress(
         args.run, args.out, args.prune, args.width, args.target_ms, args.importance, args.kimg, args.scratch,
         weights, args.backend, args.batch, ratios(args.ratios), args.max_increase, args.n, not args.no_progress,
+        search_anyway=args.search_anyway,
     )  # fmt: skip
     if isinstance(result, Student):
         print(result.summary())

@@ -27,6 +27,7 @@ def compress(
     max_increase: float = 0.10,
     n: int = 5000,
     progress: bool = True,
+    search_anyway: bool = False,
 ) -> Student | Candidate:
     """Compress the teacher run `run` into OUT (`hetgan compress`).
 
@@ -35,7 +36,8 @@ def compress(
         width: the student's model.width; or
         target_ms: search the prune `ratios` for the smallest student that runs in `target_ms`
             per call of `batch` samples on `backend` and keeps its FID within `max_increase` of
-            the teacher's (scored on `n` samples).
+            the teacher's (scored on `n` samples). A teacher that already runs within `target_ms`
+            stops the search before any student is distilled, unless `search_anyway`.
 
     Args:
         importance: how channels are ranked for pruning: magnitude or bn_scale.
@@ -60,5 +62,6 @@ def compress(
     if prune is not None or width is not None or scratch:
         raise ConfigError("--target-ms searches over --ratios; it takes no --prune, --width or --scratch")
     return search(
-        run, out, target_ms, backend, batch, ratios, kimg, max_increase, n, weights, progress, importance=importance
-    )
+        run, out, target_ms, backend, batch, ratios, kimg, max_increase, n, weights, progress,
+        importance=importance, search_anyway=search_anyway,
+    )  # fmt: skip

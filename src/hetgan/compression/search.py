@@ -115,10 +115,12 @@ def search(
     importance: str = "magnitude",
     measure: Callable[[Path], float] | None = None,
     score: Callable[[Path], float] | None = None,
+    search_anyway: bool = False,
 ) -> Candidate:
     """Distil a student at each of `ratios`, measure it and choose (see the module's docstring).
     `measure` (artifact -> ms per call) and `score` (artifact -> lower-is-better quality) replace
-    the backend timing and FID where given."""
+    the backend timing and FID where given. The teacher is timed first: if it already runs within
+    `target_ms`, nothing is distilled (a HetganError says so) unless `search_anyway`."""
     run, out = Path(run), Path(out)
     if target_ms <= 0:
         raise ConfigError(f"--target-ms {target_ms}: the time per call to reach must be > 0")
@@ -131,6 +133,13 @@ def search(
     score = score or (lambda a: fid_score(a, n))
     try:
         teacher_artifact = run / ARTIFACT_NAME
+        teacher_ms = measure(teacher_artifact)
+        if teacher_ms <= target_ms and not search_anyway:
+            raise HetganError(
+                f"the teacher already runs in {teacher_ms:.3g} ms per call of {batch} on {backend}, within "
+                f"--target-ms {target_ms:g}: no student is needed. Use the teacher as it is, give a smaller "
+                "--target-ms, or pass --search-anyway to distil and compare students all the same"
+            )
         students = [
             prune_and_distil(
                 run,
@@ -147,7 +156,7 @@ def search(
             "teacher",
             0.0,
             students[0].teacher_macs,
-            measure(teacher_artifact),
+            teacher_ms,
             score(teacher_artifact),
             str(teacher_artifact),
         )

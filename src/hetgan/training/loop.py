@@ -263,28 +263,10 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
     if resuming:
         restore(trainer, run_dir, allow_change)
         if trainer.nimg >= total_nimg and (run_dir / ARTIFACT_NAME).exists():
-            # Finished, at or past the kimg asked for: its config.yaml and outputs stay as they are.
-            log.info(
-                "%s is finished at %.1f kimg (train.kimg=%g): nothing to do",
-                run_dir,
-                trainer.nimg / 1000,
-                cfg.train.kimg,
-            )
-            return TrainResult(
-                run_dir, trainer.step_count, trainer.nimg / 1000, None, trainer.nonfinite_total, True, main
-            )
+            return _finished_already(trainer, run_dir)
     monitor = _start(trainer, run_dir, metrics, evaluator)
     stop = StopSignal()
-    # Counted in whole images and shown scaled (12.3k/200k img): float kimg added up step by step
-    # showed round-off (10.240000000000007/60.0), and the last step's overshoot went past 100 %.
-    bar = tqdm(
-        total=total_nimg,
-        initial=min(trainer.nimg, total_nimg),
-        unit="img",
-        unit_scale=True,
-        disable=not progress or None,
-        dynamic_ncols=True,
-    )
+    bar = _progress_bar(trainer.nimg, total_nimg, progress)
     timer, logged_nimg = time.perf_counter(), trainer.nimg
     started, started_nimg = timer, trainer.nimg
     # Log lines go above the bar, not onto it; TensorBoard's events are flushed however the loop ends.
@@ -322,6 +304,27 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
         img_per_s=trained / seconds if trained and seconds > 0 else None, last_eval=monitor.last_eval,
         alarms=tuple(monitor.alarms),
     )  # fmt: skip
+
+
+def _finished_already(trainer: Trainer, run_dir: Path) -> TrainResult:
+    """A resumed run at or past the kimg asked for: its config.yaml and outputs stay as they are."""
+    cfg, main = trainer.cfg, trainer.dist.is_main
+    log.info("%s is finished at %.1f kimg (train.kimg=%g): nothing to do", run_dir, trainer.nimg / 1000, cfg.train.kimg)
+    return TrainResult(run_dir, trainer.step_count, trainer.nimg / 1000, None, trainer.nonfinite_total, True, main)
+
+
+def _progress_bar(nimg: int, total_nimg: int, progress: bool) -> tqdm:
+    """The bar on stderr, counted in whole images and shown scaled (12.3k/200k img): float kimg
+    added up step by step showed round-off (10.240000000000007/60.0), and the last step's
+    overshoot went past 100 %."""
+    return tqdm(
+        total=total_nimg,
+        initial=min(nimg, total_nimg),
+        unit="img",
+        unit_scale=True,
+        disable=not progress or None,
+        dynamic_ncols=True,
+    )
 
 
 def _start(trainer: Trainer, run_dir: Path, metrics: MetricsWriter, evaluator) -> Monitor:
