@@ -1,6 +1,10 @@
 """int8: OpenVINO + NNCF and ONNX Runtime, its recorded calibration and quality, which kernels
 really run in int8, and `hetgan bench --deploy`."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -157,3 +161,29 @@ def test_the_quality_gate_records_the_loss_and_the_bound_either_way():
     with pytest.raises(QualityError, match="modes 8 -> 7"):  # a lost mode is a total loss
         gate(points, 10.0, force=False)
     assert gate({"measured": False}, 10.0, force=False) == {"measured": False}  # nothing to gate
+
+
+@pytest.mark.parametrize("imported_first", [True, False])
+def test_nncf_sends_no_telemetry_while_hetgan_quantises(imported_first):
+    """In a process without pytest (NNCF turns its telemetry off by itself under pytest): whether
+    the user imported NNCF before hetgan or not, hetgan calls it with its telemetry stubbed, puts
+    back what was there, and leaves no NNCF_CI behind for child processes."""
+    pytest.importorskip("nncf")
+    script = f"""
+import os, sys
+assert "pytest" not in sys.modules and "NNCF_CI" not in os.environ
+if {imported_first}:
+    import nncf.telemetry.decorator as d
+    assert type(d.telemetry).__name__ == "NNCFTelemetry", type(d.telemetry)
+from hetgan.deploy.quantize import nncf_without_telemetry
+with nncf_without_telemetry() as nncf:
+    from nncf.telemetry import decorator, wrapper
+    for held in (decorator.telemetry, wrapper.telemetry, nncf.telemetry.telemetry):
+        assert isinstance(held, wrapper.NNCFTelemetryStub) and not isinstance(held, wrapper.NNCFTelemetry)
+assert "NNCF_CI" not in os.environ
+print(type(decorator.telemetry).__name__)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "NNCF_CI"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == ("NNCFTelemetry" if imported_first else "MagicMock")  # NNCF's stub

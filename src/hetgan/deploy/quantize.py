@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,15 +195,37 @@ def openvino_int8(onnx_fp32: bytes, batches: list[np.ndarray]):
     """NNCF's post-training static int8 of the OpenVINO model: per-channel weights, per-tensor
     activations, statistics from the calibration batches."""
     ov = require("openvino", "OpenVINO int8")
-    # NNCF sends usage telemetry (to Google Analytics) unless it runs in CI or a developer's
-    # environment, or the user ran its opt-out script: a model compressed on a user's server must
-    # not phone home. NNCF_CI is the switch it reads when imported, and stubs its telemetry.
-    os.environ.setdefault("NNCF_CI", "1")
-    nncf = require("nncf", "OpenVINO int8")
     model = ov.Core().read_model(onnx_fp32)
-    with quiet_libraries():
+    with nncf_without_telemetry() as nncf, quiet_libraries():
         quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
     return quantized, "OpenVINO static int8 (NNCF: weights per channel, activations per tensor)"
+
+
+@contextmanager
+def nncf_without_telemetry():
+    """NNCF, with its usage telemetry (sent to Google Analytics unless it runs in CI, in a
+    developer's environment or after its opt-out script) replaced by its own stub while hetgan
+    calls it: a model quantised on a user's server must not phone home. NNCF decides when it is
+    first imported (the NNCF_CI variable), so that variable is set for the import only, not left
+    to every child process; where the user imported NNCF before, its telemetry objects are
+    swapped for the stub and put back afterwards."""
+    before = os.environ.get("NNCF_CI")
+    os.environ["NNCF_CI"] = "1"
+    try:
+        nncf = require("nncf", "OpenVINO int8")
+        from nncf.telemetry import decorator, wrapper
+    finally:
+        if before is None:
+            del os.environ["NNCF_CI"]
+        else:
+            os.environ["NNCF_CI"] = before
+    saved = wrapper.telemetry, decorator.telemetry, nncf.telemetry.telemetry
+    stub = wrapper.NNCFTelemetryStub()
+    wrapper.telemetry = decorator.telemetry = nncf.telemetry.telemetry = stub
+    try:
+        yield nncf
+    finally:
+        wrapper.telemetry, decorator.telemetry, nncf.telemetry.telemetry = saved
 
 
 def onnx_int8(onnx_fp32: bytes, batches: list[np.ndarray]) -> tuple[bytes, str]:
