@@ -1,4 +1,7 @@
 import logging
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -224,3 +227,38 @@ def test_a_network_changed_on_resume_is_a_clear_error(tiny):
         CheckpointError, match=r"checkpoint's G does not fit .*size mismatch for net\.0\.weight.*model\.\*"
     ):
         Trainer(tiny).load_state(*a.state())
+
+
+def test_a_full_disk_is_said_plainly_and_leaves_no_partial_checkpoint(tmp_path):
+    """On a real size-limited file system (a 1 MiB tmpfs in a mount namespace of its own): a
+    checkpoint that fits is written; one that does not is a CheckpointError naming the checkpoint,
+    the space it needed, the last good one and how to resume, with its partial write removed at
+    once and the good one intact."""
+    if not shutil.which("unshare"):
+        pytest.skip("needs util-linux's unshare to mount a small tmpfs")
+    script = f"""
+import os, sys, torch
+from hetgan.errors import CheckpointError
+from hetgan.training.checkpoint import list_checkpoints, read_checkpoint, save_checkpoint
+root = {str(tmp_path / "run")!r} + "/checkpoints"
+save_checkpoint(__import__("pathlib").Path(root), 1, {{"w": torch.ones(1000)}}, {{"step": 1}}, keep=3)
+try:
+    save_checkpoint(__import__("pathlib").Path(root), 2, {{"w": torch.ones(500_000)}}, {{"step": 2}}, keep=3)
+except CheckpointError as e:
+    print("ERROR", e)
+print("LEFT", sorted(os.listdir(root)))
+tensors, state = read_checkpoint(list_checkpoints(__import__("pathlib").Path(root))[-1])
+print("GOOD", state["step"], float(tensors["w"].sum()))
+"""
+    (tmp_path / "run").mkdir()
+    mount = f'mount -t tmpfs -o size=1m tmpfs {tmp_path / "run"} && exec {sys.executable} -c "$0"'
+    cmd = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", mount, script]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 and "mount" in done.stderr and "ERROR" not in done.stdout:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()[-200:]}")
+    assert done.returncode == 0, done.stderr
+    error = next(line for line in done.stdout.splitlines() if line.startswith("ERROR"))
+    assert "step-000000002" in error and "the disk is full" in error and "it needs 1.9 MiB" in error
+    assert "the last good checkpoint" in error and "step-000000001" in error and "hetgan train --resume" in error
+    assert "LEFT ['step-000000001']" in done.stdout  # no .tmp-* directory left
+    assert "GOOD 1 1000.0" in done.stdout

@@ -9,6 +9,7 @@ are deleted only after the new one is committed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -37,16 +38,20 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], sta
         shutil.rmtree(stale, ignore_errors=True)
     final = root / f"{PREFIX}{step:09d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    tmp.mkdir()
     blobs = {
         TENSORS: save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}),
         STATE: json.dumps(state, indent=1, sort_keys=True).encode(),
     }
-    for name, data in blobs.items():
-        write_bytes_durable(tmp / name, data)
     manifest = {name: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for name, d in blobs.items()}
-    write_bytes_durable(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
-    fsync_dir(tmp)
+    blobs[MANIFEST] = json.dumps(manifest, indent=1).encode()  # written last
+    try:
+        tmp.mkdir()
+        for name, data in blobs.items():
+            write_bytes_durable(tmp / name, data)
+        fsync_dir(tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # the partial write goes at once, not at the next save
+        raise unwritten(root, final, e, sum(len(d) for d in blobs.values())) from e
     if final.exists():  # re-saving a step (interrupt right after resume): swap atomically-ish
         old = root / f".tmp-old-{final.name}-{os.getpid()}"
         os.rename(final, old)
@@ -58,6 +63,19 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], sta
     for old_ckpt in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old_ckpt)
     return final
+
+
+def unwritten(root: Path, final: Path, error: OSError, needed: int) -> CheckpointError:
+    """What a failed checkpoint write says: which, why, how much it needed, what is left, and how
+    to go on."""
+    last = list_checkpoints(root)
+    kept = f"the last good checkpoint, {last[-1]}, is intact" if last else "there is no earlier checkpoint"
+    why = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "the write failed"
+    return CheckpointError(
+        f"could not write checkpoint {final}: {why} ({error.strerror or error}; it needs "
+        f"{needed / 2**20:.1f} MiB). Nothing partial was left behind and {kept}. Free space on "
+        f"{root} (df -h {root}), then continue with: hetgan train --resume {root.parent}"
+    )
 
 
 def list_checkpoints(root: Path) -> list[Path]:
