@@ -310,3 +310,21 @@ def test_the_conditional_preset_trains_from_the_cli(tmp_path):
     assert G.n_classes == 10 and G.class_names == [str(i) for i in range(10)]
     assert "10 classes, 32x32 grayscale (stored 28x28, centre-cropped" in (run / "log.txt").read_text()
     assert isinstance(G, TorchGenerator)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+@pytest.mark.slow
+def test_bench_deploy_profiles_and_probes_a_conditional_model(cgan, tmp_path, fmt):
+    """bench --deploy's layer profiler and memory probe feed a conditional model its classes too
+    (they fed only z: OpenVINO's profiler failed and the probe silently gave no figure)."""
+    from hetgan.benchmarking.inference import Row, layer_kernels, peak_memory_mib
+    from hetgan.deploy.export import export
+
+    out = tmp_path / ("g.onnx" if fmt == "onnx" else "g.xml")
+    export(load_torch_generator(cgan), fmt, out)
+    R = load_generator(out)
+    kernels = layer_kernels(R, batch=4)
+    assert kernels and all(k["ms"] >= 0 and k["op"] for k in kernels)
+    for G, path in ((R, out), (load_generator(cgan), cgan)):
+        peak = peak_memory_mib(Row(fmt, G, [path]), threads=1, batch=4)
+        assert peak is not None and peak > 10, path  # a process with numpy and a runtime (or torch) loaded

@@ -152,21 +152,23 @@ def time_rows(rows: list[Row], seconds: float, rounds: int) -> None:
 
 PROBE = """
 import sys, numpy as np
-backend, path, batch, z_dim, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+backend, path, batch, z_dim, threads, classes = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
 z = np.random.default_rng(0).standard_normal((batch, z_dim)).astype(np.float32)
+y = np.arange(batch, dtype=np.int64) % classes if classes else None  # a conditional model's classes in turn
 if backend == "torch":
     import torch, hetgan
     torch.set_num_threads(threads)
-    hetgan.load_generator(path).generate(torch.from_numpy(z))
+    hetgan.load_generator(path).generate(torch.from_numpy(z), None if y is None else torch.from_numpy(y))
 elif backend in ("onnxruntime", "tensorrt"):
     import onnxruntime as ort
     o = ort.SessionOptions(); o.intra_op_num_threads = threads; o.inter_op_num_threads = 1
     s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
-    s.run(None, {s.get_inputs()[0].name: z})
+    names = [i.name for i in s.get_inputs()]
+    s.run(None, {names[0]: z} if y is None else {names[0]: z, names[1]: y})
 else:
     import openvino as ov
     c = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
-    c({0: z})
+    c({0: z} if y is None else {0: z, 1: y})
 # VmHWM, not getrusage's ru_maxrss: Linux carries that over from the parent across exec
 print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))  # KiB
 """
@@ -178,7 +180,8 @@ def peak_memory_mib(row: Row, threads: int, batch: int = 256) -> float | None:
         return None
     backend = getattr(row.G, "backend", "torch")
     path = row.files[0]
-    args = [sys.executable, "-c", PROBE, backend, str(path), str(batch), str(row.G.z_dim), str(threads)]
+    classes = getattr(row.G, "n_classes", 0) or 0
+    args = [sys.executable, "-c", PROBE, backend, str(path), str(batch), str(row.G.z_dim), str(threads), str(classes)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         return None
@@ -316,8 +319,9 @@ def layer_kernels(G: SeededGenerator, batch: int = 64) -> list[dict]:
     if G.backend == "openvino":
         compiled = G.core.compile_model(G.model, "CPU", {**G.compile_config, "PERF_COUNT": True})
         request = compiled.create_infer_request()
+        feeds = {0: z} if not G.n_classes else {0: z, 1: G.labels(batch).numpy()}  # a conditional model's classes
         for _ in range(5):
-            request.infer({0: z})
+            request.infer(feeds)
         return [
             {"layer": p.node_name, "op": p.node_type, "kernel": p.exec_type, "ms": p.real_time.total_seconds() * 1e3}
             for p in request.profiling_info
