@@ -187,3 +187,18 @@ print(type(decorator.telemetry).__name__)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == ("NNCFTelemetry" if imported_first else "MagicMock")  # NNCF's stub
+
+
+def test_bench_deploy_says_when_the_machine_was_too_noisy_to_trust():
+    """The reference's own speed over the rounds decides: steady rounds give no warning; a 2x spread
+    (another process took a core for some rounds) is said, with what to do."""
+    from hetgan.benchmarking.inference import NOISY_SPREAD, Row, noise
+
+    def rows(speeds):
+        return [Row("torch fp32", None, [], speeds={64: speeds})]
+
+    steady = noise(rows([1000.0, 1050.0, 980.0]))
+    assert steady["reference_spread"] == pytest.approx(1050 / 980) and steady["warning"] is None
+    busy = noise(rows([1000.0, 500.0, 990.0]))
+    assert busy["reference_spread"] == pytest.approx(2.0) and NOISY_SPREAD < 2.0
+    assert "varied 2.0x between rounds" in busy["warning"] and "rerun on an idle machine" in busy["warning"]

@@ -22,6 +22,7 @@ given. For each row:
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -273,6 +274,7 @@ def bench_deploy(
                 row.result["kernels"] = layer_kernels(row.G)
     record = provenance(G.config, torch.device("cpu"))
     record["deploy"] = {
+        "noise": noise(rows),
         "source": str(source),
         "threads": threads,
         "n": n,
@@ -285,12 +287,34 @@ def bench_deploy(
     return record
 
 
+NOISY_SPREAD = 1.3  # the reference's fastest round over its slowest beyond this: figures unreliable
+
+
+def noise(rows: list[Row]) -> dict:
+    """How steady the machine was while the rows were timed: the spread of the reference's own
+    img/s at batch 64 over the rounds (max over min; a steady machine gives about 1), the load
+    average per core at the end, and a warning where the figures cannot be trusted. A busy core
+    (another process, a noisy neighbour's steal time) slows some rounds and not others; ratios
+    taken within a round survive that better than absolute figures, but not a spread this wide."""
+    ref = rows[0].speeds[64]
+    spread = max(ref) / min(ref) if len(ref) > 1 else None
+    load = os.getloadavg()[0] / (os.cpu_count() or 1) if hasattr(os, "getloadavg") else None
+    warning = None
+    if spread is not None and spread > NOISY_SPREAD:
+        warning = (
+            f"eager PyTorch's own img/s varied {spread:.1f}x between rounds (steady: under {NOISY_SPREAD}x): "
+            "something else used the CPU while timing, so treat these figures as unreliable; rerun on an idle "
+            "machine, or with more --rounds"
+        )
+    return {"reference_spread": spread, "load_per_core": load, "warning": warning}
+
+
 def format_deploy(record: dict) -> str:
     d = record["deploy"]
     q = d["quality_metric"]
     head = (
-        f"{'backend':<26} {'img/s b64':>10} {'b256':>8} {'b64 x2':>8} {'x eager':>16} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'x eager':>7} {'MiB':>6} {'peak MiB':>8} {'max err':>8} {q:>7}"
+        f"{'backend':<26} {'img/s b64':>10} {'b256':>8} {'b64 x2':>8} {'x eager b64':>16} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'x eager b1':>10} {'MiB':>6} {'peak MiB':>8} {'max err':>8} {q:>7}"
     )
     lines = [f"deploy bench of {d['source']}: {d['threads']} threads, {d['rounds']} rounds; batch 1 for latency", head]
     for row in d["rows"]:
@@ -303,10 +327,13 @@ def format_deploy(record: dict) -> str:
             f"{row['name']:<26} {row['img_per_s_64']:>10.0f} {row['img_per_s_256']:>8.0f} {two:>8} "
             f"{row['speedup_64']:>6.2f}x ({lo:.2f}-{hi:.2f}) "
             f"{row['latency_p50_ms']:>7.3f} {row['latency_p99_ms']:>7.3f} "
-            f"{row['latency_speedup_1']:>6.2f}x {size:>6} {peak:>8} {row['max_abs_error']:>8.1e} {quality:>7}"
+            f"{row['latency_speedup_1']:>9.2f}x {size:>6} {peak:>8} {row['max_abs_error']:>8.1e} {quality:>7}"
         )
     lines.append(f"{q} on {d['n']} samples of seed {d['seed']} (the same z for every row); max err: against torch fp32")
     lines.append("b64 x2: img/s at batch 64 with two calls in flight (two streams; torch's threads split in two)")
+    lines.append("x eager b64: img/s over eager PyTorch's, median (min-max) of the rounds; x eager b1: batch-1 p50")
+    if d["noise"]["warning"]:
+        lines.append(f"WARNING: {d['noise']['warning']}")
     return "\n".join(lines)
 
 
