@@ -148,3 +148,24 @@ def test_digit_fid_real_halves_near_zero_noise_far():
     noise = net.embed(torch.rand(2500, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1)[0]
     real_vs_real, real_vs_noise = M.fid(feats, held), M.fid(feats, noise)
     assert real_vs_real < 0.02 * real_vs_noise, (real_vs_real, real_vs_noise)
+
+
+def test_quality_warnings_say_collapse_and_missing_classes_or_modes():
+    """The issue's collapsed run (1997 of 2000 samples one digit) is said, with what to try; a
+    generator that draws every class alike is not; missing modes of a mixture are."""
+    from hetgan.cli.sample import format_table
+    from hetgan.eval.metrics import quality_warnings
+
+    collapsed = {"class_counts": [0] * 8 + [1997, 3]}
+    [collapse, missing] = quality_warnings(collapsed)
+    assert collapse.startswith("mode collapse: 100% of the 2000 samples are classified as class 8")
+    assert "gives 10%" in collapse and "optim.g_lr" in collapse
+    assert missing.startswith("classes never drawn in 2000 samples: [0, 1, 2, 3, 4, 5, 6, 7]")
+    assert quality_warnings({"class_counts": [200] * 10}) == []
+    assert quality_warnings({"class_counts": [310] + [190] * 9}) == []  # 14 %: uneven, not collapsed
+    assert len(quality_warnings({"class_counts": [700] + [100] * 3})) == 0  # 70 % of 4 classes: under 3/4
+    assert quality_warnings({"class_counts": [10, 0, 10]}) == []  # too few samples to call a class missing
+    [modes] = quality_warnings({"modes_captured": 6, "modes_total": 8, "high_quality": 0.9})
+    assert modes.startswith("modes missed: 2 of 8")
+    table = format_table({"feature_space": "digits", "fid": 2370.0, "warnings": [collapse]}).splitlines()
+    assert table[0] == f"WARNING: {collapse}" and table[1] == "feature space: digits" and "warnings" not in table[-1]

@@ -108,9 +108,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def format_table(result: dict) -> str:
-    lines = [f"feature space: {result['feature_space']}"]
+    """The scores, a line each; the quality warnings first, where the eye lands."""
+    lines = [f"WARNING: {w}" for w in result.get("warnings", [])]
+    lines.append(f"feature space: {result['feature_space']}")
     for key, value in result.items():
-        if key != "feature_space":
+        if key not in ("feature_space", "warnings"):
             lines.append(f"  {key:<18} {value:.4f}" if isinstance(value, float) else f"  {key:<18} {value}")
     return "\n".join(lines)
 

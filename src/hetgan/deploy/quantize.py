@@ -54,13 +54,15 @@ class QuantizeResult:
 
     def summary(self) -> str:
         files = ", ".join(f"{p} ({p.stat().st_size / 2**20:.2f} MiB)" for p in self.paths)
-        lines = [f"quantized ({self.method}): {files}", self.calibration_line()]
+        lines = [f"WARNING: the fp32 model itself: {w}" for w in self.quality.get("fp32_warnings", [])]
+        lines += [f"quantized ({self.method}): {files}", self.calibration_line()]
         lines.append(f"  {self.check.summary()}")
         q = self.quality
         if "fid_fp32" in q:
             lines.append(
                 f"  FID ({q['n']} samples, {q['feature_space'].split(';')[0]}): fp32 {q['fid_fp32']:.3f}, "
-                f"int8 {q['fid_int8']:.3f} ({q['fid_delta_pct']:+.2f} %); class histogram distance {q['class_tv']:.4f}"
+                f"int8 {q['fid_int8']:.3f} ({q['fid_delta_pct']:+.2f} %); class histogram distance, int8 to fp32: "
+                f"{q['class_tv']:.4f}"
             )
         elif "modes_fp32" in q:
             lines.append(
@@ -297,9 +299,11 @@ def measure_quality(reference: SeededGenerator, candidate: SeededGenerator, n: i
     except HetganError as e:
         raise HetganError(f"{e}; or pass --quality-n 0 to quantize without measuring the quality") from None
     a, b = evaluator(reference, n), evaluator(candidate, n)
+    # int8 can match a collapsed fp32 model perfectly: its own warnings are said beside the delta.
+    warnings = a.get("warnings", [])
     if "fid" not in a:  # 2-D points: the mode metrics
         return {
-            "n": n, "seed": seed, "feature_space": a["feature_space"],
+            "n": n, "seed": seed, "feature_space": a["feature_space"], "fp32_warnings": warnings,
             "modes_fp32": a["modes_captured"], "modes_int8": b["modes_captured"],
             "hq_fp32": a["high_quality"], "hq_int8": b["high_quality"],
         }  # fmt: skip
@@ -314,4 +318,5 @@ def measure_quality(reference: SeededGenerator, candidate: SeededGenerator, n: i
         "class_counts_fp32": a["class_counts"],
         "class_counts_int8": b["class_counts"],
         "class_tv": float(0.5 * np.abs(pa - pb).sum()),  # total variation: 0 the same histogram, 1 disjoint
+        "fp32_warnings": warnings,
     }

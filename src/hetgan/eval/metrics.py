@@ -112,6 +112,38 @@ def class_histogram(probs: np.ndarray, n_classes: int) -> dict:
     }
 
 
+COLLAPSE_TRY = (
+    "what to try: resume from an earlier checkpoint with lower learning rates (optim.g_lr, optim.d_lr), "
+    "add loss.r1_gamma, or train with loss.augment=translation on small data"
+)
+
+
+def quality_warnings(result: dict) -> list[str]:
+    """What a user must be told about a generator's scores, in words: most samples of one class
+    (mode collapse), classes or modes never drawn. Empty where nothing is wrong or the metrics
+    that would show it were not computed."""
+    warnings = []
+    counts = np.asarray(result.get("class_counts", []))
+    if counts.size and counts.sum() > 0:
+        k, total = counts.size, int(counts.sum())
+        top = int(counts.argmax())
+        share = counts[top] / total
+        if share > min(0.9, 3 / k):  # over 3x the uniform share (at most 90 %, for few classes)
+            warnings.append(
+                f"mode collapse: {share:.0%} of the {total} samples are classified as class {top} (a generator "
+                f"that draws every class alike gives {1 / k:.0%}); {COLLAPSE_TRY}"
+            )
+        missing = [i for i, c in enumerate(counts) if c == 0]
+        if missing and total >= 20 * k:  # enough samples that a drawn class would show up
+            warnings.append(f"classes never drawn in {total} samples: {missing}; {COLLAPSE_TRY}")
+    if "modes_captured" in result and result["modes_captured"] < result["modes_total"]:
+        warnings.append(
+            f"modes missed: {result['modes_total'] - result['modes_captured']} of {result['modes_total']} "
+            f"have no high-quality sample; {COLLAPSE_TRY}"
+        )
+    return warnings
+
+
 def mean_pairwise_distance(x: np.ndarray) -> float:
     """Mean Euclidean distance between distinct rows of x [N, D]."""
     total = sum(float(d.sum()) for _, d in distance_blocks(x, x))

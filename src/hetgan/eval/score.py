@@ -124,12 +124,13 @@ class Evaluator:
         # networks switch TF32 off): the generator's own numbers, whatever TF32 setting it trained under.
         if isinstance(self.data, Mixture):
             points = G.sample(n, seed=self.seed).numpy()
-            return {
+            result = {
                 "feature_space": "raw 2-D coordinates (PacGAN protocol)",
                 "n_generated": n,
                 "seed": self.seed,
                 **M.mode_metrics(points, self.data.modes, self.data.sigma),
             }
+            return result | {"warnings": M.quality_warnings(result)}
         # A batch of samples at a time into features: the n images are never held at once. A
         # conditional G draws the classes in turn (SeededGenerator.labels).
         parts = [self.net.embed(batch) for _, batch in G.sample_batches(n, seed=self.seed)]
@@ -152,7 +153,7 @@ class Evaluator:
             result.update(self.per_class(G, fake, probs, n))
         if "cas" in wanted:
             result.update(self.cas(G, n))
-        return result
+        return result | {"warnings": M.quality_warnings(result)}
 
     def per_class(self, G: SeededGenerator, fake: np.ndarray, probs: np.ndarray, n: int) -> dict:
         """How well a conditional G makes the class it is asked for: the share of its samples the

@@ -148,6 +148,8 @@ class Monitor:
         G = TorchGenerator(recalibrated_copy(t.G_ema, cfg.model.z_dim, n_classes=cfg.model.n_classes), cfg)
         n = 2500 if isinstance(t.data, Mixture) else cfg.train.eval_n  # PacGAN protocol for 2-D data
         result = self._evaluator(G, n)
+        for warning in result.get("warnings", []):  # collapse and missing classes: an alarm, in the summary too
+            self.warn(warning)
         record = {"step": t.step_count, "kimg": round(t.nimg / 1000, 3), "eval": True}
         record.update({k: v for k, v in result.items() if not isinstance(v, list)})
         self._keep_best(record)
