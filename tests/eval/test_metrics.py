@@ -169,3 +169,30 @@ def test_quality_warnings_say_collapse_and_missing_classes_or_modes():
     assert modes.startswith("modes missed: 2 of 8")
     table = format_table({"feature_space": "digits", "fid": 2370.0, "warnings": [collapse]}).splitlines()
     assert table[0] == f"WARNING: {collapse}" and table[1] == "feature space: digits" and "warnings" not in table[-1]
+
+
+def test_real_features_are_embedded_once_per_network_and_images(monkeypatch):
+    """Evaluators of the same data under the same network share one embedding of the real images;
+    other weights or other pixels compute afresh, and the shared array cannot be changed."""
+    import numpy as np
+    import torch
+
+    from hetgan.eval import score
+    from hetgan.eval.evalnet import EvalNet, EvalNetConfig
+
+    embed, calls = score.real_features, []
+    monkeypatch.setattr(score, "real_features", lambda net, images: calls.append(1) or embed(net, images))
+    monkeypatch.setattr(score, "REAL_FEATURE_CACHE", {})
+    torch.manual_seed(0)
+    net = EvalNet(EvalNetConfig(width=4, feature_dim=8)).eval()
+    images = np.random.default_rng(0).integers(0, 256, (20, 1, 32, 32), dtype=np.uint8)
+    first = score.cached_real_features(net, images)
+    assert np.array_equal(first, embed(net, images)) and not first.flags.writeable
+    assert score.cached_real_features(net, images.copy()) is first and len(calls) == 1  # same pixels, same weights
+    other = images.copy()
+    other[0, 0, 0, 0] ^= 1
+    assert score.cached_real_features(net, other) is not first and len(calls) == 2
+    with torch.no_grad():
+        net.head.weight[0, 0] += 1  # weights the features do not even use still make a new key
+    score.cached_real_features(net, images)
+    assert len(calls) == 3

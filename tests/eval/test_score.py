@@ -219,6 +219,7 @@ def test_a_finished_run_resumed_with_evaluation_computes_no_features(digits_run,
     calls = []
     real_features = score.real_features
     monkeypatch.setattr(score, "real_features", lambda *a: calls.append(1) or real_features(*a))
+    monkeypatch.setattr(score, "REAL_FEATURE_CACHE", {})  # as in a fresh process
     assert train(resume=digits_run, progress=False).already_done and calls == []
     assert train(resume=digits_run, overrides=["train.kimg=0.12"], progress=False).kimg == pytest.approx(0.12)
     assert calls == [1]  # once, for the evaluation at 0.12 kimg

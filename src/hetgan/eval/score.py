@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from pathlib import Path
 
@@ -37,6 +38,34 @@ def real_features(net: EvalNet, images_uint8: np.ndarray, batch_size: int = 1000
     """Features of uint8 images [N, C, R, R], converted to [-1, 1] floats a batch at a time."""
     batches = (images_uint8[i : i + batch_size] for i in range(0, len(images_uint8), batch_size))
     return np.concatenate([net.embed(torch.from_numpy(b).float().div(127.5).sub(1))[0] for b in batches])
+
+
+REAL_FEATURE_CACHE: dict[str, np.ndarray] = {}  # newest last; a few entries of N x D float32
+REAL_FEATURE_CACHE_SIZE = 4
+
+
+def cached_real_features(net, images_uint8: np.ndarray) -> np.ndarray:
+    """`real_features`, remembered in this process for the same network weights and the same
+    images: every Evaluator of the same data (a search scoring each candidate, `compress`, a
+    notebook evaluating several runs) would otherwise embed all the real images again. The key
+    hashes the weights and the pixels, so any change to either computes afresh; the result is
+    read-only, shared by the evaluators that asked for it."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(str(images_uint8.shape).encode())
+    digest.update(np.ascontiguousarray(images_uint8).tobytes())
+    key = digest.hexdigest()
+    if key in REAL_FEATURE_CACHE:
+        REAL_FEATURE_CACHE[key] = REAL_FEATURE_CACHE.pop(key)  # the newest again
+        return REAL_FEATURE_CACHE[key]
+    features = real_features(net, images_uint8)
+    features.flags.writeable = False
+    REAL_FEATURE_CACHE[key] = features
+    while len(REAL_FEATURE_CACHE) > REAL_FEATURE_CACHE_SIZE:
+        REAL_FEATURE_CACHE.pop(next(iter(REAL_FEATURE_CACHE)))
+    return features
 
 
 def feature_net_for(config: TrainConfig, evalnet: str | Path | None, inception: str | Path | None = None):
@@ -107,7 +136,7 @@ class Evaluator:
         """The real images' features, computed at the first scoring: a feature network that cannot
         be had is an error when the evaluator is made, but a resumed run that turns out finished
         (or a `train` that stops before its first evaluation) spends nothing on them."""
-        return real_features(self.net, self.data.images[self.real_order])
+        return cached_real_features(self.net, self.data.images[self.real_order])
 
     @functools.cached_property
     def real_order(self) -> np.ndarray:
