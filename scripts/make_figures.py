@@ -68,8 +68,10 @@ def pareto(out: Path, runs: Path, kimg: float) -> Path:
     if not (search / "pareto.png").exists():
         shutil.rmtree(search, ignore_errors=True)
         print(f"searching students of {teacher} ({kimg:g} kimg each) into {search}", flush=True)
-        with contextlib.suppress(HetganError):  # no student within the target: the plot still says so
+        try:
             hetgan.compress(teacher, search, target_ms=0.2, kimg=kimg, n=2000, progress=False, search_anyway=True)
+        except HetganError as e:  # no student within the target: the plot still says so
+            print(f"the search chose none: {e}", flush=True)
     path = out / "pareto.png"
     shutil.copyfile(search / "pareto.png", path)
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -216,3 +217,21 @@ def test_the_search_times_a_generator_on_its_backend(tmp_path, teacher, backend)
     ms = measure_ms(teacher / "generator.safetensors", backend, 4, 0.2, tmp_path)
     assert 0 < ms < 1000
     assert list(tmp_path.glob("*.onnx")) == ([tmp_path / "teacher.onnx"] if backend == "onnxruntime" else [])
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.slow
+def test_the_search_times_candidates_that_share_an_artifact_name(teacher, tmp_path, backend):
+    """Every candidate's artifact is called student/generator.safetensors: each is exported and
+    timed on the runtime in a folder of its own (the second once failed: the first's export was
+    there, and exports no longer replace a file unasked)."""
+    from hetgan.compression.search import measure_ms
+
+    artifacts = []
+    for name in ("prune-0.500", "prune-0.750"):
+        (tmp_path / name / "student").mkdir(parents=True)
+        artifacts.append(shutil.copy(teacher / "generator.safetensors", tmp_path / name / "student"))
+    (tmp_path / "work").mkdir()
+    times = [measure_ms(Path(a), backend, 1, 0.2, tmp_path / "work") for a in artifacts]
+    assert all(0 < t < 1000 for t in times)  # ms per batch-1 call of a tiny generator
+    assert len(list((tmp_path / "work").iterdir())) == 2

@@ -84,7 +84,8 @@ def measure_ms(artifact: Path, backend: str, batch: int, seconds: float, workdir
         from hetgan.deploy.export import export
 
         suffix = ".onnx" if backend == "onnxruntime" else ".xml"
-        path = workdir / f"{artifact.parent.name}{suffix}"
+        # A folder of its own: candidates' artifacts share a name (candidates/*/student/generator.safetensors).
+        path = Path(tempfile.mkdtemp(dir=workdir)) / f"{artifact.parent.name}{suffix}"
         export(load_torch_generator(artifact), "onnx" if backend == "onnxruntime" else "openvino", path)
     from hetgan.benchmarking.inference import latencies
 

@@ -61,7 +61,8 @@ def kid(
 
 
 def _distances(a: np.ndarray, b: np.ndarray) -> torch.Tensor:
-    return torch.cdist(torch.from_numpy(np.asarray(a, np.float64)), torch.from_numpy(np.asarray(b, np.float64)))
+    # np.array copies: the real features may be a shared, read-only array (score.cached_real_features)
+    return torch.cdist(torch.from_numpy(np.array(a, np.float64)), torch.from_numpy(np.array(b, np.float64)))
 
 
 def distance_blocks(a: np.ndarray, b: np.ndarray) -> Iterator[tuple[slice, torch.Tensor]]:
