@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ("dcgan_mnist", "cdcgan_mnist", "mlp_mnist", "mlp_ring8", "mlp_grid25", "pareto", "serving", "scaling")
+PRESETS = ("dcgan_mnist", "dcgan_textbook", "cdcgan_mnist", "mlp_mnist", "mlp_ring8", "mlp_grid25")
+FIGURES = (*PRESETS, "pareto", "serving", "scaling")
 
 
 def trained(preset: str, runs: Path, kimg: float | None = None) -> Path:

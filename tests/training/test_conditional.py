@@ -16,7 +16,8 @@ from hetgan.config import TrainConfig
 from hetgan.data import load_data, with_classes
 from hetgan.deploy.load import load_generator
 from hetgan.errors import ConfigError, DataError, HetganError
-from hetgan.eval.score import Evaluator
+from hetgan.eval.evalnet import held_out_split
+from hetgan.eval.score import CAS_TEST_PER_CLASS, Evaluator
 from hetgan.generator import SeededGenerator
 from hetgan.models import build_models
 from hetgan.training.loop import train
@@ -202,15 +203,20 @@ def test_npz_and_grid_carry_the_classes(cgan, tmp_path):
 
 
 class ClassDrawer(SeededGenerator):
-    """A stand-in 'generator' that returns real digits of the class asked for (or of another)."""
+    """A stand-in 'generator' that returns real digits of the class asked for (or of another),
+    never one of the digits CAS tests its classifier on: a classifier trained on these "samples"
+    has not seen its test images (the 400 others of each class, in turn)."""
 
     def __init__(self, config: TrainConfig, data, wrong: bool = False) -> None:
         self.config, self.z_dim, self.shape = config, config.model.z_dim, (1, 32, 32)
         self.data, self.wrong, self.drawn = data, wrong, 0
+        _, test = held_out_split(data.labels, CAS_TEST_PER_CLASS, seed=0)  # as Evaluator.cas holds out
+        unseen = np.setdiff1d(np.arange(len(data.labels)), test)
+        self.pool = {k: unseen[data.labels[unseen] == k] for k in range(10)}
 
     def _generate(self, z, y):
         y = (y + 1) % 10 if self.wrong else y
-        picks = [np.flatnonzero(self.data.labels == k)[(self.drawn + i) % 400] for i, k in enumerate(y.tolist())]
+        picks = [self.pool[k][(self.drawn + i) % len(self.pool[k])] for i, k in enumerate(y.tolist())]
         self.drawn += len(y)
         return torch.from_numpy(self.data.images[picks]).float().div(127.5).sub(1)
 

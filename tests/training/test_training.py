@@ -3,6 +3,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import threading
 
@@ -586,6 +587,31 @@ def test_tensorboard_gets_scalars_grids_and_evals(tmp_path):
     assert not (tmp_path / "plain").exists()
     cfg.train.tensorboard = False
     assert not (train(cfg, out=tmp_path / "plain", progress=False).run_dir / "tensorboard").exists()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_drops_the_events_it_is_about_to_redo_from_tensorboard(tmp_path):
+    """A run killed after its checkpoint at step 10 had logged steps 11-20; its resume redoes them.
+    The resumed writer marks step 11 for purging (TensorBoard's own reader then drops the old
+    events from there on), so each step's scalars appear once: the checkpoint's step 10 kept, the
+    redone ones after it. (It once marked step 10, and step 10's record was lost.)"""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto.event_pb2 import SessionLog
+
+    cfg = tiny_config("mnist5k")
+    cfg.train.tensorboard = True
+    run = train(cfg, out=tmp_path / "run", progress=False).run_dir  # 20 steps, checkpoints every 5
+    for late in ("step-000000015", "step-000000020"):  # as if killed after step 20, before its outputs
+        shutil.rmtree(run / "checkpoints" / late)
+    (run / "generator.safetensors").unlink()
+    train(resume=run, progress=False)
+    files = sorted((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(files) == 2
+    marks = [e.step for e in EventFileLoader(str(files[1])).Load() if e.session_log.status == SessionLog.START]
+    assert marks == [11]  # the purge marker: what was logged after the checkpoint's step 10 is dropped
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in events.Scalars("train/loss_d")] == list(range(2, 21, 2))
 
 
 def test_tensorboard_without_its_package_fails_the_set_up_and_leaves_no_run(tiny, tmp_path, monkeypatch):

@@ -35,8 +35,9 @@ class Board:
     def __init__(self, run_dir: Path, enabled: bool, step: int = 0) -> None:
         self.writer = None
         if enabled:
-            # A resumed run drops what was logged after its checkpoint, which it is about to redo.
-            self.writer = summary_writer()(str(run_dir / "tensorboard"), purge_step=step or None)
+            # A resumed run drops what was logged after its checkpoint (steps from step + 1 on: the
+            # checkpoint's own step is done, and its records stay), which it is about to redo.
+            self.writer = summary_writer()(str(run_dir / "tensorboard"), purge_step=step + 1 if step else None)
 
     def record(self, record: dict) -> None:
         if self.writer is None:
