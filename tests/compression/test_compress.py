@@ -175,11 +175,16 @@ def test_the_search_picks_the_fastest_candidate_within_the_quality_bound():
 
 @pytest.mark.slow
 def test_search_writes_every_candidate_and_the_choice(tmp_path, teacher):
+    """Every ratio is pruned and timed first, in rounds, with the teacher; only the ratios within
+    the target are distilled and scored, and the fastest within the quality bound is chosen."""
     timings = {"0.500": 4.0, "0.750": 2.0}
     scores = {"0.500": 1.02, "0.750": 1.05}
+    timed = []
 
     def measure(artifact):
-        return 8.0 if artifact.parent.name == "teacher" else timings[artifact.parent.parent.name.split("-")[1]]
+        key = "teacher" if artifact.parent.name == "teacher" else artifact.parent.parent.name.split("-")[1]
+        timed.append((key, artifact.parent.name))
+        return 8.0 if key == "teacher" else timings[key]
 
     def score(artifact):
         return 1.0 if artifact.parent.name == "teacher" else scores[artifact.parent.parent.name.split("-")[1]]
@@ -188,22 +193,29 @@ def test_search_writes_every_candidate_and_the_choice(tmp_path, teacher):
     kw = {"ratios": (0.5, 0.75), "kimg": 0.04, "weights": PIXEL_ONLY, "progress": False}
     chosen = search(teacher, out, 3.0, measure=measure, score=score, importance="bn_scale", **kw)
     assert chosen.name == "prune-0.750"  # the fastest, within 10 % of the teacher's score
-    for ratio in ("0.500", "0.750"):  # --importance reaches every candidate (it was once dropped here)
-        assert (
-            json.loads((out / "candidates" / f"prune-{ratio}" / "compress.json").read_text())["importance"]
-            == "bn_scale"
-        )
+    # timed pruned, before any distillation, in 3 rounds of the teacher and both ratios in turn
+    assert timed == [("teacher", "teacher"), ("0.500", "pruned"), ("0.750", "pruned")] * 3
+    # --importance reaches every distilled candidate (it was once dropped here); 0.500 was too slow to distil
+    assert json.loads((out / "candidates" / "prune-0.750" / "compress.json").read_text())["importance"] == "bn_scale"
+    assert not (out / "candidates" / "prune-0.500").exists()
     record = json.loads((out / "search.json").read_text())
-    assert [c["ms"] for c in record["candidates"]] == [4.0, 2.0] and record["chosen"] == "prune-0.750"
+    assert [c["ms"] for c in record["candidates"]] == [2.0] and record["chosen"] == "prune-0.750"
+    assert [(c["name"], c["ms"]) for c in record["too_slow"]] == [("prune-0.500", 4.0)]
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| prune-0.750 | 0.750 |" in (out / "search.md").read_text()
+    table = (out / "search.md").read_text()
+    assert "| prune-0.750 | 0.750 |" in table and "| prune-0.500 | 0.500 |" in table and "too slow |" in table
     assert load_file(out / "generator.safetensors").keys() == load_file(chosen.artifact).keys()
-    with pytest.raises(HetganError, match=r"no candidate meets 1 ms per call .* prune-0.750, takes 2 ms"):
-        search(teacher, out, 1.0, measure=measure, score=score, **kw)  # resumes the candidates, measures again
+    with pytest.raises(HetganError, match=r"no prune ratio runs within --target-ms 1, .* prune-0.750, takes 2 ms"):
+        search(teacher, tmp_path / "fast", 1.0, measure=measure, score=score, **kw)
+    assert not (tmp_path / "fast" / "candidates").exists()  # said before anything is distilled
+    scores["0.750"] = 1.5  # fast enough, but past the quality bound: the tables are written, then the error
+    with pytest.raises(HetganError, match=r"no candidate meets 3 ms per call .* the best, prune-0.750, scores 1.5"):
+        search(teacher, out, 3.0, measure=measure, score=score, **kw)  # resumes the candidate, measures again
     assert json.loads((out / "search.json").read_text())["chosen"] is None
     with pytest.raises(HetganError, match=r"teacher already runs in 8 ms per call .* --search-anyway"):
         search(teacher, tmp_path / "met", 8.0, measure=measure, score=score, **kw)
     assert not (tmp_path / "met" / "candidates").exists()  # said before any student is distilled
+    scores["0.750"] = 1.05
     chosen = search(teacher, tmp_path / "met", 8.0, measure=measure, score=score, search_anyway=True, **kw)
     assert chosen.name == "prune-0.750"
 

@@ -1,9 +1,11 @@
 """A latency-driven search for the smallest generator that keeps its quality.
 
-Candidates are students at several prune ratios (each pruned, distilled, then measured on the
-chosen backend and scored); the teacher is measured alike. Written to OUT/:
-  candidates/prune-R/   each candidate's student directory (resumable, see prune_and_distil())
-  search.json, search.md   every candidate: ratio, widths, MACs, time per call, score
+Candidates are students at several prune ratios. A student's time per call does not depend on its
+weights, so every ratio is pruned and timed first, with the teacher, in rounds taken in turn (the
+machine's speed drifts between them); a teacher already within the target stops the search, and
+only the ratios within it are distilled and scored. Written to OUT/:
+  candidates/prune-R/   each distilled candidate's student directory (resumable, see prune_and_distil())
+  search.json, search.md   every candidate: ratio, MACs, time per call, score; and the ratios too slow to distil
   pareto.png            score against time per call, every candidate, the front, the teacher
   generator.safetensors the chosen student (a copy of its artifact)
 The choice: the fastest candidate whose score is within `max_increase` of the teacher's and
@@ -13,6 +15,7 @@ the closest one, after everything above is written.
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import shutil
@@ -22,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hetgan.artifact import ARTIFACT_NAME, load_torch_generator
-from hetgan.compression.prune import check_ratio
+from hetgan.artifact import ARTIFACT_NAME, load_torch_generator, save_generator
+from hetgan.compression.prune import check_ratio, macs, prune_generator, widths_of
 from hetgan.compression.student import prune_and_distil
 from hetgan.config import DistillConfig
 from hetgan.deploy.load import load_generator
@@ -33,6 +36,7 @@ from hetgan.fileio import atomic_write_bytes, strict_json
 log = logging.getLogger("hetgan")
 
 DEFAULT_RATIOS = (0.5, 0.625, 0.75, 0.875)
+TIMING_ROUNDS = 3  # the teacher and every pruned ratio, timed in turn this many times; medians compared
 
 
 @dataclass
@@ -77,19 +81,91 @@ def choose(
     )
 
 
+class RuntimeTimer:
+    """Milliseconds per call of `batch` samples on `backend`, median over `seconds`; each artifact is
+    exported there and loaded once, then timed as often as asked."""
+
+    def __init__(self, backend: str, batch: int, seconds: float, workdir: Path) -> None:
+        self.backend, self.batch, self.seconds, self.workdir = backend, batch, seconds, workdir
+        self.loaded: dict[Path, object] = {}
+
+    def __call__(self, artifact: Path) -> float:
+        from hetgan.benchmarking.inference import latencies
+
+        if artifact not in self.loaded:
+            self.loaded[artifact] = self.load(artifact)
+        return 1000 * statistics.median(latencies(self.loaded[artifact], self.seconds, False, self.batch))
+
+    def load(self, artifact: Path):
+        path = artifact
+        if self.backend != "torch":
+            from hetgan.deploy.export import export
+
+            suffix = ".onnx" if self.backend == "onnxruntime" else ".xml"
+            # A folder of its own: candidates' artifacts share a name (candidates/*/student/generator.safetensors).
+            path = Path(tempfile.mkdtemp(dir=self.workdir)) / f"{artifact.parent.name}{suffix}"
+            export(load_torch_generator(artifact), "onnx" if self.backend == "onnxruntime" else "openvino", path)
+        return load_generator(path, backend=self.backend)
+
+
 def measure_ms(artifact: Path, backend: str, batch: int, seconds: float, workdir: Path) -> float:
     """Median milliseconds per call of `batch` samples on `backend` (exported there first)."""
-    path = artifact
-    if backend != "torch":
-        from hetgan.deploy.export import export
+    return RuntimeTimer(backend, batch, seconds, workdir)(artifact)
 
-        suffix = ".onnx" if backend == "onnxruntime" else ".xml"
-        # A folder of its own: candidates' artifacts share a name (candidates/*/student/generator.safetensors).
-        path = Path(tempfile.mkdtemp(dir=workdir)) / f"{artifact.parent.name}{suffix}"
-        export(load_torch_generator(artifact), "onnx" if backend == "onnxruntime" else "openvino", path)
-    from hetgan.benchmarking.inference import latencies
 
-    return 1000 * statistics.median(latencies(load_generator(path, backend=backend), seconds, False, batch))
+def pruned_artifacts(run: Path, ratios: tuple[float, ...], importance: str, workdir: Path) -> dict[float, tuple]:
+    """Each ratio's pruned generator, not yet distilled, as an artifact: (path, MACs), timed as the
+    student will run. Also the teacher's MACs, under the key 0."""
+    teacher = load_torch_generator(run)
+    cfg, arch, z_dim = teacher.config, teacher.config.model.arch, teacher.config.model.z_dim
+    out: dict[float, tuple] = {0.0: (run / ARTIFACT_NAME, macs(teacher.net, z_dim))}
+    for r in ratios:
+        pruned = prune_generator(teacher.net, cfg, r, importance)
+        student_cfg = copy.deepcopy(cfg)
+        student_cfg.model.g_widths = widths_of(pruned, arch)
+        path = workdir / f"prune-{r:.3f}" / "pruned" / ARTIFACT_NAME  # named as the stand-ins' timers key them
+        path.parent.mkdir(parents=True)
+        save_generator(pruned, student_cfg.validate(), path)
+        out[r] = (path, macs(pruned, z_dim))
+    return out
+
+
+def within_target(
+    pruned: dict[float, tuple], ms: dict[float, float], target_ms: float, on: str, search_anyway: bool
+) -> tuple[list[float], list[dict]]:
+    """(the ratios whose pruned generator runs within `target_ms`, the others as records), or an
+    error before anything is distilled: where the teacher (key 0) already meets the target (unless
+    `search_anyway`), or no ratio does."""
+    on = f"ms per call of {on} (median of {TIMING_ROUNDS} rounds)"
+    if ms[0.0] <= target_ms and not search_anyway:
+        raise HetganError(
+            f"the teacher already runs in {ms[0.0]:.3g} {on}, within --target-ms {target_ms:g}: no student "
+            "is needed. Use the teacher as it is, give a smaller --target-ms, or pass --search-anyway to "
+            "distil and compare students all the same"
+        )
+    ratios = [r for r in pruned if r != 0.0]
+    fits = [r for r in ratios if ms[r] <= target_ms]
+    too_slow = [
+        {"name": f"prune-{r:.3f}", "ratio": r, "macs": pruned[r][1], "ms": ms[r]} for r in ratios if r not in fits
+    ]
+    if not fits:
+        fastest = min(too_slow, key=lambda c: c["ms"])
+        raise HetganError(
+            f"no prune ratio runs within --target-ms {target_ms:g}, even before distillation: the fastest, "
+            f"{fastest['name']}, takes {fastest['ms']:.3g} {on}. Add larger --ratios or raise the target; "
+            "nothing was distilled"
+        )
+    return fits, too_slow
+
+
+def timed_in_rounds(measure: Callable[[Path], float], artifacts: dict, rounds: int = TIMING_ROUNDS) -> dict:
+    """The median of `rounds` timings of each artifact, taken in turn: a slow spell of the machine
+    falls on every one of them rather than on one."""
+    times: dict = {key: [] for key in artifacts}
+    for _ in range(rounds):
+        for key, path in artifacts.items():
+            times[key].append(measure(path))
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def fid_score(artifact: Path, n: int, seed: int = 0) -> float:
@@ -118,10 +194,11 @@ def search(
     score: Callable[[Path], float] | None = None,
     search_anyway: bool = False,
 ) -> Candidate:
-    """Distil a student at each of `ratios`, measure it and choose (see the module's docstring).
-    `measure` (artifact -> ms per call) and `score` (artifact -> lower-is-better quality) replace
-    the backend timing and FID where given. The teacher is timed first: if it already runs within
-    `target_ms`, nothing is distilled (a HetganError says so) unless `search_anyway`."""
+    """Time every ratio pruned, distil those within `target_ms`, score them and choose (see the
+    module's docstring). `measure` (artifact -> ms per call) and `score` (artifact ->
+    lower-is-better quality) replace the backend timing and FID where given. A teacher already
+    within `target_ms` stops the search (a HetganError says so) unless `search_anyway`; so does a
+    target no pruned ratio reaches, before anything is distilled."""
     run, out = Path(run), Path(out)
     if target_ms <= 0:
         raise ConfigError(f"--target-ms {target_ms}: the time per call to reach must be > 0")
@@ -130,45 +207,26 @@ def search(
     for r in ratios:
         check_ratio(r)
     workdir = Path(tempfile.mkdtemp(prefix="hetgan-search-"))
-    measure = measure or (lambda a: measure_ms(a, backend, batch, 3.0, workdir))
+    measure = measure or RuntimeTimer(backend, batch, 1.0, workdir)
     score = score or (lambda a: fid_score(a, n))
     try:
-        teacher_artifact = run / ARTIFACT_NAME
-        teacher_ms = measure(teacher_artifact)
-        if teacher_ms <= target_ms and not search_anyway:
-            raise HetganError(
-                f"the teacher already runs in {teacher_ms:.3g} ms per call of {batch} on {backend}, within "
-                f"--target-ms {target_ms:g}: no student is needed. Use the teacher as it is, give a smaller "
-                "--target-ms, or pass --search-anyway to distil and compare students all the same"
-            )
-        students = [
-            prune_and_distil(
-                run,
-                out / "candidates" / f"prune-{r:.3f}",
-                prune=r,
-                importance=importance,
-                kimg=kimg,
-                weights=weights,
-                progress=progress,
-            )
-            for r in ratios
-        ]
+        pruned = pruned_artifacts(run, ratios, importance, workdir)
+        ms = timed_in_rounds(measure, {r: path for r, (path, _) in pruned.items()})
+        fits, too_slow = within_target(pruned, ms, target_ms, f"{batch} on {backend}", search_anyway)
         teacher = Candidate(
-            "teacher",
-            0.0,
-            students[0].teacher_macs,
-            teacher_ms,
-            score(teacher_artifact),
-            str(teacher_artifact),
+            "teacher", 0.0, pruned[0.0][1], ms[0.0], score(run / ARTIFACT_NAME), str(run / ARTIFACT_NAME)
         )
-        candidates = [
-            Candidate(f"prune-{s.ratio:.3f}", s.ratio, s.macs, measure(s.artifact), score(s.artifact), str(s.artifact))
-            for s in students
-        ]
+        candidates = []
+        for r in fits:
+            s = prune_and_distil(
+                run, out / "candidates" / f"prune-{r:.3f}", prune=r, importance=importance, kimg=kimg,
+                weights=weights, progress=progress,
+            )  # fmt: skip
+            candidates.append(Candidate(f"prune-{r:.3f}", r, s.macs, ms[r], score(s.artifact), str(s.artifact)))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     chosen, decision = choose(candidates, teacher, max_increase, target_ms)
-    write_results(out, teacher, candidates, chosen, decision, backend, batch, target_ms)
+    write_results(out, teacher, candidates, chosen, decision, backend, batch, target_ms, too_slow)
     if chosen is None:
         raise HetganError(decision + f" (every candidate: {out / 'search.md'})")
     log.info("%s", decision)
@@ -184,7 +242,10 @@ def write_results(
     backend: str,
     batch: int,
     target_ms: float,
+    too_slow: list[dict] = (),
 ) -> None:
+    """search.json, search.md and pareto.png under OUT (and the chosen artifact): every distilled
+    candidate, and the ratios not distilled because they were too slow even pruned."""
     front = {c.name for c in pareto_front(candidates)}
     record = {
         "backend": backend,
@@ -192,6 +253,7 @@ def write_results(
         "target_ms": target_ms,
         "teacher": asdict(teacher),
         "candidates": [asdict(c) | {"pareto": c.name in front} for c in candidates],
+        "too_slow": list(too_slow),  # pruned and timed, not distilled
         "chosen": chosen.name if chosen else None,
         "decision": decision,
     }
@@ -205,6 +267,8 @@ def write_results(
     for c in [teacher, *candidates]:
         mark = "chosen" if chosen is not None and c.name == chosen.name else ("yes" if c.name in front else "")
         lines.append(f"| {c.name} | {c.ratio:.3f} | {c.macs / 1e6:.2f} | {c.ms:.3f} | {c.score:.4g} | {mark} |")
+    for c in too_slow:
+        lines.append(f"| {c['name']} | {c['ratio']:.3f} | {c['macs'] / 1e6:.2f} | {c['ms']:.3f} | - | too slow |")
     lines += ["", decision, ""]
     atomic_write_bytes(out / "search.md", "\n".join(lines).encode())
     atomic_write_bytes(out / "pareto.png", plot(teacher, candidates, front, target_ms))
