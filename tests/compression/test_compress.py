@@ -247,3 +247,31 @@ def test_the_search_times_candidates_that_share_an_artifact_name(teacher, tmp_pa
     times = [measure_ms(Path(a), backend, 1, 0.2, tmp_path / "work") for a in artifacts]
     assert all(0 < t < 1000 for t in times)  # ms per batch-1 call of a tiny generator
     assert len(list((tmp_path / "work").iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_compress_distils_until_the_student_is_within_the_bound(teacher, tmp_path, monkeypatch):
+    """`hetgan.compress(prune=...)` scores teacher and student and distils --kimg at a time until
+    the student is within --max-increase of the teacher (the scores here are stand-ins); a budget
+    that runs out first is said; without a feature network the quality is said to be unmeasured."""
+    import hetgan
+    from hetgan.compression import compress as module
+
+    scores = iter([100.0, 150.0, 120.0, 105.0])  # the teacher, then the student after each step
+    monkeypatch.setattr(module, "fid_score", lambda artifact, n: next(scores))
+    kw = {"prune": 0.5, "kimg": 0.04, "weights": PIXEL_ONLY, "progress": False}
+    student = hetgan.compress(teacher, tmp_path / "c", **kw)
+    q = student.quality
+    assert (q["kimg"], q["student"], q["within"]) == (pytest.approx(0.12), 105.0, True)
+    assert "+5.0%" in student.summary() and "within the bound of 10%" in student.summary()
+    assert json.loads((tmp_path / "c" / "compress.json").read_text())["quality"]["kimg"] == pytest.approx(0.12)
+    steps = [json.loads(line) for line in (student.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1]["kimg"] == pytest.approx(0.12)  # three steps of 0.04, each continuing the last
+
+    scores = iter([100.0, 150.0])
+    student = hetgan.compress(teacher, tmp_path / "b", budget_minutes=0, **kw)
+    assert student.quality["within"] is False and "the 0-minute budget ran out" in student.summary()
+
+    monkeypatch.undo()  # the real FID: this npz data has no feature network
+    student = hetgan.compress(teacher, tmp_path / "u", **kw)
+    assert student.quality["measured"] is False and "quality: not measured" in student.summary()

@@ -32,8 +32,13 @@ def add(sub) -> None:
     c.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"], default="onnxruntime")
     c.add_argument("--batch", type=int, default=1, help="search: samples per timed call (1: latency)")
     c.add_argument("--ratios", default="0.5,0.625,0.75,0.875", help="search: prune ratios to try")
-    c.add_argument("--max-increase", type=float, default=0.10, help="search: allowed FID increase (0.10 = 10%%)")
-    c.add_argument("--n", type=int, default=5000, help="search: samples per FID")
+    c.add_argument(
+        "--max-increase", type=float, default=0.10,
+        help="the student's FID at most this much above the teacher's (0.10 = 10%%): distillation goes on "
+        "--kimg at a time until it is, within --budget-minutes; for --target-ms, the bound candidates must meet",
+    )  # fmt: skip
+    c.add_argument("--budget-minutes", type=float, default=15.0, help="the most distillation to that bound may take")
+    c.add_argument("--n", type=int, default=5000, help="samples per FID")
     c.add_argument(
         "--search-anyway", action="store_true", help="search even where the teacher already meets --target-ms"
     )
@@ -55,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     result = hetgan.compress(
         args.run, args.out, args.prune, args.width, args.target_ms, args.importance, args.kimg, args.scratch,
         weights, args.backend, args.batch, ratios(args.ratios), args.max_increase, args.n, not args.no_progress,
-        search_anyway=args.search_anyway,
+        search_anyway=args.search_anyway, budget_minutes=args.budget_minutes,
     )  # fmt: skip
     if isinstance(result, Student):
         print(result.summary())

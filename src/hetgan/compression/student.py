@@ -44,6 +44,7 @@ class Student:
     teacher_macs: int
     scratch: bool = False
     info: dict = field(default_factory=dict)
+    quality: dict | None = None  # the student's score against the teacher's, where measured (compress.quality_rounds)
 
     @property
     def run_dir(self) -> Path:
@@ -58,7 +59,8 @@ class Student:
         return (
             f"student ({how}): widths {self.widths}, {self.macs / 1e6:.2f}M MACs per sample, "
             f"{self.teacher_macs / self.macs:.2f}x fewer than the teacher's {self.teacher_macs / 1e6:.2f}M\n"
-            f"  generator: {self.artifact}\n  run directory: {self.run_dir}"
+            + (f"  quality: {self.quality['summary']}\n" if self.quality else "")
+            + f"  generator: {self.artifact}\n  run directory: {self.run_dir}"
         )
 
 
