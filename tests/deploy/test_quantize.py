@@ -202,3 +202,20 @@ def test_bench_deploy_says_when_the_machine_was_too_noisy_to_trust():
     busy = noise(rows([1000.0, 500.0, 990.0]))
     assert busy["reference_spread"] == pytest.approx(2.0) and NOISY_SPREAD < 2.0
     assert "varied 2.0x between rounds" in busy["warning"] and "rerun on an idle machine" in busy["warning"]
+
+
+def test_bench_deploy_quick_takes_the_short_settings(tmp_path, monkeypatch, capsys):
+    """`--quick` times fewer, shorter rounds and scores fewer samples, whatever --seconds, --rounds
+    and --n say (the library call is stood in for: its timing is the benchmark's business)."""
+    from hetgan.cli.bench import QUICK
+
+    seen = {}
+
+    def bench_deploy(source, extra, seconds, rounds, n, **kw):
+        seen.update(seconds=seconds, rounds=rounds, n=n)
+        raise HetganError("stand-in")
+
+    monkeypatch.setattr(hetgan, "bench_deploy", bench_deploy)
+    args = ["bench", "--deploy", "--run", str(tmp_path), "--quick", "--seconds", "30", "--n", "5000"]
+    assert main(args) == 2 and "stand-in" in capsys.readouterr().err
+    assert seen == QUICK and QUICK["seconds"] * QUICK["rounds"] <= 10 and QUICK["n"] <= 1000

@@ -14,6 +14,8 @@ from hetgan.config import apply_overrides
 from hetgan.errors import HetganError
 from hetgan.fileio import output_path, write_json
 
+QUICK = {"seconds": 2.0, "rounds": 2, "n": 500}  # bench --deploy --quick: under a minute on 2 cores
+
 
 def add(sub) -> None:
     for add_command in (add_bench, add_tune, add_layers):
@@ -44,6 +46,11 @@ def add_bench(sub) -> None:
     d.add_argument("--evalnet", help="with --deploy: feature network for FID (default: the run's, or digits)")
     d.add_argument("--threads", type=int, help="with --deploy: CPU threads for every backend (default: all)")
     d.add_argument("--no-int8", action="store_true", help="with --deploy: leave out the int8 rows")
+    d.add_argument(
+        "--quick", action="store_true",
+        help=f"with --deploy: a first look: {QUICK['rounds']} rounds, {QUICK['seconds']:g} s per row, FID on "
+        f"{QUICK['n']} samples (rough: FID is biased upward on few samples); overrides --seconds, --rounds, --n",
+    )  # fmt: skip
     b.set_defaults(handler=run_bench)
 
 
@@ -72,6 +79,8 @@ def run_bench_deploy(args: argparse.Namespace, out) -> int:
             f"{', '.join(given)}: training settings; bench --deploy measures a trained generator as it is"
         )
     source, *extra = [args.run] if args.run else args.artifact
+    if args.quick:
+        args.seconds, args.rounds, args.n = QUICK["seconds"], QUICK["rounds"], QUICK["n"]
     record = hetgan.bench_deploy(
         source, extra, args.seconds, args.rounds, args.n, evalnet=args.evalnet, int8=not args.no_int8,
         threads=args.threads,
