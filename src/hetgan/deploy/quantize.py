@@ -252,7 +252,7 @@ def onnx_int8(onnx_fp32: bytes, batches: list[np.ndarray]) -> tuple[bytes, str]:
         else:
             log.warning(
                 "ONNX Runtime's CPU provider runs int8 transposed convolutions as dequantise -> fp32 -> quantise, "
-                "slower than fp32 (README: int8); for int8 speed on a CPU quantize to FILE.xml (OpenVINO)"
+                "slower than fp32 (docs: Deployment, int8); for int8 speed on a CPU quantize to FILE.xml (OpenVINO)"
             )
             reader = _Reader(model.graph.input[0].name, batches)
             with quiet_libraries():
