@@ -96,8 +96,8 @@ def round_ratios(values: list[float], reference: list[float]) -> list[float]:
 
 def ratio_spread(values: list[float], reference: list[float]) -> str:
     """'1.26x (1.21-1.31)': the median of the per-round ratios, then their min and max."""
-    ratios = round_ratios(values, reference)
-    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+    ratio = speed_record(values, reference)["ratio"]
+    return f"{ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f})"
 
 
 def speed_record(values: list[float], reference: list[float]) -> dict:

@@ -159,12 +159,11 @@ def within_target(
 
 
 def timed_in_rounds(measure: Callable[[Path], float], artifacts: dict, rounds: int = TIMING_ROUNDS) -> dict:
-    """The median of `rounds` timings of each artifact, taken in turn: a slow spell of the machine
-    falls on every one of them rather than on one."""
-    times: dict = {key: [] for key in artifacts}
-    for _ in range(rounds):
-        for key, path in artifacts.items():
-            times[key].append(measure(path))
+    """The median of `rounds` timings of each artifact, taken in turn (`interleaved`): a slow
+    spell of the machine falls on every one of them rather than on one."""
+    from hetgan.benchmarking.training import interleaved
+
+    times = interleaved({key: lambda warm, path=path: measure(path) for key, path in artifacts.items()}, rounds)
     return {key: statistics.median(values) for key, values in times.items()}
 
 
