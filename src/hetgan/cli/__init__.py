@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import logging
 import os
 import sys
+import time
 
 from hetgan.cli import bench, compress, data, deploy, sample, serve, train
 from hetgan.data import describe_specs
@@ -69,14 +71,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except HetganError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(f"error: {e}")
     except MemoryError as e:  # numpy's names the array it could not allocate
-        print(f"error: out of memory ({e}); ask for less: fewer samples, a smaller batch", file=sys.stderr)
-        return 2
+        return report_error(f"error: out of memory ({e}); ask for less: fewer samples, a smaller batch")
     except KeyboardInterrupt:  # Ctrl-C in bench, tune, eval...: `train` saves and stops on its own
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `hetgan layers | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush is quiet
         return 0
+
+
+def report_error(text: str) -> int:
+    """Say a user error once and return the exit status 2. Under torchrun every rank meets the
+    same error: rank 0 prints it; the others write it to torchrun's error file only
+    (TORCHELASTIC_ERROR_FILE), where torchrun's failure summary shows it in place of "To enable
+    traceback see ...", so an error that only another rank meets is still said."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(text, file=sys.stderr)
+    elif error_file := os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        with open(error_file, "w") as f:
+            json.dump({"message": text, "timestamp": str(int(time.time()))}, f)
+    else:
+        print(text, file=sys.stderr)
+    return 2
