@@ -2,7 +2,7 @@
 other and scored with FID (digits) on 5000 samples. Run it on an otherwise idle machine: wall
 times are part of the result.
 
-    python benchmarks/recipe_sweep.py [--only NAME ...]
+    python benchmarks/recipe_sweep.py [--only NAME ...] [--seeds 0 1 2] [--preset dcgan_mnist]
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ VARIANTS = {
     "g_lr7e-4_d_lr1.4e-3": ["optim.g_lr=7e-4", "optim.d_lr=1.4e-3"],
     "default": [],  # hinge, Adam 1.5e-3, betas (0.5, 0.99)
     "default_seed1": ["seed=1"],
+    # Self-conditioned (data.clusters): G and D conditioned on k-means clusters of the pixels.
+    **{f"clusters_{k}": [f"data.clusters={k}"] for k in (20, 50, 100, 200, 400)},
+    **{f"clusters_{k}_d_lr3e-3": [f"data.clusters={k}", "optim.d_lr=3e-3"] for k in (50, 100, 200, 400)},
+    "clusters_100_d_lr3e-3_300kimg": ["data.clusters=100", "optim.d_lr=3e-3", "train.kimg=300"],
 }
 
 
@@ -49,9 +53,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="run only these variants")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train each variant with each of these seeds")
+    parser.add_argument("--preset", default="dcgan_mnist", help="the preset the variants change")
     args = parser.parse_args()
-    for name in args.only or VARIANTS:
-        cfg = apply_overrides(hetgan.get_preset("dcgan_mnist"), [*VARIANTS[name], f"accel.threads={args.threads}"])
+    for name, seed in ((name, seed) for name in args.only or VARIANTS for seed in args.seeds):
+        overrides = [f"seed={seed}", *VARIANTS[name], f"accel.threads={args.threads}"]  # a variant may fix its seed
+        cfg = apply_overrides(hetgan.get_preset(args.preset), overrides)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             run = hetgan.train(cfg, out=Path(tmp) / "run", progress=False).run_dir
@@ -61,6 +68,8 @@ def main() -> None:
             json.dumps(
                 {
                     "variant": name,
+                    "preset": args.preset,
+                    "seed": cfg.seed,
                     "overrides": VARIANTS[name],
                     "wall_s": round(wall, 1),
                     "fid_digits": round(r["fid"], 1),

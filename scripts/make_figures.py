@@ -25,7 +25,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = ("dcgan_mnist", "dcgan_textbook", "cdcgan_mnist", "mlp_mnist", "mlp_ring8", "mlp_grid25")
+PRESETS = (
+    "dcgan_mnist",
+    "dcgan_mnist_selfcond",
+    "dcgan_textbook",
+    "cdcgan_mnist",
+    "mlp_mnist",
+    "mlp_ring8",
+    "mlp_grid25",
+)
 FIGURES = (*PRESETS, "pareto", "serving", "scaling")
 
 
@@ -50,7 +58,7 @@ def samples(preset: str, out: Path, runs: Path, kimg: float | None = None) -> Pa
     run = trained(preset, runs, kimg)
     G = hetgan.load_generator(run)
     path = out / f"{preset}.png"
-    if G.config.model.conditional:
+    if G.config.model.conditional and not G.config.data.clusters:  # a self-conditioned G draws as any
         hetgan.sample(G, path, per_class=8, overwrite=True)
     elif len(G.shape) == 1:
         hetgan.sample(G, path, n=2500, overwrite=True)

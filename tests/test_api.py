@@ -33,6 +33,8 @@ COMMANDS = {
     "tune": (["tune"], "tune"),
     "layers": (["layers"], "layers"),
     "data": (["data", "check", "mnist5k"], "check_data"),
+    "pretrained": (["pretrained"], "list_pretrained"),
+    "pretrained NAME": (["pretrained", "mnist"], "pretrained_card"),
 }
 
 
@@ -64,7 +66,7 @@ def test_each_entry_point_documents_arguments_and_an_example(name):
     doc = inspect.getdoc(getattr(hetgan, name)) or ""
     assert "Example" in doc and ">>> " in doc, f"hetgan.{name} has no example in its docstring"
     params = [p for p in inspect.signature(getattr(hetgan, name)).parameters if p not in ("self",)]
-    assert params and any(p in doc for p in params), f"hetgan.{name}'s docstring names none of its arguments"
+    assert not params or any(p in doc for p in params), f"hetgan.{name}'s docstring names none of its arguments"
 
 
 def test_import_hetgan_is_light():

@@ -37,6 +37,8 @@ _API = {
     "TorchGenerator": "hetgan.artifact",
     "sample": "hetgan.sampling",
     "interpolate": "hetgan.sampling",
+    "list_pretrained": "hetgan.pretrained",
+    "pretrained_card": "hetgan.pretrained",
     # evaluation
     "evaluate": "hetgan.eval.score",
     "train_evalnet": "hetgan.eval.evalnet",

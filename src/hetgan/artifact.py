@@ -17,9 +17,10 @@ from hetgan.accel import without_tf32
 from hetgan.config import TrainConfig, from_dict, to_dict
 from hetgan.errors import CheckpointError, HetganError
 from hetgan.fileio import atomic_write_bytes, read_safetensors
-from hetgan.generator import SeededGenerator
+from hetgan.generator import SeededGenerator, classes_in_turn
 from hetgan.models import build_models, sample_shape
 from hetgan.placement import resolve_device
+from hetgan.pretrained import resolve_source
 from hetgan.training.checkpoint import load_latest_checkpoint
 from hetgan.version import __version__
 
@@ -56,13 +57,19 @@ class TorchGenerator(SeededGenerator, nn.Module):
 
 @torch.no_grad()
 def recalibrated_copy(
-    G_ema: nn.Module, z_dim: int, n_batches: int = 8, batch_size: int = 256, n_classes: int = 0
+    G_ema: nn.Module,
+    z_dim: int,
+    n_batches: int = 8,
+    batch_size: int = 256,
+    n_classes: int = 0,
+    class_weights: list[float] | tuple[float, ...] = (),
 ) -> nn.Module:
     """An eval-mode copy of G_ema whose BatchNorm statistics are recomputed for its own weights.
 
     G_ema averages weights but copies G's running statistics, which belong to G's weights; the
     mismatch blurs samples. Re-estimating the statistics on fixed z fixes it without touching
-    the training state.
+    the training state. A conditional G sees the classes as it draws them unlabelled (in turn, or
+    over a self-conditioned G's cluster shares: `classes_in_turn`).
     """
     G = copy.deepcopy(G_ema)
     bns = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -75,14 +82,21 @@ def recalibrated_copy(
         gen = torch.Generator().manual_seed(12345)
         for _ in range(n_batches):
             z = torch.randn(batch_size, z_dim, generator=gen).to(device)
-            G(z, (torch.arange(batch_size) % n_classes).to(device)) if n_classes else G(z)
+            G(z, classes_in_turn(batch_size, n_classes, class_weights).to(device)) if n_classes else G(z)
     return G.eval()
+
+
+def recalibrated_for(G_ema: nn.Module, config: TrainConfig) -> nn.Module:
+    """`recalibrated_copy` of G_ema with its config's z size and classes."""
+    return recalibrated_copy(
+        G_ema, config.model.z_dim, n_classes=config.model.n_classes, class_weights=config.data.class_weights
+    )
 
 
 def save_generator(G_ema: nn.Module, config: TrainConfig, path: Path, run_id: str | None = None) -> Path:
     """Write the artifact atomically: recalibrated G_ema weights + config + version (+ the id of
     the run that trained it, which exported models carry on)."""
-    G = recalibrated_copy(G_ema, config.model.z_dim, n_classes=config.model.n_classes)
+    G = recalibrated_for(G_ema, config)
     tensors = {k: v.detach().cpu().contiguous() for k, v in G.state_dict().items()}
     metadata = {
         "format": FORMAT,
@@ -106,7 +120,7 @@ def torch_generator_from(source: str | Path | SeededGenerator) -> TorchGenerator
             f"this needs the generator's PyTorch weights, but it runs on {source.backend}; pass its run "
             "directory or generator.safetensors"
         )
-    path = Path(source)
+    path = resolve_source(source)
     if path.suffix.lower() in (".onnx", ".xml", ".bin"):
         raise HetganError(
             f"{path}: this takes a run directory or a generator.safetensors, whose PyTorch weights it "
@@ -117,8 +131,9 @@ def torch_generator_from(source: str | Path | SeededGenerator) -> TorchGenerator
 
 
 def load_torch_generator(path: str | Path, device: str | torch.device = "cpu") -> TorchGenerator:
-    """The eager PyTorch generator of a run directory or a `generator.safetensors` artifact."""
-    path = Path(path)
+    """The eager PyTorch generator of a run directory, a `generator.safetensors` artifact or the
+    name of a packaged one (`hetgan.pretrained`)."""
+    path = resolve_source(path)
     device = resolve_device(str(device))  # a clear error for a device this machine lacks
     run_id = None
     if path.is_dir():
@@ -147,4 +162,4 @@ def _from_checkpoint(root: Path, device: torch.device) -> TorchGenerator:
     config = from_dict(meta["config"], where=f"{path} config")
     G, _ = build_models(config)
     G.load_state_dict({k[len("G_ema.") :]: v for k, v in tensors.items() if k.startswith("G_ema.")})
-    return TorchGenerator(recalibrated_copy(G, config.model.z_dim, n_classes=config.model.n_classes), config).to(device)
+    return TorchGenerator(recalibrated_for(G, config), config).to(device)

@@ -84,6 +84,13 @@ class DataConfig:
     # The name of each class index (a conditional run writes its data's here, so they travel with
     # every checkpoint and artifact: `hetgan sample --class NAME`); [] = the data's own names.
     class_names: list[str] = field(default_factory=list)
+    # A self-conditioned GAN (Liu et al. 2020; hetgan.data.clusters): label the data by k-means
+    # clusters and train a conditional G and D on them, on any unlabelled data; 0 = off. The model is
+    # then conditional on the clusters (model.conditional and n_classes are set when the run starts).
+    clusters: int = 0
+    # Each class's share of the data, written when a self-conditioned run starts: G draws its
+    # unlabelled samples over them; [] = every class in turn.
+    class_weights: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -214,6 +221,8 @@ class TrainConfig:
             (self.train.log_interval >= 1, "train.log_interval must be >= 1"),
             (self.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be >= 1"),
             (self.data.cache_mb >= 0, "data.cache_mb must be >= 0 (0 = no cache)"),
+            (self.data.clusters >= 0, "data.clusters must be >= 0 (0 = off)"),
+            (all(w >= 0 for w in self.data.class_weights), "data.class_weights must all be >= 0"),
             (self.accel.threads >= 0, "accel.threads must be >= 0"),
             (self.accel.precision in ("fp32", "bf16", "fp16"), "accel.precision must be fp32, bf16 or fp16"),
             (
@@ -227,6 +236,7 @@ class TrainConfig:
 
     def _conditional_and_ada_checks(self) -> list[tuple[bool, str]]:
         """(holds, message) for class-conditional models and ADA, and what they cannot be combined with."""
+        conditional = self.model.conditional or self.data.clusters > 0
         return [
             (self.model.n_classes >= 0, "model.n_classes must be >= 0 (0 = the data's number of classes)"),
             (
@@ -235,17 +245,19 @@ class TrainConfig:
                 "or model.n_classes=0",
             ),
             (
-                not self.model.conditional or self.loss.pack == 1,
-                "loss.pack must be 1 with model.conditional=true (a pack would mix classes in one judgement)",
+                not conditional or self.loss.pack == 1,
+                "loss.pack must be 1 with model.conditional=true or data.clusters (a pack would mix "
+                "classes in one judgement)",
             ),
             (
-                not self.model.conditional or not (self.accel.g_stages or self.accel.d_stages),
+                not conditional or not (self.accel.g_stages or self.accel.d_stages),
                 "accel.g_stages and accel.d_stages do not split a conditional network (its labels go "
-                "to inner layers); leave them empty with model.conditional=true",
+                "to inner layers); leave them empty with model.conditional=true or data.clusters",
             ),
             (
-                not self.model.conditional or not self.accel.cuda_graphs,
-                "accel.cuda_graphs does not capture a conditional step; drop it with model.conditional=true",
+                not conditional or not self.accel.cuda_graphs,
+                "accel.cuda_graphs does not capture a conditional step; drop it with "
+                "model.conditional=true or data.clusters",
             ),
             (0 <= self.loss.ada_target < 1, "loss.ada_target must be in [0, 1) (0 = ADA off; 0.6 is the paper's)"),
             (self.loss.ada_kimg > 0, "loss.ada_kimg must be > 0"),

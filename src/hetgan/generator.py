@@ -30,7 +30,8 @@ class SeededGenerator:
     `generate`, so a seed gives the same z on every device and backend.
 
     A conditional generator (model.conditional) also takes class labels y: `labels=` of `sample`
-    names them by index or by class name; without it the classes take turns (0, 1, ..., K-1, 0, ...).
+    names them by index or by class name; without it the classes take turns (0, 1, ..., K-1, 0, ...),
+    or a self-conditioned generator's clusters come in proportion to their shares of the data.
 
     A subclass sets `config`, `z_dim`, `shape` ((C, H, W) or (2,)) and implements `generate`."""
 
@@ -68,14 +69,15 @@ class SeededGenerator:
 
     def labels(self, n: int, labels=None) -> torch.Tensor | None:
         """y [n] int64 for `labels`: one class or a sequence of n, each an index or a class name;
-        None = the classes in turn (0, 1, ..., K-1, 0, ...). None for an unconditional generator,
-        which takes no labels (asking it for some is an error)."""
+        None = the classes in turn (0, 1, ..., K-1, 0, ...), or, for a self-conditioned generator,
+        over its clusters' shares of the data (`classes_in_turn`). None for an unconditional
+        generator, which takes no labels (asking it for some is an error)."""
         if not self.n_classes:
             if labels is not None:
                 raise HetganError(UNCONDITIONAL)
             return None
         if labels is None:
-            return torch.arange(n) % self.n_classes
+            return classes_in_turn(n, self.n_classes, self.config.data.class_weights)
         if isinstance(labels, (str, int)) or (torch.is_tensor(labels) and labels.ndim == 0):
             return torch.full((n,), self.class_index(labels), dtype=torch.int64)
         y = torch.tensor([self.class_index(label) for label in labels], dtype=torch.int64)
@@ -159,3 +161,18 @@ def slerp(a: torch.Tensor, b: torch.Tensor, frames: int) -> torch.Tensor:
         out = (torch.sin((1 - t) * omega) * a64 + torch.sin(t * omega) * b64) / math.sin(omega)
     out[0], out[-1] = a64, b64
     return out.float()
+
+
+GOLDEN = (5**0.5 - 1) / 2  # the additive recurrence u_i = frac(1/2 + i * GOLDEN) spreads any prefix evenly
+
+
+def classes_in_turn(n: int, n_classes: int, weights: list[float] | tuple[float, ...] = ()) -> torch.Tensor:
+    """y [n] int64: the classes in turn (0, 1, ..., K-1, 0, ...), or with `weights` (one per
+    class, a self-conditioned generator's cluster shares) each class in proportion to its weight:
+    class c for the i-th sample when frac(1/2 + i * golden ratio) falls in c's share of [0, 1), so
+    that every prefix of the sequence holds the classes in about their proportions, with no seed."""
+    if not weights:
+        return torch.arange(n) % n_classes
+    cdf = torch.tensor(weights, dtype=torch.float64).cumsum(0)
+    u = torch.remainder(0.5 + torch.arange(n, dtype=torch.float64) * GOLDEN, 1.0) * cdf[-1]
+    return torch.searchsorted(cdf, u, right=True).clamp(max=n_classes - 1)

@@ -69,9 +69,11 @@ def scatter_png(points: torch.Tensor, modes: np.ndarray | None, title: str = "")
 
     pts = points.detach().float().cpu().numpy()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5, color="tab:blue", label="generated")
+    ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5, color="tab:blue", label="generated", zorder=2)
     if modes is not None:
-        ax.scatter(modes[:, 0], modes[:, 1], s=40, marker="x", color="tab:red", label="real modes")
+        # hollow rings under the samples, so that samples piled on a mode stay in sight
+        ax.scatter(modes[:, 0], modes[:, 1], s=120, marker="o", facecolors="none", edgecolors="tab:red",
+                   linewidths=1, label="real modes", zorder=1)  # fmt: skip
         lim = np.abs(modes).max() * 1.5 + 0.5
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)

@@ -159,7 +159,7 @@ def test_quality_warnings_say_collapse_and_missing_classes_or_modes():
     collapsed = {"class_counts": [0] * 8 + [1997, 3]}
     [collapse, missing] = quality_warnings(collapsed)
     assert collapse.startswith("mode collapse: 100% of the 2000 samples are classified as class 8")
-    assert "gives 10%" in collapse and "optim.g_lr" in collapse
+    assert "gives 10 %" in collapse and "optim.g_lr" in collapse
     assert missing.startswith("classes never drawn in 2000 samples: [0, 1, 2, 3, 4, 5, 6, 7]")
     assert quality_warnings({"class_counts": [200] * 10}) == []
     assert quality_warnings({"class_counts": [310] + [190] * 9}) == []  # 14 %: uneven, not collapsed

@@ -21,10 +21,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(source, *flags: str, env: dict | None = None, ready: bool = True):
-    """`hetgan serve` started as a user would, on a free loopback port; stopped with SIGTERM."""
+def server(source, *flags: str, env: dict | None = None, ready: bool = True, pretrained: bool = False):
+    """`hetgan serve` started as a user would, on a free loopback port; stopped with SIGTERM.
+    `source` is an artifact's path, or with `pretrained` a packaged generator's name."""
     port = free_port()
-    cmd = [sys.executable, "-m", "hetgan", "serve", "--artifact", str(source), "--port", str(port), *flags]
+    what = ["--pretrained" if pretrained else "--artifact", str(source)]
+    cmd = [sys.executable, "-m", "hetgan", "serve", *what, "--port", str(port), *flags]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
     )

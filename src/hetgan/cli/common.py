@@ -8,6 +8,7 @@ from hetgan.config import TrainConfig, load_yaml
 from hetgan.deploy.runtimes import BACKENDS
 from hetgan.fileio import output_path
 from hetgan.presets import DEFAULT_PRESET, get_preset
+from hetgan.pretrained import NAMES, pretrained
 
 
 def add_set(p: argparse.ArgumentParser) -> None:
@@ -48,11 +49,14 @@ def add_source(p: argparse.ArgumentParser, exported: bool = False) -> None:
         src.add_argument("--artifact", help="a generator.safetensors, an exported .onnx or an OpenVINO .xml")
     else:
         src.add_argument("--artifact", help="a generator.safetensors file")
+    src.add_argument(
+        "--pretrained", choices=NAMES, metavar="NAME", help=f"a generator shipped with hetgan: {', '.join(NAMES)}"
+    )
 
 
 def source(args: argparse.Namespace) -> str:
-    """The generator a command reads: --run or --artifact."""
-    return args.run or args.artifact
+    """The generator a command reads: --run, --artifact or --pretrained (its packaged file)."""
+    return str(pretrained(args.pretrained).path) if args.pretrained else args.run or args.artifact
 
 
 def add_backend(p: argparse.ArgumentParser, threads_default: str = "all this process may use") -> None:

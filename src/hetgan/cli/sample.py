@@ -1,5 +1,6 @@
-"""`hetgan sample`, `eval`, `evalnet train` and `report`: thin wrappers over `hetgan.sample` (and
-`hetgan.interpolate`), `hetgan.evaluate`, `hetgan.train_evalnet` and `hetgan.build_report`."""
+"""`hetgan sample`, `eval`, `evalnet train`, `report` and `pretrained`: thin wrappers over
+`hetgan.sample` (and `hetgan.interpolate`), `hetgan.evaluate`, `hetgan.train_evalnet`,
+`hetgan.build_report` and `hetgan.list_pretrained` / `hetgan.pretrained_card`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hetgan.fileio import output_path, write_json
 
 
 def add(sub) -> None:
-    for add_command in (add_sample, add_eval, add_evalnet, add_report):
+    for add_command in (add_sample, add_eval, add_evalnet, add_report, add_pretrained):
         add_command(sub)
 
 
@@ -76,7 +77,9 @@ def add_eval(sub) -> None:
     e = sub.add_parser("eval", help="FID/KID/precision-recall/coverage or 2-D mode metrics")
     add_source(e, exported=True)
     add_backend(e)
-    e.add_argument("--n", type=int, default=None, help="samples (default 5000 images, 2500 points)")
+    e.add_argument(
+        "--n", type=int, default=None, help="samples (default 5000 images, 2500 points, 26,000 of Stacked MNIST)"
+    )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--metrics", nargs="+", help="subset of: fid kid pr dc classes diversity (images)")
     e.add_argument("--evalnet", help="feature network from `hetgan evalnet train` (default: digits)")
@@ -152,4 +155,20 @@ def add_report(sub) -> None:
 def run_report(args: argparse.Namespace) -> int:
     out = output_path(args.out, "--out", "report.html") if args.out else None
     print(f"wrote {hetgan.build_report(args.run_dir, out)}")
+    return 0
+
+
+def add_pretrained(sub) -> None:
+    p = sub.add_parser("pretrained", help="list the generators shipped with hetgan, or show one's model card")
+    p.add_argument("name", nargs="?", help="show this generator's model card (data, recipe, command, metrics)")
+    p.set_defaults(handler=run_pretrained)
+
+
+def run_pretrained(args: argparse.Namespace) -> int:
+    if args.name:
+        print(hetgan.pretrained_card(args.name))
+        return 0
+    for model in hetgan.list_pretrained():
+        print(f"{model.name:<20} {model.summary}")
+    print("use one with --pretrained NAME (sample, eval, export, quantize, serve) or hetgan.load_generator(NAME)")
     return 0

@@ -82,20 +82,29 @@ class ImageSampler:
 
 
 class MixtureSampler:
-    """Fresh points from a 2-D Gaussian mixture for every batch; state is its RNG state."""
+    """Fresh points from a 2-D Gaussian mixture for every batch; state is its RNG state. With
+    `labelled` (a self-conditioned run: the mixture has cluster centres), each point comes with
+    the index of its nearest centre."""
 
-    def __init__(self, data: Mixture, seed: int, device: torch.device, shard: Shard = WHOLE) -> None:
+    def __init__(
+        self, data: Mixture, seed: int, device: torch.device, shard: Shard = WHOLE, labelled: bool = False
+    ) -> None:
         self.shard = shard
         self.modes = torch.from_numpy(data.modes)
         self.sigma = data.sigma
+        self.centres = torch.from_numpy(data.centres) if labelled else None  # float64 [k, 2]
         self.device = device
         self.generator = torch.Generator().manual_seed(seed * 1_000_003 + 7)
 
-    def next(self, batch_size: int) -> torch.Tensor:
+    def next(self, batch_size: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         which = torch.randint(len(self.modes), (batch_size,), generator=self.generator)
         noise = torch.randn(batch_size, 2, generator=self.generator) * self.sigma
-        points = self.shard.part(self.modes[which] + noise).to(torch.get_default_dtype())
-        return to_device(points, self.device)  # [B / world, 2]
+        points = self.modes[which] + noise
+        part = to_device(self.shard.part(points).to(torch.get_default_dtype()), self.device)  # [B / world, 2]
+        if self.centres is None:
+            return part
+        labels = torch.cdist(points.double(), self.centres).argmin(1)  # [B]
+        return part, to_device(self.shard.part(labels), self.device)
 
     def state_dict(self) -> dict:
         return {"rng": self.generator.get_state()}
@@ -225,7 +234,7 @@ def make_sampler(
     `labelled`: image batches come as (images, labels)."""
     device = torch.device(device)
     if isinstance(data, Mixture):
-        return MixtureSampler(data, seed, device, shard)
+        return MixtureSampler(data, seed, device, shard, labelled)
     too_big = device.type != "cpu" and data.images.nbytes > resident_max_mb * 2**20
     if loader in ("prefetch", "stream") or (loader == "auto" and too_big):
         return PrefetchSampler(data, seed, device, shard=shard, labelled=labelled)

@@ -8,6 +8,7 @@ what was expected and what was found.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gzip
 import math
 import os
@@ -58,6 +59,10 @@ class Mixture:
     name: str
     modes: np.ndarray  # float32 [M, 2]
     sigma: float
+    # A self-conditioned run's (data.clusters) k-means centres float64 [k, 2], which label each
+    # point drawn by the nearest, and each cluster's share of the points; None = unlabelled.
+    centres: np.ndarray | None = None
+    centre_weights: list[float] = field(default_factory=list)
 
 
 Data = ImageData | Mixture
@@ -69,6 +74,7 @@ SPEC_HELP = {
     "cifar10:DIR": "CIFAR-10 binary version, data_batch_*.bin",
     "folder:DIR": "PNG/JPEG/WebP/BMP files under DIR; subfolders name classes",
     "npz:FILE": "uint8 `images` (N,H,W) or (N,H,W,C), optional `labels` and `class_names`",
+    "stacked_mnist": "Stacked MNIST: 3 bundled digits drawn independently into R, G, B (1000 modes; data.channels=3)",
     "ring8": "8 Gaussians on a circle of radius 1, sigma 0.01",
     "grid25": "25 Gaussians on {-4,-2,0,2,4}^2, sigma 0.05",
 }
@@ -117,6 +123,28 @@ def is_mixture_spec(spec: str) -> bool:
 def read_mnist5k(arg: str, cfg: DataConfig) -> ImageData:
     with resources.files("hetgan.data").joinpath("mnist_5k.npz").open("rb") as f:
         return _read_npz_arrays(np.load(f, allow_pickle=False), cfg, "mnist5k")  # labels 0..9: their names
+
+
+STACKED_N = 50_000  # Stacked MNIST images: 50 of each of the 1000 modes on average
+STACKED_SEED = 0  # the same 50,000 stacks for every run: the dataset is fixed, as a file would be
+
+
+@DATASETS.register("stacked_mnist")
+def stacked_mnist(arg: str, cfg: DataConfig) -> ImageData:
+    """Stacked MNIST (Metz et al. 2017; the PacGAN and VEEGAN mode-collapse benchmark): three
+    digits of the bundled set, drawn independently, as the R, G and B channels of one image, so
+    there are 10^3 = 1000 modes. Each image is labelled by its mode, 100 * R + 10 * G + B."""
+    if cfg.channels != 3:
+        raise DataError(
+            f"stacked_mnist images have 3 channels (a digit in each), but data.channels is {cfg.channels}; "
+            "pass --set data.channels=3"
+        )
+    digits = read_mnist5k("", dataclasses.replace(cfg, channels=1))
+    pick = np.random.default_rng(STACKED_SEED).integers(0, len(digits.images), (STACKED_N, 3))
+    images = digits.images[pick, 0]  # [N, 3, R, R]: digit pick[:, c] in channel c
+    labels = (digits.labels[pick] * np.array([100, 10, 1])).sum(1)
+    names = [f"{mode:03d}" for mode in range(1000)]
+    return ImageData(images, labels, names, "stacked_mnist (from the bundled digits)", resized=digits.resized)
 
 
 @DATASETS.register("npz")
@@ -325,6 +353,8 @@ def with_classes(cfg: TrainConfig, data: Data) -> TrainConfig:
     """`cfg` with model.n_classes and data.class_names filled in from the data's labels, for a
     conditional model (a copy; an unconditional config is returned as it is). A DataError when the
     data has no labels, or a class index the config's n_classes cannot hold."""
+    if cfg.data.clusters:
+        return _with_clusters(cfg, data)
     if not cfg.model.conditional:
         return cfg
     if isinstance(data, Mixture) or data.labels is None:
@@ -342,6 +372,22 @@ def with_classes(cfg: TrainConfig, data: Data) -> TrainConfig:
         )
     out = copy.deepcopy(cfg)
     out.model.n_classes, out.data.class_names = n, names
+    return out
+
+
+def _with_clusters(cfg: TrainConfig, data: Data) -> TrainConfig:
+    """A self-conditioned run's config: conditional on its k clusters (`hetgan.data.clusters`
+    labelled `data`), with their names and shares of the data."""
+    k = cfg.data.clusters
+    if isinstance(data, Mixture):
+        assert data.centres is not None, "a self-conditioned run clusters its data before it starts"
+        weights = list(data.centre_weights)
+    else:
+        assert data.labels is not None, "a self-conditioned run clusters its data before it starts"
+        weights = [round(float(c) / len(data.labels), 6) for c in np.bincount(data.labels, minlength=k)]
+    out = copy.deepcopy(cfg)
+    out.model.conditional, out.model.n_classes = True, k
+    out.data.class_names, out.data.class_weights = [f"c{i}" for i in range(k)], weights
     return out
 
 

@@ -20,6 +20,7 @@ from hetgan.deploy.export import onnx_bytes
 from hetgan.deploy.runtimes import BACKENDS, RUNTIMES, RuntimeGenerator, file_backend
 from hetgan.errors import CheckpointError, ConfigError
 from hetgan.generator import SeededGenerator
+from hetgan.pretrained import resolve_source
 
 
 def load_generator(
@@ -31,11 +32,13 @@ def load_generator(
 ) -> SeededGenerator:
     """Load a generator to sample from, whatever runs it.
 
-    `path`: a run directory, a `generator.safetensors` artifact, an exported `.onnx` file or an
-    OpenVINO IR `.xml` (hetgan export/quantize). `backend`: torch, onnxruntime, openvino or
-    tensorrt; by default the one the file is for (torch for a run or a .safetensors). A run or
-    artifact asked for on another backend is exported in memory first, with the same check as
-    `hetgan export`. Every backend gives the same samples for a seed within its tolerance.
+    `path`: a run directory, a `generator.safetensors` artifact, an exported `.onnx` file, an
+    OpenVINO IR `.xml` (hetgan export/quantize), or the name of a generator shipped in the
+    package ("mnist", "mnist-conditional": `hetgan pretrained`) where no file or folder of that
+    name exists. `backend`: torch, onnxruntime, openvino or tensorrt; by default the one the file
+    is for (torch for a run or a .safetensors). A run or artifact asked for on another backend is
+    exported in memory first, with the same check as `hetgan export`. Every backend gives the same
+    samples for a seed within its tolerance.
 
     For a run directory that has not finished (no artifact yet), G_ema comes from its newest
     valid checkpoint. `device`: a name as `--device` takes it (auto, cpu, cuda[:i], mps, xpu).
@@ -54,8 +57,7 @@ def load_generator(
         >>> G.sample(16, seed=0).shape
         torch.Size([16, 1, 32, 32])
     """
-    path = Path(path)
-
+    path = resolve_source(path)
     backend = backend or file_backend(path)
     if backend != "torch":
         return load_runtime(path, backend, str(device), threads, streams)

@@ -9,6 +9,7 @@ features is "FID (digits)".
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -80,6 +81,38 @@ class EvalNet(nn.Module):
 
     def embed(self, images: torch.Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
         """Features (float64 [N, feature_dim]) and class probabilities ([N, n_classes])."""
+        return embed_in_batches(self, images, batch_size)
+
+
+class StackedDigits(nn.Module):
+    """A digit network applied to each channel of a Stacked MNIST image (the PacGAN and VEEGAN
+    protocol): img [B, 3, R, R] in [-1, 1] -> (logits [B, 1000] over the modes 100 * R + 10 * G + B,
+    the three channels' features side by side [B, 3 * feature_dim]). A mode's probability is the
+    product of its three digits' probabilities, so the argmax is each channel's own digit."""
+
+    def __init__(self, digits: EvalNet) -> None:
+        super().__init__()
+        self.digits = digits
+        acc = digits.cfg.held_out_accuracy
+        self.cfg = dataclasses.replace(
+            digits.cfg,
+            channels=3,
+            n_classes=digits.cfg.n_classes**3,
+            feature_dim=3 * digits.cfg.feature_dim,
+            dataset=f"{digits.cfg.dataset}, stacked in 3 channels",
+            class_names=None,
+            held_out_accuracy=None if acc is None else acc**3,  # all three digits right
+        )
+
+    def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B = len(img)
+        logits, feats = self.digits(img.reshape(B * 3, 1, *img.shape[2:]))  # each channel a digit image
+        logp = logits.log_softmax(1).reshape(B, 3, -1)  # [B, 3, 10]
+        modes = logp[:, 0, :, None, None] + logp[:, 1, None, :, None] + logp[:, 2, None, None, :]  # [B, 10, 10, 10]
+        return modes.flatten(1), feats.reshape(B, -1)
+
+    def embed(self, images: torch.Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+        """Features (float64 [N, 3 * feature_dim]) and mode probabilities ([N, 1000])."""
         return embed_in_batches(self, images, batch_size)
 
 

@@ -103,13 +103,17 @@ def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> tuple[fl
 
 
 def class_histogram(probs: np.ndarray, n_classes: int) -> dict:
-    """Predicted-class counts of generated samples, classes covered and mean confidence."""
+    """Predicted-class counts of generated samples, classes covered, mean confidence, and the KL
+    divergence of the class histogram to the uniform one (PacGAN's and VEEGAN's mode KL: 0 when
+    every class is drawn alike, log(n_classes) when all samples are one class)."""
     pred, conf = probs.argmax(1), probs.max(1)
     counts = np.bincount(pred, minlength=n_classes)
+    p = counts[counts > 0] / counts.sum()
     return {
         "class_counts": counts.tolist(),
         "classes_covered": int((counts > 0).sum()),
         "mean_confidence": float(conf.mean()),
+        "kl_to_uniform": float((p * np.log(p * n_classes)).sum()),
     }
 
 
@@ -132,11 +136,12 @@ def quality_warnings(result: dict) -> list[str]:
         if share > min(0.9, 3 / k):  # over 3x the uniform share (at most 90 %, for few classes)
             warnings.append(
                 f"mode collapse: {share:.0%} of the {total} samples are classified as class {top} (a generator "
-                f"that draws every class alike gives {1 / k:.0%}); {COLLAPSE_TRY}"
+                f"that draws every class alike gives {100 / k:.3g} %); {COLLAPSE_TRY}"
             )
         missing = [i for i, c in enumerate(counts) if c == 0]
         if missing and total >= 20 * k:  # enough samples that a drawn class would show up
-            warnings.append(f"classes never drawn in {total} samples: {missing}; {COLLAPSE_TRY}")
+            shown = f"{missing[:20]}" if len(missing) <= 20 else f"{len(missing)} of {k}, the first {missing[:20]}"
+            warnings.append(f"classes never drawn in {total} samples: {shown}; {COLLAPSE_TRY}")
     if "modes_captured" in result and result["modes_captured"] < result["modes_total"]:
         warnings.append(
             f"modes missed: {result['modes_total'] - result['modes_captured']} of {result['modes_total']} "

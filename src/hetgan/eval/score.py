@@ -16,7 +16,7 @@ from hetgan.data.sources import Data, parse_spec
 from hetgan.deploy.load import generator_from
 from hetgan.errors import HetganError
 from hetgan.eval import metrics as M
-from hetgan.eval.evalnet import EvalNet, chance_warning, load_evalnet
+from hetgan.eval.evalnet import EvalNet, StackedDigits, chance_warning, load_evalnet
 from hetgan.eval.inception import load_inception
 from hetgan.generator import SeededGenerator
 from hetgan.placement import resolve_device
@@ -31,6 +31,8 @@ CAS_EPOCHS = 8
 CAS_TEST_PER_CLASS = 100
 POINT_METRICS = ("modes",)
 DIGIT_SPECS = ("mnist5k", "mnist")
+STACKED_N = 26_000  # samples of a Stacked MNIST generator scored by default (the PacGAN protocol)
+STACKED_METRICS = ("fid", "classes")  # by default: modes covered and KL to uniform, and FID
 MAX_REAL = 10_000  # real images embedded for the reference statistics
 
 
@@ -82,6 +84,9 @@ def feature_net_for(config: TrainConfig, evalnet: str | Path | None, inception: 
     elif parse_spec(config.data.spec)[0] in DIGIT_SPECS and config.data.channels == 1:
         net = load_evalnet()
         name = "digits (bundled digit classifier)"
+    elif parse_spec(config.data.spec)[0] == "stacked_mnist":
+        net = StackedDigits(load_evalnet())
+        name = "stacked digits (the bundled digit classifier on each channel; classes are the 1000 modes)"
     else:
         raise HetganError(
             f"no feature network for data {config.data.spec!r}: train one with "
@@ -120,8 +125,11 @@ class Evaluator:
             return
         # Inception's 1008 ImageNet classes say nothing about the data's classes.
         valid = tuple(m for m in IMAGE_METRICS if not (inception and m == "classes"))
-        conditional = config.model.conditional
+        # A self-conditioned G's classes are clusters, not the data's classes: no per-class scores.
+        conditional = config.model.conditional and not config.data.clusters
         self.metrics = metrics or (valid + ("per_class",) if conditional and not inception else valid)
+        if parse_spec(config.data.spec)[0] == "stacked_mnist" and not metrics:
+            self.metrics = STACKED_METRICS  # the protocol's modes and KL (k-NN metrics over 26,000 take minutes)
         valid += CONDITIONAL_METRICS if conditional and not inception else ()  # they need the data's classes
         unknown = set(self.metrics) - set(valid)
         if unknown:
@@ -260,7 +268,7 @@ def evaluate(
     Args:
         source: a run directory, a generator.safetensors, an exported .onnx/.xml, or a generator
             from `hetgan.load_generator`.
-        n: samples to score (default 5000 images, 2500 points for 2-D data).
+        n: samples to score (default 5000 images, 2500 points for 2-D data, 26,000 Stacked MNIST images).
         metrics: a subset of fid, kid, pr, dc, classes, diversity (images); default all that apply.
         evalnet: the feature space: a file from `hetgan evalnet train` (default: the run's
             train.evalnet, or the bundled digit classifier); `inception`: standard FID in
@@ -285,5 +293,8 @@ def evaluate(
 
 
 def default_eval_n(G) -> int:
-    """5000 samples of images, 2500 of 2-D points (PacGAN's protocol)."""
+    """5000 samples of images, 2500 of 2-D points (PacGAN's protocol), 26,000 of Stacked MNIST
+    (PacGAN's and VEEGAN's)."""
+    if parse_spec(G.config.data.spec)[0] == "stacked_mnist":
+        return STACKED_N
     return 2500 if len(G.shape) == 1 else 5000

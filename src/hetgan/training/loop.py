@@ -19,11 +19,12 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from hetgan.artifact import ARTIFACT_NAME, recalibrated_copy, save_generator
+from hetgan.artifact import ARTIFACT_NAME, recalibrated_for, save_generator
 from hetgan.benchmarking.tune import tune
 from hetgan.config import RESUMABLE_FIELDS, TrainConfig, apply_overrides, load_yaml, to_dict
 from hetgan.data import Mixture, colour_warning, describe_data
 from hetgan.errors import CheckpointError, HetganError
+from hetgan.generator import classes_in_turn
 from hetgan.placement import resolve_device
 from hetgan.report.plots import make_plots
 from hetgan.sample_files import write_samples
@@ -451,14 +452,19 @@ def summary(record: dict) -> str:
 def save_grid(trainer: Trainer, run_dir: Path, name: str | None = None) -> torch.Tensor:
     """Samples of G_ema on the run's fixed z, so grids over time are comparable."""
     cfg = trainer.cfg
-    G = recalibrated_copy(trainer.G_ema, cfg.model.z_dim, n_classes=cfg.model.n_classes)
+    G = recalibrated_for(trainer.G_ema, cfg)
     n = 2500 if isinstance(trainer.data, Mixture) else cfg.train.grid_size
     K = cfg.model.n_classes
-    per_class = max(1, n // K) if K else None  # a conditional grid: a row per class
-    n = K * per_class if K else n
+    per_class, y = None, None
+    if K and cfg.data.clusters:  # a self-conditioned grid: its clusters as G draws them unlabelled
+        y = classes_in_turn(n, K, cfg.data.class_weights)
+    elif K:  # a conditional grid: a row per class
+        per_class = max(1, n // K)
+        n = K * per_class
+        y = torch.arange(n) // per_class
     z = torch.randn(n, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 2)).to(trainer.z_device)
     with torch.no_grad():
-        samples = (G(z, (torch.arange(n) // per_class).to(trainer.z_device)) if K else G(z)).float().cpu()
+        samples = (G(z, y.to(trainer.z_device)) if K else G(z)).float().cpu()
     modes = trainer.data.modes if isinstance(trainer.data, Mixture) else None
     path = run_dir / "samples" / (name or f"step-{trainer.step_count:09d}.png")
     write_samples(samples, path, modes, ncol=per_class)

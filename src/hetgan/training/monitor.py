@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hetgan.artifact import TorchGenerator, recalibrated_copy, save_generator
+from hetgan.artifact import TorchGenerator, recalibrated_for, save_generator
 from hetgan.data import Mixture
 from hetgan.eval.metrics import mean_pairwise_distance
 from hetgan.fileio import atomic_write_bytes, strict_json
@@ -145,7 +145,7 @@ class Monitor:
         cfg, t = self.trainer.cfg, self.trainer
         if self._evaluator is None:
             self._evaluator = evaluator_for(t)
-        G = TorchGenerator(recalibrated_copy(t.G_ema, cfg.model.z_dim, n_classes=cfg.model.n_classes), cfg)
+        G = TorchGenerator(recalibrated_for(t.G_ema, cfg), cfg)
         n = 2500 if isinstance(t.data, Mixture) else cfg.train.eval_n  # PacGAN protocol for 2-D data
         result = self._evaluator(G, n)
         for warning in result.get("warnings", []):  # collapse and missing classes: an alarm, in the summary too

@@ -32,6 +32,7 @@ from hetgan.accel import (
 )
 from hetgan.config import OptimConfig, TrainConfig, to_dict
 from hetgan.data import load_data, make_sampler, with_classes
+from hetgan.data.clusters import self_conditioned
 from hetgan.data.sampler import PrefetchSampler
 from hetgan.data.sources import Data
 from hetgan.errors import CheckpointError, ConfigError, TrainingDiverged
@@ -102,6 +103,8 @@ class Trainer:
         self.dist.shard.local_batch(cfg.train.batch_size, cfg.loss.pack)  # a clear error if it does not split
         torch.manual_seed(cfg.seed)  # model init: the same weights on every rank
         self.data = data if data is not None else load_data(cfg.data)
+        if cfg.data.clusters:  # a self-conditioned GAN: the data's k-means clusters are its labels
+            self.data = self_conditioned(self.data, cfg.data.clusters, cfg.seed)
         self.cfg = cfg = with_classes(cfg, self.data)  # a conditional run's n_classes and class names
         self.G, self.D = self._place(*build_models(cfg))
         load_student_start(cfg, self.G, self.D)  # a distilled student (hetgan compress): its pruned teacher

@@ -1,0 +1,105 @@
+"""Generators shipped in the package (`hetgan pretrained`): their files and cards, loading them by
+name, `--pretrained` wherever a command reads a generator, and the card's metrics."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import hetgan
+from hetgan.cli import main
+from hetgan.errors import CheckpointError, HetganError
+from hetgan.pretrained import NAMES, list_pretrained, pretrained
+from tests.conftest import ROOT
+from tests.serving.server_process import server
+
+
+def hetgan_cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hetgan", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_every_name_has_a_small_artifact_and_a_card():
+    models = list_pretrained()
+    assert [m.name for m in models] == list(NAMES) == ["mnist", "mnist-conditional"]
+    for model in models:
+        assert model.path.is_file() and model.path.stat().st_size < 3 * 2**20  # the wheel stays small
+        assert model.command.startswith(f"hetgan train --preset {model.preset} --seed {model.seed}")
+        assert set(model.noise) == set(model.metrics) and "fid" in model.metrics
+        card = model.card()
+        assert card.startswith(f"# {model.name}\n") and model.command in card and "| fid |" in card
+    with pytest.raises(HetganError, match="no pretrained generator named 'mnst'; valid: mnist, mnist-conditional"):
+        pretrained("mnst")
+
+
+def test_load_generator_takes_a_name_unless_a_path_has_it(tmp_path, monkeypatch):
+    G = hetgan.load_generator("mnist-conditional")
+    assert G.n_classes == 10 and G.sample(2, seed=0, labels="7").shape == (2, 1, 32, 32)
+    assert G.config.preset == pretrained("mnist-conditional").preset
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("mnist")  # a folder of that name wins over the packaged generator
+    with pytest.raises(CheckpointError, match="mnist"):
+        hetgan.load_generator("mnist")
+
+
+def test_the_pretrained_command_lists_and_shows_cards(capsys):
+    assert main(["pretrained"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"{name} " in listed for name in NAMES) and "--pretrained NAME" in listed
+    assert main(["pretrained", "mnist"]) == 0
+    assert capsys.readouterr().out == pretrained("mnist").card() + "\n"
+    assert main(["pretrained", "mnst"]) == 2
+    assert "no pretrained generator named 'mnst'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        main(["sample", "--pretrained", "nope", "--out", "x.png"])
+    assert bad.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_commands_read_a_pretrained_generator(tmp_path):
+    out = tmp_path / "s.npz"
+    done = hetgan_cli("sample", "--pretrained", "mnist", "--n", "6", "--seed", "3", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    want = ((hetgan.load_generator("mnist").sample(6, seed=3) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+    with np.load(out) as f:
+        assert np.abs(f["images"].astype(float) - want).max() <= 1
+    onnx = tmp_path / "m.onnx"
+    done = hetgan_cli("export", "--pretrained", "mnist", "--format", "onnx", "--out", str(onnx))
+    assert done.returncode == 0 and onnx.is_file(), done.stderr
+    with server("mnist", pretrained=True) as (client, _):
+        model = client.get("/v1/model").json()
+        assert model["preset"] == pretrained("mnist").preset
+        r = client.post("/v1/generate", json={"n": 2, "seed": 3, "format": "npz"})
+        assert r.status_code == 200
+        assert np.abs(np.load(io.BytesIO(r.content))["images"][:2].astype(float) - want[:2]).max() <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_the_cards_metrics_are_the_shipped_generators(name):
+    """`hetgan eval` of the shipped file gives the card's figures: the same weights and samples,
+    so only the feature network's float32 round-off on another CPU moves them (far below 1 %)."""
+    model = pretrained(name)
+    torch.manual_seed(0)
+    result = hetgan.evaluate(name, n=5000, seed=0)
+    for key, value in model.metrics.items():
+        assert result[key] == pytest.approx(value, rel=0.01, abs=1e-3), key
+
+
+@pytest.mark.slow
+def test_the_retrain_script_trains_from_the_card_and_compares(tmp_path):
+    """scripts/retrain_pretrained.py, cut short: it trains the card's preset and seed, scores the
+    result against every metric of the card, and says (exit 1) that a 0.26-kimg G is far off."""
+    cmd = [sys.executable, "scripts/retrain_pretrained.py", "mnist-conditional", "--kimg", "0.26"]
+    cmd += ["--out", str(tmp_path / "r")]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 1, done.stderr
+    model = pretrained("mnist-conditional")
+    assert model.command in done.stdout and "OUTSIDE" in done.stdout
+    assert all(f"  {key:<18}" in done.stdout for key in model.metrics)
+    assert hetgan.load_generator(tmp_path / "r").config.preset == model.preset
