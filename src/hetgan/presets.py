@@ -62,10 +62,9 @@ def dcgan_mnist_selfcond() -> TrainConfig:
     D are conditioned on 100 k-means clusters of the pixels instead (`data.clusters`), with
     cdcgan_mnist's faster D (Adam 3e-3), and G draws over the clusters in proportion to their
     sizes. benchmarks/RESULTS.md, "Training quality", has the sweep that chose them."""
-    cfg = dcgan_mnist()
+    cfg = cdcgan_mnist()  # its recipe, with clusters in place of the labels
     cfg.preset = "dcgan_mnist_selfcond"
-    cfg.data.clusters = SELFCOND_CLUSTERS
-    cfg.optim.d_lr = 3e-3
+    cfg.model.conditional, cfg.data.clusters = False, SELFCOND_CLUSTERS  # conditional once clustered
     return cfg
 
 

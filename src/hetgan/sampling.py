@@ -153,14 +153,17 @@ def requested_labels(
     G: SeededGenerator, n: int, classes: Sequence[str | int] | None = None, per_class: int | None = None
 ) -> tuple[int, torch.Tensor | None]:
     """(n, y [n] or None): `per_class` of every class (or of each of `classes`), class by class;
-    `classes` alone: n samples, the given classes in turn; neither: the classes in turn
-    (conditional) or no labels (unconditional, which refuses `classes` and `per_class`)."""
+    `classes` alone: n samples, the given classes in turn; neither: the classes as G draws them
+    unlabelled (in turn, or a self-conditioned G's over its clusters' shares), or no labels
+    (unconditional, which refuses `classes` and `per_class`)."""
     if not G.n_classes:
         if classes or per_class:
             raise HetganError(
                 "--class and --per-class need a conditional generator (trained with model.conditional=true)"
             )
         return n, None
+    if not classes and not per_class:  # as G draws unlabelled: in turn, or over its clusters' shares
+        return n, G.labels(n)
     chosen = [G.class_index(c) for c in classes] if classes else list(range(G.n_classes))
     if per_class:
         return len(chosen) * per_class, torch.tensor(chosen).repeat_interleave(per_class)

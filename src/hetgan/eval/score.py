@@ -172,8 +172,11 @@ class Evaluator:
         # conditional G draws the classes in turn (SeededGenerator.labels).
         parts = [self.net.embed(batch) for _, batch in G.sample_batches(n, seed=self.seed)]
         fake, probs = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
-        real, wanted = self.real, self.metrics
-        result: dict = {"feature_space": self.space, "n_generated": n, "n_real": len(real), "seed": self.seed}
+        wanted = self.metrics
+        # The real images are embedded only for the metrics that compare with them.
+        real = self.real if set(wanted) & {"fid", "kid", "pr", "dc", "diversity"} else None
+        result: dict = {"feature_space": self.space, "n_generated": n, "n_real": len(self.real_order)}
+        result["seed"] = self.seed
         if "fid" in wanted:
             result["fid"] = M.fid(fake, real)
         if "kid" in wanted:
