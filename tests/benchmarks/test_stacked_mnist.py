@@ -18,6 +18,7 @@ def test_stacked_mnist_benchmark_scores_every_variant(tmp_path):
     for r in rows:
         assert r["kimg"] == 0.26 and r["n"] == 300 and r["wall_s"] > 0 and r["fid"] > 0
         assert 1 <= r["modes"] <= 300  # 300 samples cover at most 300 modes
-        # KL to uniform of 300 samples over at most 300 of the 1000 modes: at least log(1000 / 300)
-        assert math.log(1000 / 300) - 1e-6 <= r["kl"] <= math.log(1000) + 1e-6
+        # KL to uniform of 300 samples over at most 300 of the 1000 modes: at least log(1000 / 300),
+        # at most log(1000) (all one mode); the script rounds it to 4 places
+        assert math.log(1000 / 300) - 5e-5 <= r["kl"] <= math.log(1000) + 5e-5
     assert all(s["met"] is False for s in record["summary"].values())  # 0.26 kimg meets nothing
