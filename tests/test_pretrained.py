@@ -16,12 +16,8 @@ import hetgan
 from hetgan.cli import main
 from hetgan.errors import CheckpointError, HetganError
 from hetgan.pretrained import NAMES, list_pretrained, pretrained
-from tests.conftest import ROOT
+from tests.conftest import ROOT, hetgan_cli
 from tests.serving.server_process import server
-
-
-def hetgan_cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hetgan", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def test_every_name_has_a_small_artifact_and_a_card():
@@ -63,13 +59,13 @@ def test_the_pretrained_command_lists_and_shows_cards(capsys):
 @pytest.mark.slow
 def test_commands_read_a_pretrained_generator(tmp_path):
     out = tmp_path / "s.npz"
-    done = hetgan_cli("sample", "--pretrained", "mnist", "--n", "6", "--seed", "3", "--out", str(out))
+    done = hetgan_cli("sample", "--pretrained", "mnist", "--n", "6", "--seed", "3", "--out", str(out), timeout=300)
     assert done.returncode == 0, done.stderr
     want = ((hetgan.load_generator("mnist").sample(6, seed=3) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
     with np.load(out) as f:
         assert np.abs(f["images"].astype(float) - want).max() <= 1
     onnx = tmp_path / "m.onnx"
-    done = hetgan_cli("export", "--pretrained", "mnist", "--format", "onnx", "--out", str(onnx))
+    done = hetgan_cli("export", "--pretrained", "mnist", "--format", "onnx", "--out", str(onnx), timeout=300)
     assert done.returncode == 0 and onnx.is_file(), done.stderr
     with server("mnist", pretrained=True) as (client, _):
         model = client.get("/v1/model").json()

@@ -4,8 +4,6 @@ labelled sampling (CLI and Python), per-class evaluation, export, serving and co
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,7 +20,7 @@ from hetgan.generator import SeededGenerator
 from hetgan.models import build_models
 from hetgan.training.loop import train
 from hetgan.training.trainer import Trainer
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import hetgan_cli, tiny_config
 from tests.serving.server_process import server
 
 
@@ -156,12 +154,6 @@ def test_an_unconditional_generator_refuses_labels(tiny, tmp_path):
         load_generator(path).sample(2, labels=0)
     done = hetgan_cli("sample", "--artifact", str(path), "--per-class", "2", "--out", str(tmp_path / "x.png"))
     assert done.returncode == 2 and "need a conditional generator" in done.stderr
-
-
-def hetgan_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hetgan", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
-    )
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hetgan.data.sources import ImageData, Mixture
+from hetgan.data.sources import ImageData, Mixture, cluster_names
 from hetgan.errors import DataError
 
 PCA_DIMS = 64  # principal components of the pixels that k-means sees
@@ -67,7 +67,10 @@ def image_features(images, dims: int = PCA_DIMS, seed: int = 0) -> torch.Tensor:
     from it), as a trainer seeds it before building its networks."""
     small = torch.cat([_downscaled(images[i : i + CHUNK]) for i in range(0, len(images), CHUNK)])
     mean = small.mean(0)
-    fit = small if len(small) <= PCA_FIT_N else small[torch.randperm(len(small), generator=_rng(seed))[:PCA_FIT_N]]
+    if len(small) > PCA_FIT_N:
+        fit = small[torch.randperm(len(small), generator=torch.Generator().manual_seed(seed))[:PCA_FIT_N]]
+    else:
+        fit = small
     q = min(dims, *fit.shape)
     torch.manual_seed(seed)  # pca_lowrank's random sketch draws from the global generator
     _, _, axes = torch.pca_lowrank(fit - mean, q=q, center=False)  # axes [D, q]
@@ -82,10 +85,6 @@ def _downscaled(images) -> torch.Tensor:
     return x.flatten(1)
 
 
-def _rng(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def cluster_images(data: ImageData, k: int, seed: int) -> ImageData:
     """`data` labelled by its k clusters (its own labels, if any, are set aside), with cluster
     names "c0".."c{k-1}"."""
@@ -95,7 +94,7 @@ def cluster_images(data: ImageData, k: int, seed: int) -> ImageData:
             f"set data.clusters to at most {len(data.images)}"
         )
     _, labels = kmeans(image_features(data.images, seed=seed), k, seed)
-    return dataclasses.replace(data, labels=labels.numpy(), class_names=[f"c{i}" for i in range(k)])
+    return dataclasses.replace(data, labels=labels.numpy(), class_names=cluster_names(k))
 
 
 def cluster_mixture(data: Mixture, k: int, seed: int) -> Mixture:

@@ -375,6 +375,11 @@ def with_classes(cfg: TrainConfig, data: Data) -> TrainConfig:
     return out
 
 
+def cluster_names(k: int) -> list[str]:
+    """The class names of a self-conditioned run's k clusters: c0, c1, ..."""
+    return [f"c{i}" for i in range(k)]
+
+
 def _with_clusters(cfg: TrainConfig, data: Data) -> TrainConfig:
     """A self-conditioned run's config: conditional on its k clusters (`hetgan.data.clusters`
     labelled `data`), with their names and shares of the data."""
@@ -387,7 +392,7 @@ def _with_clusters(cfg: TrainConfig, data: Data) -> TrainConfig:
         weights = [round(float(c) / len(data.labels), 6) for c in np.bincount(data.labels, minlength=k)]
     out = copy.deepcopy(cfg)
     out.model.conditional, out.model.n_classes = True, k
-    out.data.class_names, out.data.class_weights = [f"c{i}" for i in range(k)], weights
+    out.data.class_names, out.data.class_weights = cluster_names(k), weights
     return out
 
 

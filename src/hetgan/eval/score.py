@@ -70,6 +70,11 @@ def cached_real_features(net, images_uint8: np.ndarray) -> np.ndarray:
     return features
 
 
+def is_stacked(config: TrainConfig) -> bool:
+    """Whether a config's data is Stacked MNIST, scored by its own protocol."""
+    return parse_spec(config.data.spec)[0] == "stacked_mnist"
+
+
 def feature_net_for(config: TrainConfig, evalnet: str | Path | None, inception: str | Path | None = None):
     """(network with `.embed` and `.cfg`, a description of its feature space). Without `evalnet`,
     the one the run was trained with (`train.evalnet`), if any."""
@@ -84,7 +89,7 @@ def feature_net_for(config: TrainConfig, evalnet: str | Path | None, inception: 
     elif parse_spec(config.data.spec)[0] in DIGIT_SPECS and config.data.channels == 1:
         net = load_evalnet()
         name = "digits (bundled digit classifier)"
-    elif parse_spec(config.data.spec)[0] == "stacked_mnist":
+    elif is_stacked(config):
         net = StackedDigits(load_evalnet())
         name = "stacked digits (the bundled digit classifier on each channel; classes are the 1000 modes)"
     else:
@@ -128,7 +133,7 @@ class Evaluator:
         # A self-conditioned G's classes are clusters, not the data's classes: no per-class scores.
         conditional = config.model.conditional and not config.data.clusters
         self.metrics = metrics or (valid + ("per_class",) if conditional and not inception else valid)
-        if parse_spec(config.data.spec)[0] == "stacked_mnist" and not metrics:
+        if is_stacked(config) and not metrics:
             self.metrics = STACKED_METRICS  # the protocol's modes and KL (k-NN metrics over 26,000 take minutes)
         valid += CONDITIONAL_METRICS if conditional and not inception else ()  # they need the data's classes
         unknown = set(self.metrics) - set(valid)
@@ -298,6 +303,6 @@ def evaluate(
 def default_eval_n(G) -> int:
     """5000 samples of images, 2500 of 2-D points (PacGAN's protocol), 26,000 of Stacked MNIST
     (PacGAN's and VEEGAN's)."""
-    if parse_spec(G.config.data.spec)[0] == "stacked_mnist":
+    if is_stacked(G.config):
         return STACKED_N
     return 2500 if len(G.shape) == 1 else 5000
