@@ -58,7 +58,7 @@ else
 fi
 # The GPU-only tests (skipped on CPU machines), so a pass here is what counts for them.
 if want tests; then
-    run gpu_tests "$py" -m pytest -q -m gpu tests
+    run gpu_tests "$py" -m pytest -q -o addopts= -m gpu tests  # in one process: the GPU is one device
 fi
 # >= 5x the textbook loop on the same GPU at batch 64 (and what tune picks there).
 if want throughput; then
@@ -112,7 +112,6 @@ if want sn_compile; then
 fi
 if want scaling; then
     gpus=$("$py" -c 'import torch; print(max(torch.cuda.device_count(), 1))')
-    run scaling "$py" benchmarks/scaling_model.py --device "$device" --nproc "$gpus" \
-        --batch $((64 * gpus))
+    run scaling "$py" benchmarks/scaling_model.py --device "$device" --layouts 1x1 "${gpus}x1" --batch 64
 fi
 exit $status

@@ -23,6 +23,14 @@ from hetgan.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 
+# Under pytest-xdist (`-n`, as pyproject.toml asks) the workers share the cores: each worker's torch,
+# and every process its tests start, gets its share of them rather than all of them, so that two
+# workers on 2 cores do not run four busy threads.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
+
 # Debian's Chromium, which .ci/run installs, and the flags it runs headless with here: no sandbox
 # as root, and none of its background connections (this machine has no network to give them).
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -138,16 +146,36 @@ def teacher(tmp_path, digits_npz):
     return train(cfg, out=tmp_path / "teacher", progress=False).run_dir
 
 
+def once_per_suite(tmp_path_factory, name: str, build) -> Path:
+    """BUILD(folder) -> path, run once for the whole suite, also when pytest-xdist spreads it over
+    several worker processes: the first worker to ask builds it under a lock in the folder the
+    workers share; the others wait for it and get the same path."""
+    from filelock import FileLock  # torch's own dependency
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # each worker's base folder lies in the run's
+    done = shared / f"{name}.path"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            done.write_text(str(build(shared / name)))
+    return Path(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def digits_generator(tmp_path_factory):
-    """A small DCGAN trained briefly on the bundled digits (~25 s, once for the whole suite):
+    """A small DCGAN trained briefly on the bundled digits (~10 s, once for the whole suite):
     blurry strokes, but trained weights and BatchNorm statistics, whose int8 ranges calibration
     must find. Tests read it and never change it."""
-    cfg = tiny_config("mnist5k")
-    cfg.model.width, cfg.model.z_dim = 16, 32
-    cfg.train.batch_size, cfg.train.kimg, cfg.train.snapshot_kimg = 32, 3.2, 3.2
-    cfg.loss.name, cfg.optim.g_lr, cfg.optim.d_lr = "hinge", 1e-3, 1e-3
-    return hetgan.train(cfg.validate(), out=tmp_path_factory.mktemp("q") / "run", progress=False).run_dir
+
+    def build(folder: Path) -> Path:
+        cfg = tiny_config("mnist5k")
+        cfg.model.width, cfg.model.z_dim = 16, 32
+        cfg.train.batch_size, cfg.train.kimg, cfg.train.snapshot_kimg = 32, 3.2, 3.2
+        cfg.loss.name, cfg.optim.g_lr, cfg.optim.d_lr = "hinge", 1e-3, 1e-3
+        return hetgan.train(cfg.validate(), out=folder / "run", progress=False).run_dir
+
+    return once_per_suite(tmp_path_factory, "digits_generator", build)
 
 
 @pytest.fixture(scope="module")
