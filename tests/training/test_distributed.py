@@ -35,7 +35,7 @@ from hetgan.shard import Shard
 from hetgan.training.loop import train
 from hetgan.training.rundir import write_config
 from hetgan.training.trainer import Trainer
-from tests.conftest import GPU, ROOT, tiny_config
+from tests.conftest import GPU, ROOT, run_benchmark, tiny_config
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 WORKER = ROOT / "tests" / "training" / "distributed_worker.py"
@@ -310,22 +310,6 @@ def one_process_run(tmp_path_factory) -> Path:
     return out
 
 
-def workers(launcher: subprocess.Popen) -> dict[int, int]:
-    """{rank: pid} of the worker processes a torchrun process started (its children)."""
-    found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            environ = (stat.parent / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(fields[1]) == launcher.pid:
-            env = dict(e.split(b"=", 1) for e in environ if b"=" in e)
-            if b"RANK" in env:
-                found[int(env[b"RANK"])] = int(stat.parent.name)
-    return found
-
-
 def wait_for(condition, what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -334,18 +318,19 @@ def wait_for(condition, what: str, timeout: float = 120) -> None:
 
 
 @pytest.mark.slow
-def test_a_killed_rank_is_restarted_and_the_run_ends_bit_for_bit_as_uninterrupted(tmp_path, two_rank_run):
-    out = tmp_path / "run"
-    cmd = [*TORCHRUN, *launch(out, "--max-restarts", "1"), "--resume", "auto"]
-    with started(cmd, tmp_path / "torchrun.txt") as proc:
-        wait_for(lambda: len(list((out / "checkpoints").glob("step-*"))) >= 2, "two checkpoints")
-        os.kill(workers(proc)[1], signal.SIGKILL)
-        proc.wait(timeout=240)
-    assert proc.returncode == 0, (tmp_path / "torchrun.txt").read_text()[-4000:]
-    log = (out / "log.txt").read_text()
-    assert "resumed from" in log  # the group was restarted and went on from a checkpoint
-    assert not list((out / "checkpoints").glob(".tmp-*"))
-    assert_bitwise(final_state(out), final_state(two_rank_run))
+def test_ranks_killed_at_random_are_restarted_and_the_run_ends_bit_for_bit_as_uninterrupted(tmp_path):
+    """benchmarks/kill_storm.py, small: 3 SIGKILLs to random ranks at random moments under
+    `torchrun --max-restarts`; the run resumes from its newest whole checkpoint each time and ends
+    as an uninterrupted one, bit for bit, with no partial checkpoint left."""
+    out = tmp_path / "storm.json"
+    args = ["--kills", "3", "--kimg", "6", "--snapshot-kimg", "1", "--max-wait", "4", "--json", str(out)]
+    run_benchmark("kill_storm", *args, "--out", str(tmp_path / "runs"), timeout=600)
+    result = json.loads(out.read_text())
+    assert len(result["kills"]) == 3 and result["kills"][0]["newest_checkpoint"]  # the first after a checkpoint
+    assert result["resumes"] >= 1  # the group was restarted and went on from a checkpoint
+    assert result["tensors"] > 0 and result["tensors_differ"] == [] and result["partial_checkpoints"] == []
+    assert result["records"] > 0 and result["records_differ"] == []
+    assert result["bitwise_equal"]
 
 
 @pytest.mark.slow
