@@ -11,8 +11,8 @@ What one training step sends (hetgan.training: trainer.py, loop.py, distributed.
 - in each phase, a 4-byte skip flag (a non-finite loss on any rank skips the phase on all). With
   accel.optimizer_impl=fused it stays on the device (data link); otherwise the host reads it,
   waiting for the device, and all-reduces it over gloo, that is TCP: the *host link*;
-- after the step, the loop's stop flag (a signal to any rank stops them all): 4 bytes, host link;
-- every train.log_interval steps, the logged losses averaged over the ranks: host link.
+- every train.log_interval steps, the loop's stop flag (a signal to any rank stops them all): 4
+  bytes, and the logged losses averaged over the ranks, both over the host link.
 On CPUs both links are gloo over TCP. The worker counts the all-reduces a window of
 log_interval steps really makes, and the script checks them against this list.
 
@@ -71,13 +71,13 @@ def config(args: argparse.Namespace, batch: int):
 
 
 def loop_steps(trainer: Trainer, stop: StopSignal, steps: int) -> int:
-    """`steps` training steps as hetgan.training.loop takes them: each followed by the ranks'
-    stop agreement, every log_interval-th by the logged losses averaged over the ranks. The
-    number of those losses."""
+    """`steps` training steps as hetgan.training.loop takes them, every log_interval-th followed
+    by the ranks' stop agreement and the logged losses averaged over the ranks. The number of
+    those losses."""
     logged = 0
     for _ in range(steps):
         result = trainer.step()
-        stop.agreed(trainer.dist)
+        stop.agreed(trainer.dist, trainer.step_count, trainer.cfg.train.log_interval)
         if trainer.step_count % trainer.cfg.train.log_interval == 0:
             logged = len(trainer.dist.mean_floats(result.floats()))
     return logged
@@ -186,7 +186,7 @@ def step_messages(m: dict) -> list[tuple[str, int, float, str]]:
         ("D gradients", m["d_bytes"], m["n_critic"], "data"),
         ("G gradients", m["g_bytes"], 1, "data"),
         ("phase skip flags", 4, m["n_critic"] + 1, flags),
-        ("stop flag", 4, 1, "host"),
+        ("stop flag", 4, 1 / m["log_interval"], "host"),
         ("logged losses", m["log_bytes"], 1 / m["log_interval"], "host"),
     ]
 

@@ -27,16 +27,16 @@ def test_the_scaling_model_recovers_a_link_and_prices_each_message_on_its_link()
     links = {"data": (beta, alpha), "host": host}
     assert model.step_model(0.01, 1, m, links) == 0.01  # one device: compute only
     # On 8 devices each all-reduce moves 2 * 7/8 of its bytes and pays 14 hops of its link's
-    # latency: the gradients (5 D phases, 1 G phase) on the data link; the 6 phase flags, the stop
-    # flag and, every 20th step, the logged losses on the host link.
+    # latency: the gradients (5 D phases, 1 G phase) on the data link; the 6 phase flags, and
+    # every 20th step the stop flag and the logged losses, on the host link.
     grads = 2 * 7 / 8 * (5 * 8e6 + 4e6) / beta + 14 * alpha * 6
-    flags = 14 * host[1] * (6 + 1) + (14 * host[1] + 2 * 7 / 8 * 48 / host[0]) / 20
+    flags = 14 * host[1] * 6 + (2 * 14 * host[1] + 2 * 7 / 8 * (4 + 48) / host[0]) / 20
     assert model.step_model(0.01, 8, m, links) == pytest.approx(0.01 + grads + flags)
     # With fused Adam the phase flags stay on the device: the data link carries them.
     fused = m | {"fused": True}
-    flags = 14 * alpha * 6 + 14 * host[1] + (14 * host[1] + 2 * 7 / 8 * 48 / host[0]) / 20
+    flags = 14 * alpha * 6 + (2 * 14 * host[1] + 2 * 7 / 8 * (4 + 48) / host[0]) / 20
     assert model.step_model(0.01, 8, fused, links) == pytest.approx(0.01 + grads + flags)
-    assert model.window_calls(m) == sorted([8_000_000] * 100 + [4_000_000] * 20 + [4] * 140 + [48])
+    assert model.window_calls(m) == sorted([8_000_000] * 100 + [4_000_000] * 20 + [4] * 121 + [48])
 
 
 @pytest.mark.slow

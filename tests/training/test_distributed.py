@@ -494,9 +494,35 @@ def test_a_signal_landing_during_the_stop_agreement_waits_for_the_next_one():
     stop = StopSignal()
 
     class SignalDuringCollective:  # one rank's view: no rank had a signal when they agreed
+        active = True
+
         def any_host(self, flag: bool) -> bool:
             stop.requested = "SIGTERM"
             return flag
 
     assert stop.agreed(SignalDuringCollective()) is False and not stop.stopping
     assert stop.agreed(SignalDuringCollective()) is True  # the next step's agreement stops
+
+
+def test_ranks_agree_on_stopping_every_log_interval_steps_and_a_single_process_every_step():
+    """In a process group the stop agreement is a host all-reduce, a network round trip: the ranks
+    make it only at multiples of train.log_interval; one process has no one to ask and looks at
+    its own signal at every step."""
+    from hetgan.training.distributed import Distributed
+    from hetgan.training.loop import StopSignal
+
+    class Group:
+        active = True
+        calls = 0
+
+        def any_host(self, flag: bool) -> bool:
+            Group.calls += 1
+            return flag
+
+    stop = StopSignal()
+    stop.requested = "SIGTERM"
+    assert [stop.agreed(Group(), step, every=20) for step in (1, 19, 21, 39)] == [False] * 4 and Group.calls == 0
+    assert stop.agreed(Group(), 40, every=20) is True and Group.calls == 1
+    alone = StopSignal()
+    alone.requested = "SIGINT"
+    assert alone.agreed(Distributed(), 7, every=20) is True

@@ -272,7 +272,7 @@ def _run(trainer: Trainer, evaluator, run_dir: Path, resuming: bool, allow_chang
     started, started_nimg = timer, trainer.nimg
     # Log lines go above the bar, not onto it; TensorBoard's events are flushed however the loop ends.
     with stop, bar, logging_redirect_tqdm(), contextlib.closing(metrics.board):
-        while trainer.nimg < total_nimg and not stop.agreed(trainer.dist):
+        while trainer.nimg < total_nimg and not stop.agreed(trainer.dist, trainer.step_count, cfg.train.log_interval):
             before = trainer.nimg
             result = trainer.step()
             bar.update(min(trainer.nimg, total_nimg) - bar.n)
@@ -509,10 +509,15 @@ class StopSignal:
         self.stopping = False  # what the ranks last agreed (distributed.py): stop after this step
         self._previous: dict = {}
 
-    def agreed(self, dist: Distributed) -> bool:
+    def agreed(self, dist: Distributed, step: int = 0, every: int = 1) -> bool:
         """Whether to stop now: on every rank alike, once a signal reached any of them. The answer
         is the collective's alone: a signal landing on this rank after it (the handler runs between
-        any two bytecodes) waits for the next call, or the ranks would part ways."""
+        any two bytecodes) waits for the next call, or the ranks would part ways. In a process
+        group the ranks agree only at steps that are multiples of `every` (the loop passes
+        train.log_interval): each agreement is a host all-reduce, a round trip between the machines
+        (benchmarks/scaling_model.py prices it), so a signal stops the run within `every` steps."""
+        if dist.active and step % every:
+            return False
         requested = self.requested
         self.stopping = dist.any_host(requested is not None)
         if self.stopping and requested is None:
