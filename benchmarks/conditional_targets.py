@@ -1,7 +1,7 @@
 """Issue 26's targets, side by side in one run:
 
     python benchmarks/conditional_targets.py [--kimg 200] [--small-kimg 400] [--n 5000] [--seeds 0,1]
-        [--classifier-epochs 15] [--out DIR] [--json FILE]
+        [--classifier-epochs 15] [--synthetic-per-class 500] [--out DIR] [--json FILE]
 
 1. Conditional default: `cdcgan_mnist` and the unconditional default `dcgan_mnist` trained with the
    same budget (--kimg, the default run's 200) on the bundled digits, one after the other: wall
@@ -105,11 +105,11 @@ def augmentation_value(out: Path, args) -> dict:
             ["loss.ada_target=0.6", "loss.ada_kimg=20"],
         ),
     }
-    result: dict = {"test_n": len(test), "real_n": len(small), "synthetic_n": 10 * SYNTHETIC_PER_CLASS, "rows": {}}
+    result: dict = {"test_n": len(test), "real_n": len(small), "synthetic_n": 10 * args.synthetic_per_class, "rows": {}}
     for name, (preset, npz, extra) in generators.items():
         run, wall = timed_run(preset, out / npz.stem, args.kimg, [f"data.spec=npz:{npz}", *extra])
         G = load_torch_generator(run)
-        y = np.repeat(np.arange(10), SYNTHETIC_PER_CLASS)
+        y = np.repeat(np.arange(10), args.synthetic_per_class)
         synthetic = sample_uint8(G, len(y), seed=7, labels=torch.from_numpy(y)).transpose(0, 3, 1, 2)
         row = {"gan_wall_s": round(wall, 1), "real_only": [], "real_plus_synthetic": []}
         for seed in args.seeds:
@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--classifier-epochs", type=int, default=CLASSIFIER_EPOCHS)
+    parser.add_argument("--synthetic-per-class", type=int, default=SYNTHETIC_PER_CLASS)
     parser.add_argument("--out", default="/tmp/hetgan-conditional-targets")
     parser.add_argument("--json")
     parser.add_argument("--only", choices=["conditional", "augmentation", "ada"], action="append")

@@ -4,7 +4,7 @@ scored on 26,000 samples of G_ema: modes covered of 1000 and the KL of the mode 
 uniform (each channel classified by the bundled digit network), and FID in its features.
 
     python benchmarks/stacked_mnist.py [--variants plain pacgan2 selfcond] [--seeds 0 1 2]
-                                       [--kimg K] [--json FILE] [--runs DIR]
+                                       [--kimg K] [--n 26000] [--real-n 10000] [--json FILE] [--runs DIR]
 
 Reference (PacGAN, Lin et al. 2018, Table 2; their DCGAN, 128k images): DCGAN 99 modes, KL 3.40;
 PacDCGAN2 1000 modes, KL 0.06. The target here: 1000 modes with KL <= 0.05 on every seed, in at most
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import hetgan
 from hetgan.config import apply_overrides
+from hetgan.eval.score import MAX_REAL, Evaluator
 from hetgan.fileio import write_json
 
 VARIANTS = {
@@ -31,7 +32,9 @@ VARIANTS = {
 N = 26_000
 
 
-def train_and_score(variant: str, seed: int, kimg: float | None, n: int, runs: Path | None) -> dict:
+def train_and_score(
+    variant: str, seed: int, kimg: float | None, n: int, runs: Path | None, real_n: int = MAX_REAL
+) -> dict:
     overrides = [*VARIANTS[variant], f"seed={seed}", *([f"train.kimg={kimg}"] if kimg else [])]
     cfg = apply_overrides(hetgan.get_preset("dcgan_stacked_mnist"), overrides)
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,7 +42,8 @@ def train_and_score(variant: str, seed: int, kimg: float | None, n: int, runs: P
         start = time.perf_counter()
         run = hetgan.train(cfg, out=out, progress=False).run_dir
         wall = time.perf_counter() - start
-        r = hetgan.evaluate(hetgan.load_generator(run), n=n, seed=0)
+        G = hetgan.load_generator(run)
+        r = Evaluator(G.config, seed=0, max_real=real_n)(G, n)
     return {
         "variant": variant,
         "overrides": VARIANTS[variant],
@@ -50,6 +54,7 @@ def train_and_score(variant: str, seed: int, kimg: float | None, n: int, runs: P
         "kl": round(r["kl_to_uniform"], 4),
         "fid": round(r["fid"], 2),
         "n": n,
+        "real_n": real_n,
     }
 
 
@@ -84,13 +89,16 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--kimg", type=float, help="training length (default: the preset's)")
     parser.add_argument("--n", type=int, default=N, help=f"samples scored (default {N:,}, the protocol's)")
+    parser.add_argument(
+        "--real-n", type=int, default=MAX_REAL, help=f"real images FID compares with (default {MAX_REAL:,})"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows and the summary to this file")
     parser.add_argument("--runs", type=Path, help="keep the runs here, as VARIANT-seedS (default: deleted)")
     args = parser.parse_args()
     rows = []
     for variant in args.variants:
         for seed in args.seeds:
-            rows.append(train_and_score(variant, seed, args.kimg, args.n, args.runs))
+            rows.append(train_and_score(variant, seed, args.kimg, args.n, args.runs, args.real_n))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     print(table(rows))
     verdicts = summary(rows)

@@ -190,7 +190,7 @@ def wait_for(predicate, timeout=120):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(digits_npz, tmp_path):
-    args = ["train", "--data", f"npz:{digits_npz}", "--kimg", "2", "--snapshot-kimg", "0.2", *TINY]
+    args = ["train", "--data", f"npz:{digits_npz}", "--kimg", "1.2", "--snapshot-kimg", "0.1", *TINY]
     assert run_cli(*args, "--out", str(tmp_path / "full")).returncode == 0
     run = tmp_path / "killed"
     proc = subprocess.Popen(

@@ -248,8 +248,9 @@ def test_cas_trains_on_samples_and_tests_on_real_images():
     cfg.model.conditional = True
     cfg = resolved(cfg)
     evaluator = Evaluator(cfg, metrics=("cas",))
-    right = evaluator(ClassDrawer(cfg, evaluator.data), 1000)["cas"]
-    wrong = evaluator(ClassDrawer(cfg, evaluator.data, wrong=True), 1000)["cas"]
+    # 500 samples (50 a class) are enough to tell: right read 0.95, wrong 0.01 (2026-12-03)
+    right = evaluator(ClassDrawer(cfg, evaluator.data), 500)["cas"]
+    wrong = evaluator(ClassDrawer(cfg, evaluator.data, wrong=True), 500)["cas"]
     assert right > 0.8 and wrong < 0.1  # labels shifted by one: the classifier learns the shift
 
 

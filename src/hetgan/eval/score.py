@@ -122,9 +122,10 @@ class Evaluator:
         inception: str | Path | None = None,
         device: str | torch.device = "cpu",
         data: Data | None = None,
+        max_real: int = MAX_REAL,
     ):
         self.data = load_data(config.data) if data is None else data  # a trainer passes its own
-        self.seed = seed
+        self.seed, self.max_real = seed, max_real
         if isinstance(self.data, Mixture):
             self.metrics = POINT_METRICS
             return
@@ -153,8 +154,8 @@ class Evaluator:
 
     @functools.cached_property
     def real_order(self) -> np.ndarray:
-        """The real images scored against, up to MAX_REAL, in a fixed random order."""
-        return np.random.default_rng(self.seed).permutation(len(self.data.images))[:MAX_REAL]
+        """The real images scored against, up to `max_real` (MAX_REAL), in a fixed random order."""
+        return np.random.default_rng(self.seed).permutation(len(self.data.images))[: self.max_real]
 
     def __call__(self, G: SeededGenerator, n: int) -> dict:
         if n < MIN_EVAL_N:
