@@ -136,6 +136,8 @@ def allreduce_seconds(nbytes: int, device: torch.device, repeats: int = 30, grou
 def worker(args: argparse.Namespace) -> None:
     """One rank: the step time, the step's gradient all-reduce time, the all-reduces a window of
     log_interval steps makes, and the raw all-reduce figures."""
+    if args.device == "cpu":  # torchrun sets one thread a rank only for 2+ ranks a node: every layout alike
+        torch.set_num_threads(1)
     group = distributed.setup(torch.device(args.device if args.device != "auto" else "cpu"))
     try:
         trainer = Trainer(config(args, args.batch * max(group.world, 1)), dist=group)
@@ -345,25 +347,30 @@ def main() -> None:
 
     if args.device == "cpu":
         torch.set_num_threads(1)  # as each torchrun rank has (torchrun sets OMP_NUM_THREADS=1)
+    # T_c is timed again right before each layout, so that each pair shares the machine's state
+    # (its speed drifts over minutes): the model and the efficiency of a layout use its own T_c.
     single = Trainer(config(args, args.batch))
-    compute = timed_steps(single, args.steps)
+    measured, rows = [], []
+    for layout in args.layouts:
+        compute = timed_steps(single, args.steps)
+        measured.append(measure_layout(args, layout))
+        rows.append(checked(measured[-1], compute) | {"compute_ms": round(compute * 1e3, 3)})
     single.close()
-    measured = [measure_layout(args, layout) for layout in args.layouts]
-    rows = [checked(m, compute) for m in measured]
-    print(f"{args.preset}, batch {args.batch} per rank, {args.steps} steps, T_c = {compute * 1e3:.2f} ms (one process)")
+    print(f"{args.preset}, batch {args.batch} per rank, {args.steps} steps; T_c: one process, timed before each layout")
     for m in measured:
         if m["world"] > 1:
             print(f"  a step sends ({m['backend']}):")
             for what, nbytes, times, link in step_messages(m):
                 print(f"    {what:<18} {nbytes / 1e6:9.4f} MB x {times:g} per step over the {link} link")
             break
-    header = f"{'layout':<8}{'ranks':>6}{'measured ms':>13}{'model ms':>10}{'error':>8}"
+    header = f"{'layout':<8}{'ranks':>6}{'T_c ms':>9}{'measured ms':>13}{'model ms':>10}{'error':>8}"
     print(f"{header}{'eff. measured':>15}{'model':>8}  link")
     for r in rows:
         link = f"{r['link_gb_s']:.2f} GB/s, {r['link_latency_us']:.0f} us/hop" if "link_gb_s" in r else "-"
         print(
-            f"{r['layout']:<8}{r['world']:>6}{r['measured_step_ms']:>13.2f}{r['model_step_ms']:>10.2f}"
-            f"{r['model_error']:>+8.0%}{r['efficiency_measured']:>15.0%}{r['efficiency_model']:>8.0%}  {link}"
+            f"{r['layout']:<8}{r['world']:>6}{r['compute_ms']:>9.2f}{r['measured_step_ms']:>13.2f}"
+            f"{r['model_step_ms']:>10.2f}{r['model_error']:>+8.0%}{r['efficiency_measured']:>15.0%}"
+            f"{r['efficiency_model']:>8.0%}  {link}"
         )
         if r["calls_per_window"] != r["model_calls_per_window"]:
             calls, expected = r["calls_per_window"], r["model_calls_per_window"]
@@ -371,7 +378,7 @@ def main() -> None:
     worst = max((abs(r["model_error"]) for r in rows), default=0.0)
     print(f"worst model error: {worst:.0%} (target within 20 %)")
 
-    result = {"preset": args.preset, "batch": args.batch, "compute_ms": round(compute * 1e3, 3), "layouts": rows}
+    result = {"preset": args.preset, "batch": args.batch, "layouts": rows}
     multi = [m for m in measured if m["world"] > 1]
     if multi:
         host = links_of(multi[0])["host"]  # gloo over TCP, as the flags go on GPU machines
