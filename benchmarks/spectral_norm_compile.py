@@ -92,7 +92,17 @@ def main() -> None:
     for setup, values in speeds.items():
         speed, ratio = statistics.median(values), ratio_spread(values, reference)
         print(f"{setup:<30}{breaks[setup]:>13}{speed:>14.1f}{ratio:>30}")
-    setups = {setup: {"graph_breaks": breaks[setup], **speed_record(speeds[setup], reference)} for setup in speeds}
+    for trainer in made.values():
+        trainer.count_skipped()  # a compiled step that went non-finite is skipped and counted
+    setups = {
+        setup: {
+            "graph_breaks": breaks[setup],
+            "compiled": made[setup].D_fwd is not made[setup].D and made[setup].G_fwd is not made[setup].G,
+            "nonfinite_steps": made[setup].nonfinite_total,
+            **speed_record(speeds[setup], reference),
+        }
+        for setup in speeds
+    }
     write_json(args.json, {"device": dev, "spectral_norm_layers": layers, "setups": setups})
 
 

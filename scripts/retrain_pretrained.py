@@ -1,6 +1,6 @@
 """Train a packaged generator (`hetgan pretrained`) again from its card and check its metrics.
 
-    python3 scripts/retrain_pretrained.py mnist [--out runs/retrain-mnist] [--install]
+    python3 scripts/retrain_pretrained.py mnist [--out runs/retrain-mnist] [--install] [--kimg K] [--n 5000]
 
 Runs the card's command (preset, seed, overrides), evaluates the new generator as the card's
 metrics were (`hetgan eval`, 5000 samples, seed 0) and compares each metric with the card's value
@@ -38,7 +38,10 @@ def main() -> int:
     parser.add_argument("--out", help="the run directory (default runs/retrain-NAME)")
     parser.add_argument("--install", action="store_true", help="copy the new generator and metrics into the package")
     parser.add_argument("--kimg", type=float, help="train this far instead (to check the script: metrics will differ)")
+    parser.add_argument("--n", type=int, default=5000, help="samples scored (the cards' metrics are of 5000)")
     args = parser.parse_args()
+    if args.install and (args.kimg or args.n != 5000):
+        parser.error("--install writes the card: train the card's full length and score 5000 samples (no --kimg, --n)")
     model = pretrained(args.name)
     out = Path(args.out or f"runs/retrain-{args.name}")
     shorter = [f"train.kimg={args.kimg}"] if args.kimg else []
@@ -47,7 +50,7 @@ def main() -> int:
     start = time.perf_counter()
     run = hetgan.train(cfg, out=out, progress=False).run_dir
     wall = time.perf_counter() - start
-    result = hetgan.evaluate(hetgan.load_generator(run), n=5000, seed=0)
+    result = hetgan.evaluate(hetgan.load_generator(run), n=args.n, seed=0)
     ok = True
     for key, card in model.metrics.items():
         good = within(result[key], card, model.noise[key])

@@ -135,18 +135,6 @@ def test_compile_runs_finite_and_keeps_d_eager_under_penalty(digits_npz):
     assert not t.step().skipped
 
 
-@pytest.mark.slow
-def test_compile_trains_resnet(digits_npz):
-    """Its D is spectrally normalised and judges the real and the fake batch before one backward,
-    which torch's spectral norm does not survive under compile (tests/models/test_models.py)."""
-    cfg = tiny_config(f"npz:{digits_npz}", arch="resnet")
-    cfg.accel.compile = True
-    t = Trainer(cfg)
-    for _ in range(3):
-        assert not t.step().skipped
-    assert t.D_fwd is not t.D and t.G_fwd is not t.G
-
-
 def test_tf32_candidates_are_judged_at_tf32_precision():
     """TF32 keeps 10 mantissa bits: an H100 put tune's TF32 candidate 1.4e-3 off the fp32
     reference, over the fp32 limit, so it was rejected for the rounding it is meant to have."""

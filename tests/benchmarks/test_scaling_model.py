@@ -41,22 +41,23 @@ def test_the_scaling_model_recovers_a_link_and_prices_each_message_on_its_link()
 
 @pytest.mark.slow
 def test_the_scaling_model_counts_every_all_reduce_the_code_makes(tmp_path):
-    """benchmarks/scaling_model.py at 1 and 2 ranks and on 2 nodes of this machine (torchrun, gloo):
-    the all-reduces a window of log_interval steps really makes are the model's messages, byte for
-    byte; each layout gets a measured and a modelled step time, each 2-rank layout a fitted link."""
+    """benchmarks/scaling_model.py at 1 rank and on 2 nodes of this machine (torchrun, gloo; 2 ranks
+    of one node take the same code path, as the two-rank tests show): the all-reduces a window of
+    log_interval steps really makes are the model's messages, byte for byte; each layout gets a
+    measured and a modelled step time, the 2-rank layout a fitted link."""
     out = tmp_path / "scaling.json"
     run_benchmark(
-        "scaling_model", "--preset", "mlp_ring8", "--batch", "16", "--steps", "3", "--layouts", "1x1", "2x1", "1x2",
+        "scaling_model", "--preset", "mlp_ring8", "--batch", "16", "--steps", "3", "--layouts", "1x1", "1x2",
         "--json", str(out), timeout=400,
     )  # fmt: skip
     result = json.loads(out.read_text())
     rows = {r["layout"]: r for r in result["layouts"]}
-    assert sorted(rows) == ["1x1", "1x2", "2x1"] and [rows[k]["world"] for k in ("1x1", "2x1", "1x2")] == [1, 2, 2]
+    assert sorted(rows) == ["1x1", "1x2"] and [rows[k]["world"] for k in ("1x1", "1x2")] == [1, 2]
     for r in rows.values():
         assert r["calls_per_window"] == r["model_calls_per_window"] and r["calls_per_window"], r["layout"]
         assert r["measured_step_ms"] > 0 and r["model_step_ms"] >= r["compute_ms"] > 0
         assert r["model_error"] == pytest.approx(r["model_step_ms"] / r["measured_step_ms"] - 1, abs=2e-3)
-    for layout in ("2x1", "1x2"):
+    for layout in ("1x2",):
         assert rows[layout]["link_gb_s"] > 0 and rows[layout]["link_latency_us"] > 0
         assert rows[layout]["model_step_ms"] > rows[layout]["compute_ms"]  # two ranks pay for their messages
     gpu = result["gpu_predictions"]

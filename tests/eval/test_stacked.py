@@ -64,13 +64,14 @@ def test_eval_counts_the_modes_and_their_kl_to_uniform(stacked):
     cfg = get_preset("dcgan_stacked_mnist")
     assert Evaluator(cfg, data=stacked).metrics == ("fid", "classes")  # the protocol's, and FID
     evaluator = Evaluator(cfg, data=stacked, metrics=("classes",))
-    real = evaluator(Replay(cfg, stacked.images), 3000)
-    # 3000 draws of the (near-uniform) data cover about 1000 (1 - e^-3) = 950 modes; KL to uniform
-    # of a uniform histogram of n draws is about (modes - 1) / (2 n) = 0.17.
-    assert 900 <= real["classes_covered"] <= 1000 and real["kl_to_uniform"] < 0.3
-    collapsed = evaluator(Replay(cfg, stacked.images, collapsed=True), 3000)
+    real = evaluator(Replay(cfg, stacked.images), 2000)
+    # 2000 draws of the (near-uniform) data cover about 1000 (1 - e^-2) = 865 modes; the KL to
+    # uniform of 2000 uniform draws over 1000 modes is 0.29 (0.27-0.32 over 200 simulated draws),
+    # and the network's misreadings (about 5 % of samples) spread them a little further.
+    assert 800 <= real["classes_covered"] <= 1000 and real["kl_to_uniform"] < 0.45
+    collapsed = evaluator(Replay(cfg, stacked.images, collapsed=True), 500)
     assert collapsed["classes_covered"] == 1 and collapsed["kl_to_uniform"] == pytest.approx(np.log(1000))
-    assert collapsed["warnings"][0].startswith("mode collapse: 100% of the 3000 samples")
+    assert collapsed["warnings"][0].startswith("mode collapse: 100% of the 500 samples")
     assert default_eval_n(Replay(cfg, stacked.images)) == STACKED_N == 26_000
 
 
