@@ -12,6 +12,7 @@
 #     STEPS="tests throughput bench knobs placement" (the steps to run; where one command may run
 #     for 10 minutes at most, as on the device tool's machines, run two: STEPS="tests throughput",
 #     then STEPS="bench knobs placement")    TESTS=1 (0 leaves out the GPU-only tests too)
+#     GPU_EXTRA=1 (on cuda: installs the `gpu` extra, ONNX Runtime's GPU build and TensorRT, first)
 #     STEPS=knobs_large (not in the default): the knob survey again at the largest batch, where
 #     the bf16 share of peak is decided (a few minutes: each compiled knob set compiles anew)
 #     STEPS=profile (not in the default): where the device time goes at the largest batch, in
@@ -55,6 +56,25 @@ if [[ $device == cuda* ]]; then
     graphs=(--set accel.cuda_graphs=true --set accel.compile=true)  # tune's choice at batch 64 on an H100
 else
     graphs=()  # CUDA graphs exist only on CUDA devices (and compiling on a CPU dry run takes long)
+fi
+# ONNX Runtime's GPU build and TensorRT (the `gpu` extra in pyproject.toml) for the GPU tests of the
+# onnxruntime and tensorrt backends. onnxruntime-gpu installs the same `onnxruntime` module as the
+# CPU build, so the CPU build is removed first, but only once every wheel is fetched: on a machine
+# with no network the CPU build stays and those tests skip, saying "needs onnxruntime-gpu".
+# GPU_EXTRA=0 leaves the installed runtimes alone.
+if [[ $device == cuda* && ${GPU_EXTRA:-1} = 1 ]]; then
+    gpu_reqs=$("$py" -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['gpu']))")
+    wheels=$(mktemp -d)
+    # shellcheck disable=SC2086  # the requirements are words
+    if "$py" -m pip download -q -d "$wheels" $gpu_reqs >"$out/gpu_extra.txt" 2>&1; then
+        "$py" -m pip uninstall -y -q onnxruntime >>"$out/gpu_extra.txt" 2>&1
+        run gpu_extra_install "$py" -m pip install -q --no-index --find-links "$wheels" $gpu_reqs
+    else
+        echo "gpu_suite: could not fetch $gpu_reqs (no network?); the CPU onnxruntime stays" | tee -a "$out/gpu_extra.txt"
+    fi
+    rm -rf "$wheels"
+    "$py" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" \
+        2>&1 | tee -a "$out/gpu_extra.txt"
 fi
 # The GPU-only tests (skipped on CPU machines), so a pass here is what counts for them.
 if want tests; then

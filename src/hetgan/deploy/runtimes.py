@@ -13,6 +13,7 @@ or from `backend=`; sample, eval, bench and serve do not care which runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -113,10 +114,35 @@ class OnnxRuntimeGenerator(RuntimeGenerator):
         super().__init__(dict(_strip(self.session.get_modelmeta().custom_metadata_map)), where)
         self.backend = "tensorrt" if kw.get("tensorrt") else "onnxruntime"
         self.providers = self.session.get_providers()
+        if isinstance(providers[0], tuple) and self.providers[0] != providers[0][0]:
+            # ONNX Runtime falls back to the next provider when one cannot start (its libraries missing)
+            raise ConfigError(
+                f"{where}: ONNX Runtime could not start {providers[0][0]} and fell back to {self.providers[0]}: "
+                f"{GPU_HINT}"
+            )
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def run(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         return self.session.run(None, dict(zip(self.input_names, (z, y) if y is not None else (z,), strict=True)))[0]
+
+
+GPU_HINT = (
+    "it needs an NVIDIA GPU, ONNX Runtime's GPU build and, for tensorrt, TensorRT 10: "
+    "pip uninstall onnxruntime && pip install onnxruntime-gpu 'tensorrt-cu12<11' (hetgan's `gpu` extra)"
+)
+
+
+def preload_gpu_libraries(ort, tensorrt: bool) -> None:
+    """Load the CUDA, cuDNN and TensorRT libraries that pip installed (nvidia-*, tensorrt-cu12) into
+    this process, so ONNX Runtime's GPU providers find them without LD_LIBRARY_PATH: ONNX Runtime's
+    own preload for CUDA and cuDNN, and importing TensorRT's Python package, which loads its
+    libraries. Whatever is missing is left for the provider's start to report."""
+    if hasattr(ort, "preload_dlls"):
+        with contextlib.suppress(Exception):
+            ort.preload_dlls()
+    if tensorrt:
+        with contextlib.suppress(ImportError):
+            import tensorrt  # noqa: F401
 
 
 def ort_providers(ort, device: str, tensorrt: bool, cache_dir: Path | None) -> list:
@@ -132,9 +158,9 @@ def ort_providers(ort, device: str, tensorrt: bool, cache_dir: Path | None) -> l
         if kind == "auto" and not tensorrt:
             return ["CPUExecutionProvider"]
         raise ConfigError(
-            f"ONNX Runtime here has no {wanted} (it has {', '.join(ort.get_available_providers())}): it needs an "
-            "NVIDIA GPU and the GPU build: pip uninstall onnxruntime && pip install onnxruntime-gpu"
+            f"ONNX Runtime here has no {wanted} (it has {', '.join(ort.get_available_providers())}): {GPU_HINT}"
         )
+    preload_gpu_libraries(ort, tensorrt)
     options = {"device_id": int(index or 0)}
     cuda = ("CUDAExecutionProvider", options)
     if not tensorrt:
