@@ -34,7 +34,7 @@ def load_generator(
 
     `path`: a run directory, a `generator.safetensors` artifact, an exported `.onnx` file, an
     OpenVINO IR `.xml` (hetgan export/quantize), or the name of a generator shipped in the
-    package ("mnist", "mnist-conditional": `hetgan pretrained`) where no file or folder of that
+    package ("mnist", "mnist-conditional", "stacked-mnist": `hetgan pretrained`) where no file or folder of that
     name exists. `backend`: torch, onnxruntime, openvino or tensorrt; by default the one the file
     is for (torch for a run or a .safetensors). A run or artifact asked for on another backend is
     exported in memory first, with the same check as `hetgan export`. Every backend gives the same

@@ -3,8 +3,9 @@ mnist` answers right after `pip install`, with no training.
 
 Each is a `generator.safetensors` artifact (its config travels inside it, as any run's does) and a
 card, `NAME.json`: what it was trained on, the recipe and the command that trained it, its
-metrics and the date. `scripts/retrain_pretrained.py NAME` trains it again from the card and
-checks the metrics within their noise.
+metrics (and the sha256 of the file they were measured on) and the date.
+`scripts/retrain_pretrained.py NAME` trains it again from the card and checks the metrics within
+their noise.
 
     G = hetgan.load_generator("mnist")        # a name, where no file or folder of that name exists
     print(hetgan.pretrained_card("mnist"))    # hetgan pretrained mnist
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from hetgan.errors import HetganError
 
-NAMES = ("mnist", "mnist-conditional")
+NAMES = ("mnist", "mnist-conditional", "stacked-mnist")
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,11 @@ class Pretrained:
     preset: str  # how it was trained: `hetgan train --preset PRESET --seed SEED --set OVERRIDE ...`
     seed: int
     overrides: list[str]
-    metrics: dict  # name -> value, as `hetgan eval` computes them (5000 samples, seed 0)
+    metrics: dict  # name -> value, as `hetgan eval` computes them (n samples, seed 0)
     noise: dict  # name -> how far a retraining may land from the value (seeds, thread counts, CPUs)
     trained: str  # date and machine
+    sha256: str  # of the artifact the metrics were measured on (scripts/retrain_pretrained.py --install)
+    n: int = 5000  # samples scored: hetgan eval's default for the data (26,000 for Stacked MNIST)
 
     @property
     def command(self) -> str:
@@ -50,8 +53,9 @@ class Pretrained:
         return (
             f"# {self.name}\n\n{self.summary}\n\n"
             f"- **data**: {self.data}\n- **recipe**: {self.recipe}\n- **trained**: {self.trained}\n"
-            f"- **command**: `{self.command}`\n- **file**: {self.path} ({self.path.stat().st_size / 2**20:.1f} MiB)\n\n"
-            f"| metric (`hetgan eval`, 5000 samples) | value | a retraining lands within |\n| --- | ---: | ---: |\n"
+            f"- **command**: `{self.command}`\n- **file**: {self.path} "
+            f"({self.path.stat().st_size / 2**20:.1f} MiB, sha256 {self.sha256[:16]}...)\n\n"
+            f"| metric (`hetgan eval`, {self.n} samples) | value | a retraining lands within |\n| --- | ---: | ---: |\n"
             f"{rows}\n"
         )
 
