@@ -99,7 +99,7 @@ def test_the_stacked_card_is_the_shipped_generators():
     a G as uneven as PacGAN2 (KL 0.17 at 26,000) reads about 0.4, a collapsed one a few hundred modes."""
     model = pretrained("stacked-mnist")
     assert model.n == 26000 and model.metrics["classes_covered"] == 1000
-    result = hetgan.evaluate("stacked-mnist", n=2600, seed=0)
+    result = hetgan.evaluate("stacked-mnist", n=2600, seed=0, metrics=("classes",))  # no FID: no real features
     assert result["n_generated"] == 2600 and result["classes_covered"] >= 850
     assert result["kl_to_uniform"] <= 0.36
 

@@ -125,7 +125,11 @@ def test_maxout_unit_is_max_over_its_pieces():
 def test_resnet_runs_from_before_its_layer_list_resume_exactly(tmp_path):
     """tests/fixtures/resnet_split_parts: a resnet run checkpointed halfway by hetgan at commit
     67608c0, when G kept `linear`, `blocks`, `out` and D `blocks`, `head` apart, and the generator
-    of the same run trained without a stop. Resumed now, it must end at the same weights."""
+    of the same run trained without a stop. Resumed now, it must end at the same weights: the
+    parameters bit for bit. The BatchNorm running statistics are estimated again by a forward pass
+    when the generator is written, and its sums run in another order on a CPU of another vector
+    width (the fixture was made with AVX-512; AVX2 CPUs differ by one unit in the last place): within
+    float32 round-off, rtol 1e-5 (about 80 units of 2**-23)."""
     fixture = ROOT / "tests" / "fixtures" / "resnet_split_parts"
     old_keys = load_file(fixture / "uninterrupted.safetensors")
     assert {"linear.weight", "blocks.2.conv2.bias", "out.2.weight"} <= set(old_keys)  # the old layout
@@ -135,7 +139,10 @@ def test_resnet_runs_from_before_its_layer_list_resume_exactly(tmp_path):
     uninterrupted = load_generator(fixture / "uninterrupted.safetensors")
     assert "net.7.weight" in resumed.net.state_dict()
     for (name, a), b in zip(resumed.net.state_dict().items(), uninterrupted.net.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
+        if name.endswith(("running_mean", "running_var")):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8, msg=name)
+        else:
+            assert torch.equal(a, b), name
 
 
 def sn_pair(make):
