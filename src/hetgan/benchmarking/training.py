@@ -160,11 +160,26 @@ def flops_per_image(cfg: TrainConfig, data: Data | None = None) -> float:
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
-    """The device's dense matrix-product FLOP/s, measured on the spot with square products."""
-    n = 1024 if device.type == "cpu" else 4096  # large enough to fill an accelerator
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
+    """The device's dense matrix-product FLOP/s, measured on the spot with square products.
+
+    The products grow from 256 to the full size (1024 on a CPU, 4096 on an accelerator) while one
+    takes under a tenth of `seconds`: a dtype the device only emulates (bf16 on a CPU without bf16
+    units runs a 1024 product in seconds) is timed at the size the window allows, at the same
+    per-FLOP rate, instead of holding the caller for many windows."""
+    full = 1024 if device.type == "cpu" else 4096  # large enough to fill an accelerator
+    n = 256
+    while True:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b  # warm-up: kernels chosen, memory touched
+        synchronize([device])
+        start = time.perf_counter()
+        a @ b
+        synchronize([device])
+        if n >= full or time.perf_counter() - start > seconds / 10:
+            break
+        n *= 2
+    for _ in range(2):
         a @ b
     synchronize([device])
     count, start = 0, time.perf_counter()
