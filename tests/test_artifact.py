@@ -4,8 +4,9 @@ import torch
 from PIL import Image
 
 from hetgan import load_generator
-from hetgan.artifact import save_generator
+from hetgan.artifact import recalibrated_for, save_generator
 from hetgan.errors import CheckpointError, ConfigError, HetganError
+from hetgan.fileio import read_safetensors
 from hetgan.sample_files import write_samples
 from hetgan.training.loop import train
 from hetgan.training.trainer import Trainer
@@ -89,6 +90,29 @@ def test_recalibrated_batchnorm_is_deterministic_and_differs_from_g(tiny, tmp_pa
     bn = next(m for m in G.net.modules() if isinstance(m, torch.nn.BatchNorm2d))
     g_bn = next(m for m in t.G.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert not torch.equal(bn.running_mean, g_bn.running_mean)
+
+
+def test_the_trainer_recalibrates_once_per_step_and_writes_the_same_artifact(tiny, tmp_path):
+    """The grid, the evaluation and the artifact of one step share one recalibrated copy: it is the
+    copy `recalibrated_for` makes afresh, and the artifact written from it holds the tensors and
+    metadata `save_generator` writes from G_ema itself. A step or a loaded checkpoint makes a new one."""
+    t = Trainer(tiny)
+    for _ in range(2):
+        t.step()
+    first = t.recalibrated_G_ema()
+    assert t.recalibrated_G_ema() is first
+    fresh = recalibrated_for(t.G_ema, tiny)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), fresh.state_dict().values(), strict=True))
+    a = save_generator(t.G_ema, tiny, tmp_path / "a.safetensors")
+    b = save_generator(first, tiny, tmp_path / "b.safetensors", recalibrated=True)
+    (ta, ma), (tb, mb) = (read_safetensors(p, "artifact", "") for p in (a, b))
+    assert ma == mb and ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    tensors, meta = t.state()
+    t.step()
+    stepped = t.recalibrated_G_ema()
+    assert stepped is not first and not torch.equal(next(stepped.parameters()), next(first.parameters()))
+    t.load_state(tensors, meta)
+    assert t.recalibrated_G_ema() is not stepped
 
 
 def test_load_generator_rejects_other_files(tmp_path):

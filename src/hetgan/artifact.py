@@ -93,10 +93,13 @@ def recalibrated_for(G_ema: nn.Module, config: TrainConfig) -> nn.Module:
     )
 
 
-def save_generator(G_ema: nn.Module, config: TrainConfig, path: Path, run_id: str | None = None) -> Path:
+def save_generator(
+    G_ema: nn.Module, config: TrainConfig, path: Path, run_id: str | None = None, *, recalibrated: bool = False
+) -> Path:
     """Write the artifact atomically: recalibrated G_ema weights + config + version (+ the id of
-    the run that trained it, which exported models carry on)."""
-    G = recalibrated_for(G_ema, config)
+    the run that trained it, which exported models carry on). `recalibrated=True`: G_ema's
+    BatchNorm statistics are already re-estimated (`Trainer.recalibrated_G_ema`), written as they are."""
+    G = G_ema if recalibrated else recalibrated_for(G_ema, config)
     tensors = {k: v.detach().cpu().contiguous() for k, v in G.state_dict().items()}
     metadata = {
         "format": FORMAT,

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from hetgan.artifact import ARTIFACT_NAME, recalibrated_for, save_generator
+from hetgan.artifact import ARTIFACT_NAME, save_generator
 from hetgan.benchmarking.tune import tune
 from hetgan.config import RESUMABLE_FIELDS, TrainConfig, apply_overrides, load_yaml, to_dict
 from hetgan.data import Mixture, colour_warning, describe_data
@@ -452,7 +452,7 @@ def summary(record: dict) -> str:
 def save_grid(trainer: Trainer, run_dir: Path, name: str | None = None) -> torch.Tensor:
     """Samples of G_ema on the run's fixed z, so grids over time are comparable."""
     cfg = trainer.cfg
-    G = recalibrated_for(trainer.G_ema, cfg)
+    G = trainer.recalibrated_G_ema()
     n = 2500 if isinstance(trainer.data, Mixture) else cfg.train.grid_size
     K = cfg.model.n_classes
     per_class, y = None, None
@@ -490,7 +490,9 @@ def finish(trainer: Trainer, run_dir: Path) -> None:
     if trainer.dist.is_main:
         save_grid(trainer, run_dir, "final.png")
         make_plots(run_dir)
-        artifact = save_generator(trainer.G_ema, trainer.cfg, run_dir / ARTIFACT_NAME, run_dir.name)
+        artifact = save_generator(
+            trainer.recalibrated_G_ema(), trainer.cfg, run_dir / ARTIFACT_NAME, run_dir.name, recalibrated=True
+        )
         log.info(
             "done: %d steps, %.1f kimg, %d non-finite steps skipped; generator %s",
             trainer.step_count,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hetgan.artifact import TorchGenerator, recalibrated_for, save_generator
+from hetgan.artifact import TorchGenerator, save_generator
 from hetgan.data import Mixture
 from hetgan.eval.metrics import mean_pairwise_distance
 from hetgan.fileio import atomic_write_bytes, strict_json
@@ -145,7 +145,7 @@ class Monitor:
         cfg, t = self.trainer.cfg, self.trainer
         if self._evaluator is None:
             self._evaluator = evaluator_for(t)
-        G = TorchGenerator(recalibrated_for(t.G_ema, cfg), cfg)
+        G = TorchGenerator(t.recalibrated_G_ema(), cfg)
         n = 2500 if isinstance(t.data, Mixture) else cfg.train.eval_n  # PacGAN protocol for 2-D data
         result = self._evaluator(G, n)
         for warning in result.get("warnings", []):  # collapse and missing classes: an alarm, in the summary too
@@ -165,7 +165,8 @@ class Monitor:
             t = self.trainer
             tensors, meta = t.state()
             save_checkpoint(self.run_dir / "best", t.step_count, tensors, meta, keep=1)
-            save_generator(t.G_ema, t.cfg, self.run_dir / "generator-best.safetensors", self.run_dir.name)
+            best = self.run_dir / "generator-best.safetensors"
+            save_generator(t.recalibrated_G_ema(), t.cfg, best, self.run_dir.name, recalibrated=True)
             scores = {name: record[name] for name, _ in RANKINGS[ranking]}
             self.best = {"step": t.step_count, "kimg": record["kimg"], **scores, "metric": ranking}
             atomic_write_bytes(self.best_path, strict_json(self.best, indent=1).encode())

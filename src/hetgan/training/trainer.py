@@ -30,6 +30,7 @@ from hetgan.accel import (
     make_optimizer,
     to_channels_last,
 )
+from hetgan.artifact import recalibrated_for
 from hetgan.config import OptimConfig, TrainConfig, to_dict
 from hetgan.data import load_data, make_sampler, with_classes
 from hetgan.data.clusters import self_conditioned
@@ -146,6 +147,7 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self._uncounted: list[tuple[int, StepResult]] = []  # steps not yet counted by count_skipped()
+        self._recalibrated: tuple[int, nn.Module] | None = None  # (step, G_ema recalibrated at it)
 
     def _make_scalers(self) -> None:
         """fp16 loss scaling on each network's own device (its loss is moved there to be scaled)."""
@@ -197,6 +199,15 @@ class Trainer:
 
     def phase(self, name: str) -> contextlib.AbstractContextManager:
         return self.timer.phase(name) if self.timer else contextlib.nullcontext()
+
+    def recalibrated_G_ema(self) -> nn.Module:
+        """G_ema in eval mode with BatchNorm statistics re-estimated for its weights
+        (`hetgan.artifact.recalibrated_for`), as grids, evaluations and artifacts use it: made once
+        per step, since the grid, the evaluation and the artifact of one step would each run the
+        same fixed batches through the same weights. Read-only: callers must not change it."""
+        if self._recalibrated is None or self._recalibrated[0] != self.step_count:
+            self._recalibrated = (self.step_count, recalibrated_for(self.G_ema, self.cfg))
+        return self._recalibrated[1]
 
     # --- one iteration ------------------------------------------------------------------------
     def step(self) -> StepResult:
@@ -476,6 +487,7 @@ class Trainer:
         if self.loss.ada is not None and "ada" in meta:  # not when ADA was switched on at the resume
             self.loss.ada.load_state_dict(meta["ada"])
         self.step_count, self.nimg = meta["step"], meta["nimg"]
+        self._recalibrated = None  # G_ema's weights are the checkpoint's now
         self.nonfinite_total, self.nonfinite_in_row = meta["nonfinite_total"], meta["nonfinite_in_row"]
 
     def _restore_rng(self, state: torch.Tensor, saved_type: str | None, step: int) -> None:
