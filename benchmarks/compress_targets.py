@@ -231,7 +231,7 @@ def colour_case(folder: Path, out: Path, args) -> dict:
     cfg.train.snapshot_kimg = cfg.train.grid_kimg = args.colour_kimg / 4
     run = out / "shapes-teacher"
     if not (run / "generator.safetensors").exists():
-        train(cfg, out=run, resume="auto", progress=False)
+        train(cfg, out=run, resume="auto", progress=False).finished()
     return teacher_case("shapes64", run, out, args, evalnet)
 
 

@@ -50,7 +50,7 @@ CONDITIONAL_ACCURACY_BOUND = 0.95
 def timed_run(preset: str, out: Path, kimg: float, overrides: list[str] = ()) -> tuple[Path, float]:
     cfg = get_preset(preset)
     start = time.perf_counter()
-    run = train(cfg, out, overrides=[f"train.kimg={kimg}", *overrides], progress=False).run_dir
+    run = train(cfg, out, overrides=[f"train.kimg={kimg}", *overrides], progress=False).finished().run_dir
     return run, time.perf_counter() - start
 
 

@@ -68,7 +68,7 @@ def main() -> None:
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        run = hetgan.train(hetgan.get_preset("dcgan_mnist"), out=Path(tmp) / "run", progress=False).run_dir
+        run = hetgan.train(hetgan.get_preset("dcgan_mnist"), out=Path(tmp) / "run", progress=False).finished().run_dir
         hetgan_wall = time.perf_counter() - start
         G = hetgan.load_generator(run)
     rows = {

@@ -46,7 +46,7 @@ def trained(run: str | None, preset: str, kimg: float | None, out: Path) -> Path
         cfg.train.snapshot_kimg = cfg.train.grid_kimg = kimg
     cfg.accel.device = "cpu"
     print(f"training {preset} for {cfg.train.kimg} kimg into {target} ...", flush=True)
-    return hetgan.train(cfg, out=target, progress=False).run_dir
+    return hetgan.train(cfg, out=target, progress=False).finished().run_dir
 
 
 def verdicts(record: dict) -> list[str]:

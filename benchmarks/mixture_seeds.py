@@ -27,7 +27,7 @@ def train_and_score(preset: str, seed: int, overrides: list[str], threads: int) 
     cfg = apply_overrides(hetgan.get_preset(preset), [*overrides, f"seed={seed}", f"accel.threads={threads}"])
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        run = hetgan.train(cfg, out=Path(tmp) / "run", progress=False).run_dir
+        run = hetgan.train(cfg, out=Path(tmp) / "run", progress=False).finished().run_dir
         wall = time.perf_counter() - start
         r = evaluate(hetgan.load_generator(run), n=2500, seed=0)
     return {

@@ -61,7 +61,7 @@ def main() -> None:
         cfg = apply_overrides(hetgan.get_preset(args.preset), overrides)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            run = hetgan.train(cfg, out=Path(tmp) / "run", progress=False).run_dir
+            run = hetgan.train(cfg, out=Path(tmp) / "run", progress=False).finished().run_dir
             wall = time.perf_counter() - start
             r = evaluate(hetgan.load_generator(run), n=5000, metrics=("fid", "classes", "pr"))
         print(

@@ -40,7 +40,7 @@ def train_and_score(
     with tempfile.TemporaryDirectory() as tmp:
         out = (runs or Path(tmp)) / f"{variant}-seed{seed}"
         start = time.perf_counter()
-        run = hetgan.train(cfg, out=out, progress=False).run_dir
+        run = hetgan.train(cfg, out=out, progress=False).finished().run_dir
         wall = time.perf_counter() - start
         G = hetgan.load_generator(run)
         r = Evaluator(G.config, seed=0, max_real=real_n)(G, n)

@@ -48,7 +48,7 @@ def trained(preset: str, runs: Path, kimg: float | None = None) -> Path:
     shutil.rmtree(run, ignore_errors=True)
     overrides = [] if kimg is None else [f"train.kimg={kimg}"]
     print(f"training {preset}{'' if kimg is None else f' for {kimg:g} kimg'} into {run}", flush=True)
-    return hetgan.train(hetgan.get_preset(preset), out=run, overrides=overrides, progress=False).run_dir
+    return hetgan.train(hetgan.get_preset(preset), out=run, overrides=overrides, progress=False).finished().run_dir
 
 
 def samples(preset: str, out: Path, runs: Path, kimg: float | None = None) -> Path:

@@ -50,7 +50,7 @@ def main() -> int:
     cfg = apply_overrides(hetgan.get_preset(model.preset), [f"seed={model.seed}", *model.overrides, *shorter])
     print(f"{model.name}: {model.command} -> {out}", flush=True)
     start = time.perf_counter()
-    run = hetgan.train(cfg, out=out, progress=False).run_dir
+    run = hetgan.train(cfg, out=out, progress=False).finished().run_dir
     wall = time.perf_counter() - start
     result = hetgan.evaluate(hetgan.load_generator(run), n=args.n or model.n, seed=0)
     ok = True

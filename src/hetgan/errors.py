@@ -21,6 +21,11 @@ class TrainingDiverged(HetganError):
     """Too many non-finite losses in a row; the last good checkpoint is kept."""
 
 
+class TrainingStopped(HetganError):
+    """A run that a signal (Ctrl-C, SIGTERM) stopped before train.kimg, used as if it had finished
+    (`TrainResult.finished()`); its checkpoint is saved and `--resume` continues it."""
+
+
 class TuneError(HetganError):
     """`hetgan tune` has nothing sound to choose: the reference configuration itself fails."""
 

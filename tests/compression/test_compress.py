@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,9 @@ from hetgan.compression.search import Candidate, choose, pareto_front, search
 from hetgan.compression.student import prune_and_distil, student_config
 from hetgan.config import DistillConfig
 from hetgan.deploy.load import load_generator
-from hetgan.errors import CheckpointError, ConfigError, HetganError
+from hetgan.errors import CheckpointError, ConfigError, HetganError, TrainingStopped
 from hetgan.models import build_models
+from hetgan.training import loop
 from tests.conftest import tiny_config
 
 PIXEL_ONLY = DistillConfig(feature_weight=0.0, adversarial_weight=0.0)
@@ -101,11 +104,24 @@ def test_the_student_is_an_ordinary_artifact_that_exports(tmp_path, teacher):
 
 
 @pytest.mark.slow
-def test_an_interrupted_compression_resumes_exactly(tmp_path, teacher):
-    kw = {"prune": 0.5, "weights": DistillConfig(feature_weight=0.0), "progress": False}
-    whole = prune_and_distil(teacher, tmp_path / "whole", kimg=0.16, **kw)
-    prune_and_distil(teacher, tmp_path / "parts", kimg=0.08, **kw)
-    resumed = prune_and_distil(teacher, tmp_path / "parts", kimg=0.16, **kw)  # the same command, longer
+def test_an_interrupted_compression_resumes_exactly(tmp_path, teacher, monkeypatch):
+    """Ctrl-C during the student's training: the command stops with an error that says how to go on
+    (not with a half-trained student passed on as the result), and the same command again continues
+    it to what an uninterrupted run gives, bit for bit."""
+    kw = {"prune": 0.5, "weights": DistillConfig(feature_weight=0.0), "progress": False, "kimg": 0.16}
+    whole = prune_and_distil(teacher, tmp_path / "whole", **kw)
+    snapshot = loop.snapshot
+
+    def ctrl_c_at_the_first_checkpoint(trainer, run_dir):
+        monkeypatch.setattr(loop, "snapshot", snapshot)
+        os.kill(os.getpid(), signal.SIGINT)  # the loop's handler: stop after this step
+        snapshot(trainer, run_dir)
+
+    monkeypatch.setattr(loop, "snapshot", ctrl_c_at_the_first_checkpoint)
+    with pytest.raises(TrainingStopped, match="stopped by SIGINT at step .* run the same `hetgan compress` command"):
+        prune_and_distil(teacher, tmp_path / "parts", **kw)
+    assert not (tmp_path / "parts" / "student" / "generator.safetensors").exists()
+    resumed = prune_and_distil(teacher, tmp_path / "parts", **kw)  # the same command again
     a, b = load_file(whole.artifact), load_file(resumed.artifact)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "resumed from" in (resumed.run_dir / "log.txt").read_text()

@@ -13,12 +13,12 @@ from safetensors.torch import load_file
 
 from hetgan.config import OptimConfig, load_yaml
 from hetgan.deploy.load import load_generator
-from hetgan.errors import CheckpointError, HetganError, TrainingDiverged
+from hetgan.errors import CheckpointError, HetganError, TrainingDiverged, TrainingStopped
 from hetgan.presets import PRESETS
 from hetgan.report.html import build_report
 from hetgan.training import loop
 from hetgan.training.checkpoint import list_checkpoints, load_latest_checkpoint
-from hetgan.training.loop import train
+from hetgan.training.loop import TrainResult, train
 from hetgan.training.rundir import run_lock
 from hetgan.training.trainer import Trainer, flag_needs_host, lr_scale
 from tests.conftest import strict_loads, tiny_config
@@ -138,6 +138,19 @@ def test_a_signal_while_finishing_waits_for_the_final_outputs(tiny, tmp_path, mo
         signal.signal(signal.SIGINT, previous)
     assert result.stopped_by is None and "training finished" in result.summary()
     assert (result.run_dir / "generator.safetensors").is_file() and (result.run_dir / "plots" / "losses.png").is_file()
+
+
+def test_finished_passes_a_finished_run_and_refuses_a_stopped_one(tmp_path):
+    """`TrainResult.finished()`, for scripts that go on to score a run: a run a signal stopped is
+    an error that says how to continue it; a finished one (or one finished before) passes."""
+    done = TrainResult(tmp_path, steps=20, kimg=0.16, stopped_by=None, nonfinite_steps=0)
+    before = TrainResult(tmp_path, steps=20, kimg=0.16, stopped_by=None, nonfinite_steps=0, already_done=True)
+    assert done.finished() is done and before.finished() is before
+    stopped = TrainResult(tmp_path, steps=7, kimg=0.056, stopped_by="SIGTERM", nonfinite_steps=0)
+    with pytest.raises(
+        TrainingStopped, match=f"stopped by SIGTERM at step 7.*hetgan train --resume {re.escape(str(tmp_path))}"
+    ):
+        stopped.finished()
 
 
 def test_resuming_with_another_network_names_the_checkpoint_and_keeps_the_run(tiny, tmp_path):

@@ -23,7 +23,7 @@ from safetensors.torch import save as save_safetensors
 from hetgan.artifact import ARTIFACT_NAME, load_torch_generator
 from hetgan.compression.prune import macs, prune_generator, ratio_for_width, widths_of
 from hetgan.config import DistillConfig, TrainConfig, apply_overrides
-from hetgan.errors import ConfigError
+from hetgan.errors import ConfigError, TrainingStopped
 from hetgan.fileio import atomic_write_bytes, strict_json
 from hetgan.training.checkpoint import list_checkpoints
 from hetgan.training.loop import resumed_config, train
@@ -105,7 +105,12 @@ def prune_and_distil(
     )
     atomic_write_bytes(out / "compress.json", strict_json(record(student), indent=1).encode())
     cfg = apply_overrides(cfg, overrides or [])
-    train(cfg, out=student.run_dir, resume="auto", progress=progress)
+    result = train(cfg, out=student.run_dir, resume="auto", progress=progress)
+    if result.stopped_by:  # a half-trained student must not be scored, exported or searched on as trained
+        raise TrainingStopped(
+            f"{student.run_dir}: the student's training was stopped by {result.stopped_by} at step "
+            f"{result.steps}, its checkpoint saved; run the same `hetgan compress` command again to continue it"
+        )
     return student
 
 

@@ -23,7 +23,7 @@ from hetgan.artifact import ARTIFACT_NAME, save_generator
 from hetgan.benchmarking.tune import tune
 from hetgan.config import RESUMABLE_FIELDS, TrainConfig, apply_overrides, load_yaml, to_dict
 from hetgan.data import Mixture, colour_warning, describe_data
-from hetgan.errors import CheckpointError, HetganError
+from hetgan.errors import CheckpointError, HetganError, TrainingStopped
 from hetgan.generator import classes_in_turn
 from hetgan.placement import resolve_device
 from hetgan.report.plots import make_plots
@@ -68,6 +68,19 @@ class TrainResult:
     img_per_s: float | None = None  # real images per second over this call's steps, wall clock
     last_eval: dict | None = None  # the last evaluation during training (--eval-every), if any
     alarms: tuple[str, ...] = ()  # the monitor's alarms: collapse, a saturated D, blown-up losses
+
+    def finished(self) -> TrainResult:
+        """This result, if the run reached train.kimg (or had before: `already_done`); raises
+        `TrainingStopped` if a signal stopped it first. For code that goes on to use the run (to
+        evaluate it, compare it, record its figures), where a run stopped half way must not pass
+        for a trained one: `hetgan.train` itself returns normally after Ctrl-C, as the command does.
+
+        Example:
+            >>> run = hetgan.train(hetgan.get_preset("mlp_ring8"), out="runs/ring").finished().run_dir
+        """
+        if self.stopped_by:
+            raise TrainingStopped(f"{self.run_dir}: {self.summary()}")
+        return self
 
     def summary(self) -> str:
         if self.already_done:
