@@ -147,7 +147,7 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self._uncounted: list[tuple[int, StepResult]] = []  # steps not yet counted by count_skipped()
-        self._recalibrated: tuple[int, nn.Module] | None = None  # (step, G_ema recalibrated at it)
+        self._recalibrated: nn.Module | None = None  # G_ema recalibrated at this step; dropped by the next
 
     def _make_scalers(self) -> None:
         """fp16 loss scaling on each network's own device (its loss is moved there to be scaled)."""
@@ -205,9 +205,9 @@ class Trainer:
         (`hetgan.artifact.recalibrated_for`), as grids, evaluations and artifacts use it: made once
         per step, since the grid, the evaluation and the artifact of one step would each run the
         same fixed batches through the same weights. Read-only: callers must not change it."""
-        if self._recalibrated is None or self._recalibrated[0] != self.step_count:
-            self._recalibrated = (self.step_count, recalibrated_for(self.G_ema, self.cfg))
-        return self._recalibrated[1]
+        if self._recalibrated is None:
+            self._recalibrated = recalibrated_for(self.G_ema, self.cfg)
+        return self._recalibrated
 
     # --- one iteration ------------------------------------------------------------------------
     def step(self) -> StepResult:
@@ -220,6 +220,7 @@ class Trainer:
             self.iterate(result)
         self._adapt_augmentation(result)
         self.step_count += 1
+        self._recalibrated = None  # G_ema moved: a copy made for the last step must not outlive it
         self._uncounted.append((self.step_count, result))
         if not self.skip_on_device or len(self._uncounted) >= COUNT_EVERY:
             self.count_skipped()
