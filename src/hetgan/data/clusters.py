@@ -38,13 +38,15 @@ def kmeans(x: torch.Tensor, k: int, seed: int, iters: int = KMEANS_ITERS) -> tup
     empty takes the point farthest from its centre, so every one of the k is used."""
     g = torch.Generator().manual_seed(seed)
     centres = x[torch.randint(len(x), (1,), generator=g)]
+    nearest = torch.cdist(x, centres).flatten()  # each point's distance to its nearest centre so far
     for _ in range(k - 1):
-        d2 = torch.cdist(x, centres).min(1).values.square()  # each point's distance to its nearest centre
+        d2 = nearest.square()
         if d2.sum() > 0:
             pick = torch.multinomial(d2 / d2.sum(), 1, generator=g)
         else:  # every point sits on a centre already
             pick = torch.randint(len(x), (1,), generator=g)
         centres = torch.cat([centres, x[pick]])
+        nearest = torch.minimum(nearest, torch.cdist(x, x[pick]).flatten())  # only the new centre is new
     for _ in range(iters):
         dist = torch.cdist(x, centres)
         labels = dist.argmin(1)

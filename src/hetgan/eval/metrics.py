@@ -53,11 +53,22 @@ def kid(
     for _ in range(n_subsets):
         x = a[rng.choice(len(a), m, replace=False)]
         y = b[rng.choice(len(b), m, replace=False)]
-        kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+        kxx, kyy, kxy = _cubic_kernel(x, x, d), _cubic_kernel(y, y, d), _cubic_kernel(x, y, d)
         # Diagonal terms left out of the within-set sums: that is what makes the estimate unbiased.
         within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
         values.append(within - 2 * kxy.mean())
     return float(np.mean(values)), float(np.std(values))
+
+
+def _cubic_kernel(x: np.ndarray, y: np.ndarray, d: int) -> np.ndarray:
+    """(x @ y.T / d + 1) ** 3, in place and cubed by two products: numpy's ** 3 calls pow() on each
+    entry, which took half of KID's time (100 subsets of three 1000 x 1000 kernels)."""
+    t = x @ y.T
+    t /= d
+    t += 1
+    cube = t * t
+    cube *= t
+    return cube
 
 
 def _distances(a: np.ndarray, b: np.ndarray) -> torch.Tensor:
