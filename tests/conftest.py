@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,21 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def pytest_configure(config):
+    """One cache folder for the whole run (hetgan/eval/feature_cache.py: the real images'
+    features), shared by the workers and the processes the tests start, which inherit the
+    environment: the suite starts from an empty cache, as a fresh machine does, and neither reads
+    nor fills the user's ~/.cache/hetgan. Workers (config.workerinput) take the controller's."""
+    if not hasattr(config, "workerinput"):
+        config.hetgan_cache = tempfile.mkdtemp(prefix="hetgan-test-cache-")
+        os.environ["HETGAN_CACHE_DIR"] = config.hetgan_cache
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "hetgan_cache"):
+        shutil.rmtree(config.hetgan_cache, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -43,6 +43,25 @@ def test_kid_is_unbiased_and_fid_is_not():
     assert far > 10 * abs(np.mean(means))
 
 
+def test_kid_is_the_unbiased_mmd_of_the_cubic_kernel_written_out():
+    """KID against its definition written out pair by pair, on the same subsets: the kernel is
+    computed in place with two products instead of a power, a rounding or two per entry
+    (1e-16 each), so the two agree to far better than 1e-12."""
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(30, 5)), rng.normal(size=(40, 5)) + 0.3
+    m, d, values = 20, 5, []
+    pick = np.random.default_rng(7)
+    for _ in range(3):
+        x, y = a[pick.choice(30, m, replace=False)], b[pick.choice(40, m, replace=False)]
+        k = lambda u, v: (float(np.dot(u, v)) / d + 1) ** 3  # noqa: E731
+        xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+        yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+        xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+        values.append(xx + yy - 2 * xy)
+    mean, std = M.kid(a, b, n_subsets=3, subset_size=m, seed=7)
+    assert mean == pytest.approx(np.mean(values), rel=1e-12) and std == pytest.approx(np.std(values), rel=1e-9)
+
+
 def test_precision_recall_density_coverage_extremes():
     rng = np.random.default_rng(0)
     real = rng.normal(size=(300, 4))
@@ -171,28 +190,47 @@ def test_quality_warnings_say_collapse_and_missing_classes_or_modes():
     assert table[0] == f"WARNING: {collapse}" and table[1] == "feature space: digits" and "warnings" not in table[-1]
 
 
-def test_real_features_are_embedded_once_per_network_and_images(monkeypatch):
-    """Evaluators of the same data under the same network share one embedding of the real images;
-    other weights or other pixels compute afresh, and the shared array cannot be changed."""
+def test_real_features_are_embedded_once_per_network_and_images(monkeypatch, tmp_path):
+    """Evaluators of the same data under the same network share one embedding of the real images,
+    in one process and, through the disk cache, in the next; other weights or other pixels compute
+    afresh, and the shared array cannot be changed."""
+    import copy
+
     import numpy as np
     import torch
 
-    from hetgan.eval import score
+    from hetgan.eval import feature_cache, score
     from hetgan.eval.evalnet import EvalNet, EvalNetConfig
 
     embed, calls = score.real_features, []
     monkeypatch.setattr(score, "real_features", lambda net, images: calls.append(1) or embed(net, images))
-    monkeypatch.setattr(score, "REAL_FEATURE_CACHE", {})
+    monkeypatch.setenv("HETGAN_CACHE_DIR", str(tmp_path / "cache"))
+    feature_cache.forget_in_memory()
     torch.manual_seed(0)
     net = EvalNet(EvalNetConfig(width=4, feature_dim=8)).eval()
     images = np.random.default_rng(0).integers(0, 256, (20, 1, 32, 32), dtype=np.uint8)
     first = score.cached_real_features(net, images)
     assert np.array_equal(first, embed(net, images)) and not first.flags.writeable
     assert score.cached_real_features(net, images.copy()) is first and len(calls) == 1  # same pixels, same weights
+    feature_cache.forget_in_memory()  # as a new process: the features come from disk, bit for bit
+    [cached] = (tmp_path / "cache" / "real-features").glob("*.npy")
+    again = score.cached_real_features(net, images)
+    assert again is not first and np.array_equal(again, first) and len(calls) == 1 and not again.flags.writeable
     other = images.copy()
     other[0, 0, 0, 0] ^= 1
     assert score.cached_real_features(net, other) is not first and len(calls) == 2
+    weights = copy.deepcopy(net.state_dict())
     with torch.no_grad():
         net.head.weight[0, 0] += 1  # weights the features do not even use still make a new key
     score.cached_real_features(net, images)
-    assert len(calls) == 3
+    assert len(calls) == 3 and len(list(cached.parent.glob("*.npy"))) == 3
+    net.load_state_dict(weights)  # the first weights again: their file, cut short, is not trusted
+    cached.write_bytes(cached.read_bytes()[:100])
+    feature_cache.forget_in_memory()
+    assert np.array_equal(score.cached_real_features(net, images), first) and len(calls) == 4
+    feature_cache.forget_in_memory()
+    assert np.array_equal(score.cached_real_features(net, images), first) and len(calls) == 4  # rewritten whole
+    monkeypatch.setenv("HETGAN_CACHE_DIR", "off")  # in memory only
+    feature_cache.forget_in_memory()
+    score.cached_real_features(net, images)
+    assert len(calls) == 5 and len(list(cached.parent.glob("*.npy"))) == 3

@@ -211,15 +211,16 @@ def test_eval_during_training_needs_its_feature_network_before_the_run_begins(ti
 
 
 @pytest.mark.slow
-def test_a_finished_run_resumed_with_evaluation_computes_no_features(digits_run, monkeypatch):
+def test_a_finished_run_resumed_with_evaluation_computes_no_features(digits_run, monkeypatch, tmp_path):
     """The real images' features are computed at the first evaluation, not when the evaluator is
     made: resuming a finished run (nothing to do) spends nothing on them."""
-    from hetgan.eval import score
+    from hetgan.eval import feature_cache, score
 
     calls = []
     real_features = score.real_features
     monkeypatch.setattr(score, "real_features", lambda *a: calls.append(1) or real_features(*a))
-    monkeypatch.setattr(score, "REAL_FEATURE_CACHE", {})  # as in a fresh process
+    monkeypatch.setattr(feature_cache, "_memory", {})  # as in a fresh process, on a fresh machine
+    monkeypatch.setenv("HETGAN_CACHE_DIR", str(tmp_path / "cache"))
     assert train(resume=digits_run, progress=False).already_done and calls == []
     assert train(resume=digits_run, overrides=["train.kimg=0.12"], progress=False).kimg == pytest.approx(0.12)
     assert calls == [1]  # once, for the evaluation at 0.12 kimg

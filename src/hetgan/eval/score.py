@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from hetgan.deploy.load import generator_from
 from hetgan.errors import HetganError
 from hetgan.eval import metrics as M
 from hetgan.eval.evalnet import EvalNet, StackedDigits, chance_warning, load_evalnet
+from hetgan.eval.feature_cache import cached_features
 from hetgan.eval.inception import load_inception
 from hetgan.generator import SeededGenerator
 from hetgan.placement import resolve_device
@@ -42,32 +42,12 @@ def real_features(net: EvalNet, images_uint8: np.ndarray, batch_size: int = 1000
     return np.concatenate([net.embed(torch.from_numpy(b).float().div(127.5).sub(1))[0] for b in batches])
 
 
-REAL_FEATURE_CACHE: dict[str, np.ndarray] = {}  # newest last; a few entries of N x D float32
-REAL_FEATURE_CACHE_SIZE = 4
-
-
 def cached_real_features(net, images_uint8: np.ndarray) -> np.ndarray:
-    """`real_features`, remembered in this process for the same network weights and the same
-    images: every Evaluator of the same data (a search scoring each candidate, `compress`, a
-    notebook evaluating several runs) would otherwise embed all the real images again. The key
-    hashes the weights and the pixels, so any change to either computes afresh; the result is
-    read-only, shared by the evaluators that asked for it."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in net.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(str(images_uint8.shape).encode())
-    digest.update(np.ascontiguousarray(images_uint8).tobytes())
-    key = digest.hexdigest()
-    if key in REAL_FEATURE_CACHE:
-        REAL_FEATURE_CACHE[key] = REAL_FEATURE_CACHE.pop(key)  # the newest again
-        return REAL_FEATURE_CACHE[key]
-    features = real_features(net, images_uint8)
-    features.flags.writeable = False
-    REAL_FEATURE_CACHE[key] = features
-    while len(REAL_FEATURE_CACHE) > REAL_FEATURE_CACHE_SIZE:
-        REAL_FEATURE_CACHE.pop(next(iter(REAL_FEATURE_CACHE)))
-    return features
+    """`real_features`, computed once for the same network weights and the same images, in this
+    process and across processes (hetgan/eval/feature_cache.py): every Evaluator of the same data
+    (training's evaluations, a search scoring each candidate, `compress`, `hetgan eval` of several
+    runs) would otherwise embed all the real images again. Read-only."""
+    return cached_features(net, images_uint8, lambda: real_features(net, images_uint8))
 
 
 def is_stacked(config: TrainConfig) -> bool:
