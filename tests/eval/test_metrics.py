@@ -62,6 +62,38 @@ def test_kid_is_the_unbiased_mmd_of_the_cubic_kernel_written_out():
     assert mean == pytest.approx(np.mean(values), rel=1e-12) and std == pytest.approx(np.std(values), rel=1e-9)
 
 
+def test_the_feature_cache_keeps_the_newest_within_its_budget_and_lives_where_the_environment_says(
+    monkeypatch, tmp_path
+):
+    """Past DISK_BUDGET_BYTES the least recently used files go first (a read counts as a use); the
+    folder is $HETGAN_CACHE_DIR, else $XDG_CACHE_HOME/hetgan, else ~/.cache/hetgan."""
+    import os
+
+    from hetgan.eval import feature_cache
+
+    monkeypatch.setenv("HETGAN_CACHE_DIR", str(tmp_path / "c"))
+    net = torch.nn.Linear(2, 2)
+    arrays = {i: np.full((10, 4), i, np.float32) for i in range(4)}
+    images = {i: np.full((10, 1, 2, 2), i, np.uint8) for i in range(4)}
+    for i in range(3):
+        feature_cache.cached_features(net, images[i], lambda i=i: arrays[i])
+    folder = tmp_path / "c" / "real-features"
+    files = {i: folder / f"{feature_cache.feature_key(net, images[i])}.npy" for i in range(4)}
+    monkeypatch.setattr(feature_cache, "DISK_BUDGET_BYTES", 3 * files[0].stat().st_size)  # room for 3
+    for age, i in enumerate((0, 1, 2)):  # file 0 the oldest, by a second each
+        os.utime(files[i], (1000 + age, 1000 + age))
+    feature_cache.forget_in_memory()
+    feature_cache.cached_features(net, images[0], lambda: pytest.fail("on disk"))  # used: the newest again
+    feature_cache.cached_features(net, images[3], lambda: arrays[3])  # over budget: the oldest goes
+    assert {i for i, f in files.items() if f.exists()} == {0, 2, 3}
+    monkeypatch.delenv("HETGAN_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert feature_cache.hetgan_cache_dir() == tmp_path / "xdg" / "hetgan"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert feature_cache.hetgan_cache_dir() == tmp_path / "home" / ".cache" / "hetgan"
+
+
 def test_precision_recall_density_coverage_extremes():
     rng = np.random.default_rng(0)
     real = rng.normal(size=(300, 4))
@@ -224,13 +256,17 @@ def test_real_features_are_embedded_once_per_network_and_images(monkeypatch, tmp
         net.head.weight[0, 0] += 1  # weights the features do not even use still make a new key
     score.cached_real_features(net, images)
     assert len(calls) == 3 and len(list(cached.parent.glob("*.npy"))) == 3
-    net.load_state_dict(weights)  # the first weights again: their file, cut short, is not trusted
-    cached.write_bytes(cached.read_bytes()[:100])
-    feature_cache.forget_in_memory()
-    assert np.array_equal(score.cached_real_features(net, images), first) and len(calls) == 4
-    feature_cache.forget_in_memory()
-    assert np.array_equal(score.cached_real_features(net, images), first) and len(calls) == 4  # rewritten whole
+    net.load_state_dict(weights)  # the first weights again: their file, cut short or empty, is not trusted
+    for broken in (cached.read_bytes()[:100], b""):
+        cached.write_bytes(broken)
+        feature_cache.forget_in_memory()
+        computed = len(calls)
+        assert np.array_equal(score.cached_real_features(net, images), first) and len(calls) == computed + 1
+        feature_cache.forget_in_memory()
+        assert (
+            np.array_equal(score.cached_real_features(net, images), first) and len(calls) == computed + 1
+        )  # rewritten
     monkeypatch.setenv("HETGAN_CACHE_DIR", "off")  # in memory only
     feature_cache.forget_in_memory()
     score.cached_real_features(net, images)
-    assert len(calls) == 5 and len(list(cached.parent.glob("*.npy"))) == 3
+    assert len(calls) == 6 and len(list(cached.parent.glob("*.npy"))) == 3

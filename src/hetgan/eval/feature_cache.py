@@ -93,7 +93,7 @@ def _read(path: Path, rows: int) -> np.ndarray | None:
         features = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError) as e:  # cut short, not an .npy, an object array
         log.warning("the cached real features %s cannot be read (%s); computing them again", path, e)
         return None
     if features.dtype != np.float32 or features.ndim != 2 or len(features) != rows:
