@@ -118,9 +118,15 @@ def _write(path: Path, features: np.ndarray) -> None:
 
 
 def _trim(folder: Path, keep: Path) -> None:
-    files = sorted(folder.glob("*.npy"), key=lambda p: p.stat().st_mtime, reverse=True)  # newest first
+    entries = []
+    for f in folder.glob("*.npy"):
+        try:
+            stat = f.stat()
+        except FileNotFoundError:  # another process trimmed it first
+            continue
+        entries.append((stat.st_mtime, stat.st_size, f))
     total = 0
-    for f in files:
-        total += f.stat().st_size
+    for _, size, f in sorted(entries, key=lambda e: e[0], reverse=True):  # newest first
+        total += size
         if total > DISK_BUDGET_BYTES and f != keep:
             f.unlink(missing_ok=True)
