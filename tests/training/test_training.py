@@ -40,7 +40,7 @@ def test_run_directory_layout(tiny, tmp_path):
     assert (run / "generator.safetensors").is_file()
 
 
-def test_api_prints_nothing_and_run_training_reports_the_outcome(tiny, tmp_path, capsys):
+def test_train_prints_nothing_and_its_result_reports_the_outcome(tiny, tmp_path, capsys):
     result = train(tiny, out=tmp_path / "run", progress=False)
     assert capsys.readouterr().out == ""  # a library call leaves stdout to its caller
     assert result.stopped_by is None and result.steps == 20 and result.kimg == pytest.approx(0.16)  # 160 / batch 8
