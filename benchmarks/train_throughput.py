@@ -110,7 +110,8 @@ def main() -> None:
         print(f"{name:<52}{statistics.median(values):>13.1f}{ratio_spread(values, img_s[0]):>32}")
 
     tb_flops, hg_flops = textbook_flops_per_image(cfg, plain), flops_per_image(cfg, plain.data)
-    peak, peak_dtype = device_peak(device, tuning.config.accel.precision)  # the faster of fp32 and tuned's
+    # The faster of fp32 and tuned's precision, each timed for one window (a second at most).
+    peak, peak_dtype = device_peak(device, tuning.config.accel.precision, min(1.0, args.seconds))
     medians = [statistics.median(v) for v in img_s]
     print(
         f"FLOPs per image: textbook {tb_flops / 1e6:.1f} M, hetgan {hg_flops / 1e6:.1f} M "

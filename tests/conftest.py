@@ -118,12 +118,6 @@ def run_benchmark(name: str, *args: str, timeout: float = 300) -> str:
     return done.stdout
 
 
-def hetgan_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`python -m hetgan ARGS` as a user would run it, from the repository root, with its output."""
-    cmd = [sys.executable, "-m", "hetgan", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
-
-
 def strict_loads(text: str):
     """json.loads that fails on Python's non-standard NaN and Infinity, as jq or JavaScript would."""
     return json.loads(text, parse_constant=lambda token: pytest.fail(f"non-standard JSON: {token}"))

@@ -79,7 +79,7 @@ def test_share_of_peak_is_against_the_fastest_dtype_the_run_uses(monkeypatch):
     from hetgan.benchmarking import training as bench
 
     measured = {torch.float32: 100.0, torch.bfloat16: 5.0, torch.float16: 300.0}
-    monkeypatch.setattr(bench, "matmul_peak", lambda device, dtype: measured[dtype])
+    monkeypatch.setattr(bench, "matmul_peak", lambda device, dtype, seconds: measured[dtype])
     cpu = torch.device("cpu")
     assert bench.device_peak(cpu, "bf16") == (100.0, "fp32")
     assert bench.device_peak(cpu, "fp16") == (300.0, "fp16")

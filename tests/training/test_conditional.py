@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hetgan.artifact import TorchGenerator, load_torch_generator, save_generator
+from hetgan.cli import main
 from hetgan.config import TrainConfig
 from hetgan.data import load_data, with_classes
 from hetgan.deploy.load import load_generator
@@ -20,7 +21,7 @@ from hetgan.generator import SeededGenerator
 from hetgan.models import build_models
 from hetgan.training.loop import train
 from hetgan.training.trainer import Trainer
-from tests.conftest import hetgan_cli, tiny_config
+from tests.conftest import tiny_config
 from tests.serving.server_process import server
 
 
@@ -147,20 +148,19 @@ def test_sample_by_class_name_or_index(cgan):
         G.sample(3, labels=[0, 1])
 
 
-def test_an_unconditional_generator_refuses_labels(tiny, tmp_path):
+def test_an_unconditional_generator_refuses_labels(tiny, tmp_path, capsys):
     G, _ = build_models(tiny)
     path = save_generator(G, tiny, tmp_path / "g.safetensors")
     with pytest.raises(HetganError, match="unconditional"):
         load_generator(path).sample(2, labels=0)
-    done = hetgan_cli("sample", "--artifact", str(path), "--per-class", "2", "--out", str(tmp_path / "x.png"))
-    assert done.returncode == 2 and "need a conditional generator" in done.stderr
+    assert main(["sample", "--artifact", str(path), "--per-class", "2", "--out", str(tmp_path / "x.png")]) == 2
+    assert "need a conditional generator" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_per_class_samples_as_a_folder_that_reads_back_with_its_labels(cgan, tmp_path):
+def test_per_class_samples_as_a_folder_that_reads_back_with_its_labels(cgan, tmp_path, capsys):
     out = tmp_path / "synthetic"
-    done = hetgan_cli("sample", "--artifact", str(cgan), "--per-class", "3", "--out", f"{out}/")
-    assert done.returncode == 0, done.stderr
+    assert main(["sample", "--artifact", str(cgan), "--per-class", "3", "--out", f"{out}/"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["cat", "dog", "eel"]
     cfg = TrainConfig()
     cfg.data.spec = f"folder:{out}"
@@ -169,26 +169,22 @@ def test_per_class_samples_as_a_folder_that_reads_back_with_its_labels(cgan, tmp
     G = load_generator(cgan)
     want = (G.sample(9, seed=0, labels=np.repeat([0, 1, 2], 3).tolist()) + 1) * 127.5
     assert np.abs(data.images[3:6].astype(float) - want[3:6].round().numpy()).max() <= 1  # the dogs
-    again = hetgan_cli("sample", "--artifact", str(cgan), "--per-class", "3", "--out", f"{out}/")
-    assert again.returncode == 2 and "already holds 9 samples" in again.stderr
-    more = hetgan_cli("sample", "--artifact", str(cgan), "--class", "eel", "--n", "2", "--out", f"{out}/", "--append")
-    assert more.returncode == 0, more.stderr
+    capsys.readouterr()
+    assert main(["sample", "--artifact", str(cgan), "--per-class", "3", "--out", f"{out}/"]) == 2
+    assert "already holds 9 samples" in capsys.readouterr().err
+    assert main(["sample", "--artifact", str(cgan), "--class", "eel", "--n", "2", "--out", f"{out}/", "--append"]) == 0
     assert sorted(p.name for p in (out / "eel").iterdir())[-1] == "00004.png"
 
 
 @pytest.mark.slow
 def test_npz_and_grid_carry_the_classes(cgan, tmp_path):
     npz = tmp_path / "s.npz"
-    assert (
-        hetgan_cli(
-            "sample", "--artifact", str(cgan), "--class", "dog", "--class", "0", "--n", "4", "--out", str(npz)
-        ).returncode
-        == 0
-    )
+    classes = ["--class", "dog", "--class", "0"]
+    assert main(["sample", "--artifact", str(cgan), *classes, "--n", "4", "--out", str(npz)]) == 0
     with np.load(npz) as f:
         assert f["labels"].tolist() == [1, 0, 1, 0] and f["class_names"].tolist() == ["cat", "dog", "eel"]
     grid = tmp_path / "g.png"
-    assert hetgan_cli("sample", "--artifact", str(cgan), "--per-class", "5", "--out", str(grid)).returncode == 0
+    assert main(["sample", "--artifact", str(cgan), "--per-class", "5", "--out", str(grid)]) == 0
     from PIL import Image
 
     assert Image.open(grid).size == (5 * 34 + 2, 3 * 34 + 2)  # a row per class
@@ -302,9 +298,8 @@ def test_compress_prunes_and_distils_a_conditional_teacher(labelled_npz, tmp_pat
 @pytest.mark.slow
 def test_the_conditional_preset_trains_from_the_cli(tmp_path):
     run = tmp_path / "run"
-    done = hetgan_cli("train", "--preset", "cdcgan_mnist", "--kimg", "0.26", "--out", str(run), "--no-progress",
-                      "--set", "model.width=8")  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    args = ["train", "--preset", "cdcgan_mnist", "--kimg", "0.26", "--out", str(run), "--no-progress"]
+    assert main([*args, "--set", "model.width=8"]) == 0
     G = load_generator(run)
     assert G.n_classes == 10 and G.class_names == [str(i) for i in range(10)]
     assert "10 classes, 32x32 grayscale (stored 28x28, centre-cropped" in (run / "log.txt").read_text()

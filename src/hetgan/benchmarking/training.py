@@ -190,22 +190,22 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) 
     return 2 * n**3 * count / (time.perf_counter() - start)
 
 
-def device_peak(device: torch.device, precision: str) -> tuple[float, str]:
+def device_peak(device: torch.device, precision: str, seconds: float = 1.0) -> tuple[float, str]:
     """(FLOP/s, dtype name) of the fastest dense matrix product the device runs in the dtypes a
     run at `precision` uses: fp32 always, since autocast keeps some ops in fp32, and bf16 or fp16
     when asked for. On a CPU without bf16/fp16 units those products are far slower than fp32, and
-    a share of their peak alone would exceed 100 %."""
-    peaks = {"fp32": matmul_peak(device, torch.float32)}
+    a share of their peak alone would exceed 100 %. Each dtype is timed for `seconds`."""
+    peaks = {"fp32": matmul_peak(device, torch.float32, seconds)}
     if precision != "fp32":
-        peaks[precision] = matmul_peak(device, DTYPES[precision])
+        peaks[precision] = matmul_peak(device, DTYPES[precision], seconds)
     best = max(peaks, key=peaks.get)
     return peaks[best], best
 
 
-def devices_peak(devices, precision: str) -> dict[str, tuple[float, str]]:
+def devices_peak(devices, precision: str, seconds: float = 1.0) -> dict[str, tuple[float, str]]:
     """{device: device_peak} for every device G and D use. With G and D on different devices the
     step can keep all of them busy, so a run's share of peak is taken against their sum."""
-    return {str(d): device_peak(d, precision) for d in sorted(devices, key=str)}
+    return {str(d): device_peak(d, precision, seconds) for d in sorted(devices, key=str)}
 
 
 def reset_peak_memory(trainer: Trainer) -> None:
@@ -298,7 +298,8 @@ def measure(trainer: Trainer, seconds: float, textbook: bool, rounds: int) -> di
     phases = phase_breakdown(trainer)
     memory = peak_memory(trainer)
     flops = flops_per_image(cfg, trainer.data)
-    peaks = devices_peak(trainer_devices(trainer), cfg.accel.precision)
+    # The probe runs for one timing window, a second at most: a short bench stays short.
+    peaks = devices_peak(trainer_devices(trainer), cfg.accel.precision, min(1.0, seconds / rounds))
     peak = sum(flop_s for flop_s, _ in peaks.values())
     peak_dtype = ", ".join(sorted({dtype for _, dtype in peaks.values()}))
     result = {
