@@ -90,7 +90,7 @@ def test_share_of_peak_counts_every_device_g_and_d_use(monkeypatch):
     from hetgan.benchmarking import training as bench
 
     measured = {"cpu": (130e9, "fp32"), "cuda:0": (900e12, "bf16")}
-    monkeypatch.setattr(bench, "device_peak", lambda device, precision: measured[str(device)])
+    monkeypatch.setattr(bench, "device_peak", lambda device, precision, seconds: measured[str(device)])
     peaks = bench.devices_peak({torch.device("cuda:0"), torch.device("cpu")}, "bf16")
     assert peaks == {"cpu": measured["cpu"], "cuda:0": measured["cuda:0"]}
     report = {
