@@ -3,6 +3,7 @@
 import json
 import logging
 import sys
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -148,16 +149,38 @@ def test_exports_are_checked_and_the_unoptimised_graph_is_the_fallback(tmp_path,
         return model
 
     monkeypatch.setattr(E, "trace_onnx", broken_when_optimised)
+    monkeypatch.setattr(E, "_verified", OrderedDict())  # traced here, not an earlier export of this G
     with caplog.at_level(logging.WARNING, logger="hetgan"):
         result = E.export(G, "onnx", tmp_path / "g.onnx")
     assert "failed its check" in caplog.text and result.check.max_abs_error <= E.TOLERANCE
     assert (load_generator(tmp_path / "g.onnx").sample(8) - G.sample(8)).abs().max() <= E.TOLERANCE
 
     monkeypatch.setattr(E, "trace_onnx", lambda G, optimize, target="onnxruntime": broken_when_optimised(G, True))
+    E._verified.clear()  # the export above is remembered: forget it, so that this one is traced
     (tmp_path / "old.onnx").write_bytes(b"the previous export")
     with pytest.raises(ExportError, match="does not match PyTorch.*max abs error.*Nothing was written"):
         E.export(G, "onnx", tmp_path / "old.onnx", overwrite=True)  # asked to replace it, but the check fails
     assert (tmp_path / "old.onnx").read_bytes() == b"the previous export"
+
+
+def test_an_export_is_traced_once_per_process_until_a_weight_changes(tmp_path, digits_npz, monkeypatch):
+    """export, then a runtime loaded from the artifact (as bench --deploy and serve do): one trace
+    for each target. A changed weight, or another target, is traced anew."""
+    G = load_generator(artifact(tmp_path, digits_npz, "mlp", "ring8", 1, 32))
+    traced, trace = [], E.trace_onnx
+    monkeypatch.setattr(E, "trace_onnx", lambda G, opt, target: traced.append(target) or trace(G, opt, target))
+    monkeypatch.setattr(E, "_verified", OrderedDict())
+    E.export(G, "onnx", tmp_path / "a.onnx")
+    E.export(G, "onnx", tmp_path / "b.onnx")
+    runtime = load_generator(tmp_path / "g.safetensors", backend="onnxruntime")
+    assert traced == ["onnxruntime"] and (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert torch.equal(runtime.sample(4, seed=1), load_generator(tmp_path / "a.onnx").sample(4, seed=1))
+    E.export(G, "openvino", tmp_path / "g.xml")
+    with torch.no_grad():
+        next(G.net.parameters())[0] += 1.0
+    E.export(G, "onnx", tmp_path / "c.onnx")
+    assert traced == ["onnxruntime", "openvino", "onnxruntime"]
+    assert (tmp_path / "c.onnx").read_bytes() != (tmp_path / "a.onnx").read_bytes()
 
 
 @pytest.mark.slow

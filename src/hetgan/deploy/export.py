@@ -19,6 +19,7 @@ that fails the check is exported again without the exporter's graph optimisation
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -26,6 +27,7 @@ import math
 import os
 import shutil
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,13 +171,46 @@ def trace_onnx(G: TorchGenerator, optimize: bool, target: str = "onnxruntime"):
     return proto
 
 
+# The newest verified exports of this process (onnx_with_check), by what they are made from: a
+# generator exported and then quantised, or a run put on a runtime twice (bench --deploy, a serving
+# process, a test session), is traced once. Each trace takes seconds; each entry is the model's size.
+VERIFIED_KEEP = 4
+VERIFIED_MAX_BYTES = 64 * 2**20  # a larger model is traced again rather than held twice in memory
+_verified: OrderedDict[str, tuple[bytes, Check]] = OrderedDict()
+
+
+def export_key(G: TorchGenerator, target: str, tolerance: float) -> str:
+    """A digest of everything an export of G depends on: every weight and buffer of its network
+    (names, dtypes, shapes, bytes), what the file says about itself, the target and the tolerance."""
+    digest = hashlib.sha256(json.dumps([target, tolerance, sorted(metadata(G).items())]).encode())
+    for name, tensor in G.net.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def onnx_with_check(
     G: TorchGenerator, target: str = "onnxruntime", tolerance: float = TOLERANCE
 ) -> tuple[bytes, Check]:
     """The verified ONNX bytes of G, for the `target` runtime (onnxruntime, openvino, or
     openvino-int8: the graph NNCF quantises), and their
     check in ONNX Runtime; with the exporter's graph optimisation, or without it when the
-    optimised graph fails the check."""
+    optimised graph fails the check. The same G, target and tolerance again in this process
+    gives the same bytes and check without tracing again (`_verified`)."""
+    key = export_key(G, target, tolerance)
+    if key in _verified:
+        _verified.move_to_end(key)
+        return _verified[key]
+    data, check = _trace_and_check(G, target, tolerance)
+    if len(data) <= VERIFIED_MAX_BYTES:
+        _verified[key] = data, check
+        while len(_verified) > VERIFIED_KEEP:
+            _verified.popitem(last=False)
+    return data, check
+
+
+def _trace_and_check(G: TorchGenerator, target: str, tolerance: float) -> tuple[bytes, Check]:
     failures = []
     for optimize in (True, False):
         data = trace_onnx(G, optimize, target).SerializeToString()
