@@ -116,11 +116,11 @@ fi
 # G on the GPU with D on the CPU, the reverse, and split networks, against all on the GPU.
 if want placement; then
     run placement "$py" benchmarks/placement_layouts.py --device "$device" --rounds "$rounds" \
-        --seconds "$secs" --width "$width"
+        --seconds "$secs" --width "$width" --json "$out/placement.json"
 fi
 if want placement_resnet; then
     run placement_resnet "$py" benchmarks/placement_layouts.py --device "$device" --rounds "$rounds" \
-        --seconds "$secs" --width "$width" --preset resnet_cifar10
+        --seconds "$secs" --width "$width" --preset resnet_cifar10 --json "$out/placement_resnet.json"
 fi
 if want overlap; then
     run overlap "$py" benchmarks/loader_overlap.py --device "$device" --rounds "$rounds" --seconds "$secs" \

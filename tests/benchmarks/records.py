@@ -20,3 +20,18 @@ def assert_timed_against(setups: dict[str, dict], reference: str, rounds: int) -
         ratios = sorted(v / r for v, r in zip(s["rounds"], ref, strict=True))
         assert s["ratio"]["min"] == pytest.approx(ratios[0]) and s["ratio"]["max"] == pytest.approx(ratios[-1]), name
         assert ratios[0] <= s["ratio"]["median"] <= ratios[-1], name
+
+
+def assert_placement_layouts(record: dict, rounds: int) -> None:
+    """benchmarks/placement_layouts.py's record on a CPU: every layout, in order, each with G and
+    D on the CPU, timed against all on one device."""
+    layouts = record["layouts"]
+    assert list(layouts) == [
+        "all on cpu",
+        "G on cpu, D on cpu",
+        "D on cpu, G on cpu",
+        "D split: convs on cpu, head on cpu",
+        "G split: stem on cpu, rest on cpu",
+    ]
+    assert all(layout["G"] == layout["D"] == ["cpu"] for layout in layouts.values())
+    assert_timed_against(layouts, "all on cpu", rounds=rounds)

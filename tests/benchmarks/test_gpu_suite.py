@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.benchmarks.records import assert_timed_against
+from tests.benchmarks.records import assert_placement_layouts, assert_timed_against
 from tests.conftest import ROOT
 
 
@@ -28,7 +28,7 @@ def test_gpu_suite_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
     assert done.returncode == 0
     outputs = {p.name for p in (tmp_path / "ok").iterdir()}
     benches = {"bench_bf16_b8": (8, 8), "bench_bf16_b16": (16, 8), "bench_bf16_wide": (16, 16)}
-    steps = {"train_throughput.txt", "train_throughput.json", "step_knobs.txt", "placement.txt"}
+    steps = {"train_throughput.txt", "train_throughput.json", "step_knobs.txt", "placement.txt", "placement.json"}
     assert outputs == steps | {f"{b}.{e}" for b in benches for e in ("txt", "json")}
     for name, (batch, width) in benches.items():
         [row] = json.loads((tmp_path / "ok" / f"{name}.json").read_text())
@@ -39,6 +39,7 @@ def test_gpu_suite_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
     flops = throughput["flops_per_image"]  # hetgan skips D's weight gradients in the G step
     assert 0 < flops["hetgan"] < flops["textbook"] and throughput["peak_flop_s"] > 0
     assert "plain (fp32, eager)" in (tmp_path / "ok" / "step_knobs.txt").read_text()
+    assert_placement_layouts(json.loads((tmp_path / "ok" / "placement.json").read_text()), rounds=1)
 
 
 @pytest.mark.slow
