@@ -24,6 +24,22 @@ def test_bundled_mnist5k():
     assert np.bincount(data.labels).tolist() == [500] * 10
 
 
+def test_the_bundled_digits_are_resized_once_per_size_and_each_caller_gets_a_copy():
+    from hetgan.data.sources import _mnist5k_at
+
+    first = load_data(cfg("mnist5k", resolution=24))
+    before = _mnist5k_at.cache_info()
+    second = load_data(cfg("mnist5k", resolution=24))
+    assert _mnist5k_at.cache_info().hits == before.hits + 1 and _mnist5k_at.cache_info().misses == before.misses
+    assert np.array_equal(first.images, second.images) and first.images.shape == (5000, 1, 24, 24)
+    first.images[:] = 0
+    first.labels[:] = 0
+    first.class_names.append("x")
+    third = load_data(cfg("mnist5k", resolution=24))
+    assert np.array_equal(third.images, second.images) and third.images.any()  # nobody's change shows
+    assert np.bincount(third.labels).tolist() == [500] * 10 and len(third.class_names) == 10
+
+
 def test_npz_hwc_rgb_to_gray_and_resize(tmp_path):
     images = np.zeros((3, 40, 60, 3), dtype=np.uint8)
     images[:, :, 10:50] = 255  # exactly the centre square: the crop must keep only white

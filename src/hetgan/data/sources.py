@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import gzip
 import math
 import os
@@ -121,6 +122,18 @@ def is_mixture_spec(spec: str) -> bool:
 
 @DATASETS.register("mnist5k")
 def read_mnist5k(arg: str, cfg: DataConfig) -> ImageData:
+    """The bundled digits at the config's resolution and channels: a copy of the process's one
+    conversion for that size (`_mnist5k_at`), so a caller may change its arrays."""
+    data = _mnist5k_at(cfg.resolution, cfg.channels)
+    copies = {"images": data.images.copy(), "labels": data.labels.copy(), "class_names": list(data.class_names)}
+    return dataclasses.replace(data, **copies, device_copies={})
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist5k_at(resolution: int, channels: int) -> ImageData:
+    """The package's digits (28x28, never changed) resized with Lanczos, about a second for the
+    5000: once per size in a process that loads them for every run, evaluator and trainer."""
+    cfg = DataConfig(spec="mnist5k", resolution=resolution, channels=channels)
     with resources.files("hetgan.data").joinpath("mnist_5k.npz").open("rb") as f:
         return _read_npz_arrays(np.load(f, allow_pickle=False), cfg, "mnist5k")  # labels 0..9: their names
 
