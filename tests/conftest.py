@@ -155,12 +155,27 @@ def assert_train_alike(a, b, steps: int) -> None:
         assert torch.equal(x, y)
 
 
+@pytest.fixture(scope="session")
+def trained_teacher(tmp_path_factory):
+    """A tiny dcgan run, width 8 (widths [32, 16, 8]), on 128 random digits, trained once for the
+    whole suite; tests take a copy (`teacher`)."""
+
+    def build(folder: Path) -> Path:
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        images, labels = rng.integers(0, 256, (128, 28, 28), dtype=np.uint8), rng.integers(0, 10, 128)
+        np.savez(folder / "digits.npz", images=images, labels=labels.astype(np.uint8))
+        cfg = tiny_config(f"npz:{folder / 'digits.npz'}")
+        cfg.model.width = 8
+        return train(cfg, out=folder / "teacher", progress=False).run_dir
+
+    return once_per_suite(tmp_path_factory, "teacher", build)
+
+
 @pytest.fixture
-def teacher(tmp_path, digits_npz):
-    """A tiny dcgan run, width 8 (widths [32, 16, 8])."""
-    cfg = tiny_config(f"npz:{digits_npz}")
-    cfg.model.width = 8
-    return train(cfg, out=tmp_path / "teacher", progress=False).run_dir
+def teacher(trained_teacher, tmp_path):
+    """Each test's own copy of the tiny teacher run, which it may compress, resume or change."""
+    return Path(shutil.copytree(trained_teacher, tmp_path / "teacher"))
 
 
 def once_per_suite(tmp_path_factory, name: str, build) -> Path:

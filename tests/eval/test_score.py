@@ -3,6 +3,7 @@ import math
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,15 +24,20 @@ from hetgan.report.html import build_report
 from hetgan.training.loop import train
 from hetgan.training.monitor import Monitor, rank
 from hetgan.training.trainer import Trainer
-from tests.conftest import CHROMIUM, CHROMIUM_FLAGS, GPU, strict_loads, tiny_config
+from tests.conftest import CHROMIUM, CHROMIUM_FLAGS, GPU, once_per_suite, strict_loads, tiny_config
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained_digits_run(tmp_path_factory):
-    """A tiny run on the bundled digits with evaluation during training, trained once (about 14 s)."""
-    cfg = tiny_config("mnist5k")
-    cfg.train.kimg, cfg.train.eval_kimg, cfg.train.eval_n = 0.08, 0.04, 200
-    return train(cfg, out=tmp_path_factory.mktemp("digits") / "run", progress=False).run_dir
+    """A tiny run on the bundled digits with evaluation during training, trained once for the
+    whole suite (about 14 s), also when pytest-xdist spreads this file's tests over its workers."""
+
+    def build(folder: Path) -> Path:
+        cfg = tiny_config("mnist5k")
+        cfg.train.kimg, cfg.train.eval_kimg, cfg.train.eval_n = 0.08, 0.04, 200
+        return train(cfg, out=folder / "run", progress=False).run_dir
+
+    return once_per_suite(tmp_path_factory, "trained_digits_run", build)
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from hetgan.shard import Shard
 from hetgan.training.loop import train
 from hetgan.training.rundir import write_config
 from hetgan.training.trainer import Trainer
-from tests.conftest import GPU, ROOT, run_benchmark, tiny_config
+from tests.conftest import GPU, ROOT, once_per_suite, run_benchmark, tiny_config
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 WORKER = ROOT / "tests" / "training" / "distributed_worker.py"
@@ -292,22 +292,29 @@ def assert_bitwise(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> No
     assert not differ, differ[:5]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def two_rank_run(tmp_path_factory) -> Path:
-    """An uninterrupted 2-rank run, the reference of the restart and rendezvous tests."""
-    out = tmp_path_factory.mktemp("dp") / "reference"
-    torchrun(*launch(out, nproc=2), "--resume", "auto")
-    return out
+    """An uninterrupted 2-rank run, the reference of the restart and rendezvous tests (once for
+    the suite; they only read it)."""
+
+    def build(out: Path) -> Path:
+        torchrun(*launch(out, nproc=2), "--resume", "auto")
+        return out
+
+    return once_per_suite(tmp_path_factory, "two_rank_run", build)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def one_process_run(tmp_path_factory) -> Path:
     """The reference run's first kimg in one process: how far round-off alone takes it."""
-    out = tmp_path_factory.mktemp("dp") / "alone"
-    cmd = [sys.executable, *RUN, "--kimg", "1", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return out
+
+    def build(out: Path) -> Path:
+        cmd = [sys.executable, *RUN, "--kimg", "1", "--out", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return out
+
+    return once_per_suite(tmp_path_factory, "one_process_run", build)
 
 
 def wait_for(condition, what: str, timeout: float = 120) -> None:
