@@ -80,6 +80,16 @@ def pytest_runtest_setup(item):
             pytest.skip(f"Debian's {name} is not installed (.ci/run installs it)")
 
 
+@pytest.fixture(autouse=True)
+def _workers_share_of_the_cores():
+    """Put back torch's thread count after each test: one that trains with accel.threads or
+    serves an app in this process must not leave the worker on every core (see the top of this
+    file), slowing the rest of the suite with threads that fight the other worker's."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def GPU(test):
     """A test that needs a CUDA GPU: skipped without one; `pytest -m gpu` runs them all, as
     benchmarks/gpu_suite.sh does."""

@@ -165,7 +165,7 @@ def test_exports_are_checked_and_the_unoptimised_graph_is_the_fallback(tmp_path,
 
 def test_an_export_is_traced_once_per_process_until_a_weight_changes(tmp_path, digits_npz, monkeypatch):
     """export, then a runtime loaded from the artifact (as bench --deploy and serve do): one trace
-    for each target. A changed weight, or another target, is traced anew."""
+    for each target. Another target, other layers rewritten for it, or a changed weight: a new one."""
     G = load_generator(artifact(tmp_path, digits_npz, "mlp", "ring8", 1, 32))
     traced, trace = [], E.trace_onnx
     monkeypatch.setattr(E, "trace_onnx", lambda G, opt, target: traced.append(target) or trace(G, opt, target))
@@ -176,10 +176,12 @@ def test_an_export_is_traced_once_per_process_until_a_weight_changes(tmp_path, d
     assert traced == ["onnxruntime"] and (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
     assert torch.equal(runtime.sample(4, seed=1), load_generator(tmp_path / "a.onnx").sample(4, seed=1))
     E.export(G, "openvino", tmp_path / "g.xml")
+    monkeypatch.setitem(E.SUBPIXEL_FOR, "openvino", 64)  # other layers rewritten: another graph
+    E.export(G, "openvino", tmp_path / "g.xml", overwrite=True)
     with torch.no_grad():
         next(G.net.parameters())[0] += 1.0
     E.export(G, "onnx", tmp_path / "c.onnx")
-    assert traced == ["onnxruntime", "openvino", "onnxruntime"]
+    assert traced == ["onnxruntime", "openvino", "openvino", "onnxruntime"]
     assert (tmp_path / "c.onnx").read_bytes() != (tmp_path / "a.onnx").read_bytes()
 
 

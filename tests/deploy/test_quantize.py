@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import hetgan
 from hetgan.artifact import save_generator
@@ -112,9 +113,11 @@ def test_bench_deploy_table_and_json(digits_generator, tmp_path, capsys):
     capsys.readouterr()
     out = tmp_path / "deploy.json"
     args = ["--artifact", str(digits_generator / "generator.safetensors"), str(tmp_path / "extra" / "mine.onnx")]
+    threads = torch.get_num_threads()
     assert (
         main(["bench", "--deploy", *args, "--seconds", "0.6", "--rounds", "2", "--n", "100", "--json", str(out)]) == 0
     )
+    assert torch.get_num_threads() == threads  # it timed on every core this process may use, then put back ours
     table = capsys.readouterr().out
     record = strict_loads(out.read_text())
     rows = {r["name"]: r for r in record["deploy"]["rows"]}

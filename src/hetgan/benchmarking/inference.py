@@ -261,17 +261,21 @@ def bench_deploy(
             "reference; exported files can follow it"
         )
     threads = threads or cpu_threads()
+    callers_threads = torch.get_num_threads()  # put back after: a caller's process keeps its setting
     torch.set_num_threads(threads)
     G = load_generator(source)
-    with tempfile.TemporaryDirectory(prefix="hetgan-deploy-") as tmp:
-        rows = make_rows(G, source, [Path(p) for p in extra], Path(tmp), int8, threads)
-        quality = score_rows(rows, n, seed, evalnet)
-        time_rows(rows, seconds, rounds)
-        summarise(rows)
-        for row in rows:
-            row.result["peak_rss_mib"] = peak_memory_mib(row, threads)
-            if row.G.backend in ("onnxruntime", "openvino"):  # eager PyTorch has its own profiler script
-                row.result["kernels"] = layer_kernels(row.G)
+    try:
+        with tempfile.TemporaryDirectory(prefix="hetgan-deploy-") as tmp:
+            rows = make_rows(G, source, [Path(p) for p in extra], Path(tmp), int8, threads)
+            quality = score_rows(rows, n, seed, evalnet)
+            time_rows(rows, seconds, rounds)
+            summarise(rows)
+            for row in rows:
+                row.result["peak_rss_mib"] = peak_memory_mib(row, threads)
+                if row.G.backend in ("onnxruntime", "openvino"):  # eager PyTorch has its own profiler script
+                    row.result["kernels"] = layer_kernels(row.G)
+    finally:
+        torch.set_num_threads(callers_threads)
     record = provenance(G.config, torch.device("cpu"))
     record["deploy"] = {
         "noise": noise(rows),

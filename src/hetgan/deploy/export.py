@@ -181,8 +181,11 @@ _verified: OrderedDict[str, tuple[bytes, Check]] = OrderedDict()
 
 def export_key(G: TorchGenerator, target: str, tolerance: float) -> str:
     """A digest of everything an export of G depends on: every weight and buffer of its network
-    (names, dtypes, shapes, bytes), what the file says about itself, the target and the tolerance."""
-    digest = hashlib.sha256(json.dumps([target, tolerance, sorted(metadata(G).items())]).encode())
+    (names, dtypes, shapes, bytes), what the file says about itself, the target, the layers it
+    rewrites for that target (SUBPIXEL_FOR, which benchmarks/subpixel_widths.py varies) and the
+    tolerance."""
+    what = [target, SUBPIXEL_FOR.get(target), tolerance, sorted(metadata(G).items())]
+    digest = hashlib.sha256(json.dumps(what).encode())
     for name, tensor in G.net.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
