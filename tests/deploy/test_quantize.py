@@ -225,6 +225,21 @@ def test_bench_deploy_says_when_the_machine_was_too_noisy_to_trust():
     assert "varied 2.0x between rounds" in busy["warning"] and "rerun on an idle machine" in busy["warning"]
 
 
+def test_bench_deploy_takes_a_pretrained_generator_by_name(tmp_path, monkeypatch, capsys):
+    """`--pretrained NAME` benches the packaged file, as the other commands that read a generator
+    do; with --run or --artifact as well it is refused (the library call is stood in for)."""
+    from hetgan.pretrained import pretrained
+
+    seen = []
+    monkeypatch.setattr(hetgan, "bench_deploy", lambda source, extra, *a, **kw: seen.append((source, extra)) or {})
+    monkeypatch.setattr("hetgan.cli.bench.format_deploy", lambda record: "table")
+    assert main(["bench", "--deploy", "--pretrained", "mnist", "--quick"]) == 0
+    assert seen == [(str(pretrained("mnist").path), [])]
+    assert main(["bench", "--deploy", "--pretrained", "mnist", "--run", str(tmp_path)]) == 2
+    assert "one trained generator: --deploy with --run RUN, --artifact PATH" in capsys.readouterr().err
+    assert len(seen) == 1
+
+
 def test_bench_deploy_quick_takes_the_short_settings(tmp_path, monkeypatch, capsys):
     """`--quick` times fewer, shorter rounds and scores fewer samples, whatever --seconds, --rounds
     and --n say (the library call is stood in for: its timing is the benchmark's business)."""

@@ -9,10 +9,20 @@ import copy
 import hetgan
 from hetgan.benchmarking.inference import format_deploy
 from hetgan.benchmarking.training import format_bench
-from hetgan.cli.common import add_base, add_data_spec, add_devices, add_set, base_config, flag_overrides, json_path
+from hetgan.cli.common import (
+    add_base,
+    add_data_spec,
+    add_devices,
+    add_set,
+    base_config,
+    flag_overrides,
+    json_path,
+    source,
+)
 from hetgan.config import apply_overrides
 from hetgan.errors import HetganError
 from hetgan.fileio import output_path, write_json
+from hetgan.pretrained import NAMES
 
 QUICK = {"seconds": 0.6, "rounds": 2, "n": 500}  # bench --deploy --quick: under a minute on 2 cores
 
@@ -42,6 +52,10 @@ def add_bench(sub) -> None:
         metavar="PATH",
         help="with --deploy: a generator.safetensors, then any exported .onnx/.xml files to add as rows",
     )
+    d.add_argument(
+        "--pretrained", choices=NAMES, metavar="NAME",
+        help=f"with --deploy: a generator shipped with hetgan: {', '.join(NAMES)}",
+    )  # fmt: skip
     d.add_argument("--n", type=int, default=2000, help="with --deploy: samples scored per row (default 2000)")
     d.add_argument("--evalnet", help="with --deploy: feature network for FID (default: the run's, or digits)")
     d.add_argument("--threads", type=int, help="with --deploy: CPU threads for every backend (default: all)")
@@ -56,7 +70,7 @@ def add_bench(sub) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     out = json_path(args.json)
-    if args.deploy or args.run or args.artifact:
+    if args.deploy or args.run or args.artifact or args.pretrained:
         return run_bench_deploy(args, out)
     base = apply_overrides(base_config(args), flag_overrides(args) + args.set)
     results = []
@@ -69,20 +83,21 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def run_bench_deploy(args: argparse.Namespace, out) -> int:
-    if not args.deploy or not (args.run or args.artifact) or (args.run and args.artifact):
+    if not args.deploy or sum(bool(x) for x in (args.run, args.artifact, args.pretrained)) != 1:
         raise HetganError(
-            "bench --deploy takes a trained generator: --deploy with --run RUN or --artifact PATH [PATH ...]"
+            "bench --deploy takes one trained generator: --deploy with --run RUN, --artifact PATH [PATH ...] "
+            "or --pretrained NAME"
         )
     training = {"--preset": args.preset, "--config": args.config, "--batch": args.batch, "--data": args.data}
     if given := [flag for flag, value in {**training, "--set": args.set}.items() if value]:
         raise HetganError(
             f"{', '.join(given)}: training settings; bench --deploy measures a trained generator as it is"
         )
-    source, *extra = [args.run] if args.run else args.artifact
+    first, *extra = args.artifact or [source(args)]
     if args.quick:
         args.seconds, args.rounds, args.n = QUICK["seconds"], QUICK["rounds"], QUICK["n"]
     record = hetgan.bench_deploy(
-        source, extra, args.seconds, args.rounds, args.n, evalnet=args.evalnet, int8=not args.no_int8,
+        first, extra, args.seconds, args.rounds, args.n, evalnet=args.evalnet, int8=not args.no_int8,
         threads=args.threads,
     )  # fmt: skip
     print(format_deploy(record))

@@ -170,5 +170,6 @@ def run_pretrained(args: argparse.Namespace) -> int:
         return 0
     for model in hetgan.list_pretrained():
         print(f"{model.name:<20} {model.summary}")
-    print("use one with --pretrained NAME (sample, eval, export, quantize, serve) or hetgan.load_generator(NAME)")
+    commands = "sample, eval, export, quantize, serve, bench --deploy"
+    print(f"use one with --pretrained NAME ({commands}) or hetgan.load_generator(NAME)")
     return 0
