@@ -106,3 +106,13 @@ def write_json(path: Path | None, obj) -> None:
     """Write `obj` as strict JSON to `path`, if given (`write_text`)."""
     if path is not None:
         write_text(path, strict_json(obj, indent=1) + "\n")
+
+
+def hash_weights(digest, net: torch.nn.Module) -> None:
+    """Feed every weight and buffer of `net` (name, device type, dtype, shape, bytes) into `digest`,
+    a hashlib object: the key of what was computed from those weights (the real images' feature
+    cache, the verified exports a process remembers)."""
+    for name, tensor in net.state_dict().items():
+        t = tensor.detach()
+        digest.update(f"{name} {t.device.type} {t.dtype} {tuple(t.shape)}".encode())
+        digest.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -262,9 +262,9 @@ def bench_deploy(
         )
     threads = threads or cpu_threads()
     callers_threads = torch.get_num_threads()  # put back after: a caller's process keeps its setting
-    torch.set_num_threads(threads)
-    G = load_generator(source)
     try:
+        torch.set_num_threads(threads)
+        G = load_generator(source)
         with tempfile.TemporaryDirectory(prefix="hetgan-deploy-") as tmp:
             rows = make_rows(G, source, [Path(p) for p in extra], Path(tmp), int8, threads)
             quality = score_rows(rows, n, seed, evalnet)

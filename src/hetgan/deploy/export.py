@@ -40,7 +40,7 @@ from hetgan.deploy import require
 from hetgan.deploy.rewrite import for_inference
 from hetgan.deploy.runtimes import FORMAT, ONNX_PREFIX, OnnxRuntimeGenerator, OpenVINOGenerator, file_sha256
 from hetgan.errors import ExportError
-from hetgan.fileio import atomic_write_bytes, fsync_dir, output_path
+from hetgan.fileio import atomic_write_bytes, fsync_dir, hash_weights, output_path
 from hetgan.generator import SeededGenerator
 from hetgan.version import __version__
 
@@ -186,10 +186,7 @@ def export_key(G: TorchGenerator, target: str, tolerance: float) -> str:
     tolerance."""
     what = [target, SUBPIXEL_FOR.get(target), tolerance, sorted(metadata(G).items())]
     digest = hashlib.sha256(json.dumps(what).encode())
-    for name, tensor in G.net.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    hash_weights(digest, G.net)
     return digest.hexdigest()
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hetgan.fileio import atomic_write_bytes
+from hetgan.fileio import atomic_write_bytes, hash_weights
 
 log = logging.getLogger("hetgan")
 MEMORY_ENTRIES = 4  # newest kept; a few arrays of N x D float32
@@ -52,10 +52,7 @@ def feature_key(net: torch.nn.Module, images_uint8: np.ndarray) -> str:
     digest = hashlib.blake2b(digest_size=16)
     digest.update(FORMAT.encode())
     digest.update(f"{type(net).__module__}.{type(net).__qualname__}".encode())
-    for name, tensor in net.state_dict().items():
-        digest.update(name.encode())
-        digest.update(str(tensor.device.type).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    hash_weights(digest, net)
     digest.update(str(images_uint8.shape).encode())
     digest.update(np.ascontiguousarray(images_uint8).tobytes())
     return digest.hexdigest()
