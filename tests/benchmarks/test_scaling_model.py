@@ -48,7 +48,7 @@ def test_the_scaling_model_counts_every_all_reduce_the_code_makes(tmp_path):
     out = tmp_path / "scaling.json"
     run_benchmark(
         "scaling_model", "--preset", "mlp_ring8", "--batch", "16", "--steps", "3", "--layouts", "1x1", "1x2",
-        "--json", str(out), timeout=400,
+        "--json", str(out), timeout=400, process=True,
     )  # fmt: skip
     result = json.loads(out.read_text())
     rows = {r["layout"]: r for r in result["layouts"]}

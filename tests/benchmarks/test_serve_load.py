@@ -16,7 +16,8 @@ def test_serve_load_benchmark_runs_end_to_end(small, tmp_path):
     path, _ = small
     out = run_benchmark(
         "serve_load", "--artifact", str(path), "--backend", "torch", "--seconds", "1", "--clients", "1", "4",
-        "--soak-requests", "1200", "--overload-seconds", "2", "--json", str(tmp_path / "r.json"), timeout=300,
+        "--soak-requests", "1200", "--overload-seconds", "2", "--json", str(tmp_path / "r.json"),
+        timeout=300, process=True,
     )  # fmt: skip
     assert "where the time went at 4 clients: " in out and "probe:" in out  # the report in words
     record = json.loads((tmp_path / "r.json").read_text())

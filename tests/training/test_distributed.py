@@ -331,7 +331,7 @@ def test_ranks_killed_at_random_are_restarted_and_the_run_ends_bit_for_bit_as_un
     as an uninterrupted one, bit for bit, with no partial checkpoint left."""
     out = tmp_path / "storm.json"
     args = ["--kills", "3", "--kimg", "6", "--snapshot-kimg", "1", "--max-wait", "4", "--json", str(out)]
-    run_benchmark("kill_storm", *args, "--out", str(tmp_path / "runs"), timeout=600)
+    run_benchmark("kill_storm", *args, "--out", str(tmp_path / "runs"), timeout=600, process=True)
     result = json.loads(out.read_text())
     assert len(result["kills"]) == 3 and result["kills"][0]["newest_checkpoint"]  # the first after a checkpoint
     assert result["resumes"] >= 1  # the group was restarted and went on from a checkpoint

@@ -30,7 +30,7 @@ def _plot(series: dict[str, tuple[list, list]], title: str, ylabel: str, log_y: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100, layout="constrained")
     for label, (x, y) in series.items():
         ax.plot(x, y, label=label, linewidth=1.2, marker="o" if len(x) < 30 else None, markersize=3)
     ax.set_xlabel("kimg")
@@ -41,7 +41,7 @@ def _plot(series: dict[str, tuple[list, list]], title: str, ylabel: str, log_y: 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
 
