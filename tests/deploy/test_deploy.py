@@ -2,6 +2,7 @@
 
 import json
 import logging
+import subprocess
 import sys
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -398,3 +399,31 @@ def test_no_command_replaces_a_file_without_being_asked(tmp_path, digits_npz, ca
     (tmp_path / "g.xml").unlink()  # its .bin left behind is still an export's: refused
     assert main([*commands["g.xml"], str(tmp_path / "g.xml")]) == 2
     assert "g.bin exists already" in capsys.readouterr().err
+
+
+FREE_THEN_SIGINT = """
+import gc, os, signal, sys, time
+from hetgan.deploy.load import load_generator
+a, b = load_generator(sys.argv[1]), load_generator(sys.argv[1], streams=2)
+del a; gc.collect()  # freed in the order they were made
+del b; gc.collect()
+signal.signal(signal.SIGINT, lambda signum, frame: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(0.2)
+print("went on", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_sigint_after_openvino_models_were_freed_reaches_the_handler(small, tmp_path):
+    """Two OpenVINO generators share the process's one Core (hetgan.deploy.openvino_core). With a
+    Core each, freeing them in the order they were made left the main thread on an alternate
+    signal stack whose memory was gone: the next SIGINT killed the process with SIGSEGV. In a child
+    process, so that a crash fails this test rather than the test worker."""
+    from hetgan.deploy import openvino_core
+
+    E.export(small[0], "openvino", tmp_path / "g.xml")
+    assert OpenVINOGenerator(tmp_path / "g.xml", "g.xml").core is openvino_core("a test")
+    done = subprocess.run([sys.executable, "-c", FREE_THEN_SIGINT, str(tmp_path / "g.xml")], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.split() == ["handled", "went", "on"], (done.returncode, done.stderr)

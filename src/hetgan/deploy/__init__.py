@@ -15,6 +15,7 @@ Their packages are the `deploy` extra: pip install 'hetgan[deploy]'.
 from __future__ import annotations
 
 import importlib
+import threading
 
 from hetgan.errors import HetganError
 
@@ -31,3 +32,21 @@ def require(module: str, what: str):
             f"{what} needs the package {package!r}, which is not installed here ({e}); install the deploy extra: "
             f"{INSTALL}"
         ) from None
+
+
+_core = None
+_core_lock = threading.Lock()
+
+
+def openvino_core(what: str):
+    """The process's one OpenVINO `Core`, made on first use (`what` names the caller in the error
+    when OpenVINO is missing). One Core for every model, as OpenVINO advises: a Core per model also
+    set an alternate signal stack on the calling thread per Core, and once two of them were freed in
+    the order they were made, the thread was left on a stack whose memory was gone, so the
+    process's next SIGINT or SIGTERM (Ctrl-C, a server's shutdown) crashed it with SIGSEGV."""
+    global _core
+    ov = require("openvino", what)
+    with _core_lock:
+        if _core is None:
+            _core = ov.Core()
+        return _core

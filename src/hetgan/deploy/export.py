@@ -36,7 +36,7 @@ import torch
 
 from hetgan.artifact import TorchGenerator, torch_generator_from
 from hetgan.config import to_dict
-from hetgan.deploy import require
+from hetgan.deploy import openvino_core, require
 from hetgan.deploy.rewrite import for_inference
 from hetgan.deploy.runtimes import FORMAT, ONNX_PREFIX, OnnxRuntimeGenerator, OpenVINOGenerator, file_sha256
 from hetgan.errors import ExportError
@@ -288,8 +288,7 @@ def export(
     if fmt == "onnx":
         atomic_write_bytes(out, data)
         return ExportResult([out], check, fmt)
-    ov = require("openvino", "OpenVINO export")
-    model = ov.Core().read_model(data)
+    model = openvino_core("OpenVINO export").read_model(data)
     tolerance = FP16_WEIGHTS_TOLERANCE if fp16_weights else TOLERANCE
     check = write_openvino(
         model, out, G, metadata(G, "fp16-weights" if fp16_weights else "fp32"), tolerance, fp16_weights

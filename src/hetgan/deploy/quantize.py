@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from hetgan.artifact import TorchGenerator, torch_generator_from
-from hetgan.deploy import require
+from hetgan.deploy import openvino_core, require
 from hetgan.deploy.export import Check, compare, metadata, onnx_with_check, quiet_libraries, write_openvino
 from hetgan.deploy.runtimes import ONNX_PREFIX, OnnxRuntimeGenerator, OpenVINOGenerator
 from hetgan.errors import ExportError, HetganError, QualityError
@@ -196,8 +196,7 @@ def gate(quality: dict, bound: float, force: bool) -> dict:
 def openvino_int8(onnx_fp32: bytes, batches: list[np.ndarray]):
     """NNCF's post-training static int8 of the OpenVINO model: per-channel weights, per-tensor
     activations, statistics from the calibration batches."""
-    ov = require("openvino", "OpenVINO int8")
-    model = ov.Core().read_model(onnx_fp32)
+    model = openvino_core("OpenVINO int8").read_model(onnx_fp32)
     with nncf_without_telemetry() as nncf, quiet_libraries():
         quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
     return quantized, "OpenVINO static int8 (NNCF: weights per channel, activations per tensor)"

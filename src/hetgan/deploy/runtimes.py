@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from hetgan.config import from_dict
-from hetgan.deploy import require
+from hetgan.deploy import openvino_core, require
 from hetgan.errors import CheckpointError, ConfigError, HetganError
 from hetgan.generator import SeededGenerator
 from hetgan.models import sample_shape
@@ -181,10 +181,9 @@ class OpenVINOGenerator(RuntimeGenerator):
     def __init__(
         self, model, where: str, device: str = "cpu", threads: int | None = None, streams: int = 1, **kw
     ) -> None:
-        ov = require("openvino", "the openvino backend")
+        core = openvino_core("the openvino backend")
         if device not in ("cpu", "auto"):
             raise ConfigError(f"the openvino backend runs on the cpu here, not {device!r}")
-        core = ov.Core()
         path = Path(model) if isinstance(model, Path | str) else None
         if isinstance(model, Path | str | bytes):
             model = read_openvino(core, model, where)
