@@ -40,10 +40,10 @@ _core_lock = threading.Lock()
 
 def openvino_core(what: str):
     """The process's one OpenVINO `Core`, made on first use (`what` names the caller in the error
-    when OpenVINO is missing). One Core for every model, as OpenVINO advises: a Core per model also
-    set an alternate signal stack on the calling thread per Core, and once two of them were freed in
-    the order they were made, the thread was left on a stack whose memory was gone, so the
-    process's next SIGINT or SIGTERM (Ctrl-C, a server's shutdown) crashed it with SIGSEGV."""
+    when OpenVINO is missing). One Core for every model: each Core sets an alternate signal stack
+    on the calling thread, and once two were freed in the order they were made, the thread was left
+    on a stack whose memory was gone, so the process's next SIGINT or SIGTERM (Ctrl-C, a server's
+    shutdown) crashed it with SIGSEGV (tests/deploy/test_deploy.py reproduces it)."""
     global _core
     ov = require("openvino", what)
     with _core_lock:
