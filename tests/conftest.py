@@ -130,11 +130,10 @@ def run_benchmark(name: str, *args: str, timeout: float = 300, process: bool = F
     By default the script runs in this process (its `__main__` through runpy, its folder first on
     sys.path, as Python puts it), which saves the 4 s each process spends importing torch and
     hetgan; `process=True` gives it a process of its own, for a script whose figures are its
-    process's (compile counters) or that starts processes it must outlive. The three that compile
-    OpenVINO models have one too: in the worker they once left it to die of SIGSEGV at the
-    interrupted-compression test's SIGINT, which hetgan.deploy.openvino_core has since fixed; they
-    can come back once a clean-clone CI has run them here. Either way a run past `timeout` seconds
-    fails the test."""
+    process's (compile counters) or that starts processes it must outlive. (The scripts that compile
+    OpenVINO models run here too: the SIGSEGV they once left the worker at its next SIGINT was
+    hetgan's, fixed by hetgan.deploy.openvino_core.) Either way a run past `timeout` seconds fails
+    the test."""
     script = ROOT / "benchmarks" / f"{name}.py"
     if process:
         done = subprocess.run(

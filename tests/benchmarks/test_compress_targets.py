@@ -19,7 +19,7 @@ def test_compress_targets_script_measures_given_students_end_to_end(tmp_path):
     teacher = train(tiny_config("mnist5k"), out=tmp_path / "teacher", progress=False).run_dir
     out = run_benchmark(
         "compress_targets", "--default-run", str(teacher), "--student", str(teacher), "--out", str(tmp_path / "t"),
-        "--n", "200", "--rounds", "1", "--seconds", "0.2", "--json", str(tmp_path / "r.json"), process=True,
+        "--n", "200", "--rounds", "1", "--seconds", "0.2", "--json", str(tmp_path / "r.json"),
     )  # fmt: skip
     e2e = json.loads((tmp_path / "r.json").read_text())["default"]["end_to_end"]
     assert "| default | given [] | 1.00x fewer |" in out

@@ -13,7 +13,7 @@ def test_deploy_benchmark_script_runs_end_to_end(digits_generator, tmp_path):
     run = str(digits_generator)
     out = run_benchmark(
         "deploy_runtimes", "--default-run", run, "--models", "default", "--seconds", "0.4", "--rounds", "2",
-        "--n", "100", "--out", str(tmp_path), timeout=600, process=True,
+        "--n", "100", "--out", str(tmp_path), timeout=600,
     )  # fmt: skip
     assert out.count("targets:") == 1 and out.count("best fp32 at batch 64:") == 1
     assert "openvino int8: " in out and "ConvolutionBackpropData" in out and "ConvTranspose" in out

@@ -16,7 +16,7 @@ def test_subpixel_widths_script_prints_its_table(teacher, tmp_path):
     and threshold, every cell a positive img/s."""
     out = run_benchmark(
         "subpixel_widths", "--run", str(teacher), "--widths", "16,8,4", "--thresholds", "0", "64",
-        "--rounds", "1", "--seconds", "0.1", "--json", str(tmp_path / "r.json"), process=True,
+        "--rounds", "1", "--seconds", "0.1", "--json", str(tmp_path / "r.json"),
     )  # fmt: skip
     rows = [line for line in out.splitlines() if line.startswith("| teacher") or line.startswith("| [16,8,4]")]
     assert len(rows) == 2, out  # the printed table: a row per generator
