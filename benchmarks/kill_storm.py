@@ -3,8 +3,12 @@ still ends bit for bit as one that was never interrupted.
 
     python benchmarks/kill_storm.py [--kills 10] [--nproc 2] [--kimg 30] [--snapshot-kimg 0.5]
                                     [--max-wait 8] [--seed 0] [--json FILE] [--out DIR]
+                                    [--reference RUN]
 
-1. The reference: `hetgan train --preset mlp_ring8` under torchrun on --nproc ranks (gloo), to its end.
+1. The reference: `hetgan train --preset mlp_ring8` under torchrun on --nproc ranks (gloo), to its end;
+   or `--reference RUN`, a finished uninterrupted run of those settings that you already have (its
+   config.yaml and world size must be the storm's, but for train.keep_checkpoints, which only says
+   how many old checkpoints stay on disk).
 2. The storm: the same command with `--resume auto` under `torchrun --max-restarts`. `--kills` times,
    once the ranks of an attempt are up, a random one of them gets SIGKILL after a random wait of 0
    to --max-wait seconds: in the middle of start-up, of resuming, of a step or of writing a
@@ -24,6 +28,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -115,6 +120,24 @@ def records(run: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k != "img_per_s"} for line in lines]
 
 
+def settings_differ(reference: Path, run: Path) -> list[str]:
+    """The lines of config.yaml, and the world size, in which `reference` was trained otherwise
+    than `run` ("reference: LINE / storm: LINE"; empty: the same settings)."""
+
+    def settings(path: Path) -> list[str]:
+        lines = (path / "config.yaml").read_text().splitlines()
+        world = re.search(r"world size (\d+)", (path / "log.txt").read_text())  # torchrun's runs say it
+        lines = [line for line in lines if not line.strip().startswith("keep_checkpoints:")]
+        return [*lines, f"world size {world[1] if world else 1}"]
+
+    ours, theirs = settings(run), settings(reference)
+    if ours == theirs:
+        return []
+    return [f"reference: {a.strip()} / storm: {b.strip()}" for a, b in zip(theirs, ours, strict=False) if a != b] + (
+        [f"reference: {len(theirs)} lines / storm: {len(ours)}"] if len(theirs) != len(ours) else []
+    )
+
+
 def compare(reference: Path, run: Path) -> dict:
     """Where the storm's run differs from the reference's (empty lists: nowhere)."""
     a, b = final_state(reference), final_state(run)
@@ -140,16 +163,23 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds the storm's run may take after its kills")
     parser.add_argument("--json", type=Path, help="also write the result to this file")
     parser.add_argument("--out", type=Path, help="keep both runs here (default: deleted)")
+    parser.add_argument(
+        "--reference", type=Path, metavar="RUN", help="a finished uninterrupted run of these settings to compare with"
+    )
     args = parser.parse_args()
+    if args.reference and not (args.reference / "generator.safetensors").is_file():
+        raise SystemExit(f"--reference {args.reference}: not a finished run (no generator.safetensors in it)")
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        cmd = [*TORCHRUN, f"--nproc-per-node={args.nproc}", *train_args(out / "reference", args)]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
-        if done.returncode:
-            raise SystemExit(f"the reference run failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
-        reference_s = time.perf_counter() - start
+        reference, reference_s = args.reference or out / "reference", None
+        if not args.reference:
+            start = time.perf_counter()
+            cmd = [*TORCHRUN, f"--nproc-per-node={args.nproc}", *train_args(reference, args)]
+            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
+            if done.returncode:
+                raise SystemExit(f"the reference run failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+            reference_s = time.perf_counter() - start
         start = time.perf_counter()
         code, kills = storm(out / "storm", args, out / "storm.txt")
         storm_s = time.perf_counter() - start
@@ -157,12 +187,22 @@ def main() -> None:
             raise SystemExit(
                 f"the storm's run failed (torchrun exit {code}):\n{(out / 'storm.txt').read_text()[-4000:]}"
             )
-        diff = compare(out / "reference", out / "storm")
+        if differ := settings_differ(reference, out / "storm"):
+            raise SystemExit(
+                f"--reference {reference} was trained with other settings than the storm: " + "; ".join(differ)
+            )
+        diff = compare(reference, out / "storm")
     same = not (diff["tensors_differ"] or diff["records_differ"] or diff["partial_checkpoints"])
-    result = {"kills": kills, "reference_s": round(reference_s, 1), "storm_s": round(storm_s, 1), **diff}
+    result = {
+        "kills": kills,
+        "reference_s": None if reference_s is None else round(reference_s, 1),
+        "storm_s": round(storm_s, 1),
+        **diff,
+    }
     result["bitwise_equal"] = same
+    took = f"{reference_s:.0f} s" if reference_s is not None else f"{reference}, trained before"
     print(
-        f"{len(kills)} SIGKILLs in {storm_s:.0f} s (the uninterrupted run: {reference_s:.0f} s), "
+        f"{len(kills)} SIGKILLs in {storm_s:.0f} s (the uninterrupted run: {took}), "
         f"{diff['resumes']} resumes from a checkpoint; final state: {diff['tensors']} tensors, "
         f"{len(diff['tensors_differ'])} differ; metrics: {diff['records']} records, "
         f"{len(diff['records_differ'])} differ; partial checkpoints left: {len(diff['partial_checkpoints'])}"

@@ -35,7 +35,7 @@ from hetgan.shard import Shard
 from hetgan.training.loop import train
 from hetgan.training.rundir import write_config
 from hetgan.training.trainer import Trainer
-from tests.conftest import GPU, ROOT, once_per_suite, run_benchmark, tiny_config
+from tests.conftest import GPU, ROOT, benchmark_module, once_per_suite, run_benchmark, tiny_config
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 WORKER = ROOT / "tests" / "training" / "distributed_worker.py"
@@ -270,8 +270,9 @@ def test_two_ranks_train_as_one_process_with_the_global_batch(tmp_path, digits_n
 
 # --- the command line under torchrun: restarts, signals, world sizes, nodes ------------------------
 RUN = ["-m", "hetgan", "train", "--preset", "mlp_ring8", "--no-progress", "--snapshot-kimg", "1"]
-RUN += ["--set", "train.grid_kimg=4", "--set", "train.log_interval=5", "--set", "train.keep_checkpoints=10"]
 KIMG = 6  # 120 steps of the global batch of 50
+# The settings of benchmarks/kill_storm.py's runs, so that its test compares with `two_rank_run`
+RUN += ["--set", f"train.grid_kimg={KIMG}", "--set", "train.log_interval=5", "--set", "train.keep_checkpoints=10"]
 
 
 def launch(out: Path, *extra: str, nproc: int = 2, kimg: float = KIMG) -> list[str]:
@@ -325,19 +326,39 @@ def wait_for(condition, what: str, timeout: float = 120) -> None:
 
 
 @pytest.mark.slow
-def test_ranks_killed_at_random_are_restarted_and_the_run_ends_bit_for_bit_as_uninterrupted(tmp_path):
+def test_ranks_killed_at_random_are_restarted_and_the_run_ends_bit_for_bit_as_uninterrupted(tmp_path, two_rank_run):
     """benchmarks/kill_storm.py, small: 3 SIGKILLs to random ranks at random moments under
     `torchrun --max-restarts`; the run resumes from its newest whole checkpoint each time and ends
-    as an uninterrupted one, bit for bit, with no partial checkpoint left."""
+    as an uninterrupted one (the suite's, trained with the storm's settings), bit for bit, with no
+    partial checkpoint left."""
     out = tmp_path / "storm.json"
-    args = ["--kills", "3", "--kimg", "6", "--snapshot-kimg", "1", "--max-wait", "4", "--json", str(out)]
-    run_benchmark("kill_storm", *args, "--out", str(tmp_path / "runs"), timeout=600, process=True)
+    args = ["--kills", "3", "--kimg", str(KIMG), "--snapshot-kimg", "1", "--max-wait", "4", "--json", str(out)]
+    args += ["--reference", str(two_rank_run), "--out", str(tmp_path / "runs")]
+    run_benchmark("kill_storm", *args, timeout=600, process=True)
     result = json.loads(out.read_text())
     assert len(result["kills"]) == 3 and result["kills"][0]["newest_checkpoint"]  # the first after a checkpoint
     assert result["resumes"] >= 1  # the group was restarted and went on from a checkpoint
     assert result["tensors"] > 0 and result["tensors_differ"] == [] and result["partial_checkpoints"] == []
     assert result["records"] > 0 and result["records_differ"] == []
     assert result["bitwise_equal"]
+
+
+def test_the_kill_storm_refuses_a_reference_trained_otherwise(tmp_path):
+    """kill_storm.py --reference RUN: a run trained with other settings (config.yaml, world size)
+    is no reference; one that kept another number of checkpoints on disk is."""
+    storm = benchmark_module("kill_storm")
+    ours, theirs = tmp_path / "storm", tmp_path / "reference"
+    for run, keep in ((ours, 3), (theirs, 10)):
+        run.mkdir()
+        (run / "config.yaml").write_text(f"seed: 0\ntrain:\n  kimg: 6.0\n  keep_checkpoints: {keep}\n")
+        (run / "log.txt").write_text("INFO [rank 0/2] run directory x; device cpu (gloo, world size 2)\n")
+    assert storm.settings_differ(theirs, ours) == []
+    (theirs / "config.yaml").write_text("seed: 1\ntrain:\n  kimg: 6.0\n  keep_checkpoints: 10\n")
+    (theirs / "log.txt").write_text("INFO run directory x; device cpu\n")  # one process
+    assert storm.settings_differ(theirs, ours) == [
+        "reference: seed: 1 / storm: seed: 0",
+        "reference: world size 1 / storm: world size 2",
+    ]
 
 
 @pytest.mark.slow
