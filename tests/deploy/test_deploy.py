@@ -166,8 +166,10 @@ def test_exports_are_checked_and_the_unoptimised_graph_is_the_fallback(tmp_path,
 
 def test_an_export_is_traced_once_per_process_until_a_weight_changes(tmp_path, digits_npz, monkeypatch):
     """export, then a runtime loaded from the artifact (as bench --deploy and serve do): one trace
-    for each target. Another target, other layers rewritten for it, or a changed weight: a new one."""
-    G = load_generator(artifact(tmp_path, digits_npz, "mlp", "ring8", 1, 32))
+    for each graph. Targets that rewrite the same layers share it (OpenVINO's and the int8 source
+    graph here, every target for a network hetgan does not rewrite); other layers rewritten, or a
+    changed weight: a new one."""
+    G = load_generator(artifact(tmp_path, digits_npz, "dcgan", "npz", 1, 32))  # deconvolutions to 16, 8, 4, 1
     traced, trace = [], E.trace_onnx
     monkeypatch.setattr(E, "trace_onnx", lambda G, opt, target: traced.append(target) or trace(G, opt, target))
     monkeypatch.setattr(E, "_verified", OrderedDict())
@@ -176,14 +178,19 @@ def test_an_export_is_traced_once_per_process_until_a_weight_changes(tmp_path, d
     runtime = load_generator(tmp_path / "g.safetensors", backend="onnxruntime")
     assert traced == ["onnxruntime"] and (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
     assert torch.equal(runtime.sample(4, seed=1), load_generator(tmp_path / "a.onnx").sample(4, seed=1))
-    E.export(G, "openvino", tmp_path / "g.xml")
-    monkeypatch.setitem(E.SUBPIXEL_FOR, "openvino", 64)  # other layers rewritten: another graph
+    E.export(G, "openvino", tmp_path / "g.xml")  # the layers to 8, 4 and 1 channels as sub-pixel convolutions
+    assert E.SUBPIXEL_FOR["openvino"] != E.SUBPIXEL_FOR["openvino-int8"]  # but they rewrite the same layers
+    assert E.onnx_bytes(G, "openvino-int8") == E.onnx_bytes(G, "openvino") != E.onnx_bytes(G, "onnxruntime")
+    monkeypatch.setitem(E.SUBPIXEL_FOR, "openvino", 4)  # the layers to 4 and 1 channels: another graph
     E.export(G, "openvino", tmp_path / "g.xml", overwrite=True)
     with torch.no_grad():
         next(G.net.parameters())[0] += 1.0
     E.export(G, "onnx", tmp_path / "c.onnx")
     assert traced == ["onnxruntime", "openvino", "openvino", "onnxruntime"]
     assert (tmp_path / "c.onnx").read_bytes() != (tmp_path / "a.onnx").read_bytes()
+    (tmp_path / "mlp").mkdir()
+    mlp = load_generator(artifact(tmp_path / "mlp", digits_npz, "mlp", "ring8", 1, 32))
+    assert len({E.export_key(mlp, target, E.TOLERANCE) for target in E.SUBPIXEL_FOR}) == 1
 
 
 @pytest.mark.slow

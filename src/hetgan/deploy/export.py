@@ -37,7 +37,7 @@ import torch
 from hetgan.artifact import TorchGenerator, torch_generator_from
 from hetgan.config import to_dict
 from hetgan.deploy import openvino_core, require
-from hetgan.deploy.rewrite import for_inference
+from hetgan.deploy.rewrite import for_inference, subpixel_choice
 from hetgan.deploy.runtimes import FORMAT, ONNX_PREFIX, OnnxRuntimeGenerator, OpenVINOGenerator, file_sha256
 from hetgan.errors import ExportError
 from hetgan.fileio import atomic_write_bytes, fsync_dir, hash_weights, output_path
@@ -181,10 +181,11 @@ _verified: OrderedDict[str, tuple[bytes, Check]] = OrderedDict()
 
 def export_key(G: TorchGenerator, target: str, tolerance: float) -> str:
     """A digest of everything an export of G depends on: every weight and buffer of its network
-    (names, dtypes, shapes, bytes), what the file says about itself, the target, the layers it
-    rewrites for that target (SUBPIXEL_FOR, which benchmarks/subpixel_widths.py varies) and the
-    tolerance."""
-    what = [target, SUBPIXEL_FOR.get(target), tolerance, sorted(metadata(G).items())]
+    (names, dtypes, shapes, bytes), what the file says about itself, the layers rewritten for the
+    target (SUBPIXEL_FOR, which benchmarks/subpixel_widths.py varies) and the tolerance. Targets
+    that rewrite the same layers (every target, for a network hetgan does not rewrite) share it:
+    their graphs are the same."""
+    what = [subpixel_choice(G.net, SUBPIXEL_FOR[target]), tolerance, sorted(metadata(G).items())]
     digest = hashlib.sha256(json.dumps(what).encode())
     hash_weights(digest, G.net)
     return digest.hexdigest()
@@ -196,8 +197,9 @@ def onnx_with_check(
     """The verified ONNX bytes of G, for the `target` runtime (onnxruntime, openvino, or
     openvino-int8: the graph NNCF quantises), and their
     check in ONNX Runtime; with the exporter's graph optimisation, or without it when the
-    optimised graph fails the check. The same G, target and tolerance again in this process
-    gives the same bytes and check without tracing again (`_verified`)."""
+    optimised graph fails the check. The same G and tolerance again in this process, for a target
+    that rewrites the same layers (export_key), gives the same bytes and check without tracing
+    again (`_verified`)."""
     key = export_key(G, target, tolerance)
     if key in _verified:
         _verified.move_to_end(key)

@@ -161,10 +161,8 @@ def for_inference(G: nn.Module, subpixel_max_channels: int = OUTPUT_CHANNELS_MAX
     generators; upsampling layers of at most `subpixel_max_channels` output channels as sub-pixel
     convolutions, 0 for none); any other network, and a conditional one, comes back as a plain
     copy. `forward(z)` is G's, to float round-off."""
-    from hetgan.models import dcgan
-
     G = copy.deepcopy(G).cpu().eval()
-    if not isinstance(G, dcgan.Generator) or G.n_classes:  # a conditional G's BatchNorm is per class
+    if not rewritable(G):
         return G
     layers = fuse_subpixel_output(subpixel_layers(list(G.net), subpixel_max_channels))
     first = layers[0]
@@ -180,6 +178,27 @@ def for_inference(G: nn.Module, subpixel_max_channels: int = OUTPUT_CHANNELS_MAX
     return LatentDeconv(nn.Sequential(*head, unflatten), nn.Sequential(*rest)).eval()
 
 
+def rewritable(G: nn.Module) -> bool:
+    """Whether for_inference rewrites G: a DCGAN generator, but not a conditional one (its
+    BatchNorm is per class)."""
+    from hetgan.models import dcgan
+
+    return isinstance(G, dcgan.Generator) and not G.n_classes
+
+
+def to_subpixel(layer: nn.Module, max_channels: int) -> bool:
+    return is_upsampling_deconv(layer) and layer.out_channels <= max_channels
+
+
+def subpixel_choice(G: nn.Module, subpixel_max_channels: int) -> list[int] | None:
+    """What for_inference makes of G at this threshold, in short: None where it leaves G as it is,
+    else the indices of the layers it turns into sub-pixel convolutions. Two thresholds with the
+    same answer give the same network (hetgan.deploy.export traces it once for both)."""
+    if not rewritable(G):
+        return None
+    return [i for i, layer in enumerate(G.net) if to_subpixel(layer, subpixel_max_channels)]
+
+
 def subpixel_layers(layers: list[nn.Module], max_channels: int) -> list[nn.Module]:
     """`layers` with every upsampling deconvolution of at most `max_channels` output channels as a
     sub-pixel convolution, the BatchNorm and ReLU after it fused in."""
@@ -187,7 +206,7 @@ def subpixel_layers(layers: list[nn.Module], max_channels: int) -> list[nn.Modul
     i = 0
     while i < len(layers):
         layer = layers[i]
-        if not (is_upsampling_deconv(layer) and layer.out_channels <= max_channels):
+        if not to_subpixel(layer, max_channels):
             out.append(layer)
             i += 1
             continue
