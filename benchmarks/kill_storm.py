@@ -8,7 +8,8 @@ still ends bit for bit as one that was never interrupted.
 1. The reference: `hetgan train --preset mlp_ring8` under torchrun on --nproc ranks (gloo), to its end;
    or `--reference RUN`, a finished uninterrupted run of those settings that you already have (its
    config.yaml and world size must be the storm's, but for train.keep_checkpoints, which only says
-   how many old checkpoints stay on disk).
+   how many old checkpoints stay on disk; what the storm sets is checked before it starts, the rest
+   after it).
 2. The storm: the same command with `--resume auto` under `torchrun --max-restarts`. `--kills` times,
    once the ranks of an attempt are up, a random one of them gets SIGKILL after a random wait of 0
    to --max-wait seconds: in the middle of start-up, of resuming, of a step or of writing a
@@ -39,6 +40,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from hetgan.config import load_yaml
 from hetgan.fileio import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,6 +122,18 @@ def records(run: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k != "img_per_s"} for line in lines]
 
 
+def storm_settings_missing(reference: Path, args: argparse.Namespace) -> list[str]:
+    """The settings the storm trains with that `reference` was not trained with (checked before
+    the storm; settings_differ compares everything after it)."""
+    cfg = load_yaml(reference / "config.yaml")
+    want = {"preset": "mlp_ring8", "seed": args.seed, "train.kimg": args.kimg}
+    want |= {"train.snapshot_kimg": args.snapshot_kimg, "train.log_interval": 5, "train.grid_kimg": args.kimg}
+    have = {name: getattr(cfg.train, name[6:]) if name.startswith("train.") else getattr(cfg, name) for name in want}
+    world = re.search(r"world size (\d+)", (reference / "log.txt").read_text())
+    want["world size"], have["world size"] = args.nproc, int(world[1]) if world else 1
+    return [f"{name} {have[name]}, not {want[name]}" for name in want if have[name] != want[name]]
+
+
 def settings_differ(reference: Path, run: Path) -> list[str]:
     """The lines of config.yaml, and the world size, in which `reference` was trained otherwise
     than `run` ("reference: LINE / storm: LINE"; empty: the same settings)."""
@@ -152,7 +166,7 @@ def compare(reference: Path, run: Path) -> dict:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--nproc", type=int, default=2)
@@ -166,9 +180,15 @@ def main() -> None:
     parser.add_argument(
         "--reference", type=Path, metavar="RUN", help="a finished uninterrupted run of these settings to compare with"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.reference and not (args.reference / "generator.safetensors").is_file():
         raise SystemExit(f"--reference {args.reference}: not a finished run (no generator.safetensors in it)")
+    if args.reference and (missing := storm_settings_missing(args.reference, args)):
+        raise SystemExit(f"--reference {args.reference} was not trained as the storm will be: " + "; ".join(missing))
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)

@@ -359,6 +359,15 @@ def test_the_kill_storm_refuses_a_reference_trained_otherwise(tmp_path):
         "reference: seed: 1 / storm: seed: 0",
         "reference: world size 1 / storm: world size 2",
     ]
+    # Before the storm: the settings it trains with, read from the reference's config and log.
+    (theirs / "config.yaml").write_text(f"preset: mlp_ring8\nseed: 0\ntrain:\n  kimg: {KIMG}\n  grid_kimg: 4\n")
+    args = storm.build_parser().parse_args(["--kimg", str(KIMG), "--snapshot-kimg", "1"])
+    assert storm.storm_settings_missing(theirs, args) == [
+        "train.snapshot_kimg 25.0, not 1.0",  # not in the file: the default
+        "train.log_interval 20, not 5",
+        "train.grid_kimg 4.0, not 6.0",
+        "world size 1, not 2",
+    ]
 
 
 @pytest.mark.slow
