@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -44,15 +45,33 @@ from hetgan.config import load_yaml
 from hetgan.fileio import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
+NO_REFERENCE = "leave out --reference and the storm trains its own uninterrupted run"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
+def storm_settings(args: argparse.Namespace) -> dict:
+    """What both runs set, by config name (the rest is the preset's): train_args passes these,
+    and a `--reference` run must have been trained with them."""
+    return {
+        "preset": "mlp_ring8", "seed": args.seed, "train.kimg": args.kimg, "train.snapshot_kimg": args.snapshot_kimg,
+        "train.log_interval": 5, "train.grid_kimg": args.kimg,
+    }  # fmt: skip
+
+
 def train_args(out: Path, args: argparse.Namespace) -> list[str]:
+    s = storm_settings(args)
     return [
-        "-m", "hetgan", "train", "--preset", "mlp_ring8", "--no-progress", "--seed", str(args.seed),
-        "--kimg", str(args.kimg), "--snapshot-kimg", str(args.snapshot_kimg), "--set", "train.log_interval=5",
-        "--set", f"train.grid_kimg={args.kimg}", "--out", str(out), "--resume", "auto",
+        "-m", "hetgan", "train", "--preset", s["preset"], "--no-progress", "--seed", str(s["seed"]),
+        "--kimg", str(s["train.kimg"]), "--snapshot-kimg", str(s["train.snapshot_kimg"]),
+        "--set", f"train.log_interval={s['train.log_interval']}", "--set", f"train.grid_kimg={s['train.grid_kimg']}",
+        "--out", str(out), "--resume", "auto",
     ]  # fmt: skip
+
+
+def world_size(run: Path) -> int:
+    """The world size a run was trained on: torchrun's runs name it in their log, one process's not."""
+    found = re.search(r"world size (\d+)", (run / "log.txt").read_text())
+    return int(found[1]) if found else 1
 
 
 def ranks(launcher: subprocess.Popen) -> dict[int, int]:
@@ -126,11 +145,9 @@ def storm_settings_missing(reference: Path, args: argparse.Namespace) -> list[st
     """The settings the storm trains with that `reference` was not trained with (checked before
     the storm; settings_differ compares everything after it)."""
     cfg = load_yaml(reference / "config.yaml")
-    want = {"preset": "mlp_ring8", "seed": args.seed, "train.kimg": args.kimg}
-    want |= {"train.snapshot_kimg": args.snapshot_kimg, "train.log_interval": 5, "train.grid_kimg": args.kimg}
-    have = {name: getattr(cfg.train, name[6:]) if name.startswith("train.") else getattr(cfg, name) for name in want}
-    world = re.search(r"world size (\d+)", (reference / "log.txt").read_text())
-    want["world size"], have["world size"] = args.nproc, int(world[1]) if world else 1
+    want = storm_settings(args)
+    have = {name: functools.reduce(getattr, name.split("."), cfg) for name in want}
+    want["world size"], have["world size"] = args.nproc, world_size(reference)
     return [f"{name} {have[name]}, not {want[name]}" for name in want if have[name] != want[name]]
 
 
@@ -140,9 +157,8 @@ def settings_differ(reference: Path, run: Path) -> list[str]:
 
     def settings(path: Path) -> list[str]:
         lines = (path / "config.yaml").read_text().splitlines()
-        world = re.search(r"world size (\d+)", (path / "log.txt").read_text())  # torchrun's runs say it
         lines = [line for line in lines if not line.strip().startswith("keep_checkpoints:")]
-        return [*lines, f"world size {world[1] if world else 1}"]
+        return [*lines, f"world size {world_size(path)}"]
 
     ours, theirs = settings(run), settings(reference)
     if ours == theirs:
@@ -186,9 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     if args.reference and not (args.reference / "generator.safetensors").is_file():
-        raise SystemExit(f"--reference {args.reference}: not a finished run (no generator.safetensors in it)")
+        raise SystemExit(
+            f"--reference {args.reference}: not a finished run (no generator.safetensors in it); {NO_REFERENCE}"
+        )
     if args.reference and (missing := storm_settings_missing(args.reference, args)):
-        raise SystemExit(f"--reference {args.reference} was not trained as the storm will be: " + "; ".join(missing))
+        raise SystemExit(
+            f"--reference {args.reference} was not trained as the storm will be: {'; '.join(missing)}; {NO_REFERENCE}"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
@@ -209,7 +229,8 @@ def main() -> None:
             )
         if differ := settings_differ(reference, out / "storm"):
             raise SystemExit(
-                f"--reference {reference} was trained with other settings than the storm: " + "; ".join(differ)
+                f"--reference {reference} was trained with other settings than the storm: {'; '.join(differ)}; "
+                + NO_REFERENCE
             )
         diff = compare(reference, out / "storm")
     same = not (diff["tensors_differ"] or diff["records_differ"] or diff["partial_checkpoints"])
