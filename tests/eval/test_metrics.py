@@ -109,6 +109,22 @@ def test_precision_recall_density_coverage_extremes():
     assert p == 1.0 and r < 0.75
 
 
+def test_knn_radii_for_several_k_are_each_ks_own():
+    """One pass over the distances gives each k's radii, the (k+1)-th smallest distance of each row
+    (the point itself is the first), ties included: picked, not computed, so equal to the bit."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=(40, 2)).astype(np.float64)  # many equal distances
+    d = torch.cdist(torch.from_numpy(x), torch.from_numpy(x))  # one block, as knn_radii computes it
+    radii = M.knn_radii_for(x, [5, 3, 5])
+    assert list(radii) == [3, 5]
+    for k in (3, 5):
+        assert torch.equal(radii[k], d.sort(dim=1).values[:, k]) and torch.equal(M.knn_radii(x, k), radii[k])
+    real, fake = rng.normal(size=(50, 4)), rng.normal(size=(30, 4))
+    given = M.knn_radii_for(real, (M.PR_K, M.DC_K))
+    assert M.precision_recall(real, fake, real_radii=given[M.PR_K]) == M.precision_recall(real, fake)
+    assert M.density_coverage(real, fake, real_radii=given[M.DC_K]) == M.density_coverage(real, fake)
+
+
 def cdist_rounding(*sets: np.ndarray) -> float:
     """A bound on the relative round-off of a distance as torch.cdist computes it in float64 (its
     matrix-product form: |a|^2 + |b|^2 - 2 a.b, whose blocking and so rounding depend on the matrix

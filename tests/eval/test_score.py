@@ -217,19 +217,24 @@ def test_eval_during_training_needs_its_feature_network_before_the_run_begins(ti
 
 
 @pytest.mark.slow
-def test_a_finished_run_resumed_with_evaluation_computes_no_features(digits_run, monkeypatch, tmp_path):
-    """The real images' features are computed at the first evaluation, not when the evaluator is
-    made: resuming a finished run (nothing to do) spends nothing on them."""
-    from hetgan.eval import feature_cache, score
+def test_a_finished_run_resumed_with_evaluation_computes_no_features(digits_run):
+    """The real images' features are asked for at the first evaluation, not when the evaluator is
+    made: resuming a finished run (nothing to do) spends nothing on them. Their k-NN radii (for
+    precision, recall, density and coverage) come from one pass over the real set for both k, kept
+    for every evaluation after it; only each evaluation's samples get radii of their own."""
+    from hetgan.eval import score
 
-    calls = []
-    real_features = score.real_features
-    monkeypatch.setattr(score, "real_features", lambda *a: calls.append(1) or real_features(*a))
-    monkeypatch.setattr(feature_cache, "_memory", {})  # as in a fresh process, on a fresh machine
-    monkeypatch.setenv("HETGAN_CACHE_DIR", str(tmp_path / "cache"))
-    assert train(resume=digits_run, progress=False).already_done and calls == []
-    assert train(resume=digits_run, overrides=["train.kimg=0.12"], progress=False).kimg == pytest.approx(0.12)
-    assert calls == [1]  # once, for the evaluation at 0.12 kimg
+    features, radii = [], []
+    cached, knn = score.cached_real_features, M.knn_radii_for
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(score, "cached_real_features", lambda *a: features.append(1) or cached(*a))
+        mp.setattr(M, "knn_radii_for", lambda feats, ks: radii.append((len(feats), sorted(ks))) or knn(feats, ks))
+        assert train(resume=digits_run, progress=False).already_done and features == radii == []
+        assert train(resume=digits_run, overrides=["train.kimg=0.16"], progress=False).kimg == pytest.approx(0.16)
+    records = [json.loads(x) for x in (digits_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kimg"] for r in records if r.get("eval")] == [0.04, 0.08, 0.12, 0.16]
+    assert features == [1]  # once, for the evaluation at 0.12 kimg
+    assert radii == [(5000, [3, 5]), (200, [3]), (200, [3])]  # the real set once; each 200 samples
 
 
 def test_evalnet_on_a_small_dataset_holds_out_a_fifth_of_the_smallest_class(tmp_path, capsys):

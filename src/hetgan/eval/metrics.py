@@ -9,12 +9,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
 
 BLOCK_ENTRIES = 1 << 23  # distances held at once by the k-NN metrics: 64 MiB of float64
+PR_K, DC_K = 3, 5  # the neighbours of precision / recall (Kynkaanniemi et al.) and density / coverage (Naeem et al.)
 
 
 def gaussian_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,12 +89,28 @@ def distance_blocks(a: np.ndarray, b: np.ndarray) -> Iterator[tuple[slice, torch
 
 def knn_radii(feats: np.ndarray, k: int) -> torch.Tensor:
     """Distance from each point to its k-th nearest neighbour in the same set (itself excluded)."""
-    return torch.cat([d.kthvalue(k + 1, dim=1).values for _, d in distance_blocks(feats, feats)])
+    return knn_radii_for(feats, (k,))[k]
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
-    """Precision: share of fakes inside the real k-NN manifold; recall: reals inside the fake one."""
-    r_real, r_fake = knn_radii(real, k), knn_radii(fake, k)
+def knn_radii_for(feats: np.ndarray, ks: Iterable[int]) -> dict[int, torch.Tensor]:
+    """`knn_radii` for each k in `ks` from one pass over the set's distances, {k: radii}: the same
+    numbers (each is a distance picked from the same rows), for the price of one k."""
+    ks = sorted(set(ks))
+    parts: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
+    for _, d in distance_blocks(feats, feats):
+        nearest = d.topk(ks[-1] + 1, dim=1, largest=False).values  # ascending, itself first
+        for k in ks:
+            parts[k].append(nearest[:, k])
+    return {k: torch.cat(p) for k, p in parts.items()}
+
+
+def precision_recall(
+    real: np.ndarray, fake: np.ndarray, k: int = PR_K, real_radii: torch.Tensor | None = None
+) -> tuple[float, float]:
+    """Precision: share of fakes inside the real k-NN manifold; recall: reals inside the fake one.
+    `real_radii`: knn_radii(real, k), where the caller has them already."""
+    r_real = knn_radii(real, k) if real_radii is None else real_radii
+    r_fake = knn_radii(fake, k)
     fake_inside = torch.zeros(len(fake), dtype=torch.bool)
     real_inside = torch.zeros(len(real), dtype=torch.bool)
     for rows, d in distance_blocks(real, fake):  # d: [rows of real, N_fake]
@@ -102,8 +119,12 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
     return float(fake_inside.double().mean()), float(real_inside.double().mean())
 
 
-def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> tuple[float, float]:
-    r_real = knn_radii(real, k)
+def density_coverage(
+    real: np.ndarray, fake: np.ndarray, k: int = DC_K, real_radii: torch.Tensor | None = None
+) -> tuple[float, float]:
+    """Density: fakes inside the real k-NN balls, counted with multiplicity, over k * fakes;
+    coverage: share of reals whose ball holds a fake. `real_radii` as for `precision_recall`."""
+    r_real = knn_radii(real, k) if real_radii is None else real_radii
     inside_count = 0
     covered = torch.zeros(len(real), dtype=torch.bool)
     for rows, d in distance_blocks(real, fake):  # d: [rows of real, N_fake]

@@ -133,6 +133,15 @@ class Evaluator:
         return cached_real_features(self.net, self.data.images[self.real_order])
 
     @functools.cached_property
+    def real_radii(self) -> dict[int, torch.Tensor]:
+        """Each real feature's distance to its k-th nearest real neighbour, for the k of the k-NN
+        metrics asked for (M.PR_K, M.DC_K), from one pass over the real set's distances (up to
+        max_real squared) and kept for every later scoring: the real features never change, and
+        training scores with one evaluator many times."""
+        ks = [k for metric, k in (("pr", M.PR_K), ("dc", M.DC_K)) if metric in self.metrics]
+        return M.knn_radii_for(self.real, ks)
+
+    @functools.cached_property
     def real_order(self) -> np.ndarray:
         """The real images scored against, up to `max_real` (MAX_REAL), in a fixed random order."""
         return np.random.default_rng(self.seed).permutation(len(self.data.images))[: self.max_real]
@@ -168,9 +177,9 @@ class Evaluator:
         if "kid" in wanted:
             result["kid"], result["kid_std"] = M.kid(fake, real, subset_size=min(1000, n, len(real)))
         if "pr" in wanted:
-            result["precision"], result["recall"] = M.precision_recall(real, fake)
+            result["precision"], result["recall"] = M.precision_recall(real, fake, real_radii=self.real_radii[M.PR_K])
         if "dc" in wanted:
-            result["density"], result["coverage"] = M.density_coverage(real, fake)
+            result["density"], result["coverage"] = M.density_coverage(real, fake, real_radii=self.real_radii[M.DC_K])
         if "classes" in wanted:
             result.update(M.class_histogram(probs, self.net.cfg.n_classes))
         if "diversity" in wanted:
