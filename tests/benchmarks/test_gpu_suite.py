@@ -46,17 +46,20 @@ def test_gpu_suite_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
     assert_placement_layouts(json.loads((tmp_path / "ok" / "placement.json").read_text()), rounds=1)
 
 
-@pytest.mark.slow
 def test_gpu_suite_reports_a_failing_step_and_runs_the_others(tmp_path):
-    """Every step of benchmarks/gpu_suite.sh, the optional ones too, each failing (width 0): each
-    is reported in failed.txt, the others still run, and the exit status says something failed."""
-    root = ROOT
-    tiny = {"PYTHON": sys.executable, "DEVICE": "cpu", "SECONDS_PER_WINDOW": "0.2", "ROUNDS": "1", "TESTS": "0"}
-    env = {**os.environ, **tiny, "BATCHES": "8 16", "WIDTH": "0"}
+    """Every step of benchmarks/gpu_suite.sh, the optional ones too, each failing: each is reported
+    in failed.txt with its output kept, the others still run, and the exit status says something
+    failed. What is tested is the script's bookkeeping, so a stand-in interpreter fails each step
+    at once, printing the arguments it was given (sh stands in for Python here, as it does for
+    torchrun in the scaling benchmark's timeout test; the dry run above runs the real steps)."""
+    failing = tmp_path / "failing-python"
+    failing.write_text('#!/bin/sh\necho "$@"\nexit 3\n')
+    failing.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(failing), "DEVICE": "cpu", "TESTS": "0", "BATCHES": "8 16"}
     env["STEPS"] = "throughput knobs_large profile placement placement_resnet overlap sn_compile"
     ran = ("train_throughput", "step_knobs_large", "profile", "placement", "placement_resnet", "overlap", "sn_compile")
-    done = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path / "bad")], env=env, cwd=root, timeout=300)
+    done = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path / "bad")], env=env, cwd=ROOT, timeout=60)
     failed = (tmp_path / "bad" / "failed.txt").read_text()
-    assert done.returncode == 1 and all(f"'{step}' failed" in failed for step in ran)
+    assert done.returncode == 1 and all(f"'{step}' failed with exit status 3" in failed for step in ran)
     assert {p.name for p in (tmp_path / "bad").iterdir()} == {"failed.txt", *(f"{step}.txt" for step in ran)}
-    assert "batch 16" in (tmp_path / "bad" / "step_knobs_large.txt").read_text()  # the largest of BATCHES
+    assert "--batch 16" in (tmp_path / "bad" / "step_knobs_large.txt").read_text()  # the largest of BATCHES
