@@ -161,6 +161,7 @@ def test_evalnet_train_any_labelled_data(digits_npz, tmp_path, caplog):
     data.images, data.labels = data.images[::8], data.labels[::8]  # 625 digits, all classes
     net = fit_evalnet(data, epochs=1, held_out_per_class=5)
     assert net.cfg.held_out_count == 50 and 0.1 <= net.cfg.held_out_accuracy <= 1.0
+    assert all(p.is_contiguous() for p in net.parameters())  # trained channels-last here, returned as usual
     loaded = load_evalnet(save_evalnet(net, tmp_path / "e.safetensors"))
     x = torch.rand(3, 1, 32, 32) * 2 - 1
     assert torch.equal(net.eval()(x)[1], loaded(x)[1]) and loaded.cfg.held_out_accuracy == net.cfg.held_out_accuracy
