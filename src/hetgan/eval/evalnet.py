@@ -176,8 +176,8 @@ def fit_evalnet(
 ) -> EvalNet:
     """Train a feature network on labelled images, on `device`; its held-out accuracy goes into its
     config. The images stay on the CPU and move to the device a batch at a time. On a CPU the
-    network trains channels-last (oneDNN's own layout: a step of 64 digits about 30 % faster on 2
-    cores) and is returned in the usual layout."""
+    network trains channels-last (oneDNN's own layout, faster there) and is returned in the usual
+    layout, which safetensors needs."""
     if epochs < 1:
         raise HetganError(f"epochs={epochs}: train for at least 1 epoch")
     train_idx, test_idx = training_split(data, held_out_per_class, seed)
