@@ -32,7 +32,7 @@ from hetgan.fileio import atomic_write_bytes, hash_weights
 log = logging.getLogger("hetgan")
 MEMORY_ENTRIES = 4  # newest kept; a few arrays of N x D float32
 DISK_BUDGET_BYTES = 1 << 30  # all cached features on disk together
-FORMAT = "hetgan real features v1"  # in the key: a new layout never reads an old file
+FORMAT = "hetgan real features v2"  # in the key: a new layout never reads an old file (v2: channels-last on a CPU)
 _memory: dict[str, np.ndarray] = {}  # newest last
 
 
