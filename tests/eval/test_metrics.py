@@ -211,6 +211,7 @@ def test_digit_fid_real_halves_near_zero_noise_far():
     evaluator = Evaluator(TrainConfig())  # the bundled digits, as `hetgan eval` scores the default preset
     net = evaluator.net
     assert net.cfg.held_out_accuracy >= 0.98 and len(evaluator.real) == 5000
+    assert net.body[1][0].weight.is_contiguous(memory_format=torch.channels_last)  # oneDNN's layout on a CPU
     feats, held = evaluator.real[::2], evaluator.real[1::2]
     noise = net.embed(torch.rand(2500, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1)[0]
     real_vs_real, real_vs_noise = M.fid(feats, held), M.fid(feats, noise)
