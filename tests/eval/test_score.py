@@ -218,7 +218,7 @@ def test_eval_during_training_needs_its_feature_network_before_the_run_begins(ti
 
 
 @pytest.mark.slow
-def test_a_finished_run_resumed_with_evaluation_computes_no_features(digits_run):
+def test_a_finished_run_resumed_with_evaluation_computes_no_features(digits_run, monkeypatch):
     """The real images' features are asked for at the first evaluation, not when the evaluator is
     made: resuming a finished run (nothing to do) spends nothing on them. Their k-NN radii (for
     precision, recall, density and coverage) come from one pass over the real set for both k, kept
@@ -227,11 +227,10 @@ def test_a_finished_run_resumed_with_evaluation_computes_no_features(digits_run)
 
     features, radii = [], []
     cached, knn = score.cached_real_features, M.knn_radii_for
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(score, "cached_real_features", lambda *a: features.append(1) or cached(*a))
-        mp.setattr(M, "knn_radii_for", lambda feats, ks: radii.append((len(feats), sorted(ks))) or knn(feats, ks))
-        assert train(resume=digits_run, progress=False).already_done and features == radii == []
-        assert train(resume=digits_run, overrides=["train.kimg=0.16"], progress=False).kimg == pytest.approx(0.16)
+    monkeypatch.setattr(score, "cached_real_features", lambda *a: features.append(1) or cached(*a))
+    monkeypatch.setattr(M, "knn_radii_for", lambda feats, ks: radii.append((len(feats), sorted(ks))) or knn(feats, ks))
+    assert train(resume=digits_run, progress=False).already_done and features == radii == []
+    assert train(resume=digits_run, overrides=["train.kimg=0.16"], progress=False).kimg == pytest.approx(0.16)
     records = [json.loads(x) for x in (digits_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["kimg"] for r in records if r.get("eval")] == [0.04, 0.08, 0.12, 0.16]
     assert features == [1]  # once, for the evaluation at 0.12 kimg

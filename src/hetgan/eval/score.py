@@ -124,8 +124,8 @@ class Evaluator:
             )
         self.net, self.space = feature_net_for(config, evalnet, inception)
         where = resolve_device(str(device))
-        # On a CPU a digits-sized network runs channels-last, oneDNN's own layout and faster there;
-        # Inception's weights keep theirs.
+        # On a CPU hetgan's own feature networks (EvalNet, StackedDigits) run channels-last,
+        # oneDNN's own layout and faster there; Inception's weights keep theirs (not measured).
         layout = torch.channels_last if where.type == "cpu" and inception is None else torch.preserve_format
         self.net.to(where, memory_format=layout)
 
